@@ -1,0 +1,839 @@
+//! The configuration file: its types, how it is found, and how it is checked.
+//!
+//! The file is TOML and strict: an unknown key is an error, not a silently
+//! ignored typo. Checking never stops at the first problem: every section is
+//! deserialized on its own and then cross-checked (a route naming a sink that
+//! does not exist, a topic template with an unknown placeholder, ...), so that
+//! `outpost check-config` can print every problem with its key path at once.
+
+mod units;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use units::{parse_duration, parse_size, ByteSize, Seconds};
+
+use crate::route::TopicFilter;
+
+/// The default configuration, shipped as `/etc/outpost/outpost.toml` and
+/// embedded in the binary so that `outpost run` works with no file at all.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/outpost.toml");
+
+/// Where the packaged service keeps its config.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/outpost/outpost.toml";
+
+/// State directory used when running on the built-in default config, so a
+/// newcomer's first run needs no root and writes nothing outside the cwd.
+pub const LOCAL_STATE_DIR: &str = "./outpost-state";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub log_level: String,
+    pub broker: BrokerConfig,
+    pub store: StoreConfig,
+    pub routes: Vec<RouteConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// MQTT 3.1.1 listener for LAN sensors.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// MQTT 5 listener (rumqttd serves each protocol version on its own port).
+    #[serde(default)]
+    pub listen_v5: Option<SocketAddr>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest PUBLISH payload a LAN client may send.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: ByteSize,
+    /// Time a new connection has to send its CONNECT.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Seconds,
+    /// Optional username → password table. When set, every client must log in.
+    #[serde(default)]
+    pub users: Option<HashMap<String, String>>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_max_payload() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_connect_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: default_listen(),
+            listen_v5: None,
+            max_connections: default_max_connections(),
+            max_payload: default_max_payload(),
+            connect_timeout: default_connect_timeout(),
+            users: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Make room by deleting the oldest queued records (counted as dropped).
+    DropOldest,
+    /// Keep what is queued and refuse new records (counted as dropped).
+    RejectNew,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync the WAL at checkpoints only: survives a crash of outpost, may lose
+    /// the last transactions on power loss.
+    Normal,
+    /// fsync the WAL on every commit: survives power loss.
+    Full,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Outbox database file; relative paths are under `state_dir`.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    #[serde(default = "default_max_age")]
+    pub max_age: Seconds,
+    #[serde(default = "default_full_policy")]
+    pub full_policy: FullPolicy,
+    #[serde(default = "default_synchronous")]
+    pub synchronous: Synchronous,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("outbox.db")
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(512 << 20)
+}
+fn default_max_age() -> Seconds {
+    Seconds(Duration::from_secs(30 * 86_400))
+}
+fn default_full_policy() -> FullPolicy {
+    FullPolicy::DropOldest
+}
+fn default_synchronous() -> Synchronous {
+    Synchronous::Full
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+            max_bytes: default_max_bytes(),
+            max_age: default_max_age(),
+            full_policy: default_full_policy(),
+            synchronous: default_synchronous(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Telemetry,
+    Attributes,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Telemetry => "telemetry",
+            RecordKind::Attributes => "attributes",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecordKind> {
+        match s {
+            "telemetry" => Some(RecordKind::Telemetry),
+            "attributes" => Some(RecordKind::Attributes),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Local MQTT topic filter, e.g. `sensors/+/telemetry`.
+    pub topic: String,
+    /// Name of the `[sink.NAME]` the records go to.
+    pub sink: String,
+    /// Which topic level (0-based) names the device. Defaults to the level
+    /// of the first `+` in the filter.
+    #[serde(default)]
+    pub device_level: Option<usize>,
+    /// A fixed device name, for topics that do not carry one.
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default = "default_kind")]
+    pub kind: RecordKind,
+}
+
+fn default_kind() -> RecordKind {
+    RecordKind::Telemetry
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Mqtt(MqttSinkConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// `{"ts":..,"device":..,"values":..}`: the measurement time travels with the data.
+    Envelope,
+    /// The sensor's payload bytes, unchanged.
+    Raw,
+}
+
+/// Connection settings shared by every MQTT-speaking sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// `mqtt://host[:1883]` or `mqtts://host[:8883]`.
+    pub url: String,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file of CA certificates to verify the server; system roots if unset.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Publishes awaiting PUBACK at most.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Upstream topic; placeholders `{device}`, `{kind}`, `{sink}`, `{topic}`.
+    #[serde(default = "default_topic_template")]
+    pub topic: String,
+    #[serde(default = "default_format")]
+    pub format: PayloadFormat,
+    #[serde(default = "default_max_packet")]
+    pub max_packet_size: ByteSize,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Seconds,
+    /// First wait before reconnecting; doubles up to `reconnect_max`.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: Seconds,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: Seconds,
+    /// How long shutdown waits for in-flight publishes to be acknowledged.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
+}
+
+fn default_client_id() -> String {
+    "outpost".to_string()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_inflight() -> u16 {
+    100
+}
+fn default_topic_template() -> String {
+    "outpost/{device}/{kind}".to_string()
+}
+fn default_format() -> PayloadFormat {
+    PayloadFormat::Envelope
+}
+fn default_max_packet() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_keep_alive() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_reconnect_min() -> Seconds {
+    Seconds(Duration::from_secs(1))
+}
+fn default_reconnect_max() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+fn default_shutdown_grace() -> Seconds {
+    Seconds(Duration::from_secs(3))
+}
+
+/// One thing wrong with a config file, located by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {count} problem(s):\n{list}", count = problems.len(), list = list(problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Where a config came from, for messages and for the state-dir rule.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    BuiltIn,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltIn => f.write_str("built-in default config"),
+        }
+    }
+}
+
+/// Loads the config named on the command line, else the system one, else the
+/// built-in default (whose state then lives under `./outpost-state`).
+pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+    let source = match explicit {
+        Some(p) => Source::File(p.to_path_buf()),
+        None if Path::new(SYSTEM_CONFIG_PATH).exists() => {
+            Source::File(PathBuf::from(SYSTEM_CONFIG_PATH))
+        }
+        None => Source::BuiltIn,
+    };
+    let config = match &source {
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                source: e,
+            })?;
+            parse(&text, &source.to_string())?
+        }
+        Source::BuiltIn => {
+            let mut c = parse(DEFAULT_CONFIG, &source.to_string())?;
+            c.state_dir = PathBuf::from(LOCAL_STATE_DIR);
+            c
+        }
+    };
+    Ok((config, source))
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["state_dir", "log_level", "broker", "store", "route", "sink"];
+
+/// Parses and checks a config text, collecting every problem.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        origin: origin.to_string(),
+        problems,
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        invalid(vec![Problem {
+            path: String::new(),
+            message: format!("not valid TOML: {}", e.to_string().trim_end()),
+        }])
+    })?;
+    let mut problems = Vec::new();
+
+    for key in table.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            problems.push(Problem {
+                path: key.clone(),
+                message: format!(
+                    "unknown key (expected one of: {})",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            });
+        }
+    }
+
+    let state_dir = section::<PathBuf>(&table, "state_dir", &mut problems)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/outpost"));
+    let log_level =
+        section::<String>(&table, "log_level", &mut problems).unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        problems.push(Problem {
+            path: "log_level".into(),
+            message: format!(
+                "`{log_level}` is not a log filter (try `info` or `outpost=debug,warn`)"
+            ),
+        });
+    }
+    let broker = section::<BrokerConfig>(&table, "broker", &mut problems).unwrap_or_default();
+    let store = section::<StoreConfig>(&table, "store", &mut problems).unwrap_or_default();
+
+    let mut routes = Vec::new();
+    match table.get("route") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(r) = value::<RouteConfig>(item, &format!("route[{i}]"), &mut problems) {
+                    routes.push((i, r));
+                }
+            }
+        }
+        Some(_) => problems.push(Problem {
+            path: "route".into(),
+            message: "must be an array of tables, written as [[route]]".into(),
+        }),
+    }
+
+    let mut sinks = BTreeMap::new();
+    match table.get("sink") {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for (name, item) in t {
+                let path = format!("sink.{name}");
+                if !valid_name(name) {
+                    problems.push(Problem {
+                        path: path.clone(),
+                        message: "a sink name may use only letters, digits, `-` and `_`".into(),
+                    });
+                }
+                if let Some(s) = sink(item, &path, &mut problems) {
+                    sinks.insert(name.clone(), s);
+                }
+            }
+        }
+        Some(_) => problems.push(Problem {
+            path: "sink".into(),
+            message: "must be a table of sinks, written as [sink.NAME]".into(),
+        }),
+    }
+
+    check_broker(&broker, &mut problems);
+    check_store(&store, &mut problems);
+    for (i, r) in &routes {
+        check_route(*i, r, &sinks, &mut problems);
+    }
+    for (name, s) in &sinks {
+        check_sink(name, s, &mut problems);
+    }
+
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    Ok(Config {
+        state_dir,
+        log_level,
+        broker,
+        store,
+        routes: routes.into_iter().map(|(_, r)| r).collect(),
+        sinks,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn section<T: DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let v = table.get(key)?;
+    value(v, key, problems)
+}
+
+/// Deserializes one section. serde stops at the first error, so after each
+/// error the offending key is taken out and the rest is tried again: every
+/// bad key of a section is reported, not only the first.
+fn value<T: DeserializeOwned>(
+    v: &toml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let mut v = v.clone();
+    for _ in 0..64 {
+        let e = match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let inner = e.path().to_string();
+        let full = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        let message = clean_message(&e.into_inner().to_string());
+        // A key taken out after its own error is then "missing": said already.
+        let repeat = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .is_some_and(|k| problems.iter().any(|p| p.path == format!("{full}.{k}")));
+        if !repeat {
+            problems.push(Problem {
+                path: full,
+                message,
+            });
+        }
+        let first = inner
+            .split(['.', '['])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let removed = match v.as_table_mut() {
+            Some(t) if !first.is_empty() => t.remove(&first).is_some(),
+            _ => false,
+        };
+        if !removed {
+            return None;
+        }
+    }
+    None
+}
+
+/// toml's messages end with a location line that the key path already gives.
+fn clean_message(m: &str) -> String {
+    m.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// Sinks are tagged by `type`; each type's table is then read as its own
+/// struct so that error paths point at the key (`sink.up.inflight`).
+fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<SinkConfig> {
+    let Some(table) = item.as_table() else {
+        problems.push(Problem {
+            path: path.to_string(),
+            message: "must be a table".into(),
+        });
+        return None;
+    };
+    let mut rest = table.clone();
+    match rest.remove("type") {
+        Some(toml::Value::String(t)) if t == "mqtt" => {
+            value::<MqttSinkConfig>(&toml::Value::Table(rest), path, problems).map(SinkConfig::Mqtt)
+        }
+        Some(toml::Value::String(t)) => {
+            problems.push(Problem {
+                path: format!("{path}.type"),
+                message: format!("unknown sink type `{t}` (known: {})", SINK_TYPES.join(", ")),
+            });
+            None
+        }
+        Some(_) => {
+            problems.push(Problem {
+                path: format!("{path}.type"),
+                message: "must be a string".into(),
+            });
+            None
+        }
+        None => {
+            problems.push(Problem {
+                path: format!("{path}.type"),
+                message: format!("missing (known: {})", SINK_TYPES.join(", ")),
+            });
+            None
+        }
+    }
+}
+
+const SINK_TYPES: &[&str] = &["mqtt"];
+
+fn check_broker(b: &BrokerConfig, problems: &mut Vec<Problem>) {
+    if b.max_connections == 0 {
+        problems.push(Problem {
+            path: "broker.max_connections".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    if b.max_payload.0 == 0 || b.max_payload.0 > 256 << 20 {
+        problems.push(Problem {
+            path: "broker.max_payload".into(),
+            message: "must be between 1 byte and 256 MiB (the MQTT limit)".into(),
+        });
+    }
+    if Some(b.listen) == b.listen_v5 {
+        problems.push(Problem {
+            path: "broker.listen_v5".into(),
+            message: "must differ from broker.listen".into(),
+        });
+    }
+    let secs = b.connect_timeout.0.as_millis();
+    if secs == 0 || secs > u16::MAX as u128 {
+        problems.push(Problem {
+            path: "broker.connect_timeout".into(),
+            message: "must be between 1ms and 65s".into(),
+        });
+    }
+}
+
+fn check_store(s: &StoreConfig, problems: &mut Vec<Problem>) {
+    if s.max_bytes.0 < 4096 {
+        problems.push(Problem {
+            path: "store.max_bytes".into(),
+            message: "must be at least 4 KiB".into(),
+        });
+    }
+    if s.max_age.0 < Duration::from_secs(1) {
+        problems.push(Problem {
+            path: "store.max_age".into(),
+            message: "must be at least 1s".into(),
+        });
+    }
+}
+
+fn check_route(
+    i: usize,
+    r: &RouteConfig,
+    sinks: &BTreeMap<String, SinkConfig>,
+    problems: &mut Vec<Problem>,
+) {
+    let at = |k: &str| format!("route[{i}].{k}");
+    let filter = match TopicFilter::parse(&r.topic) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            problems.push(Problem {
+                path: at("topic"),
+                message: e,
+            });
+            None
+        }
+    };
+    if !sinks.contains_key(&r.sink) {
+        let known: Vec<&str> = sinks.keys().map(String::as_str).collect();
+        problems.push(Problem {
+            path: at("sink"),
+            message: if known.is_empty() {
+                format!("no sink named `{}` (no [sink.NAME] is defined)", r.sink)
+            } else {
+                format!("no sink named `{}` (defined: {})", r.sink, known.join(", "))
+            },
+        });
+    }
+    match (&r.device, r.device_level) {
+        (Some(_), Some(_)) => problems.push(Problem {
+            path: at("device"),
+            message: "set either `device` or `device_level`, not both".into(),
+        }),
+        (Some(d), None) if d.is_empty() => problems.push(Problem {
+            path: at("device"),
+            message: "must not be empty".into(),
+        }),
+        (None, level) => {
+            if let Some(f) = &filter {
+                if let Err(e) = f.device_level(level) {
+                    problems.push(Problem {
+                        path: at(if level.is_some() {
+                            "device_level"
+                        } else {
+                            "topic"
+                        }),
+                        message: e,
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+const TEMPLATE_KEYS: &[&str] = &["device", "kind", "sink", "topic"];
+
+/// Checks a topic template's `{placeholders}`.
+pub fn check_template(t: &str) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{t}`"))?;
+        let key = &after[..close];
+        if !TEMPLATE_KEYS.contains(&key) {
+            return Err(format!(
+                "unknown placeholder `{{{key}}}` (known: {{device}}, {{kind}}, {{sink}}, {{topic}})"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    if t.is_empty() || t.contains('+') || t.contains('#') {
+        return Err("must be a non-empty topic name without wildcards".into());
+    }
+    Ok(())
+}
+
+fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
+    let at = |k: &str| format!("sink.{name}.{k}");
+    match s {
+        SinkConfig::Mqtt(m) => {
+            if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&m.url) {
+                problems.push(Problem {
+                    path: at("url"),
+                    message: e,
+                });
+            }
+            if m.qos != 1 {
+                problems.push(Problem {
+                    path: at("qos"),
+                    message:
+                        "must be 1: outpost deletes a record only when the broker acknowledges it"
+                            .into(),
+                });
+            }
+            if m.inflight == 0 {
+                problems.push(Problem {
+                    path: at("inflight"),
+                    message: "must be at least 1".into(),
+                });
+            }
+            if m.client_id.is_empty() {
+                problems.push(Problem {
+                    path: at("client_id"),
+                    message: "must not be empty".into(),
+                });
+            }
+            if m.password.is_some() && m.username.is_none() {
+                problems.push(Problem {
+                    path: at("password"),
+                    message: "a password needs a username".into(),
+                });
+            }
+            if let Err(e) = check_template(&m.topic) {
+                problems.push(Problem {
+                    path: at("topic"),
+                    message: e,
+                });
+            }
+            if m.max_packet_size.0 < 128 || m.max_packet_size.0 > 256 << 20 {
+                problems.push(Problem {
+                    path: at("max_packet_size"),
+                    message: "must be between 128 bytes and 256 MiB".into(),
+                });
+            }
+            if m.keep_alive.0 < Duration::from_secs(1) {
+                problems.push(Problem {
+                    path: at("keep_alive"),
+                    message: "must be at least 1s".into(),
+                });
+            }
+            if m.reconnect_min.0 > m.reconnect_max.0 || m.reconnect_min.0.is_zero() {
+                problems.push(Problem {
+                    path: at("reconnect_min"),
+                    message: "must be above zero and at most reconnect_max".into(),
+                });
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The outbox file, resolved against the state directory.
+    pub fn store_path(&self) -> PathBuf {
+        if self.store.path.is_absolute() {
+            self.store.path.clone()
+        } else {
+            self.state_dir.join(&self.store.path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_default_is_valid() {
+        let c = parse(DEFAULT_CONFIG, "default").expect("default config must be valid");
+        assert!(!c.routes.is_empty());
+        assert!(!c.sinks.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+            colour = "blue"
+            [broker]
+            max_conections = 5
+            [store]
+            max_bytes = "lots"
+            full_policy = "panic"
+            [[route]]
+            topic = "a/#/b"
+            sink = "nowhere"
+            [sink.up]
+            type = "mqtt"
+            url = "http://example"
+            inflight = "many"
+        "#;
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text, "t") else {
+            panic!("expected problems")
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "colour",
+            "broker.max_conections",
+            "store.max_bytes",
+            "store.full_policy",
+            "route[0].topic",
+            "route[0].sink",
+            "sink.up.inflight",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {problems:?}");
+        }
+    }
+
+    #[test]
+    fn sink_url_and_template_are_checked() {
+        let text = r#"
+            [sink.up]
+            type = "mqtt"
+            url = "http://example"
+            topic = "site/{devcie}/t"
+        "#;
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text, "t") else {
+            panic!("expected problems")
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"sink.up.url"), "{problems:?}");
+        assert!(paths.contains(&"sink.up.topic"), "{problems:?}");
+    }
+}

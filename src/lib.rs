@@ -1,0 +1,27 @@
+//! outpost: an edge gateway daemon.
+//!
+//! ```text
+//!  LAN sensors ──MQTT──▶ source::broker (embedded rumqttd) ──▶ source::link
+//!                                                                │
+//!                                route (topic filter → sink, device, ts)
+//!                                                                ▼
+//!                             store (SQLite outbox, one FIFO queue per sink)
+//!                                                                ▼
+//!                     sink (uplink session: QoS 1, delete on PUBACK) ──▶ cloud
+//! ```
+//!
+//! - [`config`]: the TOML file, checked with every problem reported by key path.
+//! - [`source`]: where readings come from.
+//! - [`route`] and [`record`]: what a reading becomes.
+//! - [`store`]: the durable outbox.
+//! - [`sink`]: where records go, and the upstream MQTT session.
+//! - [`daemon`]: wiring, signals, and orderly shutdown.
+
+pub mod config;
+pub mod daemon;
+pub mod record;
+pub mod route;
+pub mod sink;
+pub mod source;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,95 @@
+//! The `outpost` command line. Everything it runs lives in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outpost::config::{self, ConfigError};
+
+#[derive(Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Edge gateway: local MQTT broker, durable outbox, cloud uplink"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (default config: /etc/outpost/outpost.toml if present,
+    /// else the built-in one with state in ./outpost-state).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and print every problem with its key path.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(config),
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    match config::load(path.as_deref()) {
+        Ok((c, source)) => {
+            println!(
+                "{source}: ok ({} route(s), {} sink(s), outbox {})",
+                c.routes.len(),
+                c.sinks.len(),
+                c.store_path().display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ ConfigError::Invalid { .. }) | Err(e @ ConfigError::Read { .. }) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, source) = config::load(path.as_deref())?;
+    init_logging(&config.log_level);
+    tracing::info!(config = %source, state_dir = %config.state_dir.display(), "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(outpost::daemon::run(config))?;
+    Ok(())
+}
+
+/// `RUST_LOG` overrides the config's `log_level`. rumqttd is chatty at info
+/// (a line per client connection), so it is held at warn unless named.
+fn init_logging(level: &str) {
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
+    if !filter.contains("rumqttd") {
+        filter.push_str(",rumqttd=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,273 @@
+//! Routes: which local messages become records, for which sink and device.
+//!
+//! A route is a topic filter (`sensors/+/telemetry`) bound to a sink. A message
+//! that matches no route is left to the local broker alone, so LAN pub/sub is
+//! untouched. The router also stamps measurement times: a payload's own `ts`
+//! is kept; otherwise the ingest time is used, nudged so that each device's
+//! stamps are strictly increasing (platforms keep one value per device, key
+//! and millisecond, so two readings stamped alike would overwrite each other).
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{RecordKind, RouteConfig};
+use crate::record::{Reading, Record};
+
+/// An MQTT topic filter, split into levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicFilter {
+    levels: Vec<String>,
+}
+
+impl TopicFilter {
+    pub fn parse(filter: &str) -> Result<TopicFilter, String> {
+        if filter.is_empty() {
+            return Err("a topic filter must not be empty".into());
+        }
+        let levels: Vec<String> = filter.split('/').map(str::to_string).collect();
+        for (i, l) in levels.iter().enumerate() {
+            if l.contains('#') && (l != "#" || i + 1 != levels.len()) {
+                return Err(format!(
+                    "`{filter}`: `#` must be a whole level and the last one"
+                ));
+            }
+            if l.contains('+') && l != "+" {
+                return Err(format!("`{filter}`: `+` must be a whole level"));
+            }
+        }
+        Ok(TopicFilter { levels })
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('/');
+        for (i, level) in self.levels.iter().enumerate() {
+            match level.as_str() {
+                // `#` also matches the parent level itself (`a/#` matches `a`),
+                // but never topics starting with `$` at the first level.
+                "#" => return !(i == 0 && topic.starts_with('$')),
+                "+" => match parts.next() {
+                    Some(p) if !(i == 0 && p.starts_with('$')) => {}
+                    _ => return false,
+                },
+                exact => {
+                    if parts.next() != Some(exact) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// The topic level that names the device: the one given, else the first `+`.
+    pub fn device_level(&self, given: Option<usize>) -> Result<usize, String> {
+        match given {
+            Some(l) => {
+                let ends_in_hash = self.levels.last().is_some_and(|x| x == "#");
+                if (l < self.levels.len() && self.levels[l] != "#") || ends_in_hash {
+                    Ok(l)
+                } else {
+                    Err(format!(
+                        "level {l} does not exist in a filter with {} levels (levels count from 0)",
+                        self.levels.len()
+                    ))
+                }
+            }
+            None => self.levels.iter().position(|l| l == "+").ok_or_else(|| {
+                "the filter has no `+` level to take the device name from: set `device_level` or `device`".to_string()
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum DeviceFrom {
+    Level(usize),
+    Fixed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    filter: TopicFilter,
+    sink: String,
+    device: DeviceFrom,
+    kind: RecordKind,
+}
+
+/// Turns local messages into records. One per process; not shared.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+    last_ts: HashMap<String, i64>,
+}
+
+impl Router {
+    /// Builds the router from checked route configs.
+    pub fn new(configs: &[RouteConfig]) -> Result<Router, String> {
+        let mut routes = Vec::with_capacity(configs.len());
+        for c in configs {
+            let filter = TopicFilter::parse(&c.topic)?;
+            let device = match &c.device {
+                Some(d) => DeviceFrom::Fixed(d.clone()),
+                None => DeviceFrom::Level(filter.device_level(c.device_level)?),
+            };
+            routes.push(Route {
+                filter,
+                sink: c.sink.clone(),
+                device,
+                kind: c.kind,
+            });
+        }
+        Ok(Router {
+            routes,
+            last_ts: HashMap::new(),
+        })
+    }
+
+    /// The topic filters to listen on.
+    pub fn filters(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .map(|r| r.filter.levels.join("/"))
+            .collect()
+    }
+
+    /// Does any route select this topic? Cheap; used to keep unrouted
+    /// messages off the store's path.
+    pub fn selects(&self, topic: &str) -> bool {
+        self.routes.iter().any(|r| r.filter.matches(topic))
+    }
+
+    /// The records a message becomes: one per sink whose route matches
+    /// (the first matching route per sink wins). Empty if no route matches.
+    pub fn route(&mut self, topic: &str, payload: &[u8]) -> Vec<Record> {
+        self.route_at(topic, payload, now_ms())
+    }
+
+    fn route_at(&mut self, topic: &str, payload: &[u8], now: i64) -> Vec<Record> {
+        let mut out: Vec<Record> = Vec::new();
+        let mut reading: Option<Reading> = None;
+        for r in &self.routes {
+            if !r.filter.matches(topic) || out.iter().any(|o| o.sink == r.sink) {
+                continue;
+            }
+            let device = match &r.device {
+                DeviceFrom::Fixed(d) => d.clone(),
+                DeviceFrom::Level(l) => match topic.split('/').nth(*l) {
+                    Some(d) if !d.is_empty() => d.to_string(),
+                    _ => continue,
+                },
+            };
+            let reading = reading.get_or_insert_with(|| Reading::parse(payload));
+            let last = self.last_ts.entry(device.clone()).or_insert(i64::MIN);
+            let ts = match reading.ts {
+                Some(ts) => {
+                    *last = (*last).max(ts);
+                    ts
+                }
+                None => {
+                    let ts = now.max(last.saturating_add(1));
+                    *last = ts;
+                    ts
+                }
+            };
+            out.push(Record {
+                id: 0,
+                sink: r.sink.clone(),
+                device,
+                kind: r.kind,
+                ts,
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+            });
+        }
+        out
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(topic: &str, sink: &str) -> RouteConfig {
+        RouteConfig {
+            topic: topic.into(),
+            sink: sink.into(),
+            device_level: None,
+            device: None,
+            kind: RecordKind::Telemetry,
+        }
+    }
+
+    #[test]
+    fn filter_matching() {
+        let f = TopicFilter::parse("sensors/+/telemetry").unwrap();
+        assert!(f.matches("sensors/t1/telemetry"));
+        assert!(!f.matches("sensors/t1/telemetry/x"));
+        assert!(!f.matches("sensors/telemetry"));
+        let h = TopicFilter::parse("a/#").unwrap();
+        assert!(h.matches("a"));
+        assert!(h.matches("a/b/c"));
+        assert!(!TopicFilter::parse("#").unwrap().matches("$SYS/x"));
+        assert!(TopicFilter::parse("a/#/b").is_err());
+        assert!(TopicFilter::parse("a/b+").is_err());
+    }
+
+    #[test]
+    fn device_level_defaults_to_first_plus() {
+        let f = TopicFilter::parse("site/x/+/t").unwrap();
+        assert_eq!(f.device_level(None), Ok(2));
+        assert!(TopicFilter::parse("a/b")
+            .unwrap()
+            .device_level(None)
+            .is_err());
+        assert!(TopicFilter::parse("a/b")
+            .unwrap()
+            .device_level(Some(5))
+            .is_err());
+        assert_eq!(
+            TopicFilter::parse("a/#").unwrap().device_level(Some(3)),
+            Ok(3)
+        );
+    }
+
+    #[test]
+    fn stamps_are_strictly_increasing_per_device() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        let a = r.route_at("s/d1/t", b"{}", 1000);
+        let b = r.route_at("s/d1/t", b"{}", 1000);
+        let c = r.route_at("s/d2/t", b"{}", 1000);
+        assert_eq!(a[0].ts, 1000);
+        assert_eq!(b[0].ts, 1001);
+        assert_eq!(c[0].ts, 1000);
+        assert_eq!(a[0].device, "d1");
+    }
+
+    #[test]
+    fn payload_ts_is_kept() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        let a = r.route_at("s/d1/t", br#"{"ts":42,"v":1}"#, 1000);
+        assert_eq!(a[0].ts, 42);
+        assert!(r.route_at("other", b"x", 1000).is_empty());
+    }
+
+    #[test]
+    fn one_record_per_sink() {
+        let mut r = Router::new(&[
+            route("s/+/t", "a"),
+            route("s/+/#", "a"),
+            route("s/+/t", "b"),
+        ])
+        .unwrap();
+        let recs = r.route_at("s/d/t", b"1", 5);
+        let sinks: Vec<&str> = recs.iter().map(|r| r.sink.as_str()).collect();
+        assert_eq!(sinks, ["a", "b"]);
+    }
+}

@@ -1,0 +1,576 @@
+//! The upstream MQTT session every sink uses.
+//!
+//! rumqttc's own state is volatile: it forgets its in-flight publishes when the
+//! broker has no session for it, and `publish()` returns no packet id. So this
+//! session never trusts it with data. Each connection gets a fresh client and
+//! event loop; each outbox row is published at QoS 1 and the packet id rumqttc
+//! assigns (`Outgoing::Publish(pkid)`, emitted in request order) is mapped back
+//! to the rows; a row is deleted only on the matching PUBACK. When a
+//! connection ends for any reason, the next one starts again from the oldest
+//! row still in the outbox. Duplicates are possible, losses are not.
+//!
+//! rumqttc reconnects in a tight loop on its own; here every failed attempt
+//! waits an exponential backoff with jitter, and a refused CONNACK (bad
+//! credentials) waits the maximum and says so once in plain words.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::BufReader;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::tokio_rustls::rustls;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{Encoder, Publish, SinkError};
+use crate::config::MqttSinkConfig;
+use crate::record::Record;
+use crate::stats::{self, SinkStats};
+use crate::store::Outbox;
+
+/// A parsed `mqtt://` or `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "`{url}` must start with mqtt:// or mqtts:// (e.g. mqtts://mqtt.example.com:8883)"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') {
+            return Err(format!(
+                "`{url}`: give only host and port; put credentials in username/password"
+            ));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{url}`: unclosed `[` in IPv6 address"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (rest.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{url}`: `{p}` is not a port number"))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        Ok(BrokerUrl { tls, host, port })
+    }
+}
+
+/// Exponential backoff with ±25 % jitter, so a site full of gateways does not
+/// reconnect in lockstep after an outage.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The wait before the next attempt; doubles each call up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        jitter(base)
+    }
+
+    /// The longest wait, for failures that retrying soon cannot fix.
+    pub fn give_up_delay(&mut self) -> Duration {
+        self.next = self.max;
+        jitter(self.max)
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+
+/// Everything a session needs; built once per sink at startup.
+pub struct Uplink<E: Encoder> {
+    name: String,
+    url: BrokerUrl,
+    options: MqttOptions,
+    window: usize,
+    max_packet: usize,
+    grace: Duration,
+    backoff: Backoff,
+    encoder: E,
+    outbox: Outbox,
+    stats: Arc<SinkStats>,
+}
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    Failed(ConnectionError),
+}
+
+impl<E: Encoder> Uplink<E> {
+    pub fn new(
+        name: &str,
+        cfg: &MqttSinkConfig,
+        encoder: E,
+        outbox: Outbox,
+        stats: Arc<SinkStats>,
+    ) -> Result<Uplink<E>, SinkError> {
+        let url = BrokerUrl::parse(&cfg.url).map_err(|detail| SinkError::Config {
+            sink: name.to_string(),
+            detail,
+        })?;
+        let mut options = MqttOptions::new(cfg.client_id.clone(), url.host.clone(), url.port);
+        options
+            .set_keep_alive(cfg.keep_alive.0)
+            .set_clean_session(true)
+            .set_inflight(cfg.inflight)
+            .set_request_channel_capacity(cfg.inflight as usize + 16)
+            .set_max_packet_size(
+                cfg.max_packet_size.0 as usize,
+                cfg.max_packet_size.0 as usize,
+            );
+        if let Some(user) = &cfg.username {
+            options.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+        }
+        if url.tls {
+            options.set_transport(Transport::tls_with_config(tls_config(name, cfg)?));
+        }
+        Ok(Uplink {
+            name: name.to_string(),
+            url,
+            options,
+            window: cfg.inflight as usize,
+            max_packet: cfg.max_packet_size.0 as usize,
+            grace: cfg.shutdown_grace.0,
+            backoff: Backoff::new(cfg.reconnect_min.0, cfg.reconnect_max.0),
+            encoder,
+            outbox,
+            stats,
+        })
+    }
+
+    /// Delivers until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let Some(notify) = self.outbox.notifier(&self.name) else {
+            tracing::error!(sink = %self.name, "no outbox queue for this sink");
+            return;
+        };
+        loop {
+            let end = self.session(&shutdown, &notify).await;
+            self.stats
+                .connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            let delay = match end {
+                End::Shutdown => return,
+                End::Failed(e) => self.explain(e),
+            };
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Logs why a connection failed, in words, and picks the wait.
+    fn explain(&mut self, e: ConnectionError) -> Duration {
+        let sink = self.name.as_str();
+        let broker = format!("{}:{}", self.url.host, self.url.port);
+        match &e {
+            ConnectionError::ConnectionRefused(code) => {
+                let why = match code {
+                    ConnectReturnCode::BadUserNamePassword => {
+                        "bad username or password (check username/password or the access token)"
+                    }
+                    ConnectReturnCode::NotAuthorized => {
+                        "not authorised (check the credentials and the broker's ACL)"
+                    }
+                    ConnectReturnCode::BadClientId => "client id rejected (check client_id)",
+                    ConnectReturnCode::RefusedProtocolVersion => "MQTT 3.1.1 not accepted",
+                    ConnectReturnCode::ServiceUnavailable => "service unavailable",
+                    ConnectReturnCode::Success => "refused with code 0",
+                };
+                let delay = if matches!(
+                    code,
+                    ConnectReturnCode::ServiceUnavailable | ConnectReturnCode::Success
+                ) {
+                    self.backoff.next_delay()
+                } else {
+                    self.backoff.give_up_delay()
+                };
+                tracing::error!(sink, %broker, code = ?code, retry_in_ms = delay.as_millis() as u64,
+                    "upstream refused the connection: {why}; records stay queued");
+                delay
+            }
+            other => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(sink, %broker, error = %other, retry_in_ms = delay.as_millis() as u64,
+                    "upstream connection failed; records stay queued");
+                delay
+            }
+        }
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken, notify: &tokio::sync::Notify) -> End {
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), self.window + 16);
+        let (events_tx, mut events) = mpsc::channel::<Result<Event, ConnectionError>>(1024);
+        let driver = tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await;
+                let failed = ev.is_err();
+                if events_tx.send(ev).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let end = self.deliver(&client, &mut events, shutdown, notify).await;
+        if matches!(end, End::Shutdown) {
+            // Say goodbye properly; the broker then discards no will and the
+            // socket closes cleanly. Bounded: the peer may be gone.
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(ev) = events.recv().await {
+                    if matches!(ev, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        driver.abort();
+        end
+    }
+
+    async fn deliver(
+        &mut self,
+        client: &AsyncClient,
+        events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+        shutdown: &CancellationToken,
+        notify: &tokio::sync::Notify,
+    ) -> End {
+        // Wait for the CONNACK before sending anything.
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return End::Failed(e),
+                    None => return End::Failed(ConnectionError::RequestsDone),
+                },
+                _ = shutdown.cancelled() => return End::Shutdown,
+            }
+        }
+        self.backoff.reset();
+        self.stats
+            .connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        stats::add(&self.stats.connects, 1);
+        tracing::info!(sink = %self.name, broker = %format!("{}:{}", self.url.host, self.url.port), "connected upstream");
+
+        let mut flight = Flight::new(self.window);
+        let mut draining: Option<Instant> = None;
+        loop {
+            if draining.is_none() {
+                if let Err(end) = self.fill(client, &mut flight).await {
+                    return end;
+                }
+            } else if flight.is_empty() {
+                return End::Shutdown;
+            }
+            let can_take_more = draining.is_none() && flight.has_room();
+            let deadline = draining.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Ok(ev)) => {
+                        if let Some(ids) = flight.on_event(&ev) {
+                            let n = ids.len() as u64;
+                            if self.outbox.delete(ids).await.is_err() {
+                                return End::Shutdown;
+                            }
+                            stats::add(&self.stats.delivered, n);
+                        }
+                    }
+                    Some(Err(e)) => return End::Failed(e),
+                    None => return End::Failed(ConnectionError::RequestsDone),
+                },
+                _ = notify.notified(), if can_take_more => flight.more = true,
+                _ = shutdown.cancelled(), if draining.is_none() => {
+                    tracing::info!(sink = %self.name, in_flight = flight.len(), "stopping: waiting for in-flight acknowledgements");
+                    draining = Some(Instant::now() + self.grace);
+                }
+                _ = tokio::time::sleep_until(deadline), if draining.is_some() => {
+                    tracing::warn!(sink = %self.name, in_flight = flight.len(), "stopping before every publish was acknowledged; those records stay queued and are resent on the next start");
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Publishes queued records until the in-flight window is full or the
+    /// outbox has nothing more.
+    async fn fill(&mut self, client: &AsyncClient, flight: &mut Flight) -> Result<(), End> {
+        while flight.has_room() {
+            let Some(record) = flight.next_record() else {
+                if !flight.more {
+                    return Ok(());
+                }
+                let limit = self.window.max(64);
+                let batch = match self.outbox.fetch(&self.name, flight.cursor, limit).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
+                        return Err(End::Shutdown);
+                    }
+                };
+                flight.refill(batch, limit);
+                continue;
+            };
+            let publish = self.encoder.encode(&record);
+            if publish.topic.len() + publish.payload.len() + 8 > self.max_packet {
+                self.undeliverable(publish).await;
+                continue;
+            }
+            if let Err(e) =
+                client.try_publish(publish.topic, QoS::AtLeastOnce, false, publish.payload)
+            {
+                tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
+                return Err(End::Failed(ConnectionError::RequestsDone));
+            }
+            flight.sent(publish.ids);
+        }
+        Ok(())
+    }
+
+    /// A record that can never fit the upstream packet limit would block its
+    /// queue forever; it is removed, counted and logged instead.
+    async fn undeliverable(&mut self, p: Publish) {
+        tracing::error!(
+            sink = %self.name,
+            topic = %p.topic,
+            bytes = p.payload.len(),
+            max_packet_size = self.max_packet,
+            "record larger than the upstream packet limit: dropped (raise max_packet_size if the platform allows)"
+        );
+        stats::add(&self.stats.undeliverable, p.ids.len() as u64);
+        let _ = self.outbox.delete(p.ids).await;
+    }
+}
+
+/// What one connection has in flight: records fetched but not yet sent,
+/// publishes handed to rumqttc awaiting their packet id, and packet ids
+/// awaiting their PUBACK.
+struct Flight {
+    window: usize,
+    /// Highest outbox id fetched on this connection.
+    cursor: i64,
+    /// The outbox may hold more than was fetched.
+    more: bool,
+    fetched: VecDeque<Record>,
+    awaiting_pkid: VecDeque<Vec<i64>>,
+    in_flight: HashMap<u16, Vec<i64>>,
+}
+
+impl Flight {
+    fn new(window: usize) -> Flight {
+        Flight {
+            window,
+            cursor: 0,
+            more: true,
+            fetched: VecDeque::new(),
+            awaiting_pkid: VecDeque::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.awaiting_pkid.len() + self.in_flight.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn has_room(&self) -> bool {
+        self.len() < self.window
+    }
+
+    fn next_record(&mut self) -> Option<Record> {
+        self.fetched.pop_front()
+    }
+
+    fn refill(&mut self, batch: Vec<Record>, limit: usize) {
+        self.more = batch.len() >= limit;
+        if let Some(last) = batch.last() {
+            self.cursor = last.id;
+        }
+        self.fetched.extend(batch);
+    }
+
+    fn sent(&mut self, ids: Vec<i64>) {
+        self.awaiting_pkid.push_back(ids);
+    }
+
+    /// Tracks packet ids; returns the rows a PUBACK has delivered.
+    fn on_event(&mut self, ev: &Event) -> Option<Vec<i64>> {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(ids) = self.awaiting_pkid.pop_front() {
+                    self.in_flight.insert(*pkid, ids);
+                }
+                None
+            }
+            Event::Incoming(Packet::PubAck(ack)) => self.in_flight.remove(&ack.pkid),
+            _ => None,
+        }
+    }
+}
+
+/// TLS for `mqtts://`: server verification against `ca_file`, or the system
+/// roots when none is given. ring is the only crypto provider compiled in.
+fn tls_config(sink: &str, cfg: &MqttSinkConfig) -> Result<TlsConfiguration, SinkError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let ca_err = |detail: String| SinkError::CaFile {
+                sink: sink.to_string(),
+                path: path.clone(),
+                detail,
+            };
+            let file = std::fs::File::open(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(file))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_err(format!("not a PEM file: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_err("no PEM certificate found in the file".into()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| ca_err(format!("unusable certificate: {e}")))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(SinkError::Tls {
+                    sink: sink.to_string(),
+                    detail:
+                        "no system CA certificates found (install ca-certificates or set ca_file)"
+                            .into(),
+                });
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SinkError::Tls {
+            sink: sink.to_string(),
+            detail: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://localhost"),
+            Ok(BrokerUrl {
+                tls: false,
+                host: "localhost".into(),
+                port: 1883
+            })
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://broker.example:8884"),
+            Ok(BrokerUrl {
+                tls: true,
+                host: "broker.example".into(),
+                port: 8884
+            })
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtt://[::1]:1999"),
+            Ok(BrokerUrl {
+                tls: false,
+                host: "::1".into(),
+                port: 1999
+            })
+        );
+        assert!(BrokerUrl::parse("http://x").is_err());
+        assert!(BrokerUrl::parse("mqtt://x:notaport").is_err());
+        assert!(BrokerUrl::parse("mqtt://user:pw@x").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let d: Vec<f64> = (0..6).map(|_| b.next_delay().as_secs_f64()).collect();
+        for (got, base) in d.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
+            assert!(*got >= base * 0.75 && *got <= base * 1.25, "{d:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn flight_maps_packet_ids_to_rows() {
+        let mut f = Flight::new(2);
+        f.sent(vec![10]);
+        f.sent(vec![11, 12]);
+        assert!(!f.has_room());
+        assert_eq!(f.on_event(&Event::Outgoing(Outgoing::Publish(1))), None);
+        assert_eq!(f.on_event(&Event::Outgoing(Outgoing::Publish(2))), None);
+        let ack = |pkid| Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid }));
+        assert_eq!(f.on_event(&ack(2)), Some(vec![11, 12]));
+        assert_eq!(f.on_event(&ack(2)), None);
+        assert_eq!(f.on_event(&ack(1)), Some(vec![10]));
+        assert!(f.is_empty());
+    }
+}

@@ -1,0 +1,229 @@
+//! The SQLite file behind the outbox: schema, pragmas, and the statements the
+//! writer thread runs. Nothing here is shared between threads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
+
+use super::StoreError;
+use crate::config::{RecordKind, Synchronous};
+use crate::record::Record;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink        TEXT    NOT NULL,
+    device      TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    ts          INTEGER NOT NULL,
+    topic       TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    size        INTEGER NOT NULL,
+    ingested_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_sink ON records (sink, id);
+CREATE TABLE IF NOT EXISTS counters (
+    sink  TEXT    NOT NULL,
+    name  TEXT    NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (sink, name)
+);
+";
+
+/// Queue depth of one sink, as kept in memory by the writer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Maps a SQLite error to one that says which file and what to do.
+pub fn explain(path: &Path, e: rusqlite::Error) -> StoreError {
+    let code = e.sqlite_error_code();
+    let p = path.to_path_buf();
+    match code {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: p,
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::ReadOnly)
+        | Some(ErrorCode::CannotOpen)
+        | Some(ErrorCode::PermissionDenied) => StoreError::Unwritable {
+            path: p,
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull { path: p },
+        _ => StoreError::Sqlite {
+            path: p,
+            detail: e.to_string(),
+        },
+    }
+}
+
+impl Db {
+    pub fn open(path: &Path, sync: Synchronous) -> Result<Db, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unwritable {
+                path: dir.to_path_buf(),
+                detail: format!("cannot create the directory: {e}"),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| explain(path, e))?;
+        let db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.init(sync).map_err(|e| explain(path, e))?;
+        Ok(db)
+    }
+
+    fn init(&self, sync: Synchronous) -> rusqlite::Result<()> {
+        // Reading the schema validates the file header: a file that is not
+        // a database fails here, at startup, with a clear error.
+        self.conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("cannot switch to WAL mode (got `{mode}`)")),
+            ));
+        }
+        let level = match sync {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous = {level};"))?;
+        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        self.conn.execute_batch(SCHEMA)?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            self.conn
+                .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+        }
+        // Probe that the file is writable now, not at the first reading.
+        self.conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn depths(&self) -> rusqlite::Result<HashMap<String, Depth>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT sink, COUNT(*), COALESCE(SUM(size), 0) FROM records GROUP BY sink")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Depth {
+                    records: r.get::<_, i64>(1)? as u64,
+                    bytes: r.get::<_, i64>(2)? as u64,
+                },
+            ))
+        })?;
+        rows.collect()
+    }
+
+    pub fn counters(&self) -> rusqlite::Result<HashMap<(String, String), u64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT sink, name, value FROM counters")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        rows.collect()
+    }
+
+    pub fn transaction(&mut self) -> rusqlite::Result<Transaction<'_>> {
+        self.conn.transaction()
+    }
+
+    pub fn fetch(&self, sink: &str, after: i64, limit: usize) -> rusqlite::Result<Vec<Record>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, device, kind, ts, topic, payload FROM records
+             WHERE sink = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![sink, after, limit as i64], |r| {
+            let kind: String = r.get(2)?;
+            Ok(Record {
+                id: r.get(0)?,
+                sink: sink.to_string(),
+                device: r.get(1)?,
+                kind: RecordKind::parse(&kind).unwrap_or(RecordKind::Telemetry),
+                ts: r.get(3)?,
+                topic: r.get(4)?,
+                payload: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+}
+
+pub fn insert(tx: &Transaction<'_>, r: &Record, size: u64, now: i64) -> rusqlite::Result<i64> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO records (sink, device, kind, ts, topic, payload, size, ingested_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    stmt.execute(params![
+        r.sink,
+        r.device,
+        r.kind.as_str(),
+        r.ts,
+        r.topic,
+        r.payload,
+        size as i64,
+        now
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Deletes one row; returns its sink and size if it was there.
+pub fn delete(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Option<(String, u64)>> {
+    let mut stmt = tx.prepare_cached("DELETE FROM records WHERE id = ?1 RETURNING sink, size")?;
+    stmt.query_row(params![id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })
+    .optional()
+}
+
+/// The oldest rows (across all sinks): id, sink, size, ingested_at.
+pub fn oldest(
+    tx: &Transaction<'_>,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, String, u64, i64)>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT id, sink, size, ingested_at FROM records ORDER BY id LIMIT ?1")?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+    })?;
+    rows.collect()
+}
+
+pub fn add_counter(tx: &Transaction<'_>, sink: &str, name: &str, by: u64) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO counters (sink, name, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sink, name) DO UPDATE SET value = value + excluded.value",
+    )?;
+    stmt.execute(params![sink, name, by as i64])?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The durable outbox: every record waits here until its sink's platform has
+//! acknowledged it.
+//!
+//! One SQLite file in WAL mode holds one FIFO queue per sink (rows ordered by
+//! an AUTOINCREMENT id, never reused). A single writer thread owns the
+//! connection and applies whatever commands are pending as one transaction —
+//! group commit without a timer, so throughput follows the offered load
+//! rather than the disk's fsync latency. Appenders may wait for the commit
+//! (that is how an acknowledgement can be held until data is on disk).
+//!
+//! The outbox is bounded by bytes and by age. What the bound removes or
+//! refuses is counted per sink in the file itself, so the count survives
+//! restarts and can be reported upstream.
+
+mod db;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::config::{FullPolicy, StoreConfig};
+use crate::record::Record;
+
+pub use db::Depth;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "outbox {path} is not a SQLite database or is damaged ({detail}); \
+         move it aside (mv {path} {path}.corrupt) and start again: outpost creates a new empty outbox",
+        path = path.display()
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "cannot write the outbox {path} ({detail}); check that the directory exists, \
+         is on a writable filesystem and belongs to the user outpost runs as",
+        path = path.display()
+    )]
+    Unwritable { path: PathBuf, detail: String },
+    #[error(
+        "disk full writing the outbox {path}; records already stored are kept. \
+         Free space on that filesystem or lower store.max_bytes",
+        path = path.display()
+    )]
+    DiskFull { path: PathBuf },
+    #[error("outbox {path}: {detail}", path = path.display())]
+    Sqlite { path: PathBuf, detail: String },
+    #[error("the outbox is closed (outpost is shutting down)")]
+    Closed,
+}
+
+/// What became of an appended batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Records now stored.
+    pub stored: usize,
+    /// Records refused because the outbox is full and the policy is `reject_new`
+    /// (or a single record is larger than the whole outbox).
+    pub rejected: usize,
+}
+
+/// Counters of one sink's queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub depth: Depth,
+    /// Records dropped by the bounds (size or age), since the outbox was created.
+    pub dropped: u64,
+}
+
+pub(crate) enum Command {
+    Append {
+        records: Vec<Record>,
+        done: Option<oneshot::Sender<Result<Appended, StoreError>>>,
+    },
+    Delete {
+        ids: Vec<i64>,
+    },
+    Fetch {
+        sink: String,
+        after: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Record>, StoreError>>,
+    },
+    Expire,
+}
+
+pub(crate) struct Shared {
+    notify: HashMap<String, Arc<Notify>>,
+    stats: Mutex<BTreeMap<String, QueueStats>>,
+}
+
+/// A cheap, cloneable handle to the outbox.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+/// Joins the writer thread once every [`Outbox`] handle is gone, so that the
+/// last commit has finished before the process exits.
+pub struct WriterHandle(JoinHandle<()>);
+
+impl WriterHandle {
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the outbox writer thread panicked");
+        }
+    }
+}
+
+/// Limits the writer applies; resolved from [`StoreConfig`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_age_ms: i64,
+    pub policy: FullPolicy,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox file and starts its writer thread.
+    /// `sinks` are the queues that will be read; others may exist in the file
+    /// from an earlier config and are kept, counted and bounded all the same.
+    pub fn open(
+        path: PathBuf,
+        cfg: &StoreConfig,
+        sinks: &[String],
+    ) -> Result<(Outbox, WriterHandle), StoreError> {
+        let db = db::Db::open(&path, cfg.synchronous)?;
+        let limits = Limits {
+            max_bytes: cfg.max_bytes.0,
+            max_age_ms: cfg.max_age.0.as_millis().min(i64::MAX as u128) as i64,
+            policy: cfg.full_policy,
+        };
+        let notify = sinks
+            .iter()
+            .map(|s| (s.clone(), Arc::new(Notify::new())))
+            .collect();
+        let shared = Arc::new(Shared {
+            notify,
+            stats: Mutex::new(BTreeMap::new()),
+        });
+        let (tx, rx) = mpsc::channel(64 * 1024);
+        let state = writer::State::load(&db, limits)?;
+        state.publish(&shared);
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer::run(db, rx, thread_shared, state))
+            .map_err(|e| StoreError::Sqlite {
+                path: path.clone(),
+                detail: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok((Outbox { tx, shared }, WriterHandle(handle)))
+    }
+
+    /// Appends records and waits until they are committed.
+    pub async fn append(&self, records: Vec<Record>) -> Result<Appended, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                records,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends records from a blocking thread, waiting for the commit.
+    pub fn append_blocking(&self, records: Vec<Record>) -> Result<Appended, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Append {
+                records,
+                done: Some(done),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        wait.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends records from a blocking thread without waiting for the commit
+    /// (the caller has no acknowledgement to hold).
+    pub fn submit_blocking(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.tx
+            .blocking_send(Command::Append {
+                records,
+                done: None,
+            })
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Deletes delivered records. Returns once the command is queued; the
+    /// delete commits with the next group.
+    pub async fn delete(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Delete { ids })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Up to `limit` records of `sink` with an id above `after`, oldest first.
+    pub async fn fetch(
+        &self,
+        sink: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Fetch {
+                sink: sink.to_string(),
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Removes records older than `store.max_age`.
+    pub async fn expire(&self) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Expire)
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Woken whenever new records for `sink` are committed.
+    pub fn notifier(&self, sink: &str) -> Option<Arc<Notify>> {
+        self.shared.notify.get(sink).cloned()
+    }
+
+    /// Queue depth and drop counts per sink, as of the last commit.
+    pub fn stats(&self) -> BTreeMap<String, QueueStats> {
+        match self.shared.stats.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+use std::time::Duration;
+
+use super::*;
+use crate::config::{ByteSize, RecordKind, Seconds, Synchronous};
+
+fn cfg(max_bytes: u64, policy: FullPolicy) -> StoreConfig {
+    StoreConfig {
+        path: "outbox.db".into(),
+        max_bytes: ByteSize(max_bytes),
+        max_age: Seconds(Duration::from_secs(3600)),
+        full_policy: policy,
+        synchronous: Synchronous::Normal,
+    }
+}
+
+fn rec(sink: &str, device: &str, n: i64) -> Record {
+    Record {
+        id: 0,
+        sink: sink.into(),
+        device: device.into(),
+        kind: RecordKind::Telemetry,
+        ts: n,
+        topic: format!("s/{device}/t"),
+        payload: format!("{{\"n\":{n}}}").into_bytes(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn append_fetch_delete_in_fifo_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ob, w) = Outbox::open(
+        dir.path().join("o.db"),
+        &cfg(1 << 20, FullPolicy::DropOldest),
+        &["a".into(), "b".into()],
+    )
+    .expect("open");
+    rt().block_on(async {
+        let recs = (0..10)
+            .map(|i| rec(if i % 2 == 0 { "a" } else { "b" }, "d", i))
+            .collect();
+        let done = ob.append(recs).await.expect("append");
+        assert_eq!(
+            done,
+            Appended {
+                stored: 10,
+                rejected: 0
+            }
+        );
+        let a = ob.fetch("a", 0, 100).await.expect("fetch");
+        assert_eq!(a.iter().map(|r| r.ts).collect::<Vec<_>>(), [0, 2, 4, 6, 8]);
+        let next = ob.fetch("a", a[1].id, 2).await.expect("fetch");
+        assert_eq!(next.iter().map(|r| r.ts).collect::<Vec<_>>(), [4, 6]);
+        ob.delete(vec![a[0].id, a[1].id]).await.expect("delete");
+        let a2 = ob.fetch("a", 0, 100).await.expect("fetch");
+        assert_eq!(a2.len(), 3);
+        assert_eq!(ob.stats()["a"].depth.records, 3);
+        assert_eq!(ob.stats()["b"].depth.records, 5);
+    });
+    drop(ob);
+    w.join();
+}
+
+#[test]
+fn drop_oldest_keeps_the_newest_and_counts_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    // Two-digit readings are the largest here: ten of them fill the outbox.
+    let one = rec("a", "d", 99).stored_size();
+    let c = cfg(one * 10, FullPolicy::DropOldest);
+    {
+        let (ob, w) = Outbox::open(path.clone(), &c, &["a".into()]).expect("open");
+        rt().block_on(async {
+            for i in 0..25 {
+                ob.append(vec![rec("a", "d", i)]).await.expect("append");
+            }
+            let all = ob.fetch("a", 0, 100).await.expect("fetch");
+            assert_eq!(
+                all.iter().map(|r| r.ts).collect::<Vec<_>>(),
+                (15..25).collect::<Vec<_>>()
+            );
+            assert_eq!(ob.stats()["a"].dropped, 15);
+        });
+        drop(ob);
+        w.join();
+    }
+    let (ob, w) = Outbox::open(path, &c, &["a".into()]).expect("reopen");
+    assert_eq!(ob.stats()["a"].dropped, 15);
+    assert_eq!(ob.stats()["a"].depth.records, 10);
+    drop(ob);
+    w.join();
+}
+
+#[test]
+fn reject_new_keeps_the_oldest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = rec("a", "d", 0).stored_size();
+    let (ob, w) = Outbox::open(
+        dir.path().join("o.db"),
+        &cfg(one * 10, FullPolicy::RejectNew),
+        &["a".into()],
+    )
+    .expect("open");
+    rt().block_on(async {
+        let recs = (0..25).map(|i| rec("a", "d", i)).collect();
+        let done = ob.append(recs).await.expect("append");
+        assert_eq!(
+            done,
+            Appended {
+                stored: 10,
+                rejected: 15
+            }
+        );
+        let all = ob.fetch("a", 0, 100).await.expect("fetch");
+        assert_eq!(
+            all.iter().map(|r| r.ts).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        assert_eq!(ob.stats()["a"].dropped, 15);
+    });
+    drop(ob);
+    w.join();
+}
+
+#[test]
+fn expired_records_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(1 << 20, FullPolicy::DropOldest);
+    c.max_age = Seconds(Duration::from_millis(1));
+    let (ob, w) = Outbox::open(dir.path().join("o.db"), &c, &["a".into()]).expect("open");
+    rt().block_on(async {
+        ob.append((0..5).map(|i| rec("a", "d", i)).collect())
+            .await
+            .expect("append");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ob.expire().await.expect("expire");
+        assert!(ob.fetch("a", 0, 10).await.expect("fetch").is_empty());
+        assert_eq!(ob.stats()["a"].dropped, 5);
+    });
+    drop(ob);
+    w.join();
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    std::fs::write(&path, vec![0x42u8; 8192]).expect("write");
+    let err = Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &[])
+        .err()
+        .expect("must fail");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("move it aside"), "{text}");
+}
+
+#[test]
+fn an_unwritable_directory_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").expect("write");
+    // A path under a regular file can never be created.
+    let path = blocker.join("sub").join("o.db");
+    let err = Outbox::open(path, &cfg(1 << 20, FullPolicy::DropOldest), &[])
+        .err()
+        .expect("must fail");
+    assert!(matches!(err, StoreError::Unwritable { .. }), "{err}");
+    assert!(err.to_string().contains("file"), "{err}");
+}

@@ -1,0 +1,314 @@
+//! The outbox's writer thread: group commit, bounds, and the in-memory view
+//! of queue depths that the rest of outpost reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Transaction;
+use tokio::sync::mpsc;
+
+use super::db::{self, Db, Depth};
+use super::{Appended, Command, Limits, QueueStats, Shared, StoreError};
+use crate::config::FullPolicy;
+use crate::route::now_ms;
+
+/// Most commands applied in one transaction. Large enough that a burst is a
+/// handful of commits; small enough that one commit stays short.
+const MAX_GROUP: usize = 4096;
+
+/// Rows looked at per step when making room or expiring.
+const EVICT_STEP: usize = 256;
+
+#[derive(Clone)]
+pub(crate) struct State {
+    limits: Limits,
+    depths: HashMap<String, Depth>,
+    dropped: HashMap<String, u64>,
+    total_bytes: u64,
+}
+
+impl State {
+    pub(crate) fn load(db: &Db, limits: Limits) -> Result<State, StoreError> {
+        let depths = db.depths().map_err(|e| db::explain(db.path(), e))?;
+        let counters = db.counters().map_err(|e| db::explain(db.path(), e))?;
+        let dropped = counters
+            .into_iter()
+            .filter(|((_, name), _)| name == "dropped")
+            .map(|((sink, _), v)| (sink, v))
+            .collect();
+        let total_bytes = depths.values().map(|d| d.bytes).sum();
+        Ok(State {
+            limits,
+            depths,
+            dropped,
+            total_bytes,
+        })
+    }
+
+    pub(crate) fn publish(&self, shared: &Shared) {
+        let mut view = BTreeMap::new();
+        for (sink, d) in &self.depths {
+            view.entry(sink.clone())
+                .or_insert_with(QueueStats::default)
+                .depth = *d;
+        }
+        for (sink, n) in &self.dropped {
+            view.entry(sink.clone())
+                .or_insert_with(QueueStats::default)
+                .dropped = *n;
+        }
+        for sink in shared.notify.keys() {
+            view.entry(sink.clone()).or_default();
+        }
+        match shared.stats.lock() {
+            Ok(mut s) => *s = view,
+            Err(p) => *p.into_inner() = view,
+        }
+    }
+
+    fn added(&mut self, sink: &str, size: u64) {
+        let d = self.depths.entry(sink.to_string()).or_default();
+        d.records += 1;
+        d.bytes += size;
+        self.total_bytes += size;
+    }
+
+    fn removed(&mut self, sink: &str, size: u64) {
+        if let Some(d) = self.depths.get_mut(sink) {
+            d.records = d.records.saturating_sub(1);
+            d.bytes = d.bytes.saturating_sub(size);
+        }
+        self.total_bytes = self.total_bytes.saturating_sub(size);
+    }
+}
+
+/// Drops counted in this group, to persist and to log.
+#[derive(Default)]
+struct Drops(BTreeMap<String, u64>);
+
+impl Drops {
+    fn add(&mut self, sink: &str, n: u64) {
+        *self.0.entry(sink.to_string()).or_default() += n;
+    }
+}
+
+pub(crate) fn run(
+    mut db: Db,
+    mut rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    mut state: State,
+) {
+    let mut log = DropLog::default();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = Vec::with_capacity(64);
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+
+        let before = state.clone();
+        let mut drops = Drops::default();
+        let mut outcomes: Vec<Appended> = Vec::new();
+        let mut woken: Vec<String> = Vec::new();
+        let result = db
+            .transaction()
+            .and_then(|tx| {
+                apply(
+                    &tx,
+                    &group,
+                    &mut state,
+                    &mut drops,
+                    &mut outcomes,
+                    &mut woken,
+                )?;
+                tx.commit()
+            })
+            .map_err(|e| db::explain(db.path(), e));
+
+        if let Err(e) = &result {
+            state = before;
+            tracing::error!(error = %e, commands = group.len(), "outbox commit failed; nothing in this group was stored");
+        } else {
+            state.publish(&shared);
+            for sink in woken {
+                if let Some(n) = shared.notify.get(&sink) {
+                    n.notify_one();
+                }
+            }
+            log.note(&drops, &state.limits);
+        }
+
+        let mut outcomes = outcomes.into_iter();
+        for cmd in group {
+            match cmd {
+                Command::Append { done, .. } => {
+                    let outcome = outcomes.next().unwrap_or_default();
+                    if let Some(done) = done {
+                        let _ = done.send(result.clone().map(|_| outcome));
+                    }
+                }
+                Command::Fetch {
+                    sink,
+                    after,
+                    limit,
+                    reply,
+                } => {
+                    let rows = db
+                        .fetch(&sink, after, limit)
+                        .map_err(|e| db::explain(db.path(), e));
+                    let _ = reply.send(rows);
+                }
+                Command::Delete { .. } | Command::Expire => {}
+            }
+        }
+    }
+    tracing::debug!("outbox writer stopped");
+}
+
+fn apply(
+    tx: &Transaction<'_>,
+    group: &[Command],
+    state: &mut State,
+    drops: &mut Drops,
+    outcomes: &mut Vec<Appended>,
+    woken: &mut Vec<String>,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    for cmd in group {
+        match cmd {
+            Command::Append { records, .. } => {
+                let mut outcome = Appended::default();
+                for r in records {
+                    let size = r.stored_size();
+                    if !make_room(tx, state, drops, size)? {
+                        drops.add(&r.sink, 1);
+                        outcome.rejected += 1;
+                        continue;
+                    }
+                    db::insert(tx, r, size, now)?;
+                    state.added(&r.sink, size);
+                    outcome.stored += 1;
+                    if !woken.contains(&r.sink) {
+                        woken.push(r.sink.clone());
+                    }
+                }
+                outcomes.push(outcome);
+            }
+            Command::Delete { ids } => {
+                for id in ids {
+                    if let Some((sink, size)) = db::delete(tx, *id)? {
+                        state.removed(&sink, size);
+                    }
+                }
+            }
+            Command::Expire => expire(tx, state, drops, now)?,
+            Command::Fetch { .. } => {}
+        }
+    }
+    for (sink, n) in &drops.0 {
+        db::add_counter(tx, sink, "dropped", *n)?;
+        *state.dropped.entry(sink.clone()).or_default() += n;
+    }
+    Ok(())
+}
+
+/// Makes room for `size` more bytes under the configured policy. Returns
+/// false if the record must be refused.
+fn make_room(
+    tx: &Transaction<'_>,
+    state: &mut State,
+    drops: &mut Drops,
+    size: u64,
+) -> rusqlite::Result<bool> {
+    let max = state.limits.max_bytes;
+    if size > max {
+        return Ok(false);
+    }
+    if state.total_bytes + size <= max {
+        return Ok(true);
+    }
+    if state.limits.policy == FullPolicy::RejectNew {
+        return Ok(false);
+    }
+    while state.total_bytes + size > max {
+        let rows = db::oldest(tx, EVICT_STEP)?;
+        if rows.is_empty() {
+            break;
+        }
+        for (id, sink, row_size, _) in rows {
+            if state.total_bytes + size <= max {
+                break;
+            }
+            if db::delete(tx, id)?.is_some() {
+                state.removed(&sink, row_size);
+                drops.add(&sink, 1);
+            }
+        }
+    }
+    Ok(state.total_bytes + size <= max)
+}
+
+fn expire(
+    tx: &Transaction<'_>,
+    state: &mut State,
+    drops: &mut Drops,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let cutoff = now.saturating_sub(state.limits.max_age_ms);
+    loop {
+        let rows = db::oldest(tx, EVICT_STEP)?;
+        let mut removed = 0;
+        for (id, sink, size, ingested_at) in &rows {
+            if *ingested_at >= cutoff {
+                return Ok(());
+            }
+            if db::delete(tx, *id)?.is_some() {
+                state.removed(sink, *size);
+                drops.add(sink, 1);
+                removed += 1;
+            }
+        }
+        if rows.len() < EVICT_STEP || removed == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Logs drops at most every few seconds, with the totals since the last line,
+/// so a full outbox under load does not flood the journal.
+#[derive(Default)]
+struct DropLog {
+    pending: BTreeMap<String, u64>,
+    last: Option<Instant>,
+}
+
+impl DropLog {
+    fn note(&mut self, drops: &Drops, limits: &Limits) {
+        for (sink, n) in &drops.0 {
+            *self.pending.entry(sink.clone()).or_default() += n;
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        for (sink, n) in std::mem::take(&mut self.pending) {
+            tracing::warn!(
+                sink = %sink,
+                dropped = n,
+                policy = ?limits.policy,
+                max_bytes = limits.max_bytes,
+                "outbox bound reached: records dropped (counted; see store.max_bytes, store.max_age)"
+            );
+        }
+        self.last = Some(Instant::now());
+    }
+}
