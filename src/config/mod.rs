@@ -48,9 +48,17 @@ pub struct BrokerConfig {
     /// MQTT 3.1.1 listener for LAN sensors.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// MQTT 5 listener (rumqttd serves each protocol version on its own port).
+    /// A second listener. With `ack_after_commit` (the default) both
+    /// listeners accept MQTT 3.1.1 and 5; without it rumqttd serves 3.1.1 on
+    /// `listen` and MQTT 5 only here.
     #[serde(default)]
     pub listen_v5: Option<SocketAddr>,
+    /// Hold each sensor's PUBACK until its reading is committed to the
+    /// outbox (outpost's ingest front relays to rumqttd). `false` lets rumqttd
+    /// acknowledge at once: a little faster, but a reading acknowledged just
+    /// before a crash can be lost.
+    #[serde(default = "default_true")]
+    pub ack_after_commit: bool,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Largest PUBLISH payload a LAN client may send.
@@ -67,6 +75,9 @@ pub struct BrokerConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 1883))
 }
+fn default_true() -> bool {
+    true
+}
 fn default_max_connections() -> usize {
     1000
 }
@@ -82,6 +93,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: default_listen(),
             listen_v5: None,
+            ack_after_commit: true,
             max_connections: default_max_connections(),
             max_payload: default_max_payload(),
             connect_timeout: default_connect_timeout(),

@@ -10,7 +10,7 @@
 
 mod signals;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -21,6 +21,8 @@ use crate::route::Router;
 use crate::sink::mqtt::MqttEncoder;
 use crate::sink::uplink::Uplink;
 use crate::source;
+use crate::source::broker::Listeners;
+use crate::source::front::Front;
 use crate::stats::Stats;
 use crate::store::Outbox;
 
@@ -66,16 +68,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     }
 
     let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
-    let broker = source::broker::start(&config.broker)?;
-    let ingest = source::link::spawn(
-        broker.link_tx,
-        broker.link_rx,
-        router,
-        outbox.clone(),
-        stats.clone(),
-        shutdown.clone(),
-    )
-    .map_err(DaemonError::Setup)?;
+    let ingest = start_ingest(&config, router, &outbox, &stats, &shutdown, &mut tasks).await?;
 
     tasks.spawn(expire_periodically(
         outbox.clone(),
@@ -92,12 +85,77 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+    if let Ingest::Link(thread) = ingest {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     while tasks.join_next().await.is_some() {}
     drop(outbox);
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How readings get from the local broker into the outbox.
+enum Ingest {
+    /// The front; rumqttd's link is kept open for later downlink use.
+    Front(#[allow(dead_code)] source::broker::LocalBroker),
+    Link(std::thread::JoinHandle<()>),
+}
+
+async fn start_ingest(
+    config: &Config,
+    router: Router,
+    outbox: &Outbox,
+    stats: &Arc<Stats>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Ingest, DaemonError> {
+    let b = &config.broker;
+    if !b.ack_after_commit {
+        let broker = source::broker::start(b, Listeners::public(b)?)?;
+        tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = false, "local broker listening");
+        let thread = source::link::spawn(
+            broker.link_tx,
+            broker.link_rx,
+            router,
+            outbox.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        )
+        .map_err(DaemonError::Setup)?;
+        return Ok(Ingest::Link(thread));
+    }
+
+    // Bind the sensor-facing addresses first: a clear error if taken.
+    let mut listeners = Vec::new();
+    for (addr, key) in [(Some(b.listen), "listen"), (b.listen_v5, "listen_v5")] {
+        let Some(addr) = addr else { continue };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| source::broker::BrokerError::Bind {
+                addr,
+                what: "MQTT 3.1.1 and 5",
+                key,
+                source,
+            })?;
+        listeners.push(l);
+    }
+    let broker = source::broker::start(b, Listeners::private()?)?;
+    let front = Arc::new(Front {
+        backend_v4: broker.listen.v4,
+        backend_v5: broker.listen.v5,
+        router: Arc::new(Mutex::new(router)),
+        outbox: outbox.clone(),
+        stats: stats.clone(),
+        max_body: b.max_payload.0 as usize,
+        connect_timeout: b.connect_timeout.0,
+        reserved_client_id: broker.link_id.clone(),
+    });
+    for l in listeners {
+        tasks.spawn(source::front::serve(l, front.clone(), shutdown.clone()));
+    }
+    tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = true, "local broker listening");
+    Ok(Ingest::Front(broker))
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {

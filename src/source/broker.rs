@@ -38,18 +38,43 @@ pub enum BrokerError {
 
 /// The running local broker and outpost's link into it.
 pub struct LocalBroker {
+    pub listen: Listeners,
     pub link_tx: LinkTx,
     pub link_rx: LinkRx,
     pub link_id: String,
 }
 
-/// Starts rumqttd from the config and waits until its listeners accept.
-pub fn start(cfg: &BrokerConfig) -> Result<LocalBroker, BrokerError> {
-    probe_bind(cfg.listen, "MQTT 3.1.1", "listen")?;
-    if let Some(v5) = cfg.listen_v5 {
-        probe_bind(v5, "MQTT 5", "listen_v5")?;
+/// Where rumqttd itself listens: the configured addresses when sensors talk
+/// to it directly, private loopback ports when the ingest front sits before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    pub v4: SocketAddr,
+    pub v5: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// The configured, sensor-facing addresses (checked to be free).
+    pub fn public(cfg: &BrokerConfig) -> Result<Listeners, BrokerError> {
+        probe_bind(cfg.listen, "MQTT 3.1.1", "listen")?;
+        if let Some(v5) = cfg.listen_v5 {
+            probe_bind(v5, "MQTT 5", "listen_v5")?;
+        }
+        Ok(Listeners {
+            v4: cfg.listen,
+            v5: cfg.listen_v5,
+        })
     }
 
+    /// Two free ports on 127.0.0.1, reachable only from this machine.
+    pub fn private() -> Result<Listeners, BrokerError> {
+        let v4 = private_port(None)?;
+        let v5 = private_port(Some(v4.port()))?;
+        Ok(Listeners { v4, v5: Some(v5) })
+    }
+}
+
+/// Starts rumqttd and waits until its listeners accept.
+pub fn start(cfg: &BrokerConfig, listen: Listeners) -> Result<LocalBroker, BrokerError> {
     let link_id = format!(
         "outpost-link-{:016x}{:016x}",
         fastrand::u64(..),
@@ -76,10 +101,10 @@ pub fn start(cfg: &BrokerConfig) -> Result<LocalBroker, BrokerError> {
         },
         v4: Some(HashMap::from([(
             "v4".to_string(),
-            server("mqtt-v4", cfg.listen),
+            server("mqtt-v4", listen.v4),
         )])),
-        v5: cfg
-            .listen_v5
+        v5: listen
+            .v5
             .map(|a| HashMap::from([("v5".to_string(), server("mqtt-v5", a))])),
         ..Default::default()
     };
@@ -97,12 +122,13 @@ pub fn start(cfg: &BrokerConfig) -> Result<LocalBroker, BrokerError> {
         })
         .map_err(BrokerError::Thread)?;
 
-    wait_listening(cfg.listen)?;
-    if let Some(v5) = cfg.listen_v5 {
+    wait_listening(listen.v4)?;
+    if let Some(v5) = listen.v5 {
         wait_listening(v5)?;
     }
-    tracing::info!(listen = %cfg.listen, listen_v5 = ?cfg.listen_v5, auth = cfg.users.is_some(), "local broker listening");
+    tracing::debug!(v4 = %listen.v4, v5 = ?listen.v5, auth = cfg.users.is_some(), "rumqttd listening");
     Ok(LocalBroker {
+        listen,
         link_tx,
         link_rx,
         link_id,
@@ -139,6 +165,46 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A free loopback port for rumqttd's private listeners.
+///
+/// rumqttd binds its own sockets, so a port has to be chosen, released and
+/// then bound by rumqttd. Choosing it below the kernel's ephemeral range
+/// keeps outgoing connections (the uplink's, anyone's) from taking it in
+/// that moment, which a port from `bind(:0)` would not.
+fn private_port(not: Option<u16>) -> Result<SocketAddr, BrokerError> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else {
+        (49_152, 65_535)
+    };
+    let mut last = None;
+    for _ in 0..200 {
+        let port = fastrand::u16(from..to);
+        if Some(port) == not {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        match TcpListener::bind(addr) {
+            Ok(_) => return Ok(addr),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(BrokerError::Bind {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        what: "the local broker's private port",
+        key: "listen",
+        source: last.unwrap_or_else(|| std::io::Error::other("no free port found")),
+    })
 }
 
 fn probe_bind(addr: SocketAddr, what: &'static str, key: &'static str) -> Result<(), BrokerError> {

@@ -1,6 +1,11 @@
-//! Sources: where readings come from. Today the embedded local broker
-//! ([`broker`]) and the ingest path that takes routed messages off it
-//! ([`link`]).
+//! Sources: where readings come from.
+//!
+//! - [`broker`]: the embedded rumqttd that LAN clients use for pub/sub.
+//! - [`front`]: the ingest front sensors connect to; it relays to rumqttd and
+//!   holds each PUBACK until the reading is committed (the default).
+//! - [`link`]: the alternative ingest that takes routed messages off
+//!   rumqttd's in-process link, with rumqttd acknowledging at once.
 
 pub mod broker;
+pub mod front;
 pub mod link;

@@ -71,10 +71,33 @@ pub struct QueueStats {
     pub dropped: u64,
 }
 
+/// A commit outcome, tagged with the caller's sequence number.
+pub type Tagged = (u64, Result<Appended, StoreError>);
+
+/// How an appender hears that its records are committed.
+pub(crate) enum Done {
+    Once(oneshot::Sender<Result<Appended, StoreError>>),
+    /// For callers with many appends outstanding (one per held PUBACK).
+    Tagged(mpsc::UnboundedSender<Tagged>, u64),
+}
+
+impl Done {
+    pub(crate) fn send(self, r: Result<Appended, StoreError>) {
+        match self {
+            Done::Once(tx) => {
+                let _ = tx.send(r);
+            }
+            Done::Tagged(tx, tag) => {
+                let _ = tx.send((tag, r));
+            }
+        }
+    }
+}
+
 pub(crate) enum Command {
     Append {
         records: Vec<Record>,
-        done: Option<oneshot::Sender<Result<Appended, StoreError>>>,
+        done: Option<Done>,
     },
     Delete {
         ids: Vec<i64>,
@@ -163,23 +186,11 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
-                done: Some(done),
+                done: Some(Done::Once(done)),
             })
             .await
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Appends records from a blocking thread, waiting for the commit.
-    pub fn append_blocking(&self, records: Vec<Record>) -> Result<Appended, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .blocking_send(Command::Append {
-                records,
-                done: Some(done),
-            })
-            .map_err(|_| StoreError::Closed)?;
-        wait.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Appends records from a blocking thread without waiting for the commit
@@ -190,6 +201,33 @@ impl Outbox {
                 records,
                 done: None,
             })
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Appends records; the commit outcome arrives on `tx` with `tag`.
+    pub async fn append_tagged(
+        &self,
+        records: Vec<Record>,
+        tx: mpsc::UnboundedSender<Tagged>,
+        tag: u64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Append {
+                records,
+                done: Some(Done::Tagged(tx, tag)),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Appends records without waiting for, or hearing of, the commit.
+    pub async fn submit(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Append {
+                records,
+                done: None,
+            })
+            .await
             .map_err(|_| StoreError::Closed)
     }
 

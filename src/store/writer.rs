@@ -148,7 +148,7 @@ pub(crate) fn run(
                 Command::Append { done, .. } => {
                     let outcome = outcomes.next().unwrap_or_default();
                     if let Some(done) = done {
-                        let _ = done.send(result.clone().map(|_| outcome));
+                        done.send(result.clone().map(|_| outcome));
                     }
                 }
                 Command::Fetch {
