@@ -1,0 +1,148 @@
+//! Durability under SIGKILL: every reading a sensor saw acknowledged reaches
+//! the upstream broker, however abruptly outpost dies.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+
+type Acked = Arc<Mutex<BTreeSet<(usize, u64)>>>;
+
+/// Publishes `{"seq":N}` for device `dev` as fast as the broker acknowledges,
+/// from `first_seq` on, until the connection breaks or `limit` passes.
+/// Records every (device, seq) whose PUBACK arrived.
+async fn hammer(port: u16, dev: usize, first_seq: u64, acked: Acked, limit: Duration) {
+    let mut opts = MqttOptions::new(format!("crash-pub-{dev}-{first_seq}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let mut queued: VecDeque<u64> = VecDeque::new();
+    let mut in_flight: HashMap<u16, u64> = HashMap::new();
+    let mut seq = first_seq;
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        while queued.len() + in_flight.len() < 32 {
+            let payload = format!("{{\"seq\":{seq}}}");
+            if client
+                .try_publish(
+                    format!("sensors/dev-{dev}/telemetry"),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .is_err()
+            {
+                break;
+            }
+            queued.push_back(seq);
+            seq += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                if let Some(s) = queued.pop_front() {
+                    in_flight.insert(pkid, s);
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                if let Some(s) = in_flight.remove(&ack.pkid) {
+                    if let Ok(mut a) = acked.lock() {
+                        a.insert((dev, s));
+                    }
+                }
+            }
+            Ok(Ok(_)) => {}
+            // Killed outpost: the connection is gone. Stop; what was not
+            // acknowledged was never promised.
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// Runs `rounds` kill/restart cycles and checks for losses after each.
+async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
+    let up = Upstream::start("");
+    let col = Collector::start(up.port, "site1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let text = config(dir.path(), port, &up.url(), "", "").replace(
+        "[broker]\n",
+        &format!("[broker]\nack_after_commit = {ack_after_commit}\n"),
+    );
+    let mut op = Outpost::start(dir.path(), port, &text);
+    let acked: Acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let devices = 20;
+
+    for round in 0..rounds {
+        let first = round as u64 * 1_000_000;
+        let mut pubs = Vec::new();
+        for dev in 0..devices {
+            pubs.push(tokio::spawn(hammer(
+                port,
+                dev,
+                first,
+                acked.clone(),
+                Duration::from_secs(20),
+            )));
+        }
+        let kill_after = Duration::from_millis(fastrand::u64(300..1500));
+        tokio::time::sleep(kill_after).await;
+        op.kill9();
+        for p in pubs {
+            let _ = p.await;
+        }
+        let promised = acked.lock().map(|a| a.len()).unwrap_or(0);
+        eprintln!(
+            "round {round}: SIGKILL after {kill_after:?}; {promised} readings acknowledged so far"
+        );
+
+        op.restart();
+        // Drain: everything acknowledged must arrive upstream.
+        let until = Instant::now() + Duration::from_secs(90);
+        let missing = loop {
+            let got: BTreeSet<(usize, u64)> = arrivals(&col.all())
+                .into_iter()
+                .flat_map(|(dev, seqs)| {
+                    let d: usize = dev.trim_start_matches("dev-").parse().unwrap_or(usize::MAX);
+                    seqs.into_iter().map(move |s| (d, s))
+                })
+                .collect();
+            let want = acked.lock().map(|a| a.clone()).unwrap_or_default();
+            let missing: Vec<(usize, u64)> = want.difference(&got).copied().collect();
+            if missing.is_empty() || Instant::now() > until {
+                break missing;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged readings never arrived upstream, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+    col.settle(Duration::from_millis(500), Duration::from_secs(5))
+        .await;
+    let seen = col.all();
+    let unique: BTreeSet<String> = seen
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.payload).into_owned())
+        .collect();
+    eprintln!(
+        "{rounds} kills: {} acknowledged, {} arrivals, {} duplicates",
+        acked.lock().map(|a| a.len()).unwrap_or(0),
+        seen.len(),
+        seen.len() - unique.len()
+    );
+    assert!(
+        acked.lock().map(|a| a.len()).unwrap_or(0) > rounds * devices,
+        "the load was real"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_reading_is_lost_to_sigkill() {
+    crash_rounds(5, true).await;
+}

@@ -1,0 +1,230 @@
+//! LAN clients keep full MQTT behaviour through the ingest front: QoS 1 and 2
+//! between local clients, retained messages, wills, MQTT 3.1.1 and 5 on one
+//! port.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+
+async fn subscriber(
+    port: u16,
+    id: &str,
+    filter: &str,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("queue subscribe");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(ev) = events.poll().await {
+            match ev {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(s) = subscribed_tx.take() {
+                        let _ = s.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .expect("SUBACK within 10s")
+        .expect("subscriber running");
+    (client, rx)
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) -> (String, Vec<u8>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a message within 10s")
+        .expect("subscriber running")
+}
+
+fn start() -> (Upstream, tempfile::TempDir, Outpost, u16) {
+    let up = Upstream::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let op = Outpost::start(
+        dir.path(),
+        port,
+        &config(dir.path(), port, &up.url(), "", ""),
+    );
+    (up, dir, op, port)
+}
+
+fn mosquitto(tool: &str, args: &[&str]) -> std::process::Output {
+    require(tool, "mosquitto-clients");
+    Command::new(tool).args(args).output().expect(tool)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_message_reaches_another_lan_client() {
+    let (_up, _dir, _op, port) = start();
+    let (_sub, mut rx) = subscriber(port, "lan-sub", "cmd/#").await;
+    assert_eq!(
+        publish_all(
+            port,
+            "lan-pub",
+            vec![("cmd/dev1/led".into(), b"on".to_vec())]
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        next(&mut rx).await,
+        ("cmd/dev1/led".to_string(), b"on".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_reaches_a_late_subscriber() {
+    let (_up, _dir, _op, port) = start();
+    let p = port.to_string();
+    let out = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "cmd/dev1/config",
+            "-m",
+            "interval=5",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = mosquitto(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-t",
+            "cmd/dev1/config",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "interval=5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_fires_when_a_client_drops() {
+    let (_up, _dir, _op, port) = start();
+    let (_sub, mut rx) = subscriber(port, "watcher", "cmd/#").await;
+
+    let mut opts = MqttOptions::new("fragile", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(10))
+        .set_last_will(LastWill::new(
+            "cmd/fragile/status",
+            "offline",
+            QoS::AtLeastOnce,
+            false,
+        ));
+    let (_client, mut events) = AsyncClient::new(opts, 4);
+    let conn = tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                break;
+            }
+        }
+        events
+    });
+    let events = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("CONNACK within 10s")
+        .expect("connected");
+    // Drop the socket without DISCONNECT, as a sensor losing power would.
+    drop(events);
+    assert_eq!(
+        next(&mut rx).await,
+        ("cmd/fragile/status".to_string(), b"offline".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_and_311_clients_share_one_port_and_qos2_is_routed() {
+    let (up, _dir, _op, port) = start();
+    let col = Collector::start(up.port, "site1/#").await;
+    let p = port.to_string();
+
+    // A 3.1.1 subscriber sees an MQTT 5 publisher's message.
+    let (_sub, mut rx) = subscriber(port, "v4-sub", "cmd/#").await;
+    let out = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-V", "mqttv5", "-p", &p, "-q", "1", "-t", "cmd/x/y", "-m", "from-v5",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        next(&mut rx).await,
+        ("cmd/x/y".to_string(), b"from-v5".to_vec())
+    );
+
+    // Routed readings at QoS 2 and over MQTT 5 arrive upstream.
+    let out = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &p,
+            "-q",
+            "2",
+            "-t",
+            "sensors/q2/telemetry",
+            "-m",
+            "{\"seq\":0}",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-V",
+            "mqttv5",
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-t",
+            "sensors/v5/telemetry",
+            "-m",
+            "{\"seq\":0}",
+            "-D",
+            "publish",
+            "user-property",
+            "k",
+            "v",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(col.wait_for(2, Duration::from_secs(20)).await, 2);
+    let mut topics: Vec<String> = col.all().into_iter().map(|s| s.topic).collect();
+    topics.sort();
+    assert_eq!(topics, ["site1/q2/telemetry", "site1/v5/telemetry"]);
+}
