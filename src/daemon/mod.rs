@@ -89,8 +89,16 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     while tasks.join_next().await.is_some() {}
-    drop(outbox);
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    // Sensor connections still finishing hold outbox handles; closing
+    // commits what they submitted and refuses the rest (no PUBACK for it).
+    outbox.close().await;
+    let joined = tokio::task::spawn_blocking(move || writer.join());
+    if tokio::time::timeout(Duration::from_secs(10), joined)
+        .await
+        .is_err()
+    {
+        tracing::error!("the outbox writer did not finish within 10s");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -114,6 +122,10 @@ async fn start_ingest(
     if !b.ack_after_commit {
         let broker = source::broker::start(b, Listeners::public(b)?)?;
         tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = false, "local broker listening");
+        tracing::warn!(
+            "broker.ack_after_commit = false: rumqttd acknowledges readings from memory; \
+             a crash, or a sustained burst faster than the outbox can commit, loses acknowledged readings"
+        );
         let thread = source::link::spawn(
             broker.link_tx,
             broker.link_rx,

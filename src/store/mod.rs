@@ -109,6 +109,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Vec<Record>, StoreError>>,
     },
     Expire,
+    /// Commit what came before, then stop the writer.
+    Stop,
 }
 
 pub(crate) struct Shared {
@@ -266,6 +268,12 @@ impl Outbox {
             .send(Command::Expire)
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Commits everything submitted so far and stops the writer thread.
+    /// Later calls on any handle fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let _ = self.tx.send(Command::Stop).await;
     }
 
     /// Woken whenever new records for `sink` are committed.

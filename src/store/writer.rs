@@ -100,12 +100,17 @@ pub(crate) fn run(
     mut state: State,
 ) {
     let mut log = DropLog::default();
+    let mut stop = false;
     while let Some(first) = rx.blocking_recv() {
         let mut group = Vec::with_capacity(64);
+        stop |= matches!(first, Command::Stop);
         group.push(first);
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && !stop {
             match rx.try_recv() {
-                Ok(c) => group.push(c),
+                Ok(c) => {
+                    stop |= matches!(c, Command::Stop);
+                    group.push(c);
+                }
                 Err(_) => break,
             }
         }
@@ -162,10 +167,14 @@ pub(crate) fn run(
                         .map_err(|e| db::explain(db.path(), e));
                     let _ = reply.send(rows);
                 }
-                Command::Delete { .. } | Command::Expire => {}
+                Command::Delete { .. } | Command::Expire | Command::Stop => {}
             }
         }
+        if stop {
+            break;
+        }
     }
+    rx.close();
     tracing::debug!("outbox writer stopped");
 }
 
@@ -206,7 +215,7 @@ fn apply(
                 }
             }
             Command::Expire => expire(tx, state, drops, now)?,
-            Command::Fetch { .. } => {}
+            Command::Fetch { .. } | Command::Stop => {}
         }
     }
     for (sink, n) in &drops.0 {
