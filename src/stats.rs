@@ -22,6 +22,8 @@ pub struct SinkStats {
     pub delivered: AtomicU64,
     /// Records that can never be sent (larger than the upstream packet limit).
     pub undeliverable: AtomicU64,
+    /// Readings of one device with the same ts and key (ThingsBoard keeps one).
+    pub ts_clashes: AtomicU64,
 }
 
 /// All counters of one outpost process.

@@ -214,6 +214,66 @@ fn default_kind() -> RecordKind {
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Mqtt(MqttSinkConfig),
+    Thingsboard(ThingsboardSinkConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TbMode {
+    /// outpost is one ThingsBoard device (`v1/devices/me/...`).
+    Device,
+    /// outpost is a ThingsBoard gateway; each local device is a child
+    /// device over the one connection (`v1/gateway/...`).
+    Gateway,
+}
+
+/// `[sink.NAME] type = "thingsboard"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThingsboardSinkConfig {
+    /// `mqtt://host:1883` or `mqtts://host:8883`.
+    pub url: String,
+    #[serde(default = "default_tb_mode")]
+    pub mode: TbMode,
+    /// Access-token credentials (sent as the MQTT username).
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// MQTT basic credentials: client id, username, password.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Device mode: use the short `v2/t`, `v2/a` topics.
+    #[serde(default)]
+    pub short_topics: bool,
+    /// Gateway mode: the device type (profile) sent with `v1/gateway/connect`.
+    #[serde(default = "default_device_type")]
+    pub device_type: String,
+    /// ThingsBoard's `maxPayloadSize`; batches never exceed it.
+    #[serde(default = "default_max_packet")]
+    pub max_payload_size: ByteSize,
+    /// ThingsBoard's `maxInflightMessages`.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Seconds,
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: Seconds,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: Seconds,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
+}
+
+fn default_tb_mode() -> TbMode {
+    TbMode::Device
+}
+fn default_device_type() -> String {
+    "default".to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -565,6 +625,10 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
         Some(toml::Value::String(t)) if t == "mqtt" => {
             value::<MqttSinkConfig>(&toml::Value::Table(rest), path, problems).map(SinkConfig::Mqtt)
         }
+        Some(toml::Value::String(t)) if t == "thingsboard" => {
+            value::<ThingsboardSinkConfig>(&toml::Value::Table(rest), path, problems)
+                .map(SinkConfig::Thingsboard)
+        }
         Some(toml::Value::String(t)) => {
             problems.push(Problem {
                 path: format!("{path}.type"),
@@ -589,7 +653,7 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
     }
 }
 
-const SINK_TYPES: &[&str] = &["mqtt"];
+const SINK_TYPES: &[&str] = &["mqtt", "thingsboard"];
 
 fn check_broker(b: &BrokerConfig, problems: &mut Vec<Problem>) {
     if b.max_connections == 0 {
@@ -716,6 +780,47 @@ pub fn check_template(t: &str) -> Result<(), String> {
 fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
     let at = |k: &str| format!("sink.{name}.{k}");
     match s {
+        SinkConfig::Thingsboard(t) => {
+            if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {
+                problems.push(Problem {
+                    path: at("url"),
+                    message: e,
+                });
+            }
+            match (&t.access_token, &t.username) {
+                (Some(_), Some(_)) => problems.push(Problem {
+                    path: at("access_token"),
+                    message: "set either access_token or username/password (MQTT basic), not both".into(),
+                }),
+                (None, None) if !t.url.starts_with("mqtts://") => problems.push(Problem {
+                    path: at("access_token"),
+                    message: "ThingsBoard needs credentials: access_token, or client_id/username/password".into(),
+                }),
+                (Some(tok), None) if tok.is_empty() => problems.push(Problem {
+                    path: at("access_token"),
+                    message: "must not be empty (ThingsBoard answers CONNACK 0x04)".into(),
+                }),
+                _ => {}
+            }
+            if t.inflight == 0 {
+                problems.push(Problem {
+                    path: at("inflight"),
+                    message: "must be at least 1".into(),
+                });
+            }
+            if t.max_payload_size.0 < 1024 || t.max_payload_size.0 > 256 << 20 {
+                problems.push(Problem {
+                    path: at("max_payload_size"),
+                    message: "must be between 1 KiB and 256 MiB".into(),
+                });
+            }
+            if t.reconnect_min.0 > t.reconnect_max.0 || t.reconnect_min.0.is_zero() {
+                problems.push(Problem {
+                    path: at("reconnect_min"),
+                    message: "must be above zero and at most reconnect_max".into(),
+                });
+            }
+        }
         SinkConfig::Mqtt(m) => {
             if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&m.url) {
                 problems.push(Problem {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SinkConfig};
 use crate::route::Router;
 use crate::sink::mqtt::MqttEncoder;
+use crate::sink::thingsboard::Thingsboard;
 use crate::sink::uplink::Uplink;
 use crate::source;
 use crate::source::broker::Listeners;
@@ -60,8 +61,25 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     for (name, sink) in &config.sinks {
         let sink_stats = stats.sinks.get(name).cloned().unwrap_or_default();
         match sink {
+            SinkConfig::Thingsboard(t) => {
+                let platform = Thingsboard::new(name, t, sink_stats.clone());
+                let uplink = Uplink::new(
+                    name,
+                    &Thingsboard::settings(t),
+                    platform,
+                    outbox.clone(),
+                    sink_stats,
+                )?;
+                tasks.spawn(uplink.run(shutdown.clone()));
+            }
             SinkConfig::Mqtt(m) => {
-                let uplink = Uplink::new(name, m, MqttEncoder::new(m), outbox.clone(), sink_stats)?;
+                let uplink = Uplink::new(
+                    name,
+                    &m.into(),
+                    MqttEncoder::new(m),
+                    outbox.clone(),
+                    sink_stats,
+                )?;
                 tasks.spawn(uplink.run(shutdown.clone()));
             }
         }

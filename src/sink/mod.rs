@@ -5,6 +5,7 @@
 //! reconnect. Only the encoding differs.
 
 pub mod mqtt;
+pub mod thingsboard;
 pub mod uplink;
 
 use crate::record::Record;
@@ -18,11 +19,37 @@ pub struct Publish {
     pub ids: Vec<i64>,
 }
 
-/// Turns records into a platform's publishes.
-pub trait Encoder: Send + 'static {
-    /// Encodes one record. A record may be folded into a later publish by
-    /// encoders that batch; the generic one never does.
-    fn encode(&mut self, record: &Record) -> Publish;
+/// What a platform does at the start of each connection.
+#[derive(Debug, Default)]
+pub struct SessionStart {
+    /// Topics to subscribe to (QoS 1).
+    pub subscribe: Vec<String>,
+    /// Publishes to send first; they carry no outbox rows.
+    pub publish: Vec<Publish>,
+}
+
+/// A platform's dialect: its topics, payloads and downlink. The uplink
+/// session does the rest (connection, window, acknowledgements, replay).
+pub trait Platform: Send + 'static {
+    /// Called after every CONNACK: reset per-connection state.
+    fn session_start(&mut self) -> SessionStart {
+        SessionStart::default()
+    }
+
+    /// Encodes records, in outbox order, into publishes. Every record's id
+    /// must appear in exactly one returned publish (or the record is never
+    /// deleted and is sent again after the next reconnect).
+    fn encode(&mut self, records: &[Record]) -> Vec<Publish>;
+
+    /// A message on a subscribed topic; returns publishes to send upstream.
+    fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Vec<Publish> {
+        Vec::new()
+    }
+
+    /// A platform-specific hint appended to a CONNACK refusal.
+    fn refused_hint(&self, _code: rumqttc::ConnectReturnCode) -> Option<&'static str> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use crate::config::{MqttSinkConfig, PayloadFormat};
 use crate::record::{Reading, Record};
 
-use super::{Encoder, Publish};
+use super::{Platform, Publish};
 
 pub struct MqttEncoder {
     template: String,
@@ -29,8 +29,14 @@ pub fn render_topic(template: &str, r: &Record) -> String {
         .replace("{topic}", &r.topic)
 }
 
-impl Encoder for MqttEncoder {
-    fn encode(&mut self, r: &Record) -> Publish {
+impl Platform for MqttEncoder {
+    fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
+        records.iter().map(|r| self.encode_one(r)).collect()
+    }
+}
+
+impl MqttEncoder {
+    fn encode_one(&self, r: &Record) -> Publish {
         let payload = match self.format {
             PayloadFormat::Raw => r.payload.clone(),
             PayloadFormat::Envelope => {
@@ -69,7 +75,7 @@ mod tests {
             topic: "sensors/t1/telemetry".into(),
             payload: br#"{"temp":21.5}"#.to_vec(),
         };
-        let p = e.encode(&r);
+        let p = e.encode(std::slice::from_ref(&r)).remove(0);
         assert_eq!(p.topic, "site1/t1/telemetry");
         assert_eq!(p.ids, [7]);
         let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("json");

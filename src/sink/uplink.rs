@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Encoder, Publish, SinkError};
+use super::{Platform, Publish, SinkError};
 use crate::config::MqttSinkConfig;
 use crate::record::Record;
 use crate::stats::{self, SinkStats};
@@ -85,6 +85,13 @@ impl BrokerUrl {
     }
 }
 
+/// rumqttc's request channel: the window plus what one encode call may add
+/// beyond it (publishes not tied to rows, a batch's extra publishes).
+const REQUESTS: usize = 4096;
+
+/// Records handed to the platform's encoder at once.
+const ENCODE_BATCH: usize = 256;
+
 /// Exponential backoff with ±25 % jitter, so a site full of gateways does not
 /// reconnect in lockstep after an outage.
 #[derive(Debug)]
@@ -125,8 +132,42 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + fastrand::f64() * 0.5)
 }
 
+/// The connection settings every MQTT-speaking sink type has.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub inflight: u16,
+    pub max_packet: usize,
+    pub keep_alive: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub grace: Duration,
+}
+
+impl From<&MqttSinkConfig> for Settings {
+    fn from(c: &MqttSinkConfig) -> Settings {
+        Settings {
+            url: c.url.clone(),
+            client_id: c.client_id.clone(),
+            username: c.username.clone(),
+            password: c.password.clone(),
+            ca_file: c.ca_file.clone(),
+            inflight: c.inflight,
+            max_packet: c.max_packet_size.0 as usize,
+            keep_alive: c.keep_alive.0,
+            reconnect_min: c.reconnect_min.0,
+            reconnect_max: c.reconnect_max.0,
+            grace: c.shutdown_grace.0,
+        }
+    }
+}
+
 /// Everything a session needs; built once per sink at startup.
-pub struct Uplink<E: Encoder> {
+pub struct Uplink<E: Platform> {
     name: String,
     url: BrokerUrl,
     options: MqttOptions,
@@ -145,10 +186,10 @@ enum End {
     Failed(ConnectionError),
 }
 
-impl<E: Encoder> Uplink<E> {
+impl<E: Platform> Uplink<E> {
     pub fn new(
         name: &str,
-        cfg: &MqttSinkConfig,
+        cfg: &Settings,
         encoder: E,
         outbox: Outbox,
         stats: Arc<SinkStats>,
@@ -159,28 +200,28 @@ impl<E: Encoder> Uplink<E> {
         })?;
         let mut options = MqttOptions::new(cfg.client_id.clone(), url.host.clone(), url.port);
         options
-            .set_keep_alive(cfg.keep_alive.0)
+            .set_keep_alive(cfg.keep_alive)
             .set_clean_session(true)
             .set_inflight(cfg.inflight)
-            .set_request_channel_capacity(cfg.inflight as usize + 16)
-            .set_max_packet_size(
-                cfg.max_packet_size.0 as usize,
-                cfg.max_packet_size.0 as usize,
-            );
+            .set_request_channel_capacity(REQUESTS)
+            .set_max_packet_size(cfg.max_packet, cfg.max_packet);
         if let Some(user) = &cfg.username {
             options.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
         }
         if url.tls {
-            options.set_transport(Transport::tls_with_config(tls_config(name, cfg)?));
+            options.set_transport(Transport::tls_with_config(tls_config(
+                name,
+                cfg.ca_file.as_deref(),
+            )?));
         }
         Ok(Uplink {
             name: name.to_string(),
             url,
             options,
             window: cfg.inflight as usize,
-            max_packet: cfg.max_packet_size.0 as usize,
-            grace: cfg.shutdown_grace.0,
-            backoff: Backoff::new(cfg.reconnect_min.0, cfg.reconnect_max.0),
+            max_packet: cfg.max_packet,
+            grace: cfg.grace,
+            backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
             encoder,
             outbox,
             stats,
@@ -235,8 +276,9 @@ impl<E: Encoder> Uplink<E> {
                 } else {
                     self.backoff.give_up_delay()
                 };
+                let hint = self.encoder.refused_hint(*code).unwrap_or("");
                 tracing::error!(sink, %broker, code = ?code, retry_in_ms = delay.as_millis() as u64,
-                    "upstream refused the connection: {why}; records stay queued");
+                    "upstream refused the connection: {why}{hint}; records stay queued");
                 delay
             }
             other => {
@@ -305,6 +347,17 @@ impl<E: Encoder> Uplink<E> {
         tracing::info!(sink = %self.name, broker = %format!("{}:{}", self.url.host, self.url.port), "connected upstream");
 
         let mut flight = Flight::new(self.window);
+        let start = self.encoder.session_start();
+        for topic in start.subscribe {
+            if client.try_subscribe(topic, QoS::AtLeastOnce).is_err() {
+                return End::Failed(ConnectionError::RequestsDone);
+            }
+        }
+        for p in start.publish {
+            if let Err(end) = self.send(client, &mut flight, p).await {
+                return end;
+            }
+        }
         let mut draining: Option<Instant> = None;
         loop {
             if draining.is_none() {
@@ -318,6 +371,13 @@ impl<E: Encoder> Uplink<E> {
             let deadline = draining.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             tokio::select! {
                 ev = events.recv() => match ev {
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        for publish in self.encoder.on_message(&p.topic, &p.payload) {
+                            if let Err(end) = self.send(client, &mut flight, publish).await {
+                                return end;
+                            }
+                        }
+                    }
                     Some(Ok(ev)) => {
                         if let Some(ids) = flight.on_event(&ev) {
                             let n = ids.len() as u64;
@@ -347,11 +407,11 @@ impl<E: Encoder> Uplink<E> {
     /// outbox has nothing more.
     async fn fill(&mut self, client: &AsyncClient, flight: &mut Flight) -> Result<(), End> {
         while flight.has_room() {
-            let Some(record) = flight.next_record() else {
+            if flight.fetched.is_empty() {
                 if !flight.more {
                     return Ok(());
                 }
-                let limit = self.window.max(64);
+                let limit = self.window.max(ENCODE_BATCH);
                 let batch = match self.outbox.fetch(&self.name, flight.cursor, limit).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -361,20 +421,33 @@ impl<E: Encoder> Uplink<E> {
                 };
                 flight.refill(batch, limit);
                 continue;
-            };
-            let publish = self.encoder.encode(&record);
-            if publish.topic.len() + publish.payload.len() + 8 > self.max_packet {
-                self.undeliverable(publish).await;
-                continue;
             }
-            if let Err(e) =
-                client.try_publish(publish.topic, QoS::AtLeastOnce, false, publish.payload)
-            {
-                tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
-                return Err(End::Failed(ConnectionError::RequestsDone));
+            let n = flight.fetched.len().min(ENCODE_BATCH);
+            let records: Vec<Record> = flight.fetched.drain(..n).collect();
+            for publish in self.encoder.encode(&records) {
+                self.send(client, flight, publish).await?;
             }
-            flight.sent(publish.ids);
         }
+        Ok(())
+    }
+
+    /// Hands one publish to rumqttc and tracks its rows.
+    async fn send(
+        &mut self,
+        client: &AsyncClient,
+        flight: &mut Flight,
+        publish: Publish,
+    ) -> Result<(), End> {
+        if publish.topic.len() + publish.payload.len() + 8 > self.max_packet {
+            self.undeliverable(publish).await;
+            return Ok(());
+        }
+        if let Err(e) = client.try_publish(publish.topic, QoS::AtLeastOnce, false, publish.payload)
+        {
+            tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
+            return Err(End::Failed(ConnectionError::RequestsDone));
+        }
+        flight.sent(publish.ids);
         Ok(())
     }
 
@@ -431,10 +504,6 @@ impl Flight {
         self.len() < self.window
     }
 
-    fn next_record(&mut self) -> Option<Record> {
-        self.fetched.pop_front()
-    }
-
     fn refill(&mut self, batch: Vec<Record>, limit: usize) {
         self.more = batch.len() >= limit;
         if let Some(last) = batch.last() {
@@ -464,13 +533,16 @@ impl Flight {
 
 /// TLS for `mqtts://`: server verification against `ca_file`, or the system
 /// roots when none is given. ring is the only crypto provider compiled in.
-fn tls_config(sink: &str, cfg: &MqttSinkConfig) -> Result<TlsConfiguration, SinkError> {
+fn tls_config(
+    sink: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<TlsConfiguration, SinkError> {
     let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
+    match ca_file {
         Some(path) => {
             let ca_err = |detail: String| SinkError::CaFile {
                 sink: sink.to_string(),
-                path: path.clone(),
+                path: path.to_path_buf(),
                 detail,
             };
             let file = std::fs::File::open(path).map_err(|e| ca_err(e.to_string()))?;

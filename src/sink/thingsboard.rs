@@ -1,0 +1,511 @@
+//! ThingsBoard's MQTT dialect: the device API (`v1/devices/me/...`, or the
+//! short `v2/...` topics) and the gateway API (`v1/gateway/...`, every local
+//! sensor a child device over one connection).
+//!
+//! Telemetry always carries the record's measurement ts, so a resend after a
+//! crash overwrites itself. ThingsBoard keeps one value per (device, key,
+//! millisecond): within a batch, two records of one device with the same ts
+//! are merged into one entry when their keys differ, and a key clash is
+//! counted and logged (the later value is the one ThingsBoard would keep).
+//! Many records go in one PUBLISH, per device in ts order, never above
+//! `max_payload_size`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::ConnectReturnCode;
+use serde_json::{Map, Value};
+
+use super::uplink::Settings;
+use super::{Platform, Publish};
+use crate::config::{RecordKind, TbMode, ThingsboardSinkConfig};
+use crate::record::{Reading, Record};
+use crate::stats::{self, SinkStats};
+
+/// Bytes kept free in each PUBLISH for the topic and MQTT framing.
+const FRAMING: usize = 64;
+
+pub struct Thingsboard {
+    sink: String,
+    mode: TbMode,
+    short_topics: bool,
+    device_type: String,
+    max_payload: usize,
+    /// Gateway mode: children announced with `v1/gateway/connect` on this connection.
+    connected: HashSet<String>,
+    stats: Arc<SinkStats>,
+    last_clash_log: Option<Instant>,
+}
+
+impl Thingsboard {
+    pub fn new(sink: &str, cfg: &ThingsboardSinkConfig, stats: Arc<SinkStats>) -> Thingsboard {
+        Thingsboard {
+            sink: sink.to_string(),
+            mode: cfg.mode,
+            short_topics: cfg.short_topics,
+            device_type: cfg.device_type.clone(),
+            max_payload: cfg.max_payload_size.0 as usize,
+            connected: HashSet::new(),
+            stats,
+            last_clash_log: None,
+        }
+    }
+
+    /// Connection settings: an access token is the MQTT username.
+    pub fn settings(cfg: &ThingsboardSinkConfig) -> Settings {
+        let (client_id, username, password) = match &cfg.access_token {
+            Some(token) => (
+                cfg.client_id.clone().unwrap_or_else(|| "outpost".into()),
+                Some(token.clone()),
+                None,
+            ),
+            None => (
+                cfg.client_id.clone().unwrap_or_else(|| "outpost".into()),
+                cfg.username.clone(),
+                cfg.password.clone(),
+            ),
+        };
+        Settings {
+            url: cfg.url.clone(),
+            client_id,
+            username,
+            password,
+            ca_file: cfg.ca_file.clone(),
+            inflight: cfg.inflight,
+            max_packet: cfg.max_payload_size.0 as usize + FRAMING,
+            keep_alive: cfg.keep_alive.0,
+            reconnect_min: cfg.reconnect_min.0,
+            reconnect_max: cfg.reconnect_max.0,
+            grace: cfg.shutdown_grace.0,
+        }
+    }
+
+    fn topic(&self, kind: RecordKind) -> &'static str {
+        match (self.mode, kind, self.short_topics) {
+            (TbMode::Device, RecordKind::Telemetry, false) => "v1/devices/me/telemetry",
+            (TbMode::Device, RecordKind::Telemetry, true) => "v2/t",
+            (TbMode::Device, RecordKind::Attributes, false) => "v1/devices/me/attributes",
+            (TbMode::Device, RecordKind::Attributes, true) => "v2/a",
+            (TbMode::Gateway, RecordKind::Telemetry, _) => "v1/gateway/telemetry",
+            (TbMode::Gateway, RecordKind::Attributes, _) => "v1/gateway/attributes",
+        }
+    }
+
+    fn clash(&mut self, device: &str, ts: i64, key: &str) {
+        stats::add(&self.stats.ts_clashes, 1);
+        let quiet = self
+            .last_clash_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        if !quiet {
+            tracing::warn!(
+                sink = %self.sink, device, ts, key,
+                total = stats::get(&self.stats.ts_clashes),
+                "two readings of one device carry the same ts and key: ThingsBoard keeps one value per millisecond, the later one is sent"
+            );
+            self.last_clash_log = Some(Instant::now());
+        }
+    }
+}
+
+/// A reading's values as ThingsBoard key-values: an object stays as it is,
+/// anything else becomes `{"value": ...}`.
+fn key_values(payload: &[u8]) -> Map<String, Value> {
+    match Reading::parse(payload).values {
+        Value::Object(m) => m,
+        other => {
+            let mut m = Map::new();
+            m.insert("value".into(), other);
+            m
+        }
+    }
+}
+
+/// One `{"ts":..,"values":{..}}` entry being built, with the rows merged into it.
+struct Entry {
+    ts: i64,
+    values: Map<String, Value>,
+    ids: Vec<i64>,
+}
+
+impl Entry {
+    fn json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("ts".into(), Value::from(self.ts));
+        m.insert("values".into(), Value::Object(self.values.clone()));
+        Value::Object(m)
+    }
+
+    fn size(&self) -> usize {
+        serde_json::to_vec(&self.json())
+            .map(|v| v.len())
+            .unwrap_or(0)
+            + 1
+    }
+}
+
+/// Accumulates entries per device into publishes no larger than a limit.
+struct Batcher {
+    topic: &'static str,
+    gateway: bool,
+    limit: usize,
+    /// (device, entries) in first-seen order.
+    devices: Vec<(String, Vec<Entry>)>,
+    size: usize,
+    out: Vec<Publish>,
+}
+
+impl Batcher {
+    fn new(topic: &'static str, gateway: bool, limit: usize) -> Batcher {
+        Batcher {
+            topic,
+            gateway,
+            limit,
+            devices: Vec::new(),
+            size: 2,
+            out: Vec::new(),
+        }
+    }
+
+    /// JSON overhead of a device key not yet in the batch: `"name":[`…`],`.
+    fn device_cost(&self, device: &str) -> usize {
+        if self.devices.iter().any(|(d, _)| d == device) {
+            0
+        } else {
+            device.len() + 6
+        }
+    }
+
+    fn entry_mut(&mut self, device: &str, ts: i64) -> Option<&mut Entry> {
+        self.devices
+            .iter_mut()
+            .find(|(d, _)| d == device)
+            .and_then(|(_, entries)| entries.iter_mut().find(|e| e.ts == ts))
+    }
+
+    fn flush(&mut self) {
+        if self.devices.is_empty() {
+            return;
+        }
+        let mut ids = Vec::new();
+        let body = if self.gateway {
+            let mut m = Map::new();
+            for (dev, entries) in self.devices.drain(..) {
+                let arr = entries.iter().map(Entry::json).collect();
+                ids.extend(entries.into_iter().flat_map(|e| e.ids));
+                m.insert(dev, Value::Array(arr));
+            }
+            Value::Object(m)
+        } else {
+            let mut arr = Vec::new();
+            for (_, entries) in self.devices.drain(..) {
+                arr.extend(entries.iter().map(Entry::json));
+                ids.extend(entries.into_iter().flat_map(|e| e.ids));
+            }
+            Value::Array(arr)
+        };
+        self.out.push(Publish {
+            topic: self.topic.to_string(),
+            payload: serde_json::to_vec(&body).unwrap_or_default(),
+            ids,
+        });
+        self.size = 2;
+    }
+}
+
+impl Platform for Thingsboard {
+    fn session_start(&mut self) -> super::SessionStart {
+        self.connected.clear();
+        super::SessionStart::default()
+    }
+
+    fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
+        let gateway = self.mode == TbMode::Gateway;
+        let mut out = Vec::new();
+
+        if gateway {
+            for r in records {
+                if self.connected.insert(r.device.clone()) {
+                    let mut m = Map::new();
+                    m.insert("device".into(), Value::from(r.device.clone()));
+                    m.insert("type".into(), Value::from(self.device_type.clone()));
+                    out.push(Publish {
+                        topic: "v1/gateway/connect".into(),
+                        payload: serde_json::to_vec(&Value::Object(m)).unwrap_or_default(),
+                        ids: Vec::new(),
+                    });
+                }
+            }
+        }
+
+        // Telemetry: batched, merged by (device, ts).
+        let mut batch = Batcher::new(self.topic(RecordKind::Telemetry), gateway, self.max_payload);
+        let mut clashes = Vec::new();
+        for r in records.iter().filter(|r| r.kind == RecordKind::Telemetry) {
+            let values = key_values(&r.payload);
+            let dev_key = if gateway {
+                r.device.clone()
+            } else {
+                String::new()
+            };
+            let (size, limit) = (batch.size, batch.limit);
+            if let Some(e) = batch.entry_mut(&dev_key, r.ts) {
+                // Same device and ts: one entry, if it still fits.
+                let mut merged = Entry {
+                    ts: e.ts,
+                    values: e.values.clone(),
+                    ids: e.ids.clone(),
+                };
+                let mut clashed = Vec::new();
+                for (k, v) in values.clone() {
+                    if merged.values.insert(k.clone(), v).is_some() {
+                        clashed.push(k);
+                    }
+                }
+                merged.ids.push(r.id);
+                let grown = merged.size().saturating_sub(e.size());
+                if size + grown <= limit {
+                    *e = merged;
+                    batch.size += grown;
+                    clashes.extend(clashed.into_iter().map(|k| (r.device.clone(), r.ts, k)));
+                    continue;
+                }
+                batch.flush();
+            }
+            let entry = Entry {
+                ts: r.ts,
+                values,
+                ids: vec![r.id],
+            };
+            let mut cost = entry.size() + batch.device_cost(&dev_key);
+            if batch.size + cost > batch.limit && !batch.devices.is_empty() {
+                batch.flush();
+                cost = entry.size() + batch.device_cost(&dev_key);
+            }
+            batch.size += cost;
+            match batch.devices.iter_mut().find(|(d, _)| *d == dev_key) {
+                Some((_, entries)) => entries.push(entry),
+                None => batch.devices.push((dev_key, vec![entry])),
+            }
+        }
+        batch.flush();
+        out.append(&mut batch.out);
+        for (device, ts, key) in clashes {
+            self.clash(&device, ts, &key);
+        }
+
+        // Attributes: the latest value per key wins, per device, in order.
+        let topic = self.topic(RecordKind::Attributes);
+        let mut attrs: Vec<(String, Map<String, Value>, Vec<i64>)> = Vec::new();
+        let mut size = 2;
+        for r in records.iter().filter(|r| r.kind == RecordKind::Attributes) {
+            let values = key_values(&r.payload);
+            let cost =
+                serde_json::to_vec(&values).map(|v| v.len()).unwrap_or(0) + r.device.len() + 6;
+            if size + cost > self.max_payload && !attrs.is_empty() {
+                out.push(attributes_publish(
+                    topic,
+                    gateway,
+                    std::mem::take(&mut attrs),
+                ));
+                size = 2;
+            }
+            size += cost;
+            let dev_key = if gateway {
+                r.device.clone()
+            } else {
+                String::new()
+            };
+            match attrs.iter_mut().find(|(d, _, _)| *d == dev_key) {
+                Some((_, m, ids)) => {
+                    m.extend(values);
+                    ids.push(r.id);
+                }
+                None => attrs.push((dev_key, values, vec![r.id])),
+            }
+        }
+        if !attrs.is_empty() {
+            out.push(attributes_publish(topic, gateway, attrs));
+        }
+        out
+    }
+
+    fn refused_hint(&self, code: ConnectReturnCode) -> Option<&'static str> {
+        match code {
+            ConnectReturnCode::BadUserNamePassword => {
+                Some(" (ThingsBoard 0x04: the access token or username is empty; set access_token)")
+            }
+            ConnectReturnCode::NotAuthorized => Some(
+                " (ThingsBoard 0x05: unknown access token or MQTT basic credentials; copy them from the device's page)",
+            ),
+            _ => None,
+        }
+    }
+}
+
+fn attributes_publish(
+    topic: &str,
+    gateway: bool,
+    attrs: Vec<(String, Map<String, Value>, Vec<i64>)>,
+) -> Publish {
+    let mut ids = Vec::new();
+    let body = if gateway {
+        let mut m = Map::new();
+        for (dev, values, i) in attrs {
+            m.insert(dev, Value::Object(values));
+            ids.extend(i);
+        }
+        Value::Object(m)
+    } else {
+        let mut all = Map::new();
+        for (_, values, i) in attrs {
+            all.extend(values);
+            ids.extend(i);
+        }
+        Value::Object(all)
+    };
+    Publish {
+        topic: topic.to_string(),
+        payload: serde_json::to_vec(&body).unwrap_or_default(),
+        ids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> ThingsboardSinkConfig {
+        toml::from_str(&format!(
+            "url = \"mqtt://localhost\"\naccess_token = \"t\"\n{extra}"
+        ))
+        .expect("cfg")
+    }
+
+    fn rec(id: i64, device: &str, ts: i64, payload: &str) -> Record {
+        Record {
+            id,
+            sink: "tb".into(),
+            device: device.into(),
+            kind: RecordKind::Telemetry,
+            ts,
+            topic: String::new(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    fn json(p: &Publish) -> Value {
+        serde_json::from_slice(&p.payload).expect("json")
+    }
+
+    #[test]
+    fn device_mode_sends_ts_values_arrays() {
+        let mut tb = Thingsboard::new("tb", &cfg(""), Arc::default());
+        let out = tb.encode(&[rec(1, "a", 10, r#"{"t":1}"#), rec(2, "b", 11, "7")]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "v1/devices/me/telemetry");
+        assert_eq!(out[0].ids, [1, 2]);
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!([{"ts":10,"values":{"t":1}},{"ts":11,"values":{"value":7}}])
+        );
+        let mut short = Thingsboard::new("tb", &cfg("short_topics = true"), Arc::default());
+        assert_eq!(short.encode(&[rec(1, "a", 10, "1")])[0].topic, "v2/t");
+    }
+
+    #[test]
+    fn gateway_mode_connects_each_child_once_per_session() {
+        let mut tb = Thingsboard::new(
+            "tb",
+            &cfg("mode = \"gateway\"\ndevice_type = \"sensor\""),
+            Arc::default(),
+        );
+        let out = tb.encode(&[
+            rec(1, "A", 10, r#"{"t":1}"#),
+            rec(2, "B", 10, r#"{"t":2}"#),
+            rec(3, "A", 11, r#"{"t":3}"#),
+        ]);
+        let topics: Vec<&str> = out.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "v1/gateway/connect",
+                "v1/gateway/connect",
+                "v1/gateway/telemetry"
+            ]
+        );
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!({"device":"A","type":"sensor"})
+        );
+        assert_eq!(
+            json(&out[2]),
+            serde_json::json!({"A":[{"ts":10,"values":{"t":1}},{"ts":11,"values":{"t":3}}],"B":[{"ts":10,"values":{"t":2}}]})
+        );
+        assert_eq!(out[2].ids, [1, 3, 2]);
+        // Same session: no second connect. New session: connect again.
+        assert_eq!(tb.encode(&[rec(4, "A", 12, "1")]).len(), 1);
+        tb.session_start();
+        assert_eq!(tb.encode(&[rec(5, "A", 13, "1")]).len(), 2);
+    }
+
+    #[test]
+    fn same_ts_merges_different_keys_and_counts_clashes() {
+        let stats = Arc::new(SinkStats::default());
+        let mut tb = Thingsboard::new("tb", &cfg("mode = \"gateway\""), stats.clone());
+        tb.connected.insert("A".into());
+        let out = tb.encode(&[
+            rec(1, "A", 10, r#"{"t":1}"#),
+            rec(2, "A", 10, r#"{"h":5}"#),
+            rec(3, "A", 10, r#"{"t":2}"#),
+        ]);
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!({"A":[{"ts":10,"values":{"t":2,"h":5}}]})
+        );
+        assert_eq!(out[0].ids, [1, 2, 3]);
+        assert_eq!(stats::get(&stats.ts_clashes), 1);
+    }
+
+    #[test]
+    fn batches_never_exceed_the_payload_limit_and_keep_every_row() {
+        let mut tb = Thingsboard::new(
+            "tb",
+            &cfg("mode = \"gateway\"\nmax_payload_size = \"1 KiB\""),
+            Arc::default(),
+        );
+        let records: Vec<Record> = (0..500)
+            .map(|i| {
+                rec(
+                    i,
+                    &format!("dev-{}", i % 7),
+                    1000 + i,
+                    &format!(
+                        "{{\"seq\":{i},\"x\":\"{}\"}}",
+                        "y".repeat((i % 40) as usize)
+                    ),
+                )
+            })
+            .collect();
+        let out = tb.encode(&records);
+        let mut ids: Vec<i64> = Vec::new();
+        for p in out.iter().filter(|p| p.topic == "v1/gateway/telemetry") {
+            assert!(p.payload.len() <= 1024, "{} bytes", p.payload.len());
+            ids.extend(&p.ids);
+        }
+        ids.sort();
+        assert_eq!(ids, (0..500).collect::<Vec<_>>());
+        assert!(out.len() > 10);
+    }
+
+    #[test]
+    fn attributes_go_to_the_attributes_topic() {
+        let mut tb = Thingsboard::new("tb", &cfg("mode = \"gateway\""), Arc::default());
+        tb.connected.insert("A".into());
+        let mut r = rec(1, "A", 10, r#"{"fw":"1.2"}"#);
+        r.kind = RecordKind::Attributes;
+        let out = tb.encode(&[r]);
+        assert_eq!(out[0].topic, "v1/gateway/attributes");
+        assert_eq!(json(&out[0]), serde_json::json!({"A":{"fw":"1.2"}}));
+    }
+}

@@ -1,0 +1,277 @@
+//! The ThingsBoard sink against a ThingsBoard fixture: a real mosquitto
+//! standing in for ThingsBoard's MQTT transport, with the test playing the
+//! platform (it subscribes to `v1/#` and checks topics and payload shapes).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn tb_config(dir: &Path, local_port: u16, url: &str, sink_extra: &str) -> String {
+    format!(
+        r#"state_dir = "{dir}"
+log_level = "info,outpost=debug"
+
+[broker]
+listen = "127.0.0.1:{local_port}"
+
+[store]
+synchronous = "normal"
+
+[[route]]
+topic = "sensors/+/telemetry"
+sink = "tb"
+
+[[route]]
+topic = "sensors/+/attributes"
+sink = "tb"
+kind = "attributes"
+
+[sink.tb]
+type = "thingsboard"
+url = "{url}"
+reconnect_min = "200ms"
+reconnect_max = "1s"
+{sink_extra}
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Gateway telemetry as seen by the platform: device → [(ts, values)].
+fn gateway_telemetry(seen: &[Seen]) -> BTreeMap<String, Vec<(i64, Value)>> {
+    let mut out: BTreeMap<String, Vec<(i64, Value)>> = BTreeMap::new();
+    for s in seen.iter().filter(|s| s.topic == "v1/gateway/telemetry") {
+        let Value::Object(devices) = s.json() else {
+            panic!(
+                "gateway telemetry must be an object: {:?}",
+                String::from_utf8_lossy(&s.payload)
+            )
+        };
+        for (dev, entries) in devices {
+            for e in entries.as_array().expect("an array of entries per device") {
+                let ts = e["ts"].as_i64().expect("every entry carries ts");
+                out.entry(dev.clone())
+                    .or_default()
+                    .push((ts, e["values"].clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_mode_carries_fifty_children_over_one_connection() {
+    let up = Upstream::start("");
+    let tb = Collector::start(up.port, "v1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let extra = "mode = \"gateway\"\naccess_token = \"GW-TOKEN-1\"\ndevice_type = \"greenhouse-sensor\"\nmax_payload_size = \"4 KiB\"";
+    let _op = Outpost::start(
+        dir.path(),
+        port,
+        &tb_config(dir.path(), port, &up.url(), extra),
+    );
+
+    let (devices, each) = (50, 20);
+    assert_eq!(publish_devices(port, devices, each).await, devices * each);
+    let attrs = vec![(
+        "sensors/dev-0/attributes".to_string(),
+        br#"{"firmware":"1.4.2"}"#.to_vec(),
+    )];
+    assert_eq!(publish_all(port, "attr-pub", attrs).await, 1);
+
+    let done = wait_until(Duration::from_secs(60), || {
+        let t = gateway_telemetry(&tb.all());
+        t.len() == devices
+            && t.values().all(|v| v.len() >= each)
+            && tb.all().iter().any(|s| s.topic == "v1/gateway/attributes")
+    });
+    assert!(done, "not everything arrived: {} messages", tb.count());
+    let seen = tb.all();
+
+    // One connect per child, before its first data, with the device type.
+    let connects: Vec<Value> = seen
+        .iter()
+        .filter(|s| s.topic == "v1/gateway/connect")
+        .map(Seen::json)
+        .collect();
+    let names: BTreeSet<String> = connects
+        .iter()
+        .map(|c| c["device"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        connects.len(),
+        devices,
+        "exactly one connect per child on one connection"
+    );
+    assert_eq!(names.len(), devices);
+    assert!(connects.iter().all(|c| c["type"] == "greenhouse-sensor"));
+    for d in 0..devices {
+        let dev = format!("dev-{d}");
+        let first_connect = seen
+            .iter()
+            .position(|s| s.topic == "v1/gateway/connect" && s.json()["device"] == dev.as_str());
+        let first_data = seen
+            .iter()
+            .position(|s| s.topic == "v1/gateway/telemetry" && s.json().get(&dev).is_some());
+        assert!(first_connect < first_data, "{dev}: connect before data");
+    }
+
+    // Every reading, in order per device, with strictly increasing stamps.
+    for (dev, entries) in gateway_telemetry(&seen) {
+        let seqs: Vec<u64> = entries
+            .iter()
+            .map(|(_, v)| v["seq"].as_u64().expect("seq"))
+            .collect();
+        assert_eq!(
+            first_arrivals(&seqs),
+            (0..each as u64).collect::<Vec<_>>(),
+            "{dev}"
+        );
+        let ts: Vec<i64> = entries.iter().map(|(ts, _)| *ts).collect();
+        assert!(
+            ts.windows(2).all(|w| w[0] < w[1]),
+            "{dev}: one value per ms: {ts:?}"
+        );
+    }
+    // Batching: many readings per PUBLISH, none above max_payload_size.
+    let telemetry: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.topic == "v1/gateway/telemetry")
+        .collect();
+    assert!(
+        telemetry.len() < devices * each / 4,
+        "{} publishes for {} readings",
+        telemetry.len(),
+        devices * each
+    );
+    assert!(telemetry.iter().all(|s| s.payload.len() <= 4096));
+
+    let attrs = seen
+        .iter()
+        .find(|s| s.topic == "v1/gateway/attributes")
+        .expect("attributes")
+        .json();
+    assert_eq!(attrs, serde_json::json!({"dev-0":{"firmware":"1.4.2"}}));
+    assert!(
+        up.log().contains("u'GW-TOKEN-1'"),
+        "the access token is the MQTT username"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_mode_keeps_measurement_ts_through_an_outage() {
+    let mut up = Upstream::start("");
+    let tb = Collector::start(up.port, "v1/#").await;
+    up.stop();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _op = Outpost::start(
+        dir.path(),
+        port,
+        &tb_config(dir.path(), port, &up.url(), "access_token = \"DEV-TOKEN\""),
+    );
+
+    let msgs: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                "sensors/probe/telemetry".to_string(),
+                format!(
+                    "{{\"ts\":{},\"values\":{{\"seq\":{i}}}}}",
+                    1_700_000_000_000i64 + i * 1000
+                )
+                .into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(publish_all(port, "probe", msgs).await, 30);
+    tokio::time::sleep(Duration::from_secs(2)).await; // the outage lasts
+    up.restart();
+
+    let entries = || -> Vec<(i64, u64)> {
+        tb.all()
+            .iter()
+            .filter(|s| s.topic == "v1/devices/me/telemetry")
+            .flat_map(|s| {
+                s.json()
+                    .as_array()
+                    .cloned()
+                    .expect("device telemetry is an array of ts/values")
+            })
+            .map(|e| {
+                (
+                    e["ts"].as_i64().expect("ts"),
+                    e["values"]["seq"].as_u64().expect("seq"),
+                )
+            })
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(30), || entries().len() >= 30));
+    let got = entries();
+    for (ts, seq) in &got {
+        assert_eq!(
+            *ts,
+            1_700_000_000_000i64 + *seq as i64 * 1000,
+            "the measurement ts, not the send time"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
+    require("mosquitto_passwd", "mosquitto");
+    let pwdir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        pwdir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let pwfile = pwdir.path().join("passwd");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pwfile)
+        .args(["some-other-device", "x"])
+        .output()
+        .expect("mosquitto_passwd");
+    assert!(made.status.success());
+    std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let up = Upstream::start(&format!(
+        "allow_anonymous false\npassword_file {}",
+        pwfile.display()
+    ));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let token = "NOT-A-VALID-TOKEN";
+    let text = tb_config(
+        dir.path(),
+        port,
+        &up.url(),
+        &format!("access_token = \"{token}\""),
+    )
+    .replace("reconnect_max = \"1s\"", "reconnect_max = \"30s\"");
+    let op = Outpost::start(dir.path(), port, &text);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let attempts = up.log().matches("New connection from").count();
+    assert!(
+        (1..=2).contains(&attempts),
+        "{attempts} CONNECT attempts in 10 s"
+    );
+    let log = op.log_text();
+    assert!(
+        log.contains("sink=\"tb\"") || log.contains("sink=tb"),
+        "names the sink:\n{log}"
+    );
+    assert!(
+        log.contains("ThingsBoard 0x05"),
+        "says what the code means:\n{log}"
+    );
+    assert!(!log.contains(token), "the token is never logged:\n{log}");
+}
