@@ -15,9 +15,11 @@
 //! - [`route`] and [`record`]: what a reading becomes.
 //! - [`store`]: the durable outbox.
 //! - [`sink`]: where records go, and the upstream MQTT session.
-//! - [`daemon`]: wiring, signals, and orderly shutdown.
+//! - [`control`]: what comes down from the cloud (settings, RPC).
+//! - [`daemon`]: wiring, signals, logging and orderly shutdown.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod record;
 pub mod route;

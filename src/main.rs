@@ -1,6 +1,5 @@
 //! The `outpost` command line. Everything it runs lives in the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -68,7 +67,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = config::load(path.as_deref())?;
-    init_logging(&config.log_level);
+    outpost::daemon::logging::init(&config.log_level);
     tracing::info!(config = %source, state_dir = %config.state_dir.display(), "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -76,20 +75,4 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(outpost::daemon::run(config))?;
     Ok(())
-}
-
-/// `RUST_LOG` overrides the config's `log_level`. rumqttd is chatty at info
-/// (a line per client connection), so it is held at warn unless named.
-fn init_logging(level: &str) {
-    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
-    if !filter.contains("rumqttd") {
-        filter.push_str(",rumqttd=warn");
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

@@ -118,9 +118,10 @@ async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
         };
         assert!(
             missing.is_empty(),
-            "round {round}: {} acknowledged readings never arrived upstream, e.g. {:?}",
+            "round {round}: {} acknowledged readings never arrived upstream, e.g. {:?}\nlog of the restarted outpost:\n{}",
             missing.len(),
-            &missing[..missing.len().min(10)]
+            &missing[..missing.len().min(10)],
+            op.log_text()
         );
     }
     col.settle(Duration::from_millis(500), Duration::from_secs(5))

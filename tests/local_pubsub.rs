@@ -10,55 +10,6 @@ use std::time::Duration;
 use common::*;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
-async fn subscriber(
-    port: u16,
-    id: &str,
-    filter: &str,
-) -> (
-    AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-) {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(10));
-    let (client, mut events) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(filter, QoS::AtLeastOnce)
-        .await
-        .expect("queue subscribe");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut subscribed_tx = Some(subscribed_tx);
-        while let Ok(ev) = events.poll().await {
-            match ev {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(s) = subscribed_tx.take() {
-                        let _ = s.send(());
-                    }
-                }
-                Event::Incoming(Packet::Publish(p)) => {
-                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
-                }
-                _ => {}
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), subscribed)
-        .await
-        .expect("SUBACK within 10s")
-        .expect("subscriber running");
-    (client, rx)
-}
-
-async fn next(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-) -> (String, Vec<u8>) {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a message within 10s")
-        .expect("subscriber running")
-}
-
 fn start() -> (Upstream, tempfile::TempDir, Outpost, u16) {
     let up = Upstream::start("");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -275,3 +275,176 @@ async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
     );
     assert!(!log.contains(token), "the token is never logged:\n{log}");
 }
+
+/// Starts a gateway-mode outpost against a fixture broker and waits until
+/// its downlink subscriptions are in place.
+async fn gateway_with_downlink(
+    extra: &str,
+) -> (Upstream, Collector, tempfile::TempDir, Outpost, u16) {
+    let up = Upstream::start("");
+    let tb = Collector::start(up.port, "v1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let sink = format!("mode = \"gateway\"\naccess_token = \"GW\"\n{extra}");
+    let op = Outpost::start(
+        dir.path(),
+        port,
+        &tb_config(dir.path(), port, &up.url(), &sink),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || up
+            .log()
+            .contains("v1/gateway/rpc (QoS 1)")),
+        "outpost subscribed to gateway RPC:\n{}",
+        up.log()
+    );
+    (up, tb, dir, op, port)
+}
+
+async fn platform_sends(port: u16, topic: &str, body: Value) {
+    let msg = vec![(topic.to_string(), serde_json::to_vec(&body).expect("json"))];
+    assert_eq!(
+        publish_all(port, &format!("tb-platform-{}", fastrand::u32(..)), msg).await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_attributes_reach_a_device_that_connects_later() {
+    let (up, _tb, _dir, _op, port) = gateway_with_downlink("").await;
+    platform_sends(
+        up.port,
+        "v1/gateway/attributes",
+        serde_json::json!({"device":"dev-7","data":{"interval":30}}),
+    )
+    .await;
+    platform_sends(
+        up.port,
+        "v1/gateway/attributes",
+        serde_json::json!({"device":"dev-7","data":{"led":"on"}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The sensor connects only now: the retained, merged settings wait for it.
+    let (_s, mut rx) = subscriber(port, "dev-7", "devices/dev-7/attributes").await;
+    let (topic, payload) = next(&mut rx).await;
+    assert_eq!(topic, "devices/dev-7/attributes");
+    let v: Value = serde_json::from_slice(&payload).expect("json");
+    assert_eq!(v, serde_json::json!({"interval":30,"led":"on"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_rpc_round_trip_and_timeout() {
+    let (up, tb, _dir, _op, port) = gateway_with_downlink("rpc_timeout = \"1s\"").await;
+
+    // A device that answers its RPCs.
+    let (device, mut requests) = subscriber(port, "dev-1", "devices/dev-1/rpc/request/+").await;
+    platform_sends(up.port, "v1/gateway/rpc", serde_json::json!({"device":"dev-1","data":{"id":42,"method":"toggle","params":{"on":true}}})).await;
+    let (topic, payload) = next(&mut requests).await;
+    assert_eq!(topic, "devices/dev-1/rpc/request/42");
+    let req: Value = serde_json::from_slice(&payload).expect("json");
+    assert_eq!(
+        req,
+        serde_json::json!({"method":"toggle","params":{"on":true}})
+    );
+    device
+        .publish(
+            "devices/dev-1/rpc/response/42",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"on":true}"#.to_vec(),
+        )
+        .await
+        .expect("reply");
+
+    // A device that never answers.
+    platform_sends(
+        up.port,
+        "v1/gateway/rpc",
+        serde_json::json!({"device":"dev-2","data":{"id":43,"method":"reboot"}}),
+    )
+    .await;
+
+    let replies = || -> Vec<Value> {
+        tb.all()
+            .iter()
+            .filter(|s| s.topic == "v1/gateway/rpc")
+            .map(Seen::json)
+            .filter(|v| v.get("id").is_some())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || replies().len() >= 2),
+        "{:?}",
+        replies()
+    );
+    let r = replies();
+    let ok = r.iter().find(|v| v["id"] == 42).expect("reply to 42");
+    assert_eq!(
+        ok,
+        &serde_json::json!({"device":"dev-1","id":42,"data":{"on":true}})
+    );
+    let timed_out = r.iter().find(|v| v["id"] == 43).expect("reply to 43");
+    assert_eq!(timed_out["device"], "dev-2");
+    assert!(
+        timed_out["data"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no reply"),
+        "{timed_out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outpost_answers_its_own_rpc() {
+    let (up, tb, _dir, op, _port) = gateway_with_downlink("").await;
+    platform_sends(
+        up.port,
+        "v1/devices/me/rpc/request/1",
+        serde_json::json!({"method":"ping"}),
+    )
+    .await;
+    platform_sends(
+        up.port,
+        "v1/devices/me/rpc/request/2",
+        serde_json::json!({"method":"status","params":{}}),
+    )
+    .await;
+    platform_sends(
+        up.port,
+        "v1/devices/me/rpc/request/3",
+        serde_json::json!({"method":"set_log_level","params":{"level":"debug"}}),
+    )
+    .await;
+    platform_sends(
+        up.port,
+        "v1/devices/me/rpc/request/4",
+        serde_json::json!({"method":"self_destruct"}),
+    )
+    .await;
+    let reply = |id: u32| {
+        tb.all()
+            .into_iter()
+            .find(|s| s.topic == format!("v1/devices/me/rpc/response/{id}"))
+            .map(|s| s.json())
+    };
+    assert!(wait_until(Duration::from_secs(10), || (1..=4)
+        .all(|i| reply(i).is_some())));
+    assert_eq!(reply(1), Some(serde_json::json!({"pong":true})));
+    let status = reply(2).expect("status");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["sinks"]["tb"]["connected"], true);
+    assert!(status["sinks"]["tb"]["queued"].is_u64());
+    assert_eq!(
+        reply(3),
+        Some(serde_json::json!({"ok":true,"level":"debug"}))
+    );
+    assert!(reply(4).expect("error reply")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("unknown method"));
+    assert!(wait_until(Duration::from_secs(5), || op
+        .log_text()
+        .contains("log level changed")));
+}

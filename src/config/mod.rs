@@ -253,6 +253,22 @@ pub struct ThingsboardSinkConfig {
     /// Gateway mode: the device type (profile) sent with `v1/gateway/connect`.
     #[serde(default = "default_device_type")]
     pub device_type: String,
+    /// Local topic where shared attributes for a device are published
+    /// (retained, merged); `{device}` is the child device (gateway mode) or
+    /// `device_name` (device mode).
+    #[serde(default = "default_attributes_topic")]
+    pub attributes_topic: String,
+    /// Local topics for server-side RPC to devices; `{device}`, `{id}`.
+    #[serde(default = "default_rpc_request_topic")]
+    pub rpc_request_topic: String,
+    #[serde(default = "default_rpc_response_topic")]
+    pub rpc_response_topic: String,
+    /// How long a device has to answer an RPC before an error reply is sent.
+    #[serde(default = "default_rpc_timeout")]
+    pub rpc_timeout: Seconds,
+    /// Device mode: the local device name shared attributes are published for.
+    #[serde(default = "default_client_id")]
+    pub device_name: String,
     /// ThingsBoard's `maxPayloadSize`; batches never exceed it.
     #[serde(default = "default_max_packet")]
     pub max_payload_size: ByteSize,
@@ -271,6 +287,18 @@ pub struct ThingsboardSinkConfig {
 
 fn default_tb_mode() -> TbMode {
     TbMode::Device
+}
+fn default_attributes_topic() -> String {
+    "devices/{device}/attributes".into()
+}
+fn default_rpc_request_topic() -> String {
+    "devices/{device}/rpc/request/{id}".into()
+}
+fn default_rpc_response_topic() -> String {
+    "devices/{device}/rpc/response/{id}".into()
+}
+fn default_rpc_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
 }
 fn default_device_type() -> String {
     "default".to_string()

@@ -8,15 +8,19 @@
 //! in-flight acknowledgements, the outbox writer commits what is pending, and
 //! the process exits 0.
 
+pub mod logging;
 mod signals;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SinkConfig};
+use crate::control::downlink;
+use crate::control::status::StatusSource;
 use crate::route::Router;
 use crate::sink::mqtt::MqttEncoder;
 use crate::sink::thingsboard::Thingsboard;
@@ -58,18 +62,38 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     tracing::info!(path = %store_path.display(), queued, synchronous = ?config.store.synchronous, "outbox open");
 
     let mut tasks = JoinSet::new();
+    let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
+    let (ingest, local) =
+        start_ingest(&config, router, &outbox, &stats, &shutdown, &mut tasks).await?;
+    let status = StatusSource {
+        stats: stats.clone(),
+        outbox: outbox.clone(),
+    };
+
     for (name, sink) in &config.sinks {
         let sink_stats = stats.sinks.get(name).cloned().unwrap_or_default();
         match sink {
             SinkConfig::Thingsboard(t) => {
-                let platform = Thingsboard::new(name, t, sink_stats.clone());
+                let platform =
+                    Thingsboard::new(name, t, sink_stats.clone()).with_status(status.clone());
+                let (commands_tx, commands) = mpsc::channel(256);
+                let (replies_tx, replies) = mpsc::channel(256);
+                tasks.spawn(downlink::run(
+                    local.clone(),
+                    downlink::filter_of(&t.rpc_response_topic),
+                    t.rpc_timeout.0,
+                    commands,
+                    replies_tx,
+                    shutdown.clone(),
+                ));
                 let uplink = Uplink::new(
                     name,
                     &Thingsboard::settings(t),
                     platform,
                     outbox.clone(),
                     sink_stats,
-                )?;
+                )?
+                .with_downlink(commands_tx, replies);
                 tasks.spawn(uplink.run(shutdown.clone()));
             }
             SinkConfig::Mqtt(m) => {
@@ -84,9 +108,6 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             }
         }
     }
-
-    let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
-    let ingest = start_ingest(&config, router, &outbox, &stats, &shutdown, &mut tasks).await?;
 
     tasks.spawn(expire_periodically(
         outbox.clone(),
@@ -124,7 +145,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
 /// How readings get from the local broker into the outbox.
 enum Ingest {
     /// The front; rumqttd's link is kept open for later downlink use.
-    Front(#[allow(dead_code)] source::broker::LocalBroker),
+    Front(#[allow(dead_code)] Box<source::broker::LocalBroker>),
     Link(std::thread::JoinHandle<()>),
 }
 
@@ -135,10 +156,15 @@ async fn start_ingest(
     stats: &Arc<Stats>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<Ingest, DaemonError> {
+) -> Result<(Ingest, downlink::LocalBroker), DaemonError> {
     let b = &config.broker;
     if !b.ack_after_commit {
         let broker = source::broker::start(b, Listeners::public(b)?)?;
+        let local = downlink::LocalBroker {
+            addr: broker.listen.v4,
+            login: broker.control.clone(),
+            authenticate: b.users.is_some(),
+        };
         tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = false, "local broker listening");
         tracing::warn!(
             "broker.ack_after_commit = false: rumqttd acknowledges readings from memory; \
@@ -153,7 +179,7 @@ async fn start_ingest(
             shutdown.clone(),
         )
         .map_err(DaemonError::Setup)?;
-        return Ok(Ingest::Link(thread));
+        return Ok((Ingest::Link(thread), local));
     }
 
     // Bind the sensor-facing addresses first: a clear error if taken.
@@ -185,7 +211,12 @@ async fn start_ingest(
         tasks.spawn(source::front::serve(l, front.clone(), shutdown.clone()));
     }
     tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = true, "local broker listening");
-    Ok(Ingest::Front(broker))
+    let local = downlink::LocalBroker {
+        addr: broker.listen.v4,
+        login: broker.control.clone(),
+        authenticate: b.users.is_some(),
+    };
+    Ok((Ingest::Front(Box::new(broker)), local))
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {

@@ -19,6 +19,14 @@ pub struct Publish {
     pub ids: Vec<i64>,
 }
 
+/// What a platform asks for when a message comes down.
+pub enum Action {
+    /// Send this upstream (a reply; it carries no outbox rows).
+    Upstream(Publish),
+    /// Hand this to the local devices.
+    Local(crate::control::downlink::Downlink),
+}
+
 /// What a platform does at the start of each connection.
 #[derive(Debug, Default)]
 pub struct SessionStart {
@@ -41,8 +49,9 @@ pub trait Platform: Send + 'static {
     /// deleted and is sent again after the next reconnect).
     fn encode(&mut self, records: &[Record]) -> Vec<Publish>;
 
-    /// A message on a subscribed topic; returns publishes to send upstream.
-    fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Vec<Publish> {
+    /// A message on a subscribed topic: what to send upstream, and what to
+    /// hand to the local side.
+    fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Vec<Action> {
         Vec::new()
     }
 

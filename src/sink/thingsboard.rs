@@ -18,8 +18,10 @@ use rumqttc::ConnectReturnCode;
 use serde_json::{Map, Value};
 
 use super::uplink::Settings;
-use super::{Platform, Publish};
+use super::{Action, Platform, Publish};
 use crate::config::{RecordKind, TbMode, ThingsboardSinkConfig};
+use crate::control::downlink::{fill, Downlink};
+use crate::control::status::StatusSource;
 use crate::record::{Reading, Record};
 use crate::stats::{self, SinkStats};
 
@@ -36,6 +38,11 @@ pub struct Thingsboard {
     connected: HashSet<String>,
     stats: Arc<SinkStats>,
     last_clash_log: Option<Instant>,
+    attributes_topic: String,
+    rpc_request_topic: String,
+    rpc_response_topic: String,
+    device_name: String,
+    status: Option<StatusSource>,
 }
 
 impl Thingsboard {
@@ -49,7 +56,75 @@ impl Thingsboard {
             connected: HashSet::new(),
             stats,
             last_clash_log: None,
+            attributes_topic: cfg.attributes_topic.clone(),
+            rpc_request_topic: cfg.rpc_request_topic.clone(),
+            rpc_response_topic: cfg.rpc_response_topic.clone(),
+            device_name: cfg.device_name.clone(),
+            status: None,
         }
+    }
+
+    /// Lets the `status` RPC report queues and counters.
+    pub fn with_status(mut self, status: StatusSource) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// RPC to outpost itself.
+    fn own_rpc(&self, method: &str, params: &Value) -> Value {
+        match method {
+            "ping" | "gateway_ping" => serde_json::json!({"pong": true}),
+            "status" | "gateway_stats" => match &self.status {
+                Some(s) => s.snapshot(),
+                None => serde_json::json!({"version": env!("CARGO_PKG_VERSION")}),
+            },
+            "set_log_level" => {
+                let level = params
+                    .get("level")
+                    .and_then(Value::as_str)
+                    .or_else(|| params.as_str())
+                    .unwrap_or_default();
+                match crate::daemon::logging::set_level(level) {
+                    Ok(()) => serde_json::json!({"ok": true, "level": level}),
+                    Err(e) => serde_json::json!({"error": e}),
+                }
+            }
+            other => serde_json::json!({
+                "error": format!("unknown method `{other}`; outpost answers ping, status and set_log_level")
+            }),
+        }
+    }
+
+    fn gateway_rpc(&self, payload: &[u8]) -> Result<Action, String> {
+        let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+        let device = v["device"].as_str().ok_or("no `device`")?.to_string();
+        let data = &v["data"];
+        let id = match &data["id"] {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            _ => return Err("no `data.id`".into()),
+        };
+        let id_value = data["id"].clone();
+        let request = serde_json::json!({"method": data["method"], "params": data["params"]});
+        let reply_device = device.clone();
+        Ok(Action::Local(Downlink::Rpc {
+            request_topic: fill(&self.rpc_request_topic, &device, &id),
+            request: serde_json::to_vec(&request).unwrap_or_default(),
+            response_topic: fill(&self.rpc_response_topic, &device, &id),
+            reply: Box::new(move |answer| {
+                let data = match answer {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({"error": e}),
+                };
+                let body =
+                    serde_json::json!({"device": reply_device, "id": id_value, "data": data});
+                Publish {
+                    topic: "v1/gateway/rpc".into(),
+                    payload: serde_json::to_vec(&body).unwrap_or_default(),
+                    ids: Vec::new(),
+                }
+            }),
+        }))
     }
 
     /// Connection settings: an access token is the MQTT username.
@@ -216,7 +291,65 @@ impl Batcher {
 impl Platform for Thingsboard {
     fn session_start(&mut self) -> super::SessionStart {
         self.connected.clear();
-        super::SessionStart::default()
+        let mut subscribe = vec![
+            "v1/devices/me/rpc/request/+".to_string(),
+            "v1/devices/me/attributes".to_string(),
+        ];
+        if self.mode == TbMode::Gateway {
+            subscribe.push("v1/gateway/attributes".into());
+            subscribe.push("v1/gateway/rpc".into());
+        }
+        super::SessionStart {
+            subscribe,
+            publish: Vec::new(),
+        }
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
+        let gateway = self.mode == TbMode::Gateway;
+        if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/request/") {
+            let request: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+            let method = request["method"].as_str().unwrap_or_default();
+            tracing::info!(sink = %self.sink, method, "RPC to outpost");
+            let answer = self.own_rpc(method, &request["params"]);
+            return vec![Action::Upstream(Publish {
+                topic: format!("v1/devices/me/rpc/response/{id}"),
+                payload: serde_json::to_vec(&answer).unwrap_or_default(),
+                ids: Vec::new(),
+            })];
+        }
+        let result = match topic {
+            // A broker that echoes our own replies (any plain MQTT broker
+            // standing in for ThingsBoard) sends them back: not a request.
+            "v1/gateway/rpc" if gateway && is_reply(payload) => Ok(Vec::new()),
+            "v1/gateway/rpc" if gateway => self.gateway_rpc(payload).map(|a| vec![a]),
+            "v1/gateway/attributes" if gateway => serde_json::from_slice::<Value>(payload)
+                .map_err(|e| format!("not JSON: {e}"))
+                .and_then(|v| {
+                    let device = v["device"].as_str().ok_or("no `device`")?.to_string();
+                    let Value::Object(values) = v["data"].clone() else {
+                        return Err("no `data` object".to_string());
+                    };
+                    Ok(vec![Action::Local(Downlink::Settings {
+                        topic: fill(&self.attributes_topic, &device, ""),
+                        values,
+                    })])
+                }),
+            "v1/devices/me/attributes" if !gateway => {
+                match serde_json::from_slice::<Value>(payload) {
+                    Ok(Value::Object(values)) => Ok(vec![Action::Local(Downlink::Settings {
+                        topic: fill(&self.attributes_topic, &self.device_name, ""),
+                        values,
+                    })]),
+                    _ => Err("shared attributes must be a JSON object".to_string()),
+                }
+            }
+            _ => Ok(Vec::new()),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::warn!(sink = %self.sink, topic, error = %e, "ignored a message from ThingsBoard");
+            Vec::new()
+        })
     }
 
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
@@ -341,6 +474,12 @@ impl Platform for Thingsboard {
             _ => None,
         }
     }
+}
+
+/// `{"device":..,"id":..,"data":..}` is a reply; requests carry `data.method`.
+fn is_reply(payload: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(payload)
+        .is_ok_and(|v| v.get("id").is_some() && v["data"].get("method").is_none())
 }
 
 fn attributes_publish(

@@ -27,8 +27,9 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Platform, Publish, SinkError};
+use super::{Action, Platform, Publish, SinkError};
 use crate::config::MqttSinkConfig;
+use crate::control::downlink::Downlink;
 use crate::record::Record;
 use crate::stats::{self, SinkStats};
 use crate::store::Outbox;
@@ -178,6 +179,8 @@ pub struct Uplink<E: Platform> {
     encoder: E,
     outbox: Outbox,
     stats: Arc<SinkStats>,
+    /// Where downlink commands go, and where their upstream replies come from.
+    downlink: Option<(mpsc::Sender<Downlink>, mpsc::Receiver<Publish>)>,
 }
 
 /// Why a session ended.
@@ -225,7 +228,19 @@ impl<E: Platform> Uplink<E> {
             encoder,
             outbox,
             stats,
+            downlink: None,
         })
+    }
+
+    /// Connects the session to the control side: local actions go to
+    /// `commands`, and publishes arriving on `replies` are sent upstream.
+    pub fn with_downlink(
+        mut self,
+        commands: mpsc::Sender<Downlink>,
+        replies: mpsc::Receiver<Publish>,
+    ) -> Self {
+        self.downlink = Some((commands, replies));
+        self
     }
 
     /// Delivers until `shutdown` is cancelled.
@@ -291,7 +306,7 @@ impl<E: Platform> Uplink<E> {
     }
 
     async fn session(&mut self, shutdown: &CancellationToken, notify: &tokio::sync::Notify) -> End {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), self.window + 16);
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUESTS);
         let (events_tx, mut events) = mpsc::channel::<Result<Event, ConnectionError>>(1024);
         let driver = tokio::spawn(async move {
             loop {
@@ -372,9 +387,19 @@ impl<E: Platform> Uplink<E> {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                        for publish in self.encoder.on_message(&p.topic, &p.payload) {
-                            if let Err(end) = self.send(client, &mut flight, publish).await {
-                                return end;
+                        for action in self.encoder.on_message(&p.topic, &p.payload) {
+                            match action {
+                                Action::Upstream(publish) => {
+                                    if let Err(end) = self.send(client, &mut flight, publish).await {
+                                        return end;
+                                    }
+                                }
+                                Action::Local(cmd) => match &self.downlink {
+                                    Some((commands, _)) => {
+                                        let _ = commands.send(cmd).await;
+                                    }
+                                    None => tracing::debug!(sink = %self.name, "no local side for a downlink message"),
+                                },
                             }
                         }
                     }
@@ -390,6 +415,11 @@ impl<E: Platform> Uplink<E> {
                     Some(Err(e)) => return End::Failed(e),
                     None => return End::Failed(ConnectionError::RequestsDone),
                 },
+                Some(reply) = next_reply(&mut self.downlink) => {
+                    if let Err(end) = self.send(client, &mut flight, reply).await {
+                        return end;
+                    }
+                }
                 _ = notify.notified(), if can_take_more => flight.more = true,
                 _ = shutdown.cancelled(), if draining.is_none() => {
                     tracing::info!(sink = %self.name, in_flight = flight.len(), "stopping: waiting for in-flight acknowledgements");
@@ -463,6 +493,16 @@ impl<E: Platform> Uplink<E> {
         );
         stats::add(&self.stats.undeliverable, p.ids.len() as u64);
         let _ = self.outbox.delete(p.ids).await;
+    }
+}
+
+/// The next upstream reply from the control side, if there is one.
+async fn next_reply(
+    downlink: &mut Option<(mpsc::Sender<Downlink>, mpsc::Receiver<Publish>)>,
+) -> Option<Publish> {
+    match downlink {
+        Some((_, replies)) => replies.recv().await,
+        None => std::future::pending().await,
     }
 }
 

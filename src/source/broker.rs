@@ -39,6 +39,8 @@ pub enum BrokerError {
 /// The running local broker and outpost's link into it.
 pub struct LocalBroker {
     pub listen: Listeners,
+    /// How outpost's own MQTT client (downlink to local devices) logs in.
+    pub control: ControlLogin,
     pub link_tx: LinkTx,
     pub link_rx: LinkRx,
     pub link_id: String,
@@ -73,6 +75,23 @@ impl Listeners {
     }
 }
 
+/// Credentials of outpost's own client on the local broker (random per
+/// process; the password is accepted only when logins are configured).
+#[derive(Clone)]
+pub struct ControlLogin {
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ControlLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlLogin")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Starts rumqttd and waits until its listeners accept.
 pub fn start(cfg: &BrokerConfig, listen: Listeners) -> Result<LocalBroker, BrokerError> {
     let link_id = format!(
@@ -80,7 +99,12 @@ pub fn start(cfg: &BrokerConfig, listen: Listeners) -> Result<LocalBroker, Broke
         fastrand::u64(..),
         fastrand::u64(..)
     );
-    let connections = connection_settings(cfg, &link_id);
+    let control = ControlLogin {
+        client_id: format!("outpost-control-{:016x}", fastrand::u64(..)),
+        username: "outpost-control".into(),
+        password: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+    };
+    let connections = connection_settings(cfg, &link_id, &control);
     let server = |name: &str, listen| ServerSettings {
         name: name.to_string(),
         listen,
@@ -129,13 +153,18 @@ pub fn start(cfg: &BrokerConfig, listen: Listeners) -> Result<LocalBroker, Broke
     tracing::debug!(v4 = %listen.v4, v5 = ?listen.v5, auth = cfg.users.is_some(), "rumqttd listening");
     Ok(LocalBroker {
         listen,
+        control,
         link_tx,
         link_rx,
         link_id,
     })
 }
 
-fn connection_settings(cfg: &BrokerConfig, link_id: &str) -> ConnectionSettings {
+fn connection_settings(
+    cfg: &BrokerConfig,
+    link_id: &str,
+    control: &ControlLogin,
+) -> ConnectionSettings {
     let mut settings = ConnectionSettings {
         connection_timeout_ms: cfg.connect_timeout.0.as_millis().min(u16::MAX as u128) as u16,
         max_payload_size: cfg.max_payload.0 as usize,
@@ -144,7 +173,9 @@ fn connection_settings(cfg: &BrokerConfig, link_id: &str) -> ConnectionSettings 
         external_auth: None,
         dynamic_filters: true,
     };
-    if let Some(users) = cfg.users.clone() {
+    if let Some(mut users) = cfg.users.clone() {
+        // outpost's own downlink client logs in with a secret made per process.
+        users.insert(control.username.clone(), control.password.clone());
         let reserved = link_id.to_string();
         settings.set_auth_handler(move |client_id: String, user: String, pass: String| {
             let ok = client_id != reserved

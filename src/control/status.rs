@@ -1,0 +1,46 @@
+//! What outpost says about itself: the `status` RPC and (later) health
+//! telemetry read the same snapshot.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::stats::{self, Stats};
+use crate::store::Outbox;
+
+/// A cheap, cloneable source of status snapshots.
+#[derive(Clone)]
+pub struct StatusSource {
+    pub stats: Arc<Stats>,
+    pub outbox: Outbox,
+}
+
+impl StatusSource {
+    pub fn snapshot(&self) -> Value {
+        let queues = self.outbox.stats();
+        let sinks: serde_json::Map<String, Value> = self
+            .stats
+            .sinks
+            .iter()
+            .map(|(name, s)| {
+                let q = queues.get(name).copied().unwrap_or_default();
+                (
+                    name.clone(),
+                    json!({
+                        "connected": s.connected.load(std::sync::atomic::Ordering::Relaxed),
+                        "queued": q.depth.records,
+                        "queued_bytes": q.depth.bytes,
+                        "dropped": q.dropped,
+                        "delivered": stats::get(&s.delivered),
+                        "ts_clashes": stats::get(&s.ts_clashes),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "accepted": stats::get(&self.stats.ingest.accepted),
+            "sinks": sinks,
+        })
+    }
+}

@@ -1,0 +1,49 @@
+//! Logging to stderr with a filter that can be changed while running (the
+//! `set_log_level` RPC). rumqttd is chatty at info (a line per client
+//! connection), so it is held at warn unless the filter names it.
+
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+type Handle = reload::Handle<EnvFilter, Registry>;
+
+static HANDLE: OnceLock<Handle> = OnceLock::new();
+
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let mut text = level.to_string();
+    if !text.contains("rumqttd") {
+        text.push_str(",rumqttd=warn");
+    }
+    EnvFilter::try_new(&text).map_err(|e| format!("`{level}` is not a log filter: {e}"))
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides `level`.
+pub fn init(level: &str) {
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
+    let initial = filter(&wanted).unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let (layer, handle) = reload::Layer::new(initial);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = HANDLE.set(handle);
+    }
+}
+
+/// Changes the filter of the running process.
+pub fn set_level(level: &str) -> Result<(), String> {
+    let f = filter(level)?;
+    let handle = HANDLE.get().ok_or("logging is not initialised")?;
+    handle.reload(f).map_err(|e| e.to_string())?;
+    tracing::info!(level, "log level changed");
+    Ok(())
+}
