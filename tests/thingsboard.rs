@@ -448,3 +448,80 @@ async fn outpost_answers_its_own_rpc() {
         .log_text()
         .contains("log level changed")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limits_from_get_session_limits_are_obeyed() {
+    let up = Upstream::start("");
+    let tb = Collector::start(up.port, "v1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let extra = "mode = \"gateway\"\naccess_token = \"GW\"";
+    let _op = Outpost::start(
+        dir.path(),
+        port,
+        &tb_config(dir.path(), port, &up.url(), extra),
+    );
+
+    // Play ThingsBoard: answer getSessionLimits.
+    let request = || {
+        tb.all().into_iter().find(|s| {
+            s.topic.starts_with("v1/devices/me/rpc/request/")
+                && s.json()["method"] == "getSessionLimits"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || request().is_some()),
+        "outpost asks for its limits"
+    );
+    let id = request()
+        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let limits = serde_json::json!({
+        "maxPayloadSize": 2048,
+        "maxInflightMessages": 10,
+        "rateLimits": {"messages": "50:1", "telemetryMessages": "50:1"},
+        "gatewayRateLimits": {"messages": "5:1,40:10", "telemetryMessages": "5:1"}
+    });
+    platform_sends(up.port, &format!("v1/devices/me/rpc/response/{id}"), limits).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let start = std::time::Instant::now();
+    let (devices, each) = (10, 40);
+    assert_eq!(publish_devices(port, devices, each).await, devices * each);
+    let done = wait_until(Duration::from_secs(60), || {
+        let t = gateway_telemetry(&tb.all());
+        t.len() == devices && t.values().all(|v| v.len() >= each)
+    });
+    assert!(done, "everything arrives, at the allowed rate");
+
+    // Gateway limits apply: at most 5 messages in any second.
+    let sent: Vec<std::time::Instant> = tb
+        .all()
+        .iter()
+        .filter(|s| s.at >= start && s.topic.starts_with("v1/gateway/"))
+        .map(|s| s.at)
+        .collect();
+    let busiest = sent
+        .iter()
+        .map(|t0| {
+            sent.iter()
+                .filter(|t| **t >= *t0 && t.duration_since(*t0) < Duration::from_millis(950))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 5, "{busiest} messages within one second");
+    assert!(
+        sent.len() > 5,
+        "the drain needed several seconds' worth of messages: {}",
+        sent.len()
+    );
+    let big = tb
+        .all()
+        .iter()
+        .filter(|s| s.at >= start)
+        .map(|s| s.payload.len())
+        .max()
+        .unwrap_or(0);
+    assert!(big <= 2048, "maxPayloadSize obeyed: {big}");
+}

@@ -269,6 +269,11 @@ pub struct ThingsboardSinkConfig {
     /// Device mode: the local device name shared attributes are published for.
     #[serde(default = "default_client_id")]
     pub device_name: String,
+    /// Message rate limits, `"N:seconds,..."`. Unset: ThingsBoard's
+    /// documented defaults until `getSessionLimits` answers, then its answer.
+    /// Set: exactly these, whatever the server says.
+    #[serde(default)]
+    pub rate_limits: Option<String>,
     /// ThingsBoard's `maxPayloadSize`; batches never exceed it.
     #[serde(default = "default_max_packet")]
     pub max_payload_size: ByteSize,
@@ -829,6 +834,16 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
                     message: "must not be empty (ThingsBoard answers CONNACK 0x04)".into(),
                 }),
                 _ => {}
+            }
+            if let Some(Err(e)) = t
+                .rate_limits
+                .as_deref()
+                .map(crate::sink::rate::RateLimit::parse)
+            {
+                problems.push(Problem {
+                    path: at("rate_limits"),
+                    message: e,
+                });
             }
             if t.inflight == 0 {
                 problems.push(Problem {

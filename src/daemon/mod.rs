@@ -93,7 +93,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
                     outbox.clone(),
                     sink_stats,
                 )?
-                .with_downlink(commands_tx, replies);
+                .with_downlink(commands_tx, replies)
+                .with_rate_limit(Thingsboard::initial_rate(t));
                 tasks.spawn(uplink.run(shutdown.clone()));
             }
             SinkConfig::Mqtt(m) => {

@@ -5,6 +5,7 @@
 //! reconnect. Only the encoding differs.
 
 pub mod mqtt;
+pub mod rate;
 pub mod thingsboard;
 pub mod uplink;
 
@@ -25,6 +26,11 @@ pub enum Action {
     Upstream(Publish),
     /// Hand this to the local devices.
     Local(crate::control::downlink::Downlink),
+    /// The platform told its limits: fewer publishes in flight, a message rate.
+    Limits {
+        max_inflight: Option<usize>,
+        rate: Option<rate::RateLimit>,
+    },
 }
 
 /// What a platform does at the start of each connection.

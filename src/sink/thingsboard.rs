@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rumqttc::ConnectReturnCode;
 use serde_json::{Map, Value};
 
+use super::rate::RateLimit;
 use super::uplink::Settings;
 use super::{Action, Platform, Publish};
 use crate::config::{RecordKind, TbMode, ThingsboardSinkConfig};
@@ -27,6 +28,11 @@ use crate::stats::{self, SinkStats};
 
 /// Bytes kept free in each PUBLISH for the topic and MQTT framing.
 const FRAMING: usize = 64;
+
+/// ThingsBoard's documented default limits (`messages`, `telemetryMessages`),
+/// obeyed until the server answers `getSessionLimits`.
+const DEFAULT_RATE: &str = "200:1,6000:60,14000:3600";
+const DEFAULT_TELEMETRY_RATE: &str = "100:1,3000:60,7000:3600";
 
 pub struct Thingsboard {
     sink: String,
@@ -43,6 +49,12 @@ pub struct Thingsboard {
     rpc_response_topic: String,
     device_name: String,
     status: Option<StatusSource>,
+    /// The configured ceiling for batches.
+    configured_payload: usize,
+    /// Rate limits fixed by the config (the server's answer is then ignored).
+    fixed_rate: bool,
+    /// Id of this session's `getSessionLimits` request.
+    limits_request: u64,
 }
 
 impl Thingsboard {
@@ -61,7 +73,53 @@ impl Thingsboard {
             rpc_response_topic: cfg.rpc_response_topic.clone(),
             device_name: cfg.device_name.clone(),
             status: None,
+            configured_payload: cfg.max_payload_size.0 as usize,
+            fixed_rate: cfg.rate_limits.is_some(),
+            limits_request: 0,
         }
+    }
+
+    /// The limits to start with: the configured ones, else the documented
+    /// defaults.
+    pub fn initial_rate(cfg: &ThingsboardSinkConfig) -> RateLimit {
+        match &cfg.rate_limits {
+            Some(text) => RateLimit::parse(text).unwrap_or_default(),
+            None => RateLimit::parse(DEFAULT_RATE)
+                .unwrap_or_default()
+                .and(RateLimit::parse(DEFAULT_TELEMETRY_RATE).unwrap_or_default()),
+        }
+    }
+
+    /// Reads a `getSessionLimits` answer.
+    fn session_limits(&mut self, v: &Value) -> Action {
+        let gateway = self.mode == TbMode::Gateway;
+        if let Some(max) = v["maxPayloadSize"].as_u64() {
+            self.max_payload = (max as usize).min(self.configured_payload);
+        }
+        let max_inflight = v["maxInflightMessages"].as_u64().map(|n| n as usize);
+        let rate = if self.fixed_rate {
+            None
+        } else {
+            let limits = if gateway && v["gatewayRateLimits"].is_object() {
+                &v["gatewayRateLimits"]
+            } else {
+                &v["rateLimits"]
+            };
+            let parse = |k: &str| {
+                limits[k]
+                    .as_str()
+                    .and_then(|t| RateLimit::parse(t).ok())
+                    .unwrap_or_default()
+            };
+            Some(parse("messages").and(parse("telemetryMessages")))
+        };
+        tracing::info!(
+            sink = %self.sink,
+            max_payload = self.max_payload,
+            max_inflight = ?max_inflight,
+            "ThingsBoard session limits received"
+        );
+        Action::Limits { max_inflight, rate }
     }
 
     /// Lets the `status` RPC report queues and counters.
@@ -293,21 +351,49 @@ impl Platform for Thingsboard {
         self.connected.clear();
         let mut subscribe = vec![
             "v1/devices/me/rpc/request/+".to_string(),
+            "v1/devices/me/rpc/response/+".to_string(),
             "v1/devices/me/attributes".to_string(),
         ];
         if self.mode == TbMode::Gateway {
             subscribe.push("v1/gateway/attributes".into());
             subscribe.push("v1/gateway/rpc".into());
         }
+        // Far from the small ids ThingsBoard gives server-side RPC.
+        self.limits_request = 1_000_000_000 + (self.limits_request + 1) % 1_000_000;
+        let ask = Publish {
+            topic: format!("v1/devices/me/rpc/request/{}", self.limits_request),
+            payload: br#"{"method":"getSessionLimits","params":{}}"#.to_vec(),
+            ids: Vec::new(),
+        };
         super::SessionStart {
             subscribe,
-            publish: Vec::new(),
+            publish: vec![ask],
         }
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
         let gateway = self.mode == TbMode::Gateway;
+        if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/response/") {
+            if id == self.limits_request.to_string() {
+                return match serde_json::from_slice::<Value>(payload) {
+                    Ok(v) if v.get("maxPayloadSize").is_some() || v.get("rateLimits").is_some() => {
+                        vec![self.session_limits(&v)]
+                    }
+                    _ => {
+                        tracing::warn!(sink = %self.sink, "unreadable getSessionLimits answer; keeping the current limits");
+                        Vec::new()
+                    }
+                };
+            }
+            return Vec::new();
+        }
         if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/request/") {
+            // Our own getSessionLimits request, echoed by a plain broker.
+            if serde_json::from_slice::<Value>(payload)
+                .is_ok_and(|v| v["method"] == "getSessionLimits")
+            {
+                return Vec::new();
+            }
             let request: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
             let method = request["method"].as_str().unwrap_or_default();
             tracing::info!(sink = %self.sink, method, "RPC to outpost");

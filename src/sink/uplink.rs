@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::rate::RateLimit;
 use super::{Action, Platform, Publish, SinkError};
 use crate::config::MqttSinkConfig;
 use crate::control::downlink::Downlink;
@@ -181,12 +182,14 @@ pub struct Uplink<E: Platform> {
     stats: Arc<SinkStats>,
     /// Where downlink commands go, and where their upstream replies come from.
     downlink: Option<(mpsc::Sender<Downlink>, mpsc::Receiver<Publish>)>,
+    /// The platform's message rate limits, obeyed for every publish.
+    rate: RateLimit,
 }
 
 /// Why a session ended.
 enum End {
     Shutdown,
-    Failed(ConnectionError),
+    Failed(Box<ConnectionError>),
 }
 
 impl<E: Platform> Uplink<E> {
@@ -229,7 +232,14 @@ impl<E: Platform> Uplink<E> {
             outbox,
             stats,
             downlink: None,
+            rate: RateLimit::none(),
         })
+    }
+
+    /// Starts with these rate limits (the platform may replace them).
+    pub fn with_rate_limit(mut self, rate: RateLimit) -> Self {
+        self.rate = rate;
+        self
     }
 
     /// Connects the session to the control side: local actions go to
@@ -256,7 +266,7 @@ impl<E: Platform> Uplink<E> {
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             let delay = match end {
                 End::Shutdown => return,
-                End::Failed(e) => self.explain(e),
+                End::Failed(e) => self.explain(*e),
             };
             tokio::select! {
                 _ = sleep(delay) => {}
@@ -348,8 +358,8 @@ impl<E: Platform> Uplink<E> {
                 ev = events.recv() => match ev {
                     Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return End::Failed(e),
-                    None => return End::Failed(ConnectionError::RequestsDone),
+                    Some(Err(e)) => return End::Failed(Box::new(e)),
+                    None => return End::Failed(Box::new(ConnectionError::RequestsDone)),
                 },
                 _ = shutdown.cancelled() => return End::Shutdown,
             }
@@ -365,7 +375,7 @@ impl<E: Platform> Uplink<E> {
         let start = self.encoder.session_start();
         for topic in start.subscribe {
             if client.try_subscribe(topic, QoS::AtLeastOnce).is_err() {
-                return End::Failed(ConnectionError::RequestsDone);
+                return End::Failed(Box::new(ConnectionError::RequestsDone));
             }
         }
         for p in start.publish {
@@ -384,6 +394,7 @@ impl<E: Platform> Uplink<E> {
             }
             let can_take_more = draining.is_none() && flight.has_room();
             let deadline = draining.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let unblock = flight.blocked_until;
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
@@ -393,6 +404,9 @@ impl<E: Platform> Uplink<E> {
                                     if let Err(end) = self.send(client, &mut flight, publish).await {
                                         return end;
                                     }
+                                }
+                                Action::Limits { max_inflight, rate } => {
+                                    self.apply_limits(&mut flight, max_inflight, rate);
                                 }
                                 Action::Local(cmd) => match &self.downlink {
                                     Some((commands, _)) => {
@@ -412,8 +426,8 @@ impl<E: Platform> Uplink<E> {
                             stats::add(&self.stats.delivered, n);
                         }
                     }
-                    Some(Err(e)) => return End::Failed(e),
-                    None => return End::Failed(ConnectionError::RequestsDone),
+                    Some(Err(e)) => return End::Failed(Box::new(e)),
+                    None => return End::Failed(Box::new(ConnectionError::RequestsDone)),
                 },
                 Some(reply) = next_reply(&mut self.downlink) => {
                     if let Err(end) = self.send(client, &mut flight, reply).await {
@@ -421,6 +435,7 @@ impl<E: Platform> Uplink<E> {
                     }
                 }
                 _ = notify.notified(), if can_take_more => flight.more = true,
+                _ = tokio::time::sleep_until(unblock.unwrap_or(deadline)), if unblock.is_some() && draining.is_none() => {}
                 _ = shutdown.cancelled(), if draining.is_none() => {
                     tracing::info!(sink = %self.name, in_flight = flight.len(), "stopping: waiting for in-flight acknowledgements");
                     draining = Some(Instant::now() + self.grace);
@@ -436,7 +451,8 @@ impl<E: Platform> Uplink<E> {
     /// Publishes queued records until the in-flight window is full or the
     /// outbox has nothing more.
     async fn fill(&mut self, client: &AsyncClient, flight: &mut Flight) -> Result<(), End> {
-        while flight.has_room() {
+        self.flush(client, flight)?;
+        while flight.has_room() && flight.outgoing.is_empty() {
             if flight.fetched.is_empty() {
                 if !flight.more {
                     return Ok(());
@@ -461,7 +477,7 @@ impl<E: Platform> Uplink<E> {
         Ok(())
     }
 
-    /// Hands one publish to rumqttc and tracks its rows.
+    /// Queues one publish and sends what the rate limit allows.
     async fn send(
         &mut self,
         client: &AsyncClient,
@@ -472,13 +488,46 @@ impl<E: Platform> Uplink<E> {
             self.undeliverable(publish).await;
             return Ok(());
         }
-        if let Err(e) = client.try_publish(publish.topic, QoS::AtLeastOnce, false, publish.payload)
-        {
-            tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
-            return Err(End::Failed(ConnectionError::RequestsDone));
+        flight.outgoing.push_back(publish);
+        self.flush(client, flight)
+    }
+
+    /// Hands queued publishes to rumqttc while the rate limit allows; else
+    /// notes when to try again.
+    fn flush(&mut self, client: &AsyncClient, flight: &mut Flight) -> Result<(), End> {
+        flight.blocked_until = None;
+        while let Some(publish) = flight.outgoing.pop_front() {
+            let now = Instant::now();
+            if let Some(at) = self.rate.next_allowed(now) {
+                flight.outgoing.push_front(publish);
+                flight.blocked_until = Some(at);
+                return Ok(());
+            }
+            if let Err(e) =
+                client.try_publish(publish.topic, QoS::AtLeastOnce, false, publish.payload)
+            {
+                tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
+                return Err(End::Failed(Box::new(ConnectionError::RequestsDone)));
+            }
+            self.rate.record(now);
+            flight.sent(publish.ids);
         }
-        flight.sent(publish.ids);
         Ok(())
+    }
+
+    fn apply_limits(
+        &mut self,
+        flight: &mut Flight,
+        max_inflight: Option<usize>,
+        rate: Option<RateLimit>,
+    ) {
+        if let Some(n) = max_inflight {
+            flight.window = n.clamp(1, self.window);
+        }
+        if let Some(r) = rate {
+            self.rate = r;
+        }
+        tracing::info!(sink = %self.name, in_flight = flight.window, "applied the platform's session limits");
     }
 
     /// A record that can never fit the upstream packet limit would block its
@@ -516,6 +565,10 @@ struct Flight {
     /// The outbox may hold more than was fetched.
     more: bool,
     fetched: VecDeque<Record>,
+    /// Encoded, waiting for the rate limit.
+    outgoing: VecDeque<Publish>,
+    /// The rate limit allows the next publish then.
+    blocked_until: Option<Instant>,
     awaiting_pkid: VecDeque<Vec<i64>>,
     in_flight: HashMap<u16, Vec<i64>>,
 }
@@ -527,6 +580,8 @@ impl Flight {
             cursor: 0,
             more: true,
             fetched: VecDeque::new(),
+            outgoing: VecDeque::new(),
+            blocked_until: None,
             awaiting_pkid: VecDeque::new(),
             in_flight: HashMap::new(),
         }

@@ -206,6 +206,8 @@ impl Drop for Upstream {
 pub struct Seen {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// When the collector received it.
+    pub at: Instant,
 }
 
 impl Seen {
@@ -249,6 +251,7 @@ impl Collector {
                             s.push(Seen {
                                 topic: p.topic.clone(),
                                 payload: p.payload.to_vec(),
+                                at: Instant::now(),
                             });
                         }
                     }
