@@ -31,12 +31,24 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// List records a platform can never take, moved out of the queue.
+    DeadLetters {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::DeadLetters { config } => match dead_letters(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -63,6 +75,35 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn dead_letters(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, _) = config::load(path.as_deref())?;
+    let db = config.store_path();
+    if !db.exists() {
+        println!("no outbox at {} yet: no dead letters", db.display());
+        return Ok(());
+    }
+    let rows = outpost::store::dead_letters(&db)?;
+    if rows.is_empty() {
+        println!("no dead letters in {}", db.display());
+        return Ok(());
+    }
+    println!("{} dead letter(s) in {}:", rows.len(), db.display());
+    for r in rows {
+        let payload = String::from_utf8_lossy(&r.payload);
+        let shown: String = payload.chars().take(120).collect();
+        let more = if payload.chars().count() > 120 {
+            "…"
+        } else {
+            ""
+        };
+        println!(
+            "#{} sink={} device={} ts={} reason: {}\n    payload: {shown}{more}",
+            r.id, r.sink, r.device, r.ts, r.reason
+        );
+    }
+    Ok(())
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {

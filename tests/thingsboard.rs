@@ -525,3 +525,129 @@ async fn session_limits_from_get_session_limits_are_obeyed() {
         .unwrap_or(0);
     assert!(big <= 2048, "maxPayloadSize obeyed: {big}");
 }
+
+fn dead_letter_listing(config: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["dead-letters", "--config"])
+        .arg(config)
+        .output()
+        .expect("outpost dead-letters");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_thingsboard_cannot_take_is_moved_aside_not_retried() {
+    let up = Upstream::start("");
+    let tb = Collector::start(up.port, "v1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _op = Outpost::start(
+        dir.path(),
+        port,
+        &tb_config(dir.path(), port, &up.url(), "access_token = \"T\""),
+    );
+
+    let msgs = vec![
+        ("sensors/a/telemetry".to_string(), br#"{"seq":0}"#.to_vec()),
+        (
+            "sensors/a/telemetry".to_string(),
+            br#"{"seq":1,"broken":null}"#.to_vec(),
+        ),
+        ("sensors/a/telemetry".to_string(), br#"{"seq":2}"#.to_vec()),
+    ];
+    assert_eq!(publish_all(port, "a", msgs).await, 3);
+    let seqs = || -> Vec<u64> {
+        tb.all()
+            .iter()
+            .filter(|s| s.topic == "v1/devices/me/telemetry")
+            .flat_map(|s| s.json().as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["values"]["seq"].as_u64())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || seqs().len() >= 2),
+        "{:?}",
+        seqs()
+    );
+    assert_eq!(
+        first_arrivals(&seqs()),
+        [0, 2],
+        "the queue behind it moved on"
+    );
+    let listing = dead_letter_listing(&dir.path().join("outpost.toml"));
+    assert!(listing.contains("1 dead letter(s)"), "{listing}");
+    assert!(listing.contains("`broken` has a null value"), "{listing}");
+}
+
+/// The platform's real packet limit is smaller than the one configured: it
+/// closes the connection on anything larger, as ThingsBoard does. With
+/// `backlog`, everything is queued first, so the big record travels inside
+/// a batch that must be split to find it.
+async fn poison(backlog: bool) {
+    let mut up = Upstream::start("max_packet_size 1500");
+    let tb = Collector::start(up.port, "v1/#").await;
+    if backlog {
+        up.stop();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let op = Outpost::start(
+        dir.path(),
+        port,
+        &tb_config(dir.path(), port, &up.url(), "access_token = \"T\""),
+    );
+    // The big record sits in the middle of the stream; whether it goes
+    // alone or in a batch depends on timing, and both must end the same.
+    let mut msgs: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| {
+            (
+                "sensors/a/telemetry".to_string(),
+                format!("{{\"seq\":{i}}}").into_bytes(),
+            )
+        })
+        .collect();
+    msgs.insert(
+        5,
+        (
+            "sensors/a/telemetry".to_string(),
+            format!("{{\"seq\":99,\"blob\":\"{}\"}}", "x".repeat(3000)).into_bytes(),
+        ),
+    );
+    assert_eq!(publish_all(port, "a", msgs).await, 11);
+    if backlog {
+        assert!(wait_until(Duration::from_secs(10), || op.queued() == 11));
+        up.restart();
+    }
+
+    let seqs = || -> Vec<u64> {
+        tb.all()
+            .iter()
+            .filter(|s| s.topic == "v1/devices/me/telemetry")
+            .flat_map(|s| s.json().as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["values"]["seq"].as_u64())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || first_arrivals(&seqs()).len()
+            >= 10),
+        "{:?}",
+        seqs()
+    );
+    let mut got = first_arrivals(&seqs());
+    got.sort();
+    assert_eq!(got, (0..10).collect::<Vec<u64>>());
+    let listing = dead_letter_listing(&dir.path().join("outpost.toml"));
+    assert!(listing.contains("1 dead letter(s)"), "{listing}");
+    assert!(listing.contains("closed the connection"), "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_makes_the_platform_hang_up_is_found_and_moved_aside() {
+    poison(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_inside_a_batch_is_found_by_splitting_the_batch() {
+    poison(true).await;
+}

@@ -50,6 +50,12 @@ pub trait Platform: Send + 'static {
         SessionStart::default()
     }
 
+    /// Can the platform ever take this record? A record it cannot is moved
+    /// to the dead letters instead of blocking the queue.
+    fn validate(&self, _record: &Record) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Encodes records, in outbox order, into publishes. Every record's id
     /// must appear in exactly one returned publish (or the record is never
     /// deleted and is sent again after the next reconnect).

@@ -438,6 +438,20 @@ impl Platform for Thingsboard {
         })
     }
 
+    /// ThingsBoard takes string keys with string, boolean, number or JSON
+    /// values; it refuses null values and empty keys.
+    fn validate(&self, r: &Record) -> Result<(), String> {
+        for (k, v) in key_values(&r.payload) {
+            if k.is_empty() {
+                return Err("empty key (ThingsBoard needs a non-empty string key)".into());
+            }
+            if v.is_null() {
+                return Err(format!("key `{k}` has a null value (ThingsBoard takes strings, booleans, numbers or JSON)"));
+            }
+        }
+        Ok(())
+    }
+
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
         let gateway = self.mode == TbMode::Gateway;
         let mut out = Vec::new();

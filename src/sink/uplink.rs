@@ -184,6 +184,28 @@ pub struct Uplink<E: Platform> {
     downlink: Option<(mpsc::Sender<Downlink>, mpsc::Receiver<Publish>)>,
     /// The platform's message rate limits, obeyed for every publish.
     rate: RateLimit,
+    /// What the current (or last) connection did, for poison detection.
+    session: SessionLog,
+    /// (first row of the head publish, consecutive failed sessions).
+    suspect: Option<(i64, u32)>,
+    /// While above zero, one record per publish; counts down with PUBACKs.
+    careful: u32,
+}
+
+/// Failed sessions in a row with the same single record first, before it
+/// is moved to the dead letters.
+const POISON_STRIKES: u32 = 3;
+
+/// PUBACKs in one-record-per-publish mode after a suspect batch.
+const CAREFUL_ACKS: u32 = 100;
+
+#[derive(Debug, Default, Clone)]
+struct SessionLog {
+    connected: bool,
+    /// PUBACKs for publishes that carried rows.
+    acks: u64,
+    /// Rows of the first publish of the session that carried rows.
+    head: Option<Vec<i64>>,
 }
 
 /// Why a session ended.
@@ -233,6 +255,9 @@ impl<E: Platform> Uplink<E> {
             stats,
             downlink: None,
             rate: RateLimit::none(),
+            session: SessionLog::default(),
+            suspect: None,
+            careful: 0,
         })
     }
 
@@ -266,7 +291,12 @@ impl<E: Platform> Uplink<E> {
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             let delay = match end {
                 End::Shutdown => return,
-                End::Failed(e) => self.explain(*e),
+                End::Failed(e) => {
+                    if self.session.connected {
+                        self.check_poison().await;
+                    }
+                    self.explain(*e)
+                }
             };
             tokio::select! {
                 _ = sleep(delay) => {}
@@ -316,6 +346,7 @@ impl<E: Platform> Uplink<E> {
     }
 
     async fn session(&mut self, shutdown: &CancellationToken, notify: &tokio::sync::Notify) -> End {
+        self.session = SessionLog::default();
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUESTS);
         let (events_tx, mut events) = mpsc::channel::<Result<Event, ConnectionError>>(1024);
         let driver = tokio::spawn(async move {
@@ -365,6 +396,7 @@ impl<E: Platform> Uplink<E> {
             }
         }
         self.backoff.reset();
+        self.session.connected = true;
         self.stats
             .connected
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -420,6 +452,11 @@ impl<E: Platform> Uplink<E> {
                     Some(Ok(ev)) => {
                         if let Some(ids) = flight.on_event(&ev) {
                             let n = ids.len() as u64;
+                            if !ids.is_empty() {
+                                self.session.acks += 1;
+                                self.suspect = None;
+                                self.careful = self.careful.saturating_sub(1);
+                            }
                             if self.outbox.delete(ids).await.is_err() {
                                 return End::Shutdown;
                             }
@@ -452,7 +489,12 @@ impl<E: Platform> Uplink<E> {
     /// outbox has nothing more.
     async fn fill(&mut self, client: &AsyncClient, flight: &mut Flight) -> Result<(), End> {
         self.flush(client, flight)?;
-        while flight.has_room() && flight.outgoing.is_empty() {
+        // Looking for a poison record: one publish at a time, so that a
+        // hang-up can be pinned on the one that caused it.
+        while flight.has_room()
+            && flight.outgoing.is_empty()
+            && (self.careful == 0 || flight.is_empty())
+        {
             if flight.fetched.is_empty() {
                 if !flight.more {
                     return Ok(());
@@ -468,8 +510,19 @@ impl<E: Platform> Uplink<E> {
                 flight.refill(batch, limit);
                 continue;
             }
-            let n = flight.fetched.len().min(ENCODE_BATCH);
-            let records: Vec<Record> = flight.fetched.drain(..n).collect();
+            let batch = if self.careful > 0 { 1 } else { ENCODE_BATCH };
+            let n = flight.fetched.len().min(batch);
+            let mut records: Vec<Record> = Vec::with_capacity(n);
+            for r in flight.fetched.drain(..n) {
+                match self.encoder.validate(&r) {
+                    Ok(()) => records.push(r),
+                    Err(why) => {
+                        tracing::error!(sink = %self.name, record = r.id, device = %r.device, reason = %why, "record the platform cannot take: moved to the dead letters");
+                        stats::add(&self.stats.undeliverable, 1);
+                        let _ = self.outbox.dead_letter(vec![r.id], why).await;
+                    }
+                }
+            }
             for publish in self.encoder.encode(&records) {
                 self.send(client, flight, publish).await?;
             }
@@ -510,6 +563,9 @@ impl<E: Platform> Uplink<E> {
                 return Err(End::Failed(Box::new(ConnectionError::RequestsDone)));
             }
             self.rate.record(now);
+            if self.session.head.is_none() && !publish.ids.is_empty() {
+                self.session.head = Some(publish.ids.clone());
+            }
             flight.sent(publish.ids);
         }
         Ok(())
@@ -538,10 +594,50 @@ impl<E: Platform> Uplink<E> {
             topic = %p.topic,
             bytes = p.payload.len(),
             max_packet_size = self.max_packet,
-            "record larger than the upstream packet limit: dropped (raise max_packet_size if the platform allows)"
+            "record larger than the upstream packet limit: moved to the dead letters (raise max_packet_size if the platform allows)"
         );
         stats::add(&self.stats.undeliverable, p.ids.len() as u64);
-        let _ = self.outbox.delete(p.ids).await;
+        let reason = format!(
+            "{} bytes on {}: larger than the upstream packet limit of {} bytes",
+            p.payload.len(),
+            p.topic,
+            self.max_packet
+        );
+        let _ = self.outbox.dead_letter(p.ids, reason).await;
+    }
+
+    /// After a session that ended with no PUBACK at all: if it is always the
+    /// same publish that goes first before the platform drops us, that
+    /// record is poison. A batch is first split (one record per publish) to
+    /// find which record it is; a single record that fails three times in a
+    /// row is moved to the dead letters so the queue behind it moves on.
+    async fn check_poison(&mut self) {
+        let (Some(head), true) = (self.session.head.clone(), self.session.acks == 0) else {
+            return;
+        };
+        let Some(&first) = head.first() else { return };
+        let count = match self.suspect {
+            Some((id, n)) if id == first => n + 1,
+            _ => 1,
+        };
+        self.suspect = Some((first, count));
+        if head.len() > 1 {
+            if count >= 2 && self.careful == 0 {
+                tracing::warn!(sink = %self.name, "the platform dropped the connection twice right after the same batch; sending one record per publish to find the cause");
+                self.careful = CAREFUL_ACKS;
+            }
+        } else if count >= POISON_STRIKES {
+            tracing::error!(
+                sink = %self.name,
+                record = first,
+                strikes = count,
+                "the platform drops the connection every time this record is sent: moved to the dead letters (see `outpost dead-letters`)"
+            );
+            stats::add(&self.stats.undeliverable, 1);
+            let reason = format!("the platform closed the connection {count} times in a row right after this record was sent");
+            let _ = self.outbox.dead_letter(head, reason).await;
+            self.suspect = None;
+        }
     }
 }
 

@@ -25,6 +25,17 @@ CREATE TABLE IF NOT EXISTS records (
     ingested_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_by_sink ON records (sink, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id        INTEGER PRIMARY KEY,
+    sink      TEXT    NOT NULL,
+    device    TEXT    NOT NULL,
+    kind      TEXT    NOT NULL,
+    ts        INTEGER NOT NULL,
+    topic     TEXT    NOT NULL,
+    payload   BLOB    NOT NULL,
+    reason    TEXT    NOT NULL,
+    moved_at  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     sink  TEXT    NOT NULL,
     name  TEXT    NOT NULL,
@@ -226,4 +237,66 @@ pub fn add_counter(tx: &Transaction<'_>, sink: &str, name: &str, by: u64) -> rus
     )?;
     stmt.execute(params![sink, name, by as i64])?;
     Ok(())
+}
+
+/// Moves one row to the dead-letter table; returns its sink and size.
+pub fn dead_letter(
+    tx: &Transaction<'_>,
+    id: i64,
+    reason: &str,
+    now: i64,
+) -> rusqlite::Result<Option<(String, u64)>> {
+    let mut copy = tx.prepare_cached(
+        "INSERT OR REPLACE INTO dead_letters (id, sink, device, kind, ts, topic, payload, reason, moved_at)
+         SELECT id, sink, device, kind, ts, topic, payload, ?2, ?3 FROM records WHERE id = ?1",
+    )?;
+    copy.execute(params![id, reason, now])?;
+    delete(tx, id)
+}
+
+/// A record moved aside because its platform can never take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub sink: String,
+    pub device: String,
+    pub ts: i64,
+    pub reason: String,
+    pub moved_at: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Lists dead letters from a closed or running outbox (read-only).
+pub fn dead_letters(path: &Path) -> Result<Vec<DeadLetter>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| explain(path, e))?;
+    let has_table: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'dead_letters'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| explain(path, e))?;
+    if has_table == 0 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, sink, device, ts, reason, moved_at, payload FROM dead_letters ORDER BY id",
+        )
+        .map_err(|e| explain(path, e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                sink: r.get(1)?,
+                device: r.get(2)?,
+                ts: r.get(3)?,
+                reason: r.get(4)?,
+                moved_at: r.get(5)?,
+                payload: r.get(6)?,
+            })
+        })
+        .map_err(|e| explain(path, e))?;
+    rows.collect::<Result<_, _>>().map_err(|e| explain(path, e))
 }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::config::{FullPolicy, StoreConfig};
 use crate::record::Record;
 
-pub use db::Depth;
+pub use db::{dead_letters, DeadLetter, Depth};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -101,6 +101,11 @@ pub(crate) enum Command {
     },
     Delete {
         ids: Vec<i64>,
+    },
+    /// Move rows to the dead-letter table.
+    DeadLetter {
+        ids: Vec<i64>,
+        reason: String,
     },
     Fetch {
         sink: String,
@@ -238,6 +243,15 @@ impl Outbox {
     pub async fn delete(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         self.tx
             .send(Command::Delete { ids })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Moves records the platform can never take out of the queue, into the
+    /// dead-letter table (listed by `outpost dead-letters`).
+    pub async fn dead_letter(&self, ids: Vec<i64>, reason: String) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::DeadLetter { ids, reason })
             .await
             .map_err(|_| StoreError::Closed)
     }

@@ -167,7 +167,10 @@ pub(crate) fn run(
                         .map_err(|e| db::explain(db.path(), e));
                     let _ = reply.send(rows);
                 }
-                Command::Delete { .. } | Command::Expire | Command::Stop => {}
+                Command::Delete { .. }
+                | Command::DeadLetter { .. }
+                | Command::Expire
+                | Command::Stop => {}
             }
         }
         if stop {
@@ -211,6 +214,14 @@ fn apply(
                 for id in ids {
                     if let Some((sink, size)) = db::delete(tx, *id)? {
                         state.removed(&sink, size);
+                    }
+                }
+            }
+            Command::DeadLetter { ids, reason } => {
+                for id in ids {
+                    if let Some((sink, size)) = db::dead_letter(tx, *id, reason, now)? {
+                        state.removed(&sink, size);
+                        db::add_counter(tx, &sink, "dead_lettered", 1)?;
                     }
                 }
             }
