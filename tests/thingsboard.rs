@@ -31,6 +31,16 @@ topic = "sensors/+/attributes"
 sink = "tb"
 kind = "attributes"
 
+[[route]]
+topic = "devices/+/claim"
+sink = "tb"
+kind = "claim"
+
+[[route]]
+topic = "devices/+/rpc/client/request/+"
+sink = "tb"
+kind = "rpc"
+
 [sink.tb]
 type = "thingsboard"
 url = "{url}"
@@ -650,4 +660,69 @@ async fn a_record_that_makes_the_platform_hang_up_is_found_and_moved_aside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_inside_a_batch_is_found_by_splitting_the_batch() {
     poison(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_and_client_side_rpc_from_a_local_device_are_relayed() {
+    let (up, tb, _dir, _op, port) = gateway_with_downlink("").await;
+
+    let claim = vec![(
+        "devices/dev-3/claim".to_string(),
+        br#"{"secretKey":"abc","durationMs":60000}"#.to_vec(),
+    )];
+    assert_eq!(publish_all(port, "dev-3-claim", claim).await, 1);
+    assert!(wait_until(Duration::from_secs(10), || tb
+        .all()
+        .iter()
+        .any(|s| s.topic == "v1/gateway/claim")));
+    let c = tb
+        .all()
+        .into_iter()
+        .find(|s| s.topic == "v1/gateway/claim")
+        .expect("claim")
+        .json();
+    assert_eq!(
+        c,
+        serde_json::json!({"dev-3":{"secretKey":"abc","durationMs":60000}})
+    );
+
+    // The device asks ThingsBoard something; the test answers as the platform.
+    let (device, mut answers) =
+        subscriber(port, "dev-3", "devices/dev-3/rpc/client/response/+").await;
+    device
+        .publish(
+            "devices/dev-3/rpc/client/request/7",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"method":"getTime","params":{}}"#.to_vec(),
+        )
+        .await
+        .expect("request");
+    let request = || {
+        tb.all().into_iter().find(|s| {
+            s.topic.starts_with("v1/devices/me/rpc/request/") && s.json()["method"] == "getTime"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || request().is_some()),
+        "the request reaches the platform"
+    );
+    let id = request()
+        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    platform_sends(
+        up.port,
+        &format!("v1/devices/me/rpc/response/{id}"),
+        serde_json::json!({"time": 1700000000000i64}),
+    )
+    .await;
+    let (topic, payload) = next(&mut answers).await;
+    assert_eq!(
+        topic, "devices/dev-3/rpc/client/response/7",
+        "the device's own request id"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&payload).expect("json"),
+        serde_json::json!({"time": 1700000000000i64})
+    );
 }

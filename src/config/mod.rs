@@ -169,7 +169,14 @@ impl Default for StoreConfig {
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     Telemetry,
+    /// Client attributes of the device.
     Attributes,
+    /// A device claiming request (`{"secretKey":..,"durationMs":..}`).
+    Claim,
+    /// A client-side RPC request (`{"method":..,"params":..}`); the local
+    /// topic's last level is the request id, and the answer is published on
+    /// the same topic with `request` replaced by `response`.
+    Rpc,
 }
 
 impl RecordKind {
@@ -177,6 +184,8 @@ impl RecordKind {
         match self {
             RecordKind::Telemetry => "telemetry",
             RecordKind::Attributes => "attributes",
+            RecordKind::Claim => "claim",
+            RecordKind::Rpc => "rpc",
         }
     }
 
@@ -184,6 +193,8 @@ impl RecordKind {
         match s {
             "telemetry" => Some(RecordKind::Telemetry),
             "attributes" => Some(RecordKind::Attributes),
+            "claim" => Some(RecordKind::Claim),
+            "rpc" => Some(RecordKind::Rpc),
             _ => None,
         }
     }

@@ -19,6 +19,8 @@ use crate::source::broker::ControlLogin;
 pub type Reply = Box<dyn FnOnce(Result<Value, String>) -> Publish + Send>;
 
 pub enum Downlink {
+    /// Publish once (not retained) on the local broker.
+    Publish { topic: String, payload: Vec<u8> },
     /// Merge these values into the device's settings and publish them,
     /// retained, on `topic`.
     Settings {
@@ -102,6 +104,11 @@ pub async fn run(
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 None => break,
+                Some(Downlink::Publish { topic, payload }) => {
+                    if let Err(e) = client.publish(topic.clone(), QoS::AtLeastOnce, false, payload).await {
+                        tracing::warn!(%topic, error = %e, "cannot publish on the local broker");
+                    }
+                }
                 Some(Downlink::Settings { topic, values }) => {
                     let merged = settings.entry(topic.clone()).or_default();
                     merged.extend(values);

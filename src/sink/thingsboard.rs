@@ -55,6 +55,10 @@ pub struct Thingsboard {
     fixed_rate: bool,
     /// Id of this session's `getSessionLimits` request.
     limits_request: u64,
+    /// Client-side RPC relayed for local devices: upstream id → local
+    /// response topic.
+    client_rpc: std::collections::HashMap<u64, String>,
+    next_rpc: u64,
 }
 
 impl Thingsboard {
@@ -76,6 +80,49 @@ impl Thingsboard {
             configured_payload: cfg.max_payload_size.0 as usize,
             fixed_rate: cfg.rate_limits.is_some(),
             limits_request: 0,
+            client_rpc: std::collections::HashMap::new(),
+            next_rpc: 0,
+        }
+    }
+
+    /// A device's claim, and its client-side RPC with a fresh upstream id
+    /// (devices number their requests independently).
+    fn encode_requests(&mut self, records: &[Record], out: &mut Vec<Publish>) {
+        let gateway = self.mode == TbMode::Gateway;
+        for r in records {
+            match r.kind {
+                RecordKind::Claim => {
+                    let values = Value::Object(key_values(&r.payload));
+                    let topic = self.topic(RecordKind::Claim);
+                    let body = if gateway {
+                        let mut m = Map::new();
+                        m.insert(r.device.clone(), values);
+                        Value::Object(m)
+                    } else {
+                        values
+                    };
+                    out.push(Publish {
+                        topic: topic.into(),
+                        payload: serde_json::to_vec(&body).unwrap_or_default(),
+                        ids: vec![r.id],
+                    });
+                }
+                RecordKind::Rpc => {
+                    self.next_rpc = self.next_rpc % 999_999_999 + 1;
+                    let response = match r.topic.rsplit_once("/request/") {
+                        Some((head, id)) => format!("{head}/response/{id}"),
+                        None => format!("{}/response", r.topic),
+                    };
+                    self.client_rpc.insert(self.next_rpc, response);
+                    out.push(Publish {
+                        topic: format!("{}/{}", self.topic(RecordKind::Rpc), self.next_rpc),
+                        payload: serde_json::to_vec(&Value::Object(key_values(&r.payload)))
+                            .unwrap_or_default(),
+                        ids: vec![r.id],
+                    });
+                }
+                RecordKind::Telemetry | RecordKind::Attributes => {}
+            }
         }
     }
 
@@ -222,6 +269,10 @@ impl Thingsboard {
             (TbMode::Device, RecordKind::Attributes, true) => "v2/a",
             (TbMode::Gateway, RecordKind::Telemetry, _) => "v1/gateway/telemetry",
             (TbMode::Gateway, RecordKind::Attributes, _) => "v1/gateway/attributes",
+            (TbMode::Device, RecordKind::Claim, _) => "v1/devices/me/claim",
+            (TbMode::Gateway, RecordKind::Claim, _) => "v1/gateway/claim",
+            // Followed by `/{id}`; client-side RPC exists only on the device API.
+            (_, RecordKind::Rpc, _) => "v1/devices/me/rpc/request",
         }
     }
 
@@ -374,6 +425,16 @@ impl Platform for Thingsboard {
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
         let gateway = self.mode == TbMode::Gateway;
         if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/response/") {
+            if let Some(local) = id
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| self.client_rpc.remove(&n))
+            {
+                return vec![Action::Local(Downlink::Publish {
+                    topic: local,
+                    payload: payload.to_vec(),
+                })];
+            }
             if id == self.limits_request.to_string() {
                 return match serde_json::from_slice::<Value>(payload) {
                     Ok(v) if v.get("maxPayloadSize").is_some() || v.get("rateLimits").is_some() => {
@@ -388,9 +449,12 @@ impl Platform for Thingsboard {
             return Vec::new();
         }
         if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/request/") {
-            // Our own getSessionLimits request, echoed by a plain broker.
-            if serde_json::from_slice::<Value>(payload)
-                .is_ok_and(|v| v["method"] == "getSessionLimits")
+            // Our own requests, echoed by a plain broker standing in for
+            // ThingsBoard: not RPC to us.
+            let ours = id.parse::<u64>().is_ok_and(|n| self.client_rpc.contains_key(&n));
+            if ours
+                || serde_json::from_slice::<Value>(payload)
+                    .is_ok_and(|v| v["method"] == "getSessionLimits")
             {
                 return Vec::new();
             }
@@ -560,6 +624,7 @@ impl Platform for Thingsboard {
         if !attrs.is_empty() {
             out.push(attributes_publish(topic, gateway, attrs));
         }
+        self.encode_requests(records, &mut out);
         out
     }
 
