@@ -451,7 +451,9 @@ impl Platform for Thingsboard {
         if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/request/") {
             // Our own requests, echoed by a plain broker standing in for
             // ThingsBoard: not RPC to us.
-            let ours = id.parse::<u64>().is_ok_and(|n| self.client_rpc.contains_key(&n));
+            let ours = id
+                .parse::<u64>()
+                .is_ok_and(|n| self.client_rpc.contains_key(&n));
             if ours
                 || serde_json::from_slice::<Value>(payload)
                     .is_ok_and(|v| v["method"] == "getSessionLimits")
