@@ -726,3 +726,61 @@ async fn claim_and_client_side_rpc_from_a_local_device_are_relayed() {
         serde_json::json!({"time": 1700000000000i64})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_readings_are_not_starved_by_a_draining_backlog() {
+    let mut up = Upstream::start("");
+    let tb = Collector::start(up.port, "v1/#").await;
+    up.stop();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // A slow platform: two messages a second, about 15 readings each.
+    let extra = "mode = \"gateway\"\naccess_token = \"GW\"\nrate_limits = \"2:1\"\nmax_payload_size = \"1 KiB\"";
+    let op = Outpost::start(
+        dir.path(),
+        port,
+        &tb_config(dir.path(), port, &up.url(), extra),
+    );
+    let backlog: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            (
+                "sensors/old/telemetry".to_string(),
+                format!("{{\"seq\":{i}}}").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(publish_all(port, "old", backlog).await, 300);
+    assert!(wait_until(Duration::from_secs(10), || op.queued() == 300));
+    up.restart();
+
+    // The drain takes several seconds; a live reading sent two seconds in
+    // must overtake what is left of it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let live = vec![(
+        "sensors/live/telemetry".to_string(),
+        br#"{"seq":0}"#.to_vec(),
+    )];
+    assert_eq!(publish_all(port, "live", live).await, 1);
+    assert!(
+        wait_until(Duration::from_secs(30), || gateway_telemetry(&tb.all())
+            .contains_key("live")),
+        "the live reading arrives"
+    );
+    let old_so_far = gateway_telemetry(&tb.all())
+        .get("old")
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(
+        old_so_far < 300,
+        "the backlog was still draining ({old_so_far}/300) when the live reading arrived"
+    );
+
+    // And the backlog completes.
+    assert!(wait_until(Duration::from_secs(60), || {
+        gateway_telemetry(&tb.all())
+            .get("old")
+            .map(Vec::len)
+            .unwrap_or(0)
+            >= 300
+    }));
+}

@@ -50,6 +50,13 @@ pub trait Platform: Send + 'static {
         SessionStart::default()
     }
 
+    /// Does the platform order data by its timestamp rather than by arrival?
+    /// Then readings that arrive during a connection are sent before the
+    /// backlog, so current values are never held back by a long drain.
+    fn live_first(&self) -> bool {
+        false
+    }
+
     /// Can the platform ever take this record? A record it cannot is moved
     /// to the dead letters instead of blocking the queue.
     fn validate(&self, _record: &Record) -> Result<(), String> {

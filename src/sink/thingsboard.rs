@@ -372,6 +372,10 @@ impl Batcher {
             return;
         }
         let mut ids = Vec::new();
+        // Per device in ts order (live readings may be batched with a backlog).
+        for (_, entries) in self.devices.iter_mut() {
+            entries.sort_by_key(|e| e.ts);
+        }
         let body = if self.gateway {
             let mut m = Map::new();
             for (dev, entries) in self.devices.drain(..) {
@@ -502,6 +506,12 @@ impl Platform for Thingsboard {
             tracing::warn!(sink = %self.sink, topic, error = %e, "ignored a message from ThingsBoard");
             Vec::new()
         })
+    }
+
+    /// ThingsBoard stores telemetry by (device, key, ts): arrival order
+    /// does not matter, so live readings may overtake a backlog.
+    fn live_first(&self) -> bool {
+        true
     }
 
     /// ThingsBoard takes string keys with string, boolean, number or JSON

@@ -94,6 +94,9 @@ const REQUESTS: usize = 4096;
 /// Records handed to the platform's encoder at once.
 const ENCODE_BATCH: usize = 256;
 
+/// Records encoded at once while a rate limit paces a backlog.
+const LIVE_BATCH: usize = 32;
+
 /// Exponential backoff with ±25 % jitter, so a site full of gateways does not
 /// reconnect in lockstep after an outage.
 #[derive(Debug)]
@@ -404,6 +407,18 @@ impl<E: Platform> Uplink<E> {
         tracing::info!(sink = %self.name, broker = %format!("{}:{}", self.url.host, self.url.port), "connected upstream");
 
         let mut flight = Flight::new(self.window);
+        if self.encoder.live_first() {
+            match self.outbox.last_id(&self.name).await {
+                Ok(floor) => {
+                    flight.live = Some(LiveSplit {
+                        floor,
+                        live_cursor: floor,
+                        backlog_done: floor == 0,
+                    })
+                }
+                Err(_) => return End::Shutdown,
+            }
+        }
         let start = self.encoder.session_start();
         for topic in start.subscribe {
             if client.try_subscribe(topic, QoS::AtLeastOnce).is_err() {
@@ -471,7 +486,10 @@ impl<E: Platform> Uplink<E> {
                         return end;
                     }
                 }
-                _ = notify.notified(), if can_take_more => flight.more = true,
+                _ = notify.notified(), if can_take_more => {
+                    flight.more = true;
+                    flight.live_dirty = flight.live.is_some();
+                }
                 _ = tokio::time::sleep_until(unblock.unwrap_or(deadline)), if unblock.is_some() && draining.is_none() => {}
                 _ = shutdown.cancelled(), if draining.is_none() => {
                     tracing::info!(sink = %self.name, in_flight = flight.len(), "stopping: waiting for in-flight acknowledgements");
@@ -495,25 +513,34 @@ impl<E: Platform> Uplink<E> {
             && flight.outgoing.is_empty()
             && (self.careful == 0 || flight.is_empty())
         {
-            if flight.fetched.is_empty() {
+            if flight.live_dirty && !flight.fetched_is_empty() {
+                flight.live_dirty = false;
+                if let Err(e) = self.refill_live(flight).await {
+                    tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
+                    return Err(End::Shutdown);
+                }
+            }
+            if flight.fetched_is_empty() {
                 if !flight.more {
                     return Ok(());
                 }
-                let limit = self.window.max(ENCODE_BATCH);
-                let batch = match self.outbox.fetch(&self.name, flight.cursor, limit).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
-                        return Err(End::Shutdown);
-                    }
-                };
-                flight.refill(batch, limit);
+                if let Err(e) = self.refill(flight).await {
+                    tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
+                    return Err(End::Shutdown);
+                }
                 continue;
             }
-            let batch = if self.careful > 0 { 1 } else { ENCODE_BATCH };
-            let n = flight.fetched.len().min(batch);
-            let mut records: Vec<Record> = Vec::with_capacity(n);
-            for r in flight.fetched.drain(..n) {
+            // Under a rate limit, encode little ahead: what is encoded waits
+            // in line, and a live reading must not queue behind much backlog.
+            let batch = if self.careful > 0 {
+                1
+            } else if flight.live.is_some() && self.rate.is_limited() {
+                LIVE_BATCH
+            } else {
+                ENCODE_BATCH
+            };
+            let mut records: Vec<Record> = Vec::with_capacity(batch);
+            for r in flight.take(batch) {
                 match self.encoder.validate(&r) {
                     Ok(()) => records.push(r),
                     Err(why) => {
@@ -543,6 +570,60 @@ impl<E: Platform> Uplink<E> {
         }
         flight.outgoing.push_back(publish);
         self.flush(client, flight)
+    }
+
+    /// Fetches the next records. With a live split, what arrived since the
+    /// connection began goes before the backlog, so a long drain never
+    /// holds back current readings.
+    async fn refill(&mut self, flight: &mut Flight) -> Result<(), crate::store::StoreError> {
+        let limit = self.window.max(ENCODE_BATCH);
+        let Some(split) = flight.live.as_mut() else {
+            let batch = self.outbox.fetch(&self.name, flight.cursor, limit).await?;
+            flight.refill(batch, limit);
+            return Ok(());
+        };
+        let live = self
+            .outbox
+            .fetch_range(&self.name, split.live_cursor, i64::MAX, limit)
+            .await?;
+        if let Some(last) = live.last() {
+            split.live_cursor = last.id;
+        }
+        let backlog = if split.backlog_done {
+            Vec::new()
+        } else {
+            self.outbox
+                .fetch_range(&self.name, flight.cursor, split.floor + 1, limit)
+                .await?
+        };
+        split.backlog_done |= backlog.len() < limit;
+        if let Some(last) = backlog.last() {
+            flight.cursor = last.id;
+        }
+        flight.more = live.len() >= limit || !split.backlog_done;
+        flight.fetched_live.extend(live);
+        flight.fetched.extend(backlog);
+        Ok(())
+    }
+
+    /// Puts readings that arrived during this connection at the front.
+    async fn refill_live(&mut self, flight: &mut Flight) -> Result<(), crate::store::StoreError> {
+        let limit = self.window.max(ENCODE_BATCH);
+        let Some(split) = flight.live.as_mut() else {
+            return Ok(());
+        };
+        let live = self
+            .outbox
+            .fetch_range(&self.name, split.live_cursor, i64::MAX, limit)
+            .await?;
+        if let Some(last) = live.last() {
+            split.live_cursor = last.id;
+        }
+        if live.len() >= limit {
+            flight.more = true;
+        }
+        flight.fetched_live.extend(live);
+        Ok(())
     }
 
     /// Hands queued publishes to rumqttc while the rate limit allows; else
@@ -660,13 +741,30 @@ struct Flight {
     cursor: i64,
     /// The outbox may hold more than was fetched.
     more: bool,
+    /// Fetched and not yet encoded: the backlog (or the whole queue) ...
     fetched: VecDeque<Record>,
+    /// ... and, with a live split, what arrived during this connection,
+    /// which goes first.
+    fetched_live: VecDeque<Record>,
     /// Encoded, waiting for the rate limit.
     outgoing: VecDeque<Publish>,
     /// The rate limit allows the next publish then.
     blocked_until: Option<Instant>,
     awaiting_pkid: VecDeque<Vec<i64>>,
     in_flight: HashMap<u16, Vec<i64>>,
+    /// For platforms that order by timestamp, not arrival: the backlog and
+    /// what arrives during this connection are read separately.
+    live: Option<LiveSplit>,
+    /// New live rows were committed since the last live read.
+    live_dirty: bool,
+}
+
+/// The queue as two parts: rows up to `floor` (queued before this
+/// connection) and rows after it (live).
+struct LiveSplit {
+    floor: i64,
+    live_cursor: i64,
+    backlog_done: bool,
 }
 
 impl Flight {
@@ -676,10 +774,13 @@ impl Flight {
             cursor: 0,
             more: true,
             fetched: VecDeque::new(),
+            fetched_live: VecDeque::new(),
             outgoing: VecDeque::new(),
             blocked_until: None,
             awaiting_pkid: VecDeque::new(),
             in_flight: HashMap::new(),
+            live: None,
+            live_dirty: false,
         }
     }
 
@@ -693,6 +794,19 @@ impl Flight {
 
     fn has_room(&self) -> bool {
         self.len() < self.window
+    }
+
+    fn fetched_is_empty(&self) -> bool {
+        self.fetched.is_empty() && self.fetched_live.is_empty()
+    }
+
+    /// Up to `n` records to encode: live ones first, each part in id order.
+    fn take(&mut self, n: usize) -> Vec<Record> {
+        let live = self.fetched_live.len().min(n);
+        let mut out: Vec<Record> = self.fetched_live.drain(..live).collect();
+        let rest = self.fetched.len().min(n - live);
+        out.extend(self.fetched.drain(..rest));
+        out
     }
 
     fn refill(&mut self, batch: Vec<Record>, limit: usize) {

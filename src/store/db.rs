@@ -169,12 +169,19 @@ impl Db {
         self.conn.transaction()
     }
 
-    pub fn fetch(&self, sink: &str, after: i64, limit: usize) -> rusqlite::Result<Vec<Record>> {
+    /// Rows of `sink` with `after < id < before`, oldest first.
+    pub fn fetch(
+        &self,
+        sink: &str,
+        after: i64,
+        before: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Record>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, device, kind, ts, topic, payload FROM records
-             WHERE sink = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+             WHERE sink = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
         )?;
-        let rows = stmt.query_map(params![sink, after, limit as i64], |r| {
+        let rows = stmt.query_map(params![sink, after, before, limit as i64], |r| {
             let kind: String = r.get(2)?;
             Ok(Record {
                 id: r.get(0)?,
@@ -187,6 +194,17 @@ impl Db {
             })
         })?;
         rows.collect()
+    }
+}
+
+impl Db {
+    /// The newest row id of `sink`, or 0.
+    pub fn last_id(&self, sink: &str) -> rusqlite::Result<i64> {
+        self.conn.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM records WHERE sink = ?1",
+            params![sink],
+            |r| r.get(0),
+        )
     }
 }
 

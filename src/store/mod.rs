@@ -110,8 +110,13 @@ pub(crate) enum Command {
     Fetch {
         sink: String,
         after: i64,
+        before: i64,
         limit: usize,
         reply: oneshot::Sender<Result<Vec<Record>, StoreError>>,
+    },
+    LastId {
+        sink: String,
+        reply: oneshot::Sender<Result<i64, StoreError>>,
     },
     Expire,
     /// Commit what came before, then stop the writer.
@@ -263,12 +268,37 @@ impl Outbox {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
+        self.fetch_range(sink, after, i64::MAX, limit).await
+    }
+
+    /// Up to `limit` records of `sink` with `after < id < before`, oldest first.
+    pub async fn fetch_range(
+        &self,
+        sink: &str,
+        after: i64,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send(Command::Fetch {
                 sink: sink.to_string(),
                 after,
+                before,
                 limit,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The newest record id queued for `sink` (0 if none).
+    pub async fn last_id(&self, sink: &str) -> Result<i64, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::LastId {
+                sink: sink.to_string(),
                 reply,
             })
             .await

@@ -159,13 +159,17 @@ pub(crate) fn run(
                 Command::Fetch {
                     sink,
                     after,
+                    before,
                     limit,
                     reply,
                 } => {
                     let rows = db
-                        .fetch(&sink, after, limit)
+                        .fetch(&sink, after, before, limit)
                         .map_err(|e| db::explain(db.path(), e));
                     let _ = reply.send(rows);
+                }
+                Command::LastId { sink, reply } => {
+                    let _ = reply.send(db.last_id(&sink).map_err(|e| db::explain(db.path(), e)));
                 }
                 Command::Delete { .. }
                 | Command::DeadLetter { .. }
@@ -226,7 +230,7 @@ fn apply(
                 }
             }
             Command::Expire => expire(tx, state, drops, now)?,
-            Command::Fetch { .. } | Command::Stop => {}
+            Command::Fetch { .. } | Command::LastId { .. } | Command::Stop => {}
         }
     }
     for (sink, n) in &drops.0 {
