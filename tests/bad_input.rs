@@ -258,3 +258,27 @@ async fn a_wrong_upstream_password_is_one_clear_error_and_a_slow_retry() {
         up.log()
     );
 }
+
+#[test]
+fn every_shipped_example_config_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = outpost(&[
+                "check-config",
+                "--config",
+                path.to_str().expect("utf-8 path"),
+            ]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "checked {checked} files");
+}
