@@ -39,6 +39,10 @@ struct Args {
     /// front holds each PUBACK until the record is committed).
     #[arg(long, value_delimiter = ',', default_value = "front,link")]
     modes: Vec<String>,
+    /// Total offered rate in msgs/s across all publishers (0: as fast as
+    /// acknowledgements allow). A paced run shows latency without queueing.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Outbox `synchronous` setting: full or normal.
     #[arg(long, default_value = "full")]
     synchronous: String,
@@ -60,11 +64,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "outpost-bench: {} publishers x {} messages, QoS 1, ~{} B payload, synchronous = {}",
+        "outpost-bench: {} publishers x {} messages, QoS 1, ~{} B payload, synchronous = {}, offered rate = {}",
         args.publishers,
         args.messages,
         args.pad + 40,
-        args.synchronous
+        args.synchronous,
+        if args.rate == 0 { "max".to_string() } else { format!("{} msgs/s", args.rate) }
     );
     println!(
         "{:<6} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
@@ -302,7 +307,9 @@ inflight = 100
     let mut tasks = Vec::new();
     for p in 0..args.publishers {
         let (n, pad) = (args.messages, args.pad);
-        tasks.push(tokio::spawn(publisher(local_port, p, n, pad)));
+        let pace = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(args.publishers as f64 / args.rate as f64));
+        tasks.push(tokio::spawn(publisher(local_port, p, n, pad, pace)));
     }
     let mut ack_lat = Vec::with_capacity(total);
     for t in tasks {
@@ -407,14 +414,24 @@ async fn spawn_collector(
 }
 
 /// Publishes `n` messages and returns each one's publish-to-PUBACK latency (ms).
-async fn publisher(port: u16, p: usize, n: usize, pad: usize) -> anyhow::Result<Vec<f64>> {
+async fn publisher(
+    port: u16,
+    p: usize,
+    n: usize,
+    pad: usize,
+    pace: Option<Duration>,
+) -> anyhow::Result<Vec<f64>> {
     let mut opts = MqttOptions::new(format!("bench-pub-{p}"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(opts, 200);
     let padding = "x".repeat(pad);
     let feeder = tokio::spawn(async move {
+        let mut tick = pace.map(tokio::time::interval);
         for seq in 0..n {
+            if let Some(t) = tick.as_mut() {
+                t.tick().await;
+            }
             let payload = format!(
                 "{{\"seq\":{seq},\"sent_us\":{},\"pad\":\"{padding}\"}}",
                 now_us()
