@@ -21,6 +21,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod net;
 pub mod record;
 pub mod route;
 pub mod sink;

@@ -167,22 +167,11 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on port {port} after 15s")
 }
 
-/// Waits until outpost's local listener is up, looking at the kernel's
-/// socket table rather than connecting (a probe connection is a client that
-/// never sends CONNECT, which rumqttd logs as an error).
+/// Waits until outpost's local listener is up (without connecting to it).
 fn wait_listening(port: u16) -> anyhow::Result<()> {
-    let want = format!(":{port:04X}");
     let until = Instant::now() + Duration::from_secs(15);
     while Instant::now() < until {
-        let listening = ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|t| {
-            std::fs::read_to_string(t).is_ok_and(|text| {
-                text.lines().skip(1).any(|l| {
-                    let c: Vec<&str> = l.split_whitespace().collect();
-                    c.len() > 3 && c[3] == "0A" && c[1].ends_with(&want)
-                })
-            })
-        });
-        if listening {
+        if outpost::net::is_listening(port) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));

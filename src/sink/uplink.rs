@@ -582,13 +582,7 @@ impl<E: Platform> Uplink<E> {
             flight.refill(batch, limit);
             return Ok(());
         };
-        let live = self
-            .outbox
-            .fetch_range(&self.name, split.live_cursor, i64::MAX, limit)
-            .await?;
-        if let Some(last) = live.last() {
-            split.live_cursor = last.id;
-        }
+        let live = self.read_live(split, limit).await?;
         let backlog = if split.backlog_done {
             Vec::new()
         } else {
@@ -606,12 +600,12 @@ impl<E: Platform> Uplink<E> {
         Ok(())
     }
 
-    /// Puts readings that arrived during this connection at the front.
-    async fn refill_live(&mut self, flight: &mut Flight) -> Result<(), crate::store::StoreError> {
-        let limit = self.window.max(ENCODE_BATCH);
-        let Some(split) = flight.live.as_mut() else {
-            return Ok(());
-        };
+    /// The next rows that arrived during this connection.
+    async fn read_live(
+        &self,
+        split: &mut LiveSplit,
+        limit: usize,
+    ) -> Result<Vec<Record>, crate::store::StoreError> {
         let live = self
             .outbox
             .fetch_range(&self.name, split.live_cursor, i64::MAX, limit)
@@ -619,6 +613,16 @@ impl<E: Platform> Uplink<E> {
         if let Some(last) = live.last() {
             split.live_cursor = last.id;
         }
+        Ok(live)
+    }
+
+    /// Puts readings that arrived during this connection at the front.
+    async fn refill_live(&mut self, flight: &mut Flight) -> Result<(), crate::store::StoreError> {
+        let limit = self.window.max(ENCODE_BATCH);
+        let Some(split) = flight.live.as_mut() else {
+            return Ok(());
+        };
+        let live = self.read_live(split, limit).await?;
         if live.len() >= limit {
             flight.more = true;
         }

@@ -199,43 +199,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A free loopback port for rumqttd's private listeners.
-///
-/// rumqttd binds its own sockets, so a port has to be chosen, released and
-/// then bound by rumqttd. Choosing it below the kernel's ephemeral range
-/// keeps outgoing connections (the uplink's, anyone's) from taking it in
-/// that moment, which a port from `bind(:0)` would not.
 fn private_port(not: Option<u16>) -> Result<SocketAddr, BrokerError> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| {
-            t.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u16>().ok())
+    crate::net::free_loopback_port(not)
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .map_err(|source| BrokerError::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            what: "the local broker's private port",
+            key: "listen",
+            source,
         })
-        .unwrap_or(32768);
-    let (from, to) = if low > 12_000 {
-        (10_000, low)
-    } else {
-        (49_152, 65_535)
-    };
-    let mut last = None;
-    for _ in 0..200 {
-        let port = fastrand::u16(from..to);
-        if Some(port) == not {
-            continue;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        match TcpListener::bind(addr) {
-            Ok(_) => return Ok(addr),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(BrokerError::Bind {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        what: "the local broker's private port",
-        key: "listen",
-        source: last.unwrap_or_else(|| std::io::Error::other("no free port found")),
-    })
 }
 
 fn probe_bind(addr: SocketAddr, what: &'static str, key: &'static str) -> Result<(), BrokerError> {
@@ -256,26 +228,10 @@ fn probe_bind(addr: SocketAddr, what: &'static str, key: &'static str) -> Result
 fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
-        if is_listening(addr.port()) {
+        if crate::net::is_listening(addr.port()) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(BrokerError::NotListening(addr))
-}
-
-/// Is any socket of this process's network namespace listening on `port`?
-/// (`/proc/net/tcp{,6}`: local address `HEX_IP:HEX_PORT`, state `0A` = LISTEN.)
-fn is_listening(port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).is_ok_and(|text| {
-            text.lines().skip(1).any(|line| {
-                let mut cols = line.split_whitespace();
-                let local = cols.nth(1).unwrap_or_default();
-                let state = cols.nth(1).unwrap_or_default();
-                state == "0A" && local.ends_with(&want)
-            })
-        })
-    })
 }

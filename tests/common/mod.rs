@@ -12,7 +12,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -31,30 +31,10 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
-/// A free loopback port below the kernel's ephemeral range, so that no
-/// outgoing connection can take it between this probe and the bind of the
-/// process it is meant for.
+/// A free loopback port outside the kernel's ephemeral range, so that no
+/// outgoing connection can take it before the process it is meant for binds.
 pub fn free_port() -> u16 {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| {
-            t.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u16>().ok())
-        })
-        .unwrap_or(32768);
-    let (from, to) = if low > 12_000 {
-        (10_000, low)
-    } else {
-        (49_152, 65_535)
-    };
-    for _ in 0..500 {
-        let port = fastrand::u16(from..to);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port found in {from}..{to}");
+    outpost::net::free_loopback_port(None).expect("a free loopback port")
 }
 
 pub fn wait_port(port: u16, within: Duration) -> bool {

@@ -1,0 +1,57 @@
+//! Loopback port helpers shared by the daemon, the benchmark and the tests.
+
+use std::net::{SocketAddr, TcpListener};
+
+/// The first port of the kernel's ephemeral range (where `bind(:0)` and
+/// outgoing connections take their local ports).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(32768)
+}
+
+/// A free port on 127.0.0.1 outside the ephemeral range.
+///
+/// Some programs (rumqttd, mosquitto) bind their own sockets, so a port has
+/// to be chosen, released and then bound by them. A port from `bind(:0)`
+/// could be taken in that moment by any outgoing connection; one below the
+/// ephemeral range cannot.
+pub fn free_loopback_port(except: Option<u16>) -> std::io::Result<u16> {
+    let low = ephemeral_start();
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else {
+        (49_152, u16::MAX)
+    };
+    let mut last = None;
+    for _ in 0..500 {
+        let port = fastrand::u16(from..to);
+        if Some(port) == except {
+            continue;
+        }
+        match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free loopback port found")))
+}
+
+/// Is a socket of this network namespace listening on `port`? Reads the
+/// kernel's socket tables (`/proc/net/tcp{,6}`: local address
+/// `HEX_IP:HEX_PORT`, state `0A` = LISTEN) instead of connecting, which a
+/// broker would log as a client that never said CONNECT.
+pub fn is_listening(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut cols = line.split_whitespace();
+                let local = cols.nth(1).unwrap_or_default();
+                let state = cols.nth(1).unwrap_or_default();
+                state == "0A" && local.ends_with(&want)
+            })
+        })
+    })
+}
