@@ -1,4 +1,6 @@
-//! Logging to stderr with a filter that can be changed while running (the
+//! Logging: to the journal when systemd started us (`JOURNAL_STREAM` is set;
+//! structured fields such as `sink`, `device` and `error` become journal
+//! fields), else to stderr. The filter can be changed while running (the
 //! `set_log_level` RPC). rumqttd is chatty at info (a line per client
 //! connection), so it is held at warn unless the filter names it.
 
@@ -26,15 +28,24 @@ pub fn init(level: &str) {
     let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
     let initial = filter(&wanted).unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
     let (layer, handle) = reload::Layer::new(initial);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if tracing_subscriber::registry()
+    // The journal only when systemd says it started us and journald answers.
+    let journal = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|j| {
+            j.with_syslog_identifier("outpost".into())
+                .with_field_prefix(None)
+        });
+    let fmt = journal.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    let installed = tracing_subscriber::registry()
         .with(layer)
+        .with(journal)
         .with(fmt)
-        .try_init()
-        .is_ok()
-    {
+        .try_init();
+    if installed.is_ok() {
         let _ = HANDLE.set(handle);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod logging;
 mod signals;
+pub mod supervisor;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,14 +117,21 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         shutdown.clone(),
     ));
 
+    tasks.spawn(supervisor::run(
+        outbox.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         routes = config.routes.len(),
         sinks = sink_names.len(),
         "outpost running"
     );
+    supervisor::ready();
 
     shutdown.cancelled().await;
+    supervisor::stopping();
     tracing::info!("shutting down");
     if let Ingest::Link(thread) = ingest {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

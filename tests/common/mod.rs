@@ -293,6 +293,7 @@ pub struct Outpost {
     pub local_port: u16,
     child: Option<Child>,
     starts: usize,
+    env: Vec<(String, String)>,
 }
 
 /// A config for tests: local broker on `local_port`, one route
@@ -344,6 +345,16 @@ keep_alive = "5s"
 impl Outpost {
     /// Writes `config_text` and starts outpost; waits until it runs.
     pub fn start(dir: &Path, local_port: u16, config_text: &str) -> Outpost {
+        Outpost::start_with_env(dir, local_port, config_text, &[])
+    }
+
+    /// [`Outpost::start`] with extra environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        local_port: u16,
+        config_text: &str,
+        env: &[(&str, &str)],
+    ) -> Outpost {
         let config = dir.join("outpost.toml");
         std::fs::write(&config, config_text).expect("write outpost.toml");
         let mut o = Outpost {
@@ -353,6 +364,10 @@ impl Outpost {
             local_port,
             child: None,
             starts: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         o.spawn();
         o
@@ -367,6 +382,7 @@ impl Outpost {
             .arg("--config")
             .arg(&self.config)
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

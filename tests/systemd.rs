@@ -1,0 +1,114 @@
+//! systemd integration without systemd: the test plays the service manager
+//! on a unix datagram socket (`NOTIFY_SOCKET`), as sd_notify(3) describes.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Messages received within `within`, each split into its lines.
+fn receive(sock: &UnixDatagram, within: Duration) -> Vec<String> {
+    let until = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        sock.set_read_timeout(Some(left)).expect("timeout");
+        match sock.recv(&mut buf) {
+            Ok(n) => out.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_string),
+            ),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn ready_status_watchdog_and_stopping_and_no_watchdog_while_the_outbox_is_wedged() {
+    let up = Upstream::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let port = free_port();
+    let mut op = Outpost::start_with_env(
+        dir.path(),
+        port,
+        &config(dir.path(), port, &up.url(), "", ""),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().expect("utf-8")),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+
+    let first = receive(&sock, Duration::from_secs(2));
+    assert!(first.iter().any(|l| l == "READY=1"), "{first:?}");
+    assert!(
+        first.iter().any(|l| l.starts_with("STATUS=queued=")),
+        "{first:?}"
+    );
+    let pings = first.iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!(
+        pings >= 3,
+        "{pings} watchdog pings in 2 s at a 200 ms watchdog: {first:?}"
+    );
+
+    // Wedge the outbox: another process holds SQLite's write lock, so the
+    // writer blocks (for its 5 s busy timeout) on the next commit.
+    let db = rusqlite::Connection::open(op.outbox()).expect("open outbox");
+    db.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let publisher = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(publish_all(
+            port,
+            "p",
+            vec![("sensors/a/telemetry".into(), b"{\"seq\":0}".to_vec())],
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let wedged = receive(&sock, Duration::from_millis(1500));
+    assert_eq!(
+        wedged.iter().filter(|l| *l == "WATCHDOG=1").count(),
+        0,
+        "no watchdog ping while the outbox cannot commit: {wedged:?}"
+    );
+    db.execute_batch("ROLLBACK").expect("release the lock");
+    drop(db);
+    let _ = publisher.join();
+    let after = receive(&sock, Duration::from_secs(8));
+    assert!(
+        after.iter().any(|l| l == "WATCHDOG=1"),
+        "pings resume once it commits again: {after:?}"
+    );
+
+    assert!(op.terminate().success(), "SIGTERM exits 0");
+    let last = receive(&sock, Duration::from_millis(300));
+    assert!(
+        after.iter().chain(last.iter()).any(|l| l == "STOPPING=1"),
+        "STOPPING=1 on the way out"
+    );
+}
+
+#[test]
+fn without_a_journal_socket_logs_fall_back_to_stderr() {
+    // JOURNAL_STREAM says "started by systemd", but no journald listens
+    // here: outpost must still log somewhere a person can read.
+    let up = Upstream::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut op = Outpost::start_with_env(
+        dir.path(),
+        port,
+        &config(dir.path(), port, &up.url(), "", ""),
+        &[("JOURNAL_STREAM", "8:12345")],
+    );
+    assert!(op.log_text().contains("outpost running"));
+    assert!(op.terminate().success());
+}
