@@ -114,6 +114,24 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(outpost::daemon::run(config))?;
+    let exit = runtime.block_on(outpost::daemon::run(config, path.clone()))?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    if exit == outpost::daemon::Exit::Reload {
+        restart_in_place()?;
+    }
     Ok(())
+}
+
+/// Replaces this process with a fresh outpost (same PID, same arguments):
+/// the new config applies everywhere, the local broker included.
+fn restart_in_place() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    outpost::daemon::supervisor::reloading();
+    let exe = std::env::current_exe().context("cannot find outpost's own executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new(&exe).args(&args).exec();
+    Err(anyhow::anyhow!(
+        "cannot restart {} to apply the config: {err}",
+        exe.display()
+    ))
 }

@@ -45,11 +45,30 @@ pub enum DaemonError {
 }
 
 /// Runs outpost until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// SIGHUP with a valid config: the caller restarts outpost in place.
+    Reload,
+}
+
+/// Runs outpost until SIGTERM or SIGINT (or a SIGHUP with a valid config,
+/// read again from `config_path`).
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<Exit, DaemonError> {
     let shutdown = CancellationToken::new();
-    signals::spawn(shutdown.clone())
+    let reload = signals::spawn(shutdown.clone(), config_path)
         .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
-    run_until(config, shutdown).await
+    run_until(config, shutdown).await?;
+    Ok(if reload.requested() {
+        Exit::Reload
+    } else {
+        Exit::Stopped
+    })
 }
 
 /// Runs outpost until `shutdown` is cancelled.

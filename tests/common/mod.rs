@@ -429,6 +429,17 @@ impl Outpost {
         }
     }
 
+    /// Sends a signal (by name, e.g. "HUP") to the running process.
+    pub fn signal(&mut self, sig: &str) {
+        if let Some(c) = self.child.as_mut() {
+            kill(c, sig);
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
