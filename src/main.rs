@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Ask the running daemon for its connection state, queues and counters.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// List records a platform can never take, moved out of the queue.
     DeadLetters {
         #[arg(long, short)]
@@ -42,6 +47,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Status { config } => match status(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::DeadLetters { config } => match dead_letters(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -75,6 +87,46 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn status(path: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Read;
+    let (config, _) = config::load(path.as_deref())?;
+    let socket = outpost::daemon::status_socket::find_socket(&config.state_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "cannot reach outpost at {} (is it running with this config?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("unreadable status answer")?;
+    println!(
+        "outpost {} (pid {}): {} accepted, {} refused",
+        v["version"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["accepted"],
+        v["refused"]
+    );
+    if let Some(sinks) = v["sinks"].as_object() {
+        for (name, s) in sinks {
+            println!(
+                "  sink {name}: {}, {} queued ({} bytes), {} delivered, {} dropped",
+                if s["connected"] == true {
+                    "connected"
+                } else {
+                    "NOT connected"
+                },
+                s["queued"],
+                s["queued_bytes"],
+                s["delivered"],
+                s["dropped"]
+            );
+        }
+    }
+    Ok(())
 }
 
 fn dead_letters(path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -112,3 +112,54 @@ fn without_a_journal_socket_logs_fall_back_to_stderr() {
     assert!(op.log_text().contains("outpost running"));
     assert!(op.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outpost_status_reports_connection_and_queues() {
+    let mut up = Upstream::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let op = Outpost::start(
+        dir.path(),
+        port,
+        &config(dir.path(), port, &up.url(), "", ""),
+    );
+    let status = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["status", "--config"])
+            .arg(&op.config)
+            .output()
+            .expect("outpost status");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || status()
+            .contains("sink up: connected")),
+        "{}",
+        status()
+    );
+
+    up.stop();
+    assert_eq!(publish_devices(port, 1, 7).await, 7);
+    assert!(
+        wait_until(Duration::from_secs(10), || status()
+            .contains("sink up: NOT connected, 7 queued")),
+        "{}",
+        status()
+    );
+    assert!(status().contains("7 accepted"), "{}", status());
+}
+
+#[test]
+fn outpost_status_without_a_daemon_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("outpost.toml");
+    std::fs::write(&path, config(dir.path(), 1, "mqtt://127.0.0.1:1", "", "")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["status", "--config"])
+        .arg(&path)
+        .output()
+        .expect("outpost status");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is it running with this config?"));
+}

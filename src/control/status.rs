@@ -39,7 +39,9 @@ impl StatusSource {
             .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "accepted": stats::get(&self.stats.ingest.accepted),
+            "refused": stats::get(&self.stats.ingest.refused),
             "sinks": sinks,
         })
     }

@@ -10,6 +10,7 @@
 
 pub mod logging;
 mod signals;
+pub mod status_socket;
 pub mod supervisor;
 
 use std::sync::{Arc, Mutex};
@@ -139,6 +140,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     tasks.spawn(supervisor::run(
         outbox.clone(),
         stats.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(status_socket::serve(
+        status_socket::socket_path(&config.state_dir),
+        status.clone(),
         shutdown.clone(),
     ));
     tracing::info!(
