@@ -200,23 +200,7 @@ async fn an_unreachable_upstream_is_retried_with_backoff_and_readings_stay_queue
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_upstream_password_is_one_clear_error_and_a_slow_retry() {
-    require("mosquitto_passwd", "mosquitto");
-    let pwdir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(
-        pwdir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let pwfile = pwdir.path().join("passwd");
-    let made = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&pwfile)
-        .args(["gateway", "right-password"])
-        .output()
-        .expect("mosquitto_passwd");
-    assert!(made.status.success(), "{made:?}");
-    std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .expect("chmod");
+    let (_pwdir, pwfile) = password_file("gateway", "right-password");
     let up = Upstream::start(&format!(
         "allow_anonymous false\npassword_file {}",
         pwfile.display()

@@ -234,23 +234,7 @@ async fn device_mode_keeps_measurement_ts_through_an_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
-    require("mosquitto_passwd", "mosquitto");
-    let pwdir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(
-        pwdir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let pwfile = pwdir.path().join("passwd");
-    let made = std::process::Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&pwfile)
-        .args(["some-other-device", "x"])
-        .output()
-        .expect("mosquitto_passwd");
-    assert!(made.status.success());
-    std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .expect("chmod");
+    let (_pwdir, pwfile) = password_file("some-other-device", "x");
     let up = Upstream::start(&format!(
         "allow_anonymous false\npassword_file {}",
         pwfile.display()

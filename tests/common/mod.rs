@@ -80,6 +80,29 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     None
 }
 
+/// A mosquitto password file with one user, readable by mosquitto's own
+/// user. Keep the returned directory alive as long as the broker runs.
+pub fn password_file(user: &str, password: &str) -> (tempfile::TempDir, PathBuf) {
+    require("mosquitto_passwd", "mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let file = dir.path().join("passwd");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&file)
+        .args([user, password])
+        .output()
+        .expect("mosquitto_passwd");
+    assert!(made.status.success(), "{made:?}");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    (dir, file)
+}
+
 /// A real mosquitto broker on 127.0.0.1.
 pub struct Upstream {
     pub port: u16,
