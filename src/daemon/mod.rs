@@ -8,6 +8,7 @@
 //! in-flight acknowledgements, the outbox writer commits what is pending, and
 //! the process exits 0.
 
+mod health;
 pub mod logging;
 mod signals;
 pub mod status_socket;
@@ -138,7 +139,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     ));
 
     tasks.spawn(supervisor::run(
-        outbox.clone(),
+        health::Health {
+            outbox: outbox.clone(),
+            router: ingest.router(),
+            broker: Some(local.clone()),
+        },
         stats.clone(),
         shutdown.clone(),
     ));
@@ -179,8 +184,22 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
 /// How readings get from the local broker into the outbox.
 enum Ingest {
     /// The front; rumqttd's link is kept open for later downlink use.
-    Front(#[allow(dead_code)] Box<source::broker::LocalBroker>),
+    Front {
+        #[allow(dead_code)]
+        broker: Box<source::broker::LocalBroker>,
+        router: Arc<Mutex<Router>>,
+    },
     Link(std::thread::JoinHandle<()>),
+}
+
+impl Ingest {
+    /// The router the watchdog checks (the link thread owns its own).
+    fn router(&self) -> Option<Arc<Mutex<Router>>> {
+        match self {
+            Ingest::Front { router, .. } => Some(router.clone()),
+            Ingest::Link(_) => None,
+        }
+    }
 }
 
 async fn start_ingest(
@@ -231,10 +250,11 @@ async fn start_ingest(
         listeners.push(l);
     }
     let broker = source::broker::start(b, Listeners::private()?)?;
+    let router = Arc::new(Mutex::new(router));
     let front = Arc::new(Front {
         backend_v4: broker.listen.v4,
         backend_v5: broker.listen.v5,
-        router: Arc::new(Mutex::new(router)),
+        router: router.clone(),
         outbox: outbox.clone(),
         stats: stats.clone(),
         max_body: b.max_payload.0 as usize,
@@ -250,7 +270,13 @@ async fn start_ingest(
         login: broker.control.clone(),
         authenticate: b.users.is_some(),
     };
-    Ok((Ingest::Front(Box::new(broker)), local))
+    Ok((
+        Ingest::Front {
+            broker: Box::new(broker),
+            router,
+        },
+        local,
+    ))
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {

@@ -1,8 +1,8 @@
 //! Talking to systemd (`Type=notify`): READY=1 once the broker listens and
 //! the outbox is open, a STATUS= line with queue depths, and WATCHDOG=1 only
-//! while the pipeline is healthy. Health means the outbox writer answers a
-//! round trip in time: a wedged writer (a stuck disk, a deadlock) stops the
-//! pings, and systemd restarts the service after `WatchdogSec=`.
+//! while the pipeline is healthy ([`Health`]: the outbox writer, the topic
+//! router and the local broker's router each answer in time). A wedged part
+//! stops the pings, and systemd restarts the service after `WatchdogSec=`.
 //!
 //! Uses the pure-Rust `sd-notify` crate; without `NOTIFY_SOCKET` every call
 //! is a no-op, so outpost runs the same outside systemd.
@@ -13,6 +13,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
+use super::health::Health;
 use crate::stats::Stats;
 use crate::store::Outbox;
 
@@ -53,8 +54,8 @@ fn status_line(outbox: &Outbox, stats: &Stats) -> String {
 }
 
 /// Sends STATUS= every few seconds and, when systemd asked for a watchdog,
-/// WATCHDOG=1 at half its interval while the outbox answers.
-pub async fn run(outbox: Outbox, stats: Arc<Stats>, shutdown: CancellationToken) {
+/// WATCHDOG=1 at half its interval while every part is healthy.
+pub async fn run(health: Health, stats: Arc<Stats>, shutdown: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled();
     let every = watchdog
         .map(|w| (w / 2).max(Duration::from_millis(10)))
@@ -73,20 +74,18 @@ pub async fn run(outbox: Outbox, stats: Arc<Stats>, shutdown: CancellationToken)
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let healthy = tokio::time::timeout(every, outbox.last_id(""))
-            .await
-            .is_ok_and(|r| r.is_ok());
         if watchdog.is_some() {
-            if healthy {
-                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
-            } else {
-                tracing::error!(
-                    "the outbox writer did not answer in time; withholding the watchdog ping"
-                );
+            match health.check(every).await {
+                Ok(()) => {
+                    let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "unhealthy; withholding the watchdog ping");
+                }
             }
         }
         if last_status.elapsed() >= Duration::from_secs(5) {
-            let line = status_line(&outbox, &stats);
+            let line = status_line(&health.outbox, &stats);
             let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
             last_status = tokio::time::Instant::now();
         }
