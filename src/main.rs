@@ -35,6 +35,9 @@ enum Command {
     Status {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Print the daemon's JSON snapshot as it is.
+        #[arg(long)]
+        json: bool,
     },
     /// List records a platform can never take, moved out of the queue.
     DeadLetters {
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
-        Command::Status { config } => match status(config) {
+        Command::Status { config, json } => match status(config, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost: {e:#}");
@@ -75,9 +78,10 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     match config::load(path.as_deref()) {
         Ok((c, source)) => {
             println!(
-                "{source}: ok ({} route(s), {} sink(s), outbox {})",
+                "{source}: ok ({} route(s), {} sink(s), {} serial port(s), outbox {})",
                 c.routes.len(),
                 c.sinks.len(),
+                c.serial.len(),
                 c.store_path().display()
             );
             ExitCode::SUCCESS
@@ -89,7 +93,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn status(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn status(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     use std::io::Read;
     let (config, _) = config::load(path.as_deref())?;
     let socket = outpost::daemon::status_socket::find_socket(&config.state_dir);
@@ -103,6 +107,10 @@ fn status(path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
     let v: serde_json::Value = serde_json::from_str(&body).context("unreadable status answer")?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
     println!(
         "outpost {} (pid {}): {} accepted, {} refused",
         v["version"].as_str().unwrap_or("?"),
@@ -124,6 +132,27 @@ fn status(path: Option<PathBuf>) -> anyhow::Result<()> {
                 s["delivered"],
                 s["dropped"]
             );
+        }
+    }
+    if let Some(ports) = v["serial"].as_object() {
+        for (name, p) in ports {
+            println!(
+                "  serial {name}: {}, {} readings, {} garbage lines, opened {} time(s)",
+                if p["open"] == true {
+                    "open"
+                } else {
+                    "NOT open"
+                },
+                p["readings"],
+                p["garbage"],
+                p["opens"]
+            );
+            for (id, s) in p["slaves"].as_object().into_iter().flatten() {
+                println!(
+                    "    modbus slave {id}: {} polls, {} timeouts, {} exceptions",
+                    s["polls"], s["timeouts"], s["exceptions"]
+                );
+            }
         }
     }
     Ok(())

@@ -27,10 +27,41 @@ pub struct SinkStats {
 }
 
 /// All counters of one outpost process.
+/// Counters of one Modbus slave.
+#[derive(Debug, Default)]
+pub struct SlaveStats {
+    pub polls: AtomicU64,
+    /// Polls without an answer after every attempt.
+    pub timeouts: AtomicU64,
+    /// Polls answered with a Modbus exception.
+    pub exceptions: AtomicU64,
+}
+
+/// Counters of one serial port.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    pub open: AtomicBool,
+    /// Successful opens since start (more than 1: the port came back).
+    pub opens: AtomicU64,
+    /// Readings taken from the port.
+    pub readings: AtomicU64,
+    /// Lines that were not readings (garbage, partial, too long).
+    pub garbage: AtomicU64,
+    pub slaves: BTreeMap<u8, Arc<SlaveStats>>,
+}
+
+impl PortStats {
+    /// The slave's counters (a detached set for an unknown id).
+    pub fn slave(&self, id: u8) -> Arc<SlaveStats> {
+        self.slaves.get(&id).cloned().unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub ingest: IngestStats,
     pub sinks: BTreeMap<String, Arc<SinkStats>>,
+    pub serial: BTreeMap<String, Arc<PortStats>>,
 }
 
 impl Stats {
@@ -41,7 +72,28 @@ impl Stats {
                 .into_iter()
                 .map(|s| (s.clone(), Arc::new(SinkStats::default())))
                 .collect(),
+            serial: BTreeMap::new(),
         }
+    }
+
+    /// Adds counters for the serial ports and their Modbus slaves.
+    pub fn with_serial(mut self, ports: &[crate::config::SerialConfig]) -> Stats {
+        self.serial = ports
+            .iter()
+            .map(|p| {
+                let slaves = p
+                    .slave
+                    .iter()
+                    .map(|s| (s.id, Arc::new(SlaveStats::default())))
+                    .collect();
+                let stats = PortStats {
+                    slaves,
+                    ..PortStats::default()
+                };
+                (p.name.clone(), Arc::new(stats))
+            })
+            .collect();
+        self
     }
 }
 

@@ -6,6 +6,7 @@
 //! does not exist, a topic template with an unknown placeholder, ...), so that
 //! `outpost check-config` can print every problem with its key path at once.
 
+pub mod serial;
 mod units;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+pub use serial::SerialConfig;
 pub use units::{parse_duration, parse_size, ByteSize, Seconds};
 
 use crate::route::TopicFilter;
@@ -40,6 +42,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub routes: Vec<RouteConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    pub serial: Vec<SerialConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,7 +484,15 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
     Ok((config, source))
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["state_dir", "log_level", "broker", "store", "route", "sink"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "state_dir",
+    "log_level",
+    "broker",
+    "store",
+    "route",
+    "sink",
+    "serial",
+];
 
 /// Parses and checks a config text, collecting every problem.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -563,6 +574,30 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         }),
     }
 
+    let mut serial = Vec::new();
+    match table.get("serial") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(s) = value::<SerialConfig>(item, &format!("serial[{i}]"), &mut problems)
+                {
+                    serial.push((i, s));
+                }
+            }
+        }
+        Some(_) => problems.push(Problem {
+            path: "serial".into(),
+            message: "must be an array of tables, written as [[serial]]".into(),
+        }),
+    }
+    serial::check(&serial, &mut problems);
+    if !broker.ack_after_commit && !serial.is_empty() {
+        problems.push(Problem {
+            path: "broker.ack_after_commit".into(),
+            message: "serial sources need the ingest front (ack_after_commit = true)".into(),
+        });
+    }
+
     check_broker(&broker, &mut problems);
     check_store(&store, &mut problems);
     for (i, r) in &routes {
@@ -582,10 +617,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         store,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
         sinks,
+        serial: serial.into_iter().map(|(_, s)| s).collect(),
     })
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -950,6 +986,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let tb = parse(
+            include_str!("../../config/thingsboard.toml"),
+            "thingsboard.toml",
+        )
+        .expect("config/thingsboard.toml must be valid");
+        assert!(tb
+            .sinks
+            .values()
+            .any(|s| matches!(s, SinkConfig::Thingsboard(_))));
+        let serial = parse(include_str!("../../config/serial.toml"), "serial.toml")
+            .expect("config/serial.toml must be valid");
+        assert_eq!(serial.serial.len(), 3);
+        assert_eq!(serial.serial[2].slave.len(), 2);
+    }
 
     #[test]
     fn built_in_default_is_valid() {

@@ -37,12 +37,44 @@ impl StatusSource {
                 )
             })
             .collect();
+        let serial: serde_json::Map<String, Value> = self
+            .stats
+            .serial
+            .iter()
+            .map(|(name, p)| {
+                let slaves: serde_json::Map<String, Value> = p
+                    .slaves
+                    .iter()
+                    .map(|(id, s)| {
+                        (
+                            id.to_string(),
+                            json!({
+                                "polls": stats::get(&s.polls),
+                                "timeouts": stats::get(&s.timeouts),
+                                "exceptions": stats::get(&s.exceptions),
+                            }),
+                        )
+                    })
+                    .collect();
+                (
+                    name.clone(),
+                    json!({
+                        "open": p.open.load(std::sync::atomic::Ordering::Relaxed),
+                        "opens": stats::get(&p.opens),
+                        "readings": stats::get(&p.readings),
+                        "garbage": stats::get(&p.garbage),
+                        "slaves": slaves,
+                    }),
+                )
+            })
+            .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "accepted": stats::get(&self.stats.ingest.accepted),
             "refused": stats::get(&self.stats.ingest.refused),
             "sinks": sinks,
+            "serial": serial,
         })
     }
 }

@@ -76,7 +76,7 @@ pub async fn run(
 /// Runs outpost until `shutdown` is cancelled.
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let sink_names: Vec<String> = config.sinks.keys().cloned().collect();
-    let stats = Arc::new(Stats::new(&sink_names));
+    let stats = Arc::new(Stats::new(&sink_names).with_serial(&config.serial));
 
     let store_path = config.store_path();
     let (outbox, writer) = Outbox::open(store_path.clone(), &config.store, &sink_names)?;
@@ -87,6 +87,20 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
     let (ingest, local) =
         start_ingest(&config, router, &outbox, &stats, &shutdown, &mut tasks).await?;
+    if let Some(router) = ingest.router() {
+        source::serial::spawn(
+            &config.serial,
+            source::serial::Pipeline {
+                router,
+                outbox: outbox.clone(),
+                stats: stats.clone(),
+            },
+            local.clone(),
+            serial_topics(&config),
+            &mut tasks,
+            &shutdown,
+        );
+    }
     let status = StatusSource {
         stats: stats.clone(),
         outbox: outbox.clone(),
@@ -277,6 +291,23 @@ async fn start_ingest(
         },
         local,
     ))
+}
+
+/// Serial devices answer RPC and attributes on the ThingsBoard sink's local
+/// topics (the first ThingsBoard sink's; the defaults without one).
+fn serial_topics(config: &Config) -> source::serial::local::Topics {
+    config
+        .sinks
+        .values()
+        .find_map(|s| match s {
+            SinkConfig::Thingsboard(t) => Some(source::serial::local::Topics {
+                rpc_request: t.rpc_request_topic.clone(),
+                rpc_response: t.rpc_response_topic.clone(),
+                attributes: t.attributes_topic.clone(),
+            }),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {

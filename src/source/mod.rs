@@ -5,7 +5,9 @@
 //!   holds each PUBACK until the reading is committed (the default).
 //! - [`link`]: the alternative ingest that takes routed messages off
 //!   rumqttd's in-process link, with rumqttd acknowledging at once.
+//! - [`serial`]: sensors on a UART: line protocols and Modbus RTU.
 
 pub mod broker;
 pub mod front;
 pub mod link;
+pub mod serial;
