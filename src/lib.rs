@@ -1,13 +1,15 @@
 //! outpost: an edge gateway daemon.
 //!
 //! ```text
-//!  LAN sensors ──MQTT──▶ source::broker (embedded rumqttd) ──▶ source::link
-//!                                                                │
-//!                                route (topic filter → sink, device, ts)
-//!                                                                ▼
-//!                             store (SQLite outbox, one FIFO queue per sink)
-//!                                                                ▼
-//!                     sink (uplink session: QoS 1, delete on PUBACK) ──▶ cloud
+//!  LAN sensors ──MQTT──▶ source::front ──relay──▶ source::broker (rumqttd)
+//!  UART sensors ───────▶ source::serial
+//!                              │ readings
+//!                              ▼
+//!                    route (topic filter → sink, device, ts)
+//!                              ▼
+//!                    store (SQLite outbox, one FIFO queue per sink)
+//!                              ▼
+//!                    sink (uplink session: QoS 1, delete on PUBACK) ──▶ cloud
 //! ```
 //!
 //! - [`config`]: the TOML file, checked with every problem reported by key path.
@@ -17,11 +19,13 @@
 //! - [`sink`]: where records go, and the upstream MQTT session.
 //! - [`control`]: what comes down from the cloud (settings, RPC).
 //! - [`daemon`]: wiring, signals, logging and orderly shutdown.
+//! - [`pki`]: certificate chains and keys (`outpost cert`).
 
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod net;
+pub mod pki;
 pub mod record;
 pub mod route;
 pub mod sink;

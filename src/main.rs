@@ -39,6 +39,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keys and certificates: keygen, csr, ca, issue, inspect.
+    Cert {
+        #[command(subcommand)]
+        command: outpost::pki::cli::CertCommand,
+    },
     /// List records a platform can never take, moved out of the queue.
     DeadLetters {
         #[arg(long, short)]
@@ -54,6 +59,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cert { command } => match outpost::pki::cli::run(command) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("outpost cert: {e}");
                 ExitCode::FAILURE
             }
         },

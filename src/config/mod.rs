@@ -261,6 +261,12 @@ pub struct ThingsboardSinkConfig {
     pub password: Option<String>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// mTLS: the client certificate chain (leaf first, then
+    /// intermediates) presented to the server, and its private key.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Device mode: use the short `v2/t`, `v2/a` topics.
     #[serde(default)]
     pub short_topics: bool,
@@ -347,6 +353,12 @@ pub struct MqttSinkConfig {
     /// PEM file of CA certificates to verify the server; system roots if unset.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// mTLS: the client certificate chain (leaf first, then
+    /// intermediates) presented to the server, and its private key.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     #[serde(default = "default_qos")]
     pub qos: u8,
     /// Publishes awaiting PUBACK at most.
@@ -859,6 +871,25 @@ pub fn check_template(t: &str) -> Result<(), String> {
 
 fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
     let at = |k: &str| format!("sink.{name}.{k}");
+    let (url, cert, key) = match s {
+        SinkConfig::Thingsboard(t) => (&t.url, &t.cert_file, &t.key_file),
+        SinkConfig::Mqtt(m) => (&m.url, &m.cert_file, &m.key_file),
+    };
+    match (cert, key) {
+        (Some(_), None) => problems.push(Problem {
+            path: at("key_file"),
+            message: "cert_file needs the private key: set key_file".into(),
+        }),
+        (None, Some(_)) => problems.push(Problem {
+            path: at("cert_file"),
+            message: "key_file needs its certificate chain: set cert_file".into(),
+        }),
+        (Some(_), Some(_)) if !url.starts_with("mqtts://") => problems.push(Problem {
+            path: at("cert_file"),
+            message: "a client certificate needs TLS: use an mqtts:// url".into(),
+        }),
+        _ => {}
+    }
     match s {
         SinkConfig::Thingsboard(t) => {
             if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {

@@ -27,7 +27,7 @@ use crate::control::status::StatusSource;
 use crate::route::Router;
 use crate::sink::mqtt::MqttEncoder;
 use crate::sink::thingsboard::Thingsboard;
-use crate::sink::uplink::Uplink;
+use crate::sink::uplink::{self, Uplink};
 use crate::source;
 use crate::source::broker::Listeners;
 use crate::source::front::Front;
@@ -110,8 +110,10 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         let sink_stats = stats.sinks.get(name).cloned().unwrap_or_default();
         match sink {
             SinkConfig::Thingsboard(t) => {
-                let platform =
-                    Thingsboard::new(name, t, sink_stats.clone()).with_status(status.clone());
+                let identity = uplink::client_identity(name, &Thingsboard::settings(t));
+                let platform = Thingsboard::new(name, t, sink_stats.clone())
+                    .with_status(status.clone())
+                    .with_identity(identity);
                 let (commands_tx, commands) = mpsc::channel(256);
                 let (replies_tx, replies) = mpsc::channel(256);
                 tasks.spawn(downlink::run(
@@ -134,6 +136,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
                 tasks.spawn(uplink.run(shutdown.clone()));
             }
             SinkConfig::Mqtt(m) => {
+                uplink::client_identity(name, &m.into());
                 let uplink = Uplink::new(
                     name,
                     &m.into(),

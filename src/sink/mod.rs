@@ -92,4 +92,9 @@ pub enum SinkError {
     Tls { sink: String, detail: String },
     #[error("sink {sink}: {detail}")]
     Config { sink: String, detail: String },
+    #[error("sink {sink}: client certificate: {source}")]
+    Identity {
+        sink: String,
+        source: crate::pki::PkiError,
+    },
 }

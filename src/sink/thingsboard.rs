@@ -59,6 +59,8 @@ pub struct Thingsboard {
     /// response topic.
     client_rpc: std::collections::HashMap<u64, String>,
     next_rpc: u64,
+    /// The client certificate presented (mTLS), reported on each connect.
+    identity: Option<crate::pki::identity::Identity>,
 }
 
 impl Thingsboard {
@@ -82,6 +84,7 @@ impl Thingsboard {
             limits_request: 0,
             client_rpc: std::collections::HashMap::new(),
             next_rpc: 0,
+            identity: None,
         }
     }
 
@@ -169,6 +172,12 @@ impl Thingsboard {
         Action::Limits { max_inflight, rate }
     }
 
+    /// Reports the client certificate as client attributes on each connect.
+    pub fn with_identity(mut self, identity: Option<crate::pki::identity::Identity>) -> Self {
+        self.identity = identity;
+        self
+    }
+
     /// Lets the `status` RPC report queues and counters.
     pub fn with_status(mut self, status: StatusSource) -> Self {
         self.status = Some(status);
@@ -252,6 +261,7 @@ impl Thingsboard {
             username,
             password,
             ca_file: cfg.ca_file.clone(),
+            client_cert: cfg.cert_file.clone().zip(cfg.key_file.clone()),
             inflight: cfg.inflight,
             max_packet: cfg.max_payload_size.0 as usize + FRAMING,
             keep_alive: cfg.keep_alive.0,
@@ -420,10 +430,28 @@ impl Platform for Thingsboard {
             payload: br#"{"method":"getSessionLimits","params":{}}"#.to_vec(),
             ids: Vec::new(),
         };
-        super::SessionStart {
-            subscribe,
-            publish: vec![ask],
+        let mut publish = vec![ask];
+        if let Some(id) = &self.identity {
+            // Days are counted from now, not from startup.
+            let days_left = time::OffsetDateTime::parse(
+                &id.not_after,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map(|t| (t - time::OffsetDateTime::now_utc()).whole_days())
+            .unwrap_or(id.days_left);
+            let attrs = serde_json::json!({
+                "certificateCN": id.cn,
+                "certificateIssuer": id.issuer_cn,
+                "certificateNotAfter": id.not_after,
+                "certificateDaysLeft": days_left,
+            });
+            publish.push(Publish {
+                topic: "v1/devices/me/attributes".into(),
+                payload: serde_json::to_vec(&attrs).unwrap_or_default(),
+                ids: Vec::new(),
+            });
         }
+        super::SessionStart { subscribe, publish }
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {

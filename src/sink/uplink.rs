@@ -145,6 +145,8 @@ pub struct Settings {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ca_file: Option<std::path::PathBuf>,
+    /// mTLS: (certificate chain, private key).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub inflight: u16,
     pub max_packet: usize,
     pub keep_alive: Duration,
@@ -161,6 +163,7 @@ impl From<&MqttSinkConfig> for Settings {
             username: c.username.clone(),
             password: c.password.clone(),
             ca_file: c.ca_file.clone(),
+            client_cert: c.cert_file.clone().zip(c.key_file.clone()),
             inflight: c.inflight,
             max_packet: c.max_packet_size.0 as usize,
             keep_alive: c.keep_alive.0,
@@ -193,7 +196,30 @@ pub struct Uplink<E: Platform> {
     suspect: Option<(i64, u32)>,
     /// While above zero, one record per publish; counts down with PUBACKs.
     careful: u32,
+    /// mTLS: the TLS setup is rebuilt from the files before every
+    /// connection, so a renewed certificate is used without a restart, and
+    /// an expired one keeps this sink (only) from connecting.
+    mtls: Option<Mtls>,
 }
+
+struct Mtls {
+    ca_file: Option<std::path::PathBuf>,
+    client_cert: (std::path::PathBuf, std::path::PathBuf),
+    /// The last problem logged, so that it is logged once, not per attempt.
+    last_error: Option<String>,
+}
+
+/// TLS alerts a server sends when it does not accept a client certificate.
+const CLIENT_CERT_ALERTS: &[&str] = &[
+    "fatal alert: UnknownCA",
+    "fatal alert: BadCertificate",
+    "fatal alert: CertificateUnknown",
+    "fatal alert: CertificateExpired",
+    "fatal alert: CertificateRevoked",
+    "fatal alert: CertificateRequired",
+    "fatal alert: AccessDenied",
+    "fatal alert: DecryptError",
+];
 
 /// Failed sessions in a row with the same single record first, before it
 /// is moved to the dead letters.
@@ -239,11 +265,20 @@ impl<E: Platform> Uplink<E> {
         if let Some(user) = &cfg.username {
             options.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
         }
+        let mut mtls = None;
         if url.tls {
+            // The client certificate is added per connection (see `Mtls`);
+            // the server side is checked now, so a bad ca_file stops startup.
             options.set_transport(Transport::tls_with_config(tls_config(
                 name,
                 cfg.ca_file.as_deref(),
+                None,
             )?));
+            mtls = cfg.client_cert.clone().map(|client_cert| Mtls {
+                ca_file: cfg.ca_file.clone(),
+                client_cert,
+                last_error: None,
+            });
         }
         Ok(Uplink {
             name: name.to_string(),
@@ -261,6 +296,7 @@ impl<E: Platform> Uplink<E> {
             session: SessionLog::default(),
             suspect: None,
             careful: 0,
+            mtls,
         })
     }
 
@@ -288,6 +324,12 @@ impl<E: Platform> Uplink<E> {
             return;
         };
         loop {
+            if let Err(delay) = self.load_client_cert() {
+                tokio::select! {
+                    _ = sleep(delay) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
             let end = self.session(&shutdown, &notify).await;
             self.stats
                 .connected
@@ -304,6 +346,34 @@ impl<E: Platform> Uplink<E> {
             tokio::select! {
                 _ = sleep(delay) => {}
                 _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Reads and checks the client certificate and key for the next
+    /// connection. A problem is logged (once until it changes) and this
+    /// sink waits `reconnect_max`; its records stay queued.
+    fn load_client_cert(&mut self) -> Result<(), Duration> {
+        let Some(m) = &mut self.mtls else {
+            return Ok(());
+        };
+        match tls_config(&self.name, m.ca_file.as_deref(), Some(&m.client_cert)) {
+            Ok(tls) => {
+                if m.last_error.take().is_some() {
+                    tracing::info!(sink = %self.name, "the client certificate is usable again");
+                }
+                self.options.set_transport(Transport::tls_with_config(tls));
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let delay = self.backoff.give_up_delay();
+                if m.last_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(sink = %self.name, error = %text, retry_in_ms = delay.as_millis() as u64,
+                        "not connecting: the client certificate cannot be used; records stay queued (the files are read again before every attempt)");
+                    m.last_error = Some(text);
+                }
+                Err(delay)
             }
         }
     }
@@ -341,8 +411,19 @@ impl<E: Platform> Uplink<E> {
             }
             other => {
                 let delay = self.backoff.next_delay();
-                tracing::warn!(sink, %broker, error = %other, retry_in_ms = delay.as_millis() as u64,
-                    "upstream connection failed; records stay queued");
+                let text = other.to_string();
+                // rustls reports the server's refusal of our certificate as
+                // a TLS alert; say what it means.
+                let refused_cert =
+                    self.mtls.is_some() && CLIENT_CERT_ALERTS.iter().any(|a| text.contains(a));
+                if refused_cert {
+                    tracing::error!(sink, %broker, error = %text, retry_in_ms = delay.as_millis() as u64,
+                        "upstream connection failed: the server did not accept our client certificate \
+                         (is the chain issued by a CA the server trusts, and complete up to it?); records stay queued");
+                } else {
+                    tracing::warn!(sink, %broker, error = %text, retry_in_ms = delay.as_millis() as u64,
+                        "upstream connection failed; records stay queued");
+                }
                 delay
             }
         }
@@ -845,6 +926,7 @@ impl Flight {
 fn tls_config(
     sink: &str,
     ca_file: Option<&std::path::Path>,
+    client_cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
 ) -> Result<TlsConfiguration, SinkError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
@@ -889,9 +971,47 @@ fn tls_config(
             sink: sink.to_string(),
             detail: e.to_string(),
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        None => config.with_no_client_auth(),
+        Some((chain, key)) => {
+            let checked =
+                crate::pki::identity::check(chain, key).map_err(|source| SinkError::Identity {
+                    sink: sink.to_string(),
+                    source,
+                })?;
+            config
+                .with_client_auth_cert(checked.chain, checked.key)
+                .map_err(|e| SinkError::Tls {
+                    sink: sink.to_string(),
+                    detail: format!("unusable client certificate or key: {e}"),
+                })?
+        }
+    };
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// Checks a sink's client certificate chain and key (see [`crate::pki`])
+/// and logs what it presents: the leaf's CN (the device name ThingsBoard
+/// derives), its issuer, and the days until it expires (a warning within
+/// 30 days). `None` when there is none, or it cannot be used (the sink
+/// itself reports why).
+pub fn client_identity(sink: &str, cfg: &Settings) -> Option<crate::pki::identity::Identity> {
+    let (chain, key) = cfg.client_cert.as_ref()?;
+    let id = match crate::pki::identity::check(chain, key) {
+        Ok(c) => c.identity,
+        // The sink logs this and keeps its records queued; the rest of
+        // outpost runs on.
+        Err(_) => return None,
+    };
+    if id.days_left < 30 {
+        tracing::warn!(sink, cn = %id.cn, not_after = %id.not_after, days_left = id.days_left,
+            "the client certificate expires soon; renew it");
+    } else {
+        tracing::info!(sink, cn = %id.cn, issuer = %id.issuer_cn, chain = id.chain_len,
+            not_after = %id.not_after, days_left = id.days_left, "client certificate checked");
+    }
+    Some(id)
 }
 
 #[cfg(test)]

@@ -1,0 +1,360 @@
+//! Client certificate chains upstream (mTLS), with every certificate made by
+//! `outpost cert`: root → intermediate → leaves. Debian's mosquitto plays
+//! the platform with `require_certificate true` and the root as its only CA.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs `outpost cert ARGS` and returns its stdout; fails the test on error.
+fn cert<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("cert")
+        .args(args)
+        .output()
+        .expect("outpost cert");
+    assert!(out.status.success(), "outpost cert {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// mosquitto runs as its own user: let it read what the test made.
+fn readable(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let mode = if e.path().is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(e.path(), std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod");
+        if e.path().is_dir() {
+            readable(&e.path());
+        }
+    }
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// Root CA, an intermediate, and mosquitto's server certificate.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        cert(&["ca", "--cn", "Site Root", "--out-dir", s(d)]);
+        std::fs::create_dir(d.join("int")).expect("mkdir");
+        cert(&[
+            "issue",
+            "--ca-cert",
+            s(&d.join("Site_Root.pem")),
+            "--ca-key",
+            s(&d.join("Site_Root.key")),
+            "--cn",
+            "Site Intermediate",
+            "--intermediate",
+            "--days",
+            "1000",
+            "--out-dir",
+            s(&d.join("int")),
+        ]);
+        std::fs::create_dir(d.join("server")).expect("mkdir");
+        cert(&[
+            "issue",
+            "--ca-cert",
+            s(&d.join("Site_Root.pem")),
+            "--ca-key",
+            s(&d.join("Site_Root.key")),
+            "--cn",
+            "localhost",
+            "--san",
+            "127.0.0.1",
+            "--san",
+            "localhost",
+            "--out-dir",
+            s(&d.join("server")),
+        ]);
+        readable(d);
+        Pki { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A device leaf signed by the intermediate, in `sub/`: `sub/chain.pem`
+    /// (leaf + intermediate + root) and `sub/<cn>.key`.
+    fn device(&self, sub: &str, cn: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let out = self.path(sub);
+        std::fs::create_dir_all(&out).expect("mkdir");
+        let mut args: Vec<String> = [
+            "issue",
+            "--ca-cert",
+            s(&self.path("int/chain.pem")),
+            "--ca-key",
+            s(&self.path("int/Site_Intermediate.key")),
+            "--cn",
+            cn,
+            "--out-dir",
+            s(&out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        cert(&args);
+        (out.join("chain.pem"), out.join(format!("{cn}.key")))
+    }
+
+    /// mosquitto: a plain listener (the test's collector) and a TLS listener
+    /// that requires a client certificate from the root, and logs the
+    /// certificate's CN as the username.
+    fn upstream(&self) -> (Upstream, u16) {
+        let tls_port = free_port();
+        let up = Upstream::start(&format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true",
+            self.path("Site_Root.pem").display(),
+            self.path("server/chain.pem").display(),
+            self.path("server/localhost.key").display(),
+        ));
+        assert!(
+            wait_port(tls_port, Duration::from_secs(10)),
+            "TLS listener:\n{}",
+            up.log()
+        );
+        (up, tls_port)
+    }
+}
+
+fn mtls_config(
+    dir: &Path,
+    port: u16,
+    tls_port: u16,
+    pki: &Pki,
+    chain: &Path,
+    key: &Path,
+) -> String {
+    config(
+        dir,
+        port,
+        &format!("mqtts://127.0.0.1:{tls_port}"),
+        "",
+        &format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nreconnect_min = \"200ms\"\nreconnect_max = \"500ms\"",
+            pki.path("Site_Root.pem").display(),
+            chain.display(),
+            key.display()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_chain_from_outpost_cert_is_accepted_and_data_flows() {
+    let pki = Pki::new();
+    let (chain, key) = pki.device("dev", "gw-0042", &[]);
+    let (up, tls_port) = pki.upstream();
+    let col = Collector::start(up.port, "site1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let op = Outpost::start(
+        dir.path(),
+        port,
+        &mtls_config(dir.path(), port, tls_port, &pki, &chain, &key),
+    );
+    assert_eq!(publish_devices(port, 2, 20).await, 40);
+    assert_eq!(
+        col.wait_for(40, Duration::from_secs(15)).await,
+        40,
+        "{}",
+        op.log_text()
+    );
+    // The platform saw the leaf's CN (mosquitto's username from the cert).
+    assert!(up.log().contains("u'gw-0042'"), "{}", up.log());
+    let log = op.log_text();
+    assert!(
+        log.contains("client certificate checked") && log.contains("gw-0042"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("BEGIN"),
+        "no key or certificate material in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_from_another_ca_is_refused_and_the_readings_wait() {
+    let pki = Pki::new();
+    // Another CA, unknown to the platform, signs a leaf with the same CN.
+    let rogue = tempfile::tempdir().expect("tempdir");
+    cert(&["ca", "--cn", "Rogue Root", "--out-dir", s(rogue.path())]);
+    cert(&[
+        "issue",
+        "--ca-cert",
+        s(&rogue.path().join("Rogue_Root.pem")),
+        "--ca-key",
+        s(&rogue.path().join("Rogue_Root.key")),
+        "--cn",
+        "gw-0042",
+        "--out-dir",
+        s(rogue.path()),
+    ]);
+    let (up, tls_port) = pki.upstream();
+    let col = Collector::start(up.port, "site1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let op = Outpost::start(
+        dir.path(),
+        port,
+        &mtls_config(
+            dir.path(),
+            port,
+            tls_port,
+            &pki,
+            &rogue.path().join("chain.pem"),
+            &rogue.path().join("gw-0042.key"),
+        ),
+    );
+    assert_eq!(publish_devices(port, 1, 5).await, 5);
+    assert!(
+        wait_until(Duration::from_secs(10), || op
+            .log_text()
+            .contains("upstream connection failed")),
+        "{}",
+        op.log_text()
+    );
+    col.settle(Duration::from_millis(500), Duration::from_secs(2))
+        .await;
+    assert_eq!(
+        col.count(),
+        0,
+        "nothing may pass with a rejected certificate"
+    );
+    assert_eq!(op.queued(), 5);
+    let log = op.log_text();
+    assert!(
+        log.contains("the server did not accept our client certificate"),
+        "a clear reason: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_leaf_is_refused_with_its_date_and_a_renewed_one_is_used_without_restart() {
+    let pki = Pki::new();
+    let (chain, key) = pki.device("old", "gw-0042", &["--not-after", "2021-01-01"]);
+    let (up, tls_port) = pki.upstream();
+    let col = Collector::start(up.port, "site1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // The chain and key live where the config says; the technician renews
+    // them in place.
+    let live_chain = dir.path().join("chain.pem");
+    let live_key = dir.path().join("device.key");
+    std::fs::copy(&chain, &live_chain).expect("copy");
+    std::fs::copy(&key, &live_key).expect("copy");
+    let mut op = Outpost::start(
+        dir.path(),
+        port,
+        &mtls_config(dir.path(), port, tls_port, &pki, &live_chain, &live_key),
+    );
+    assert_eq!(publish_devices(port, 1, 5).await, 5, "ingest runs on");
+    assert!(
+        wait_until(Duration::from_secs(5), || op
+            .log_text()
+            .contains("expired on 2021-01-01")),
+        "{}",
+        op.log_text()
+    );
+    // Logged once, not once per attempt (attempts every 0.5 s here).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        op.log_text().matches("expired on").count(),
+        1,
+        "{}",
+        op.log_text()
+    );
+    assert_eq!(col.count(), 0);
+    assert_eq!(op.queued(), 5);
+
+    let (new_chain, new_key) = pki.device("new", "gw-0042", &["--days", "90"]);
+    std::fs::copy(&new_key, &live_key).expect("copy");
+    std::fs::copy(&new_chain, &live_chain).expect("copy");
+    assert_eq!(
+        col.wait_for(5, Duration::from_secs(15)).await,
+        5,
+        "{}",
+        op.log_text()
+    );
+    assert!(op.log_text().contains("usable again"));
+    assert_eq!(op.terminate().code(), Some(0));
+}
+
+#[test]
+fn cert_inspect_shows_cn_issuer_validity_and_checks_root_and_key() {
+    let pki = Pki::new();
+    let (chain, key) = pki.device("dev", "gw-0042", &["--days", "30"]);
+    let text = cert(&[
+        "inspect",
+        s(&chain),
+        "--root",
+        s(&pki.path("Site_Root.pem")),
+        "--key",
+        s(&key),
+    ]);
+    for want in [
+        "certificate 1 of 3",
+        "CN:       gw-0042",
+        "issuer:   CN=Site Intermediate",
+        "day(s) left)",
+        "chain order: ok",
+        "verified against",
+        "matches certificate 1",
+    ] {
+        assert!(text.contains(want), "missing `{want}`:\n{text}");
+    }
+    let leaf_validity = text
+        .lines()
+        .find(|l| l.contains("valid:"))
+        .expect("validity line");
+    assert!(
+        leaf_validity.contains("(30 day(s) left)") || leaf_validity.contains("(29 day(s) left)"),
+        "{leaf_validity}"
+    );
+
+    // A wrong root and a wrong key: exit 1, and said.
+    let rogue = tempfile::tempdir().expect("tempdir");
+    cert(&["ca", "--cn", "Rogue Root", "--out-dir", s(rogue.path())]);
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["cert", "inspect", s(&chain), "--root"])
+        .arg(rogue.path().join("Rogue_Root.pem"))
+        .arg("--key")
+        .arg(rogue.path().join("Rogue_Root.key"))
+        .output()
+        .expect("inspect");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAILED") && text.contains("does NOT match"),
+        "{text}"
+    );
+    // A key is never overwritten.
+    let again = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["cert", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .expect("keygen");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    // Keys are written 0600 (the fixture above widened its own copies for
+    // mosquitto).
+    let fresh = rogue.path().join("fresh.key");
+    cert(&["keygen", "--out", s(&fresh)]);
+    let mode = std::fs::metadata(&fresh)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o600));
+}
