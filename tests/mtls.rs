@@ -358,3 +358,193 @@ fn cert_inspect_shows_cn_issuer_validity_and_checks_root_and_key() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     assert_eq!(mode.ok(), Some(0o600));
 }
+
+/// A sensor's TLS client config: trusts `ca`, presents `identity`.
+fn sensor_tls(ca: &Path, identity: Option<(&Path, &Path)>) -> rumqttc::TlsConfiguration {
+    use rumqttc::tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in outpost::pki::read_certs(ca).expect("ca") {
+        roots.add(c).expect("add root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                outpost::pki::read_certs(chain).expect("chain"),
+                outpost::pki::read_key(key).expect("key").0,
+            )
+            .expect("client auth"),
+    };
+    rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config))
+}
+
+/// Connects over TLS and publishes one QoS 1 reading; `Ok` once PUBACKed.
+async fn tls_publish(
+    port: u16,
+    id: &str,
+    tls: rumqttc::TlsConfiguration,
+    payload: &str,
+) -> Result<(), String> {
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_transport(rumqttc::Transport::tls_with_config(tls));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 8);
+    client
+        .publish(
+            format!("sensors/{id}/telemetry"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload.as_bytes().to_vec(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no PUBACK within 5s".into()));
+    let _ = client.try_disconnect();
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_tls_listener_takes_sensors_with_a_local_ca_certificate_and_refuses_others() {
+    // A local CA for the site: the gateway's own certificate and the
+    // sensors' certificates come from it.
+    let local = tempfile::tempdir().expect("tempdir");
+    let d = local.path();
+    cert(&["ca", "--cn", "Greenhouse CA", "--out-dir", s(d)]);
+    let (ca, ca_key) = (d.join("Greenhouse_CA.pem"), d.join("Greenhouse_CA.key"));
+    for (sub, cn, san) in [
+        ("gw", "outpost-gw", Some("127.0.0.1")),
+        ("s1", "sensor-1", None),
+    ] {
+        let out = d.join(sub);
+        std::fs::create_dir(&out).expect("mkdir");
+        let mut args = vec![
+            "issue",
+            "--ca-cert",
+            s(&ca),
+            "--ca-key",
+            s(&ca_key),
+            "--cn",
+            cn,
+            "--out-dir",
+            s(&out),
+        ];
+        if let Some(san) = san {
+            args.extend(["--san", san]);
+        }
+        cert(&args);
+    }
+    let rogue = tempfile::tempdir().expect("tempdir");
+    cert(&["ca", "--cn", "Rogue", "--out-dir", s(rogue.path())]);
+    cert(&[
+        "issue",
+        "--ca-cert",
+        s(&rogue.path().join("Rogue.pem")),
+        "--ca-key",
+        s(&rogue.path().join("Rogue.key")),
+        "--cn",
+        "sensor-1",
+        "--out-dir",
+        s(rogue.path()),
+    ]);
+
+    let up = Upstream::start("");
+    let col = Collector::start(up.port, "site1/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let tls_port = free_port();
+    let text = config(dir.path(), port, &up.url(), "", "").replace(
+        "max_payload = \"16 KiB\"",
+        &format!(
+            "max_payload = \"16 KiB\"\n\n[broker.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"",
+            d.join("gw/chain.pem").display(),
+            d.join("gw/outpost-gw.key").display(),
+            ca.display()
+        ),
+    );
+    let op = Outpost::start(dir.path(), port, &text);
+    assert!(
+        wait_port(tls_port, Duration::from_secs(10)),
+        "{}",
+        op.log_text()
+    );
+
+    let good = sensor_tls(
+        &ca,
+        Some((&d.join("s1/chain.pem"), &d.join("s1/sensor-1.key"))),
+    );
+    tls_publish(tls_port, "sensor-1", good, "{\"t\":1}")
+        .await
+        .expect("a sensor with a local CA certificate publishes");
+    assert_eq!(col.wait_for(1, Duration::from_secs(10)).await, 1);
+    assert_eq!(col.all()[0].topic, "site1/sensor-1/telemetry");
+
+    let none = tls_publish(tls_port, "sensor-2", sensor_tls(&ca, None), "{\"t\":2}").await;
+    assert!(none.is_err(), "no client certificate must be refused");
+    let other = sensor_tls(
+        &ca,
+        Some((
+            &rogue.path().join("chain.pem"),
+            &rogue.path().join("sensor-1.key"),
+        )),
+    );
+    assert!(
+        tls_publish(tls_port, "sensor-3", other, "{\"t\":3}")
+            .await
+            .is_err(),
+        "another CA must be refused"
+    );
+    col.settle(Duration::from_millis(300), Duration::from_secs(2))
+        .await;
+    assert_eq!(col.count(), 1);
+    let log = op.log_text();
+    assert!(
+        log.contains("TLS sensor refused: handshake failed")
+            && log.contains("error=peer sent no certificates"),
+        "{log}"
+    );
+    assert!(
+        log.contains("error=invalid peer certificate: UnknownIssuer"),
+        "{log}"
+    );
+
+    // The plain listener still works beside it.
+    assert_eq!(publish_devices(port, 1, 1).await, 1);
+    assert_eq!(col.wait_for(2, Duration::from_secs(10)).await, 2);
+}
+
+#[test]
+fn a_missing_listener_certificate_stops_startup_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let text = config(dir.path(), port, "mqtt://127.0.0.1:1", "", "").replace(
+        "max_payload = \"16 KiB\"",
+        "max_payload = \"16 KiB\"\n\n[broker.tls]\nlisten = \"127.0.0.1:1\"\ncert_file = \"/nonexistent/gw.pem\"\nkey_file = \"/nonexistent/gw.key\"",
+    );
+    let path = dir.path().join("outpost.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broker.tls") && err.contains("/nonexistent/gw.pem"),
+        "{err}"
+    );
+}

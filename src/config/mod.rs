@@ -73,6 +73,27 @@ pub struct BrokerConfig {
     /// Optional username → password table. When set, every client must log in.
     #[serde(default)]
     pub users: Option<HashMap<String, String>>,
+    /// A TLS listener for sensors on an untrusted LAN (`[broker.tls]`).
+    #[serde(default)]
+    pub tls: Option<BrokerTlsConfig>,
+}
+
+/// `[broker.tls]`: MQTT over TLS for sensors, optionally mutual.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTlsConfig {
+    #[serde(default = "default_tls_listen")]
+    pub listen: SocketAddr,
+    /// The gateway's certificate chain (leaf first) and its private key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Sensors must present a certificate issued by a CA in this file.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn default_tls_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8883))
 }
 
 fn default_listen() -> SocketAddr {
@@ -101,6 +122,7 @@ impl Default for BrokerConfig {
             max_payload: default_max_payload(),
             connect_timeout: default_connect_timeout(),
             users: None,
+            tls: None,
         }
     }
 }
@@ -759,6 +781,22 @@ fn check_broker(b: &BrokerConfig, problems: &mut Vec<Problem>) {
             path: "broker.max_payload".into(),
             message: "must be between 1 byte and 256 MiB (the MQTT limit)".into(),
         });
+    }
+    if let Some(t) = &b.tls {
+        if !b.ack_after_commit {
+            problems.push(Problem {
+                path: "broker.tls".into(),
+                message:
+                    "the TLS listener is part of the ingest front: needs ack_after_commit = true"
+                        .into(),
+            });
+        }
+        if t.listen == b.listen || Some(t.listen) == b.listen_v5 {
+            problems.push(Problem {
+                path: "broker.tls.listen".into(),
+                message: "must differ from broker.listen and broker.listen_v5".into(),
+            });
+        }
     }
     if Some(b.listen) == b.listen_v5 {
         problems.push(Problem {

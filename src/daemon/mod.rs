@@ -266,6 +266,21 @@ async fn start_ingest(
             })?;
         listeners.push(l);
     }
+    let tls = match &b.tls {
+        None => None,
+        Some(t) => {
+            let acceptor = source::front::tls::acceptor(t).map_err(DaemonError::Setup)?;
+            let l = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .map_err(|source| source::broker::BrokerError::Bind {
+                    addr: t.listen,
+                    what: "MQTT over TLS",
+                    key: "tls.listen",
+                    source,
+                })?;
+            Some((l, acceptor))
+        }
+    };
     let broker = source::broker::start(b, Listeners::private()?)?;
     let router = Arc::new(Mutex::new(router));
     let front = Arc::new(Front {
@@ -280,6 +295,16 @@ async fn start_ingest(
     });
     for l in listeners {
         tasks.spawn(source::front::serve(l, front.clone(), shutdown.clone()));
+    }
+    if let Some((l, acceptor)) = tls {
+        tracing::info!(listen = ?l.local_addr().ok(), mutual = b.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+            "TLS listener for sensors");
+        tasks.spawn(source::front::tls::serve(
+            l,
+            acceptor,
+            front.clone(),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = true, "local broker listening");
     let local = downlink::LocalBroker {

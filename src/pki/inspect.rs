@@ -141,9 +141,8 @@ fn key_kind(c: &X509Certificate<'_>) -> String {
     }
 }
 
-/// For tests of other modules: parses one PEM certificate.
-pub fn parse_pem_cn(pem: &str) -> Option<String> {
-    let der = rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok()?;
-    let (_, c) = X509Certificate::from_der(der.as_ref()).ok()?;
+/// The CN of a DER certificate.
+pub fn cn_of_der(der: &[u8]) -> Option<String> {
+    let (_, c) = X509Certificate::from_der(der).ok()?;
     Some(cn_of(&c))
 }

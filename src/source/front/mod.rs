@@ -20,6 +20,7 @@
 
 mod frame;
 mod gate;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
@@ -62,6 +63,7 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
                 Ok((stream, peer)) => {
                     let front = front.clone();
                     let shutdown = shutdown.clone();
+                    let _ = stream.set_nodelay(true);
                     tokio::spawn(async move {
                         if let Err(e) = connection(stream, peer, &front, shutdown).await {
                             tracing::debug!(%peer, error = %e, "sensor connection ended");
@@ -93,14 +95,17 @@ enum ConnError {
     Refused(String),
 }
 
-async fn connection(
-    sensor: TcpStream,
+/// One sensor connection (plain TCP or TLS), relayed to rumqttd.
+async fn connection<S>(
+    sensor: S,
     peer: SocketAddr,
     front: &Front,
     shutdown: CancellationToken,
-) -> Result<(), ConnError> {
-    let _ = sensor.set_nodelay(true);
-    let (sensor_rx, mut sensor_tx) = sensor.into_split();
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sensor_rx, mut sensor_tx) = tokio::io::split(sensor);
     let mut from_sensor = FramedRead::new(
         sensor_rx,
         Frames {
