@@ -249,8 +249,8 @@ fn default_kind() -> RecordKind {
 
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
-    Mqtt(MqttSinkConfig),
-    Thingsboard(ThingsboardSinkConfig),
+    Mqtt(Box<MqttSinkConfig>),
+    Thingsboard(Box<ThingsboardSinkConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -311,6 +311,21 @@ pub struct ThingsboardSinkConfig {
     /// Device mode: the local device name shared attributes are published for.
     #[serde(default = "default_client_id")]
     pub device_name: String,
+    /// Self-provisioning: with a provision key and secret (from the device
+    /// profile) and no stored credentials, outpost asks ThingsBoard for its
+    /// own credentials on first start and keeps them in the state directory.
+    #[serde(default)]
+    pub provision_device_key: Option<String>,
+    #[serde(default)]
+    pub provision_device_secret: Option<String>,
+    /// The device name to register (default: the host name).
+    #[serde(default)]
+    pub provision_device_name: Option<String>,
+    #[serde(default)]
+    pub provision_credentials: ProvisionCredentials,
+    /// How long to wait for ThingsBoard's answer.
+    #[serde(default = "default_provision_timeout")]
+    pub provision_timeout: Seconds,
     /// Message rate limits, `"N:seconds,..."`. Unset: ThingsBoard's
     /// documented defaults until `getSessionLimits` answers, then its answer.
     /// Set: exactly these, whatever the server says.
@@ -330,6 +345,23 @@ pub struct ThingsboardSinkConfig {
     pub reconnect_max: Seconds,
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Seconds,
+}
+
+/// What credentials self-provisioning asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionCredentials {
+    /// ThingsBoard generates an access token.
+    #[default]
+    AccessToken,
+    /// outpost makes a client id, username and password.
+    MqttBasic,
+    /// outpost makes a key and a self-signed certificate (needs mqtts://).
+    X509Certificate,
+}
+
+fn default_provision_timeout() -> Seconds {
+    Seconds(Duration::from_secs(30))
 }
 
 fn default_tb_mode() -> TbMode {
@@ -737,11 +769,12 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
     let mut rest = table.clone();
     match rest.remove("type") {
         Some(toml::Value::String(t)) if t == "mqtt" => {
-            value::<MqttSinkConfig>(&toml::Value::Table(rest), path, problems).map(SinkConfig::Mqtt)
+            value::<MqttSinkConfig>(&toml::Value::Table(rest), path, problems)
+                .map(|m| SinkConfig::Mqtt(Box::new(m)))
         }
         Some(toml::Value::String(t)) if t == "thingsboard" => {
             value::<ThingsboardSinkConfig>(&toml::Value::Table(rest), path, problems)
-                .map(SinkConfig::Thingsboard)
+                .map(|t| SinkConfig::Thingsboard(Box::new(t)))
         }
         Some(toml::Value::String(t)) => {
             problems.push(Problem {
@@ -936,7 +969,33 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
                     message: e,
                 });
             }
+            let provisioning =
+                t.provision_device_key.is_some() || t.provision_device_secret.is_some();
+            if provisioning {
+                if t.provision_device_key.is_none() || t.provision_device_secret.is_none() {
+                    problems.push(Problem {
+                        path: at("provision_device_secret"),
+                        message: "provisioning needs both provision_device_key and provision_device_secret".into(),
+                    });
+                }
+                if t.access_token.is_some() || t.username.is_some() || t.cert_file.is_some() {
+                    problems.push(Problem {
+                        path: at("provision_device_key"),
+                        message: "set either provisioning or credentials (access_token, username/password, cert_file), not both".into(),
+                    });
+                }
+                if t.provision_credentials == ProvisionCredentials::X509Certificate
+                    && !t.url.starts_with("mqtts://")
+                {
+                    problems.push(Problem {
+                        path: at("provision_credentials"),
+                        message: "x509_certificate credentials need TLS: use an mqtts:// url"
+                            .into(),
+                    });
+                }
+            }
             match (&t.access_token, &t.username) {
+                _ if provisioning => {}
                 (Some(_), Some(_)) => problems.push(Problem {
                     path: at("access_token"),
                     message: "set either access_token or username/password (MQTT basic), not both".into(),

@@ -26,6 +26,7 @@ use crate::control::downlink;
 use crate::control::status::StatusSource;
 use crate::route::Router;
 use crate::sink::mqtt::MqttEncoder;
+use crate::sink::provision;
 use crate::sink::thingsboard::Thingsboard;
 use crate::sink::uplink::{self, Uplink};
 use crate::source;
@@ -124,6 +125,34 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
                     replies_tx,
                     shutdown.clone(),
                 ));
+                if t.provision_device_key.is_some() {
+                    // Credentials come from provisioning (stored, or asked
+                    // for now); ingest runs meanwhile and records queue.
+                    let (name, t) = (name.clone(), t.clone());
+                    let (outbox, state_dir, shutdown) =
+                        (outbox.clone(), config.state_dir.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        let base = Thingsboard::settings(&t);
+                        let Some(creds) =
+                            provision::credentials(&name, &t, &base, &state_dir, &shutdown).await
+                        else {
+                            return;
+                        };
+                        let settings = creds.apply(base);
+                        let platform =
+                            platform.with_identity(uplink::client_identity(&name, &settings));
+                        match Uplink::new(&name, &settings, platform, outbox, sink_stats) {
+                            Ok(u) => {
+                                u.with_downlink(commands_tx, replies)
+                                    .with_rate_limit(Thingsboard::initial_rate(&t))
+                                    .run(shutdown)
+                                    .await
+                            }
+                            Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
+                        }
+                    });
+                    continue;
+                }
                 let uplink = Uplink::new(
                     name,
                     &Thingsboard::settings(t),
@@ -136,10 +165,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
                 tasks.spawn(uplink.run(shutdown.clone()));
             }
             SinkConfig::Mqtt(m) => {
-                uplink::client_identity(name, &m.into());
+                let settings = uplink::Settings::from(m.as_ref());
+                uplink::client_identity(name, &settings);
                 let uplink = Uplink::new(
                     name,
-                    &m.into(),
+                    &settings,
                     MqttEncoder::new(m),
                     outbox.clone(),
                     sink_stats,

@@ -5,6 +5,7 @@
 //! reconnect. Only the encoding differs.
 
 pub mod mqtt;
+pub mod provision;
 pub mod rate;
 pub mod thingsboard;
 pub mod uplink;

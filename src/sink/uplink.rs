@@ -923,7 +923,7 @@ impl Flight {
 
 /// TLS for `mqtts://`: server verification against `ca_file`, or the system
 /// roots when none is given. ring is the only crypto provider compiled in.
-fn tls_config(
+pub(crate) fn tls_config(
     sink: &str,
     ca_file: Option<&std::path::Path>,
     client_cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
