@@ -548,3 +548,47 @@ fn a_missing_listener_certificate_stops_startup_naming_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thingsboard_gets_the_certificate_as_client_attributes() {
+    let pki = Pki::new();
+    let (chain, key) = pki.device("dev", "gw-0042", &["--days", "20"]);
+    let (up, tls_port) = pki.upstream();
+    let col = Collector::start(up.port, "v1/devices/me/attributes").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let text = format!(
+        r#"state_dir = "{}"
+[broker]
+listen = "127.0.0.1:{port}"
+[[route]]
+topic = "sensors/+/telemetry"
+sink = "tb"
+[sink.tb]
+type = "thingsboard"
+url = "mqtts://127.0.0.1:{tls_port}"
+ca_file = "{}"
+cert_file = "{}"
+key_file = "{}"
+"#,
+        dir.path().display(),
+        pki.path("Site_Root.pem").display(),
+        chain.display(),
+        key.display()
+    );
+    let op = Outpost::start(dir.path(), port, &text);
+    assert_eq!(
+        col.wait_for(1, Duration::from_secs(10)).await,
+        1,
+        "{}",
+        op.log_text()
+    );
+    let attrs = col.all()[0].json();
+    assert_eq!(attrs["certificateCN"], "gw-0042", "{attrs}");
+    assert_eq!(attrs["certificateIssuer"], "Site Intermediate", "{attrs}");
+    let days = attrs["certificateDaysLeft"].as_i64().expect("days left");
+    assert!((19..=20).contains(&days), "{attrs}");
+    // Within 30 days: a warning in the log too.
+    assert!(op.log_text().contains("expires soon"), "{}", op.log_text());
+    assert!(up.log().contains("u'gw-0042'"));
+}
