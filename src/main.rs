@@ -88,21 +88,77 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
-    match config::load(path.as_deref()) {
-        Ok((c, source)) => {
+    match config::load_full(path.as_deref()) {
+        Ok(loaded) => {
+            let c = &loaded.config;
             println!(
-                "{source}: ok ({} route(s), {} sink(s), {} serial port(s), outbox {})",
+                "{}: ok ({} route(s), {} sink(s), {} serial port(s), outbox {})",
+                loaded.source,
                 c.routes.len(),
                 c.sinks.len(),
                 c.serial.len(),
                 c.store_path().display()
             );
+            print_overlay(&loaded);
             ExitCode::SUCCESS
         }
         Err(e @ ConfigError::Invalid { .. }) | Err(e @ ConfigError::Read { .. }) => {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where each value comes from: the remote overlay wins over the file.
+fn print_overlay(loaded: &config::Loaded) {
+    if let Some(e) = &loaded.overlay_error {
+        println!("remote configuration (from ThingsBoard) NOT used: {e}");
+        return;
+    }
+    if loaded.overlay.is_empty() {
+        println!("every value comes from {}", loaded.source);
+        return;
+    }
+    let version = loaded
+        .overlay
+        .version
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "none".into());
+    println!("remote configuration from ThingsBoard (config_version {version}) sets:");
+    for key in loaded.overlay.sources() {
+        println!("  {key}");
+    }
+    println!("everything else comes from {}", loaded.source);
+    println!("merged sections set remotely:");
+    for (key, value) in &loaded.overlay.sections {
+        println!("  {key} = {}", redact(value));
+    }
+}
+
+/// A JSON value with secrets replaced, for printing.
+fn redact(v: &serde_json::Value) -> serde_json::Value {
+    const SECRET: &[&str] = &[
+        "password",
+        "access_token",
+        "provision_device_secret",
+        "provision_device_key",
+    ];
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let v = if SECRET.contains(&k.as_str()) {
+                    serde_json::Value::String("(secret)".into())
+                } else {
+                    redact(v)
+                };
+                (k.clone(), v)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        serde_json::Value::Array(a) => a.iter().map(redact).collect::<Vec<_>>().into(),
+        other => other.clone(),
     }
 }
 
@@ -201,14 +257,14 @@ fn dead_letters(path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, source) = config::load(path.as_deref())?;
-    outpost::daemon::logging::init(&config.log_level);
-    tracing::info!(config = %source, state_dir = %config.state_dir.display(), "starting");
+    let loaded = config::load_full(path.as_deref())?;
+    outpost::daemon::logging::init(&loaded.config.log_level);
+    tracing::info!(config = %loaded.source, state_dir = %loaded.config.state_dir.display(), "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let exit = runtime.block_on(outpost::daemon::run(config, path.clone()))?;
+    let exit = runtime.block_on(outpost::daemon::run(loaded, path.clone()))?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     if exit == outpost::daemon::Exit::Reload {
         restart_in_place()?;

@@ -124,6 +124,14 @@ impl Router {
         })
     }
 
+    /// Replaces the routes (a remote configuration change), keeping each
+    /// device's last stamp so stamps keep increasing.
+    pub fn reconfigure(&mut self, configs: &[RouteConfig]) -> Result<(), String> {
+        let next = Router::new(configs)?;
+        self.routes = next.routes;
+        Ok(())
+    }
+
     /// The topic filters to listen on.
     pub fn filters(&self) -> Vec<String> {
         self.routes

@@ -11,6 +11,8 @@ pub struct IngestStats {
     pub accepted: AtomicU64,
     /// Records refused by a full outbox (`reject_new`) or a failed commit.
     pub refused: AtomicU64,
+    /// Sensors connected to the front right now.
+    pub clients: AtomicU64,
 }
 
 #[derive(Debug, Default)]

@@ -6,6 +6,7 @@
 //! does not exist, a topic template with an unknown placeholder, ...), so that
 //! `outpost check-config` can print every problem with its key path at once.
 
+pub mod overlay;
 pub mod serial;
 mod units;
 
@@ -43,6 +44,54 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub serial: Vec<SerialConfig>,
+    pub health: HealthConfig,
+    pub remote: RemoteConfig,
+}
+
+/// `[health]`: outpost's own telemetry on ThingsBoard.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Health telemetry period on outpost's own ThingsBoard device.
+    #[serde(default = "default_health_interval")]
+    pub interval: Seconds,
+}
+
+fn default_health_interval() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+        }
+    }
+}
+
+/// `[remote]`: configuration changes from ThingsBoard shared attributes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Take configuration from ThingsBoard (the first ThingsBoard sink).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A changed sink that does not connect within this is rolled back.
+    #[serde(default = "default_rollback_after")]
+    pub rollback_after: Seconds,
+}
+
+fn default_rollback_after() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            enabled: true,
+            rollback_after: default_rollback_after(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -523,6 +572,65 @@ impl fmt::Display for Source {
     }
 }
 
+/// A loaded config, with what the remote overlay contributed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Source,
+    /// The file (or built-in) table the overlay is merged onto.
+    pub base: toml::Table,
+    pub overlay: overlay::Overlay,
+    /// Why a stored overlay was not used (the file's config runs).
+    pub overlay_error: Option<String>,
+}
+
+/// Loads the config (see [`load`]) and merges the remote overlay stored in
+/// its state directory. A stored overlay that no longer fits the file (the
+/// file changed since) is set aside with the reason, and the file's config
+/// runs.
+pub fn load_full(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let (base_config, source) = load(explicit)?;
+    let text = match &source {
+        Source::File(path) => std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.clone(),
+            source: e,
+        })?,
+        Source::BuiltIn => DEFAULT_CONFIG.to_string(),
+    };
+    let mut base = parse_toml(&text, &source.to_string())?;
+    if matches!(source, Source::BuiltIn) {
+        base.insert(
+            "state_dir".into(),
+            toml::Value::String(LOCAL_STATE_DIR.to_string()),
+        );
+    }
+    let mut loaded = Loaded {
+        config: base_config,
+        source,
+        base,
+        overlay: overlay::Overlay::default(),
+        overlay_error: None,
+    };
+    match overlay::Overlay::load(&loaded.config.state_dir) {
+        Ok(o) if o.is_empty() => {}
+        Ok(o) => {
+            let merged = o
+                .merge(&loaded.base)
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse_table(&t, "remote overlay").map_err(|e| e.to_string()));
+            match merged {
+                Ok(c) => {
+                    loaded.config = c;
+                    loaded.overlay = o;
+                }
+                Err(e) => loaded.overlay_error = Some(e),
+            }
+        }
+        Err(e) => loaded.overlay_error = Some(e),
+    }
+    Ok(loaded)
+}
+
 /// Loads the config named on the command line, else the system one, else the
 /// built-in default (whose state then lives under `./outpost-state`).
 pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
@@ -558,20 +666,32 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "route",
     "sink",
     "serial",
+    "health",
+    "remote",
 ];
 
 /// Parses and checks a config text, collecting every problem.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    parse_table(&parse_toml(text, origin)?, origin)
+}
+
+/// The TOML text as a table (the base a remote overlay is merged onto).
+pub fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        origin: origin.to_string(),
+        problems: vec![Problem {
+            path: String::new(),
+            message: format!("not valid TOML: {}", e.to_string().trim_end()),
+        }],
+    })
+}
+
+/// Checks a config table, collecting every problem.
+pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         origin: origin.to_string(),
         problems,
     };
-    let table: toml::Table = toml::from_str(text).map_err(|e| {
-        invalid(vec![Problem {
-            path: String::new(),
-            message: format!("not valid TOML: {}", e.to_string().trim_end()),
-        }])
-    })?;
     let mut problems = Vec::new();
 
     for key in table.keys() {
@@ -586,10 +706,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         }
     }
 
-    let state_dir = section::<PathBuf>(&table, "state_dir", &mut problems)
+    let state_dir = section::<PathBuf>(table, "state_dir", &mut problems)
         .unwrap_or_else(|| PathBuf::from("/var/lib/outpost"));
     let log_level =
-        section::<String>(&table, "log_level", &mut problems).unwrap_or_else(|| "info".into());
+        section::<String>(table, "log_level", &mut problems).unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         problems.push(Problem {
             path: "log_level".into(),
@@ -598,8 +718,16 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             ),
         });
     }
-    let broker = section::<BrokerConfig>(&table, "broker", &mut problems).unwrap_or_default();
-    let store = section::<StoreConfig>(&table, "store", &mut problems).unwrap_or_default();
+    let broker = section::<BrokerConfig>(table, "broker", &mut problems).unwrap_or_default();
+    let store = section::<StoreConfig>(table, "store", &mut problems).unwrap_or_default();
+    let health = section::<HealthConfig>(table, "health", &mut problems).unwrap_or_default();
+    let remote = section::<RemoteConfig>(table, "remote", &mut problems).unwrap_or_default();
+    if health.interval.0 < Duration::from_secs(1) {
+        problems.push(Problem {
+            path: "health.interval".into(),
+            message: "must be at least 1s".into(),
+        });
+    }
 
     let mut routes = Vec::new();
     match table.get("route") {
@@ -684,6 +812,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         routes: routes.into_iter().map(|(_, r)| r).collect(),
         sinks,
         serial: serial.into_iter().map(|(_, s)| s).collect(),
+        health,
+        remote,
     })
 }
 

@@ -9,8 +9,10 @@
 //! the process exits 0.
 
 mod health;
+mod live;
 pub mod logging;
 mod signals;
+mod sinks;
 pub mod status_socket;
 pub mod supervisor;
 
@@ -25,10 +27,6 @@ use crate::config::{Config, SinkConfig};
 use crate::control::downlink;
 use crate::control::status::StatusSource;
 use crate::route::Router;
-use crate::sink::mqtt::MqttEncoder;
-use crate::sink::provision;
-use crate::sink::thingsboard::Thingsboard;
-use crate::sink::uplink::{self, Uplink};
 use crate::source;
 use crate::source::broker::Listeners;
 use crate::source::front::Front;
@@ -58,24 +56,49 @@ pub enum Exit {
 }
 
 /// Runs outpost until SIGTERM or SIGINT (or a SIGHUP with a valid config,
-/// read again from `config_path`).
+/// read again from `config_path`, or a remote change that needs a restart).
 pub async fn run(
-    config: Config,
+    loaded: crate::config::Loaded,
     config_path: Option<std::path::PathBuf>,
 ) -> Result<Exit, DaemonError> {
     let shutdown = CancellationToken::new();
     let reload = signals::spawn(shutdown.clone(), config_path)
         .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
-    run_until(config, shutdown).await?;
-    Ok(if reload.requested() {
-        Exit::Reload
-    } else {
-        Exit::Stopped
-    })
+    let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    run_loaded(loaded, shutdown, restart.clone()).await?;
+    Ok(
+        if reload.requested() || restart.load(std::sync::atomic::Ordering::SeqCst) {
+            Exit::Reload
+        } else {
+            Exit::Stopped
+        },
+    )
 }
 
-/// Runs outpost until `shutdown` is cancelled.
+/// Runs outpost on `config` (no remote overlay) until `shutdown`.
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let loaded = crate::config::Loaded {
+        config,
+        source: crate::config::Source::BuiltIn,
+        base: toml::Table::new(),
+        overlay: Default::default(),
+        overlay_error: None,
+    };
+    run_loaded(loaded, shutdown, Default::default()).await
+}
+
+async fn run_loaded(
+    loaded: crate::config::Loaded,
+    shutdown: CancellationToken,
+    restart: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), DaemonError> {
+    let config = loaded.config;
+    if let Some(e) = &loaded.overlay_error {
+        tracing::error!(error = %e, "the stored remote configuration was not used; running the file's");
+    } else if !loaded.overlay.is_empty() {
+        tracing::info!(version = ?loaded.overlay.version, sections = ?loaded.overlay.sources(),
+            "running with the remote configuration stored from ThingsBoard");
+    }
     let sink_names: Vec<String> = config.sinks.keys().cloned().collect();
     let stats = Arc::new(Stats::new(&sink_names).with_serial(&config.serial));
 
@@ -88,6 +111,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
     let (ingest, local) =
         start_ingest(&config, router, &outbox, &stats, &shutdown, &mut tasks).await?;
+    let serial_stop = shutdown.child_token();
+    let mut serial_tasks = JoinSet::new();
     if let Some(router) = ingest.router() {
         source::serial::spawn(
             &config.serial,
@@ -98,8 +123,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             },
             local.clone(),
             serial_topics(&config),
-            &mut tasks,
-            &shutdown,
+            &mut serial_tasks,
+            &serial_stop,
         );
     }
     let status = StatusSource {
@@ -107,77 +132,57 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         outbox: outbox.clone(),
     };
 
+    // Remote configuration comes through the first ThingsBoard sink.
+    let remote_on = !loaded.base.is_empty()
+        && config
+            .sinks
+            .values()
+            .any(|s| matches!(s, SinkConfig::Thingsboard(_)));
+    let (remote_tx, remote_rx) = mpsc::channel(64);
+    let ctx = sinks::SinkCtx {
+        outbox: outbox.clone(),
+        stats: stats.clone(),
+        status: status.clone(),
+        local: local.clone(),
+        state_dir: config.state_dir.clone(),
+        remote: None,
+    };
+    let mut running = std::collections::BTreeMap::new();
+    let mut first_tb = true;
     for (name, sink) in &config.sinks {
-        let sink_stats = stats.sinks.get(name).cloned().unwrap_or_default();
-        match sink {
-            SinkConfig::Thingsboard(t) => {
-                let identity = uplink::client_identity(name, &Thingsboard::settings(t));
-                let platform = Thingsboard::new(name, t, sink_stats.clone())
-                    .with_status(status.clone())
-                    .with_identity(identity);
-                let (commands_tx, commands) = mpsc::channel(256);
-                let (replies_tx, replies) = mpsc::channel(256);
-                tasks.spawn(downlink::run(
-                    local.clone(),
-                    downlink::filter_of(&t.rpc_response_topic),
-                    t.rpc_timeout.0,
-                    commands,
-                    replies_tx,
-                    shutdown.clone(),
-                ));
-                if t.provision_device_key.is_some() {
-                    // Credentials come from provisioning (stored, or asked
-                    // for now); ingest runs meanwhile and records queue.
-                    let (name, t) = (name.clone(), t.clone());
-                    let (outbox, state_dir, shutdown) =
-                        (outbox.clone(), config.state_dir.clone(), shutdown.clone());
-                    tasks.spawn(async move {
-                        let base = Thingsboard::settings(&t);
-                        let Some(creds) =
-                            provision::credentials(&name, &t, &base, &state_dir, &shutdown).await
-                        else {
-                            return;
-                        };
-                        let settings = creds.apply(base);
-                        let platform =
-                            platform.with_identity(uplink::client_identity(&name, &settings));
-                        match Uplink::new(&name, &settings, platform, outbox, sink_stats) {
-                            Ok(u) => {
-                                u.with_downlink(commands_tx, replies)
-                                    .with_rate_limit(Thingsboard::initial_rate(&t))
-                                    .run(shutdown)
-                                    .await
-                            }
-                            Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
-                        }
-                    });
-                    continue;
-                }
-                let uplink = Uplink::new(
-                    name,
-                    &Thingsboard::settings(t),
-                    platform,
-                    outbox.clone(),
-                    sink_stats,
-                )?
-                .with_downlink(commands_tx, replies)
-                .with_rate_limit(Thingsboard::initial_rate(t));
-                tasks.spawn(uplink.run(shutdown.clone()));
-            }
-            SinkConfig::Mqtt(m) => {
-                let settings = uplink::Settings::from(m.as_ref());
-                uplink::client_identity(name, &settings);
-                let uplink = Uplink::new(
-                    name,
-                    &settings,
-                    MqttEncoder::new(m),
-                    outbox.clone(),
-                    sink_stats,
-                )?;
-                tasks.spawn(uplink.run(shutdown.clone()));
-            }
+        let mut sink_ctx = ctx.clone();
+        if remote_on && first_tb && matches!(sink, SinkConfig::Thingsboard(_)) {
+            sink_ctx.remote = Some(remote_tx.clone());
+            first_tb = false;
         }
+        let handle = sinks::spawn(&sink_ctx, name, sink, &shutdown)?;
+        running.insert(name.clone(), handle);
     }
+    drop(remote_tx);
+    let live = live::Live {
+        base: loaded.base,
+        overlay: loaded.overlay.clone(),
+        last_good: loaded.overlay,
+        router: ingest.router(),
+        ctx: sinks::SinkCtx {
+            remote: None,
+            ..ctx
+        },
+        sinks: running,
+        serial: (serial_stop, serial_tasks),
+        local: local.clone(),
+        shutdown: shutdown.clone(),
+        restart,
+        store_path: store_path.clone(),
+        outcome: crate::control::remote::Outcome {
+            version: None,
+            hash: String::new(),
+            status: "ok",
+            error: None,
+        },
+        config: config.clone(),
+    };
+    tasks.spawn(live.run(remote_rx));
 
     tasks.spawn(expire_periodically(
         outbox.clone(),

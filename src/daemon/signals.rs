@@ -43,7 +43,7 @@ pub fn spawn(
                     break;
                 }
                 _ = hup.recv() => {
-                    match crate::config::load(config_path.as_deref()) {
+                    match crate::config::load_full(config_path.as_deref()).map(|l| (l.config, l.source)) {
                         Ok((_, source)) => {
                             tracing::info!(signal = "SIGHUP", config = %source, "config is valid: restarting in place to apply it");
                             flag.0.store(true, Ordering::SeqCst);

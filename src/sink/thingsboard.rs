@@ -61,6 +61,10 @@ pub struct Thingsboard {
     next_rpc: u64,
     /// The client certificate presented (mTLS), reported on each connect.
     identity: Option<crate::pki::identity::Identity>,
+    /// Where outpost's own shared attributes (remote configuration) go.
+    remote: Option<tokio::sync::mpsc::Sender<crate::control::remote::Event>>,
+    /// Id of this session's shared-attributes request.
+    attr_request: u64,
 }
 
 impl Thingsboard {
@@ -85,6 +89,8 @@ impl Thingsboard {
             client_rpc: std::collections::HashMap::new(),
             next_rpc: 0,
             identity: None,
+            remote: None,
+            attr_request: 0,
         }
     }
 
@@ -170,6 +176,35 @@ impl Thingsboard {
             "ThingsBoard session limits received"
         );
         Action::Limits { max_inflight, rate }
+    }
+
+    /// Takes outpost's own shared attributes (remote configuration): asks
+    /// for them on each connect and passes them, and their updates, on.
+    pub fn with_remote(
+        mut self,
+        remote: tokio::sync::mpsc::Sender<crate::control::remote::Event>,
+    ) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Splits outpost's own keys out of a shared-attributes object and
+    /// hands them to the remote-configuration manager.
+    fn take_remote(&self, values: &mut Map<String, Value>) {
+        let Some(remote) = &self.remote else { return };
+        let mut ours = Map::new();
+        for name in crate::config::overlay::attribute_names() {
+            if let Some(v) = values.remove(name) {
+                ours.insert(name.to_string(), v);
+            }
+        }
+        if !ours.is_empty()
+            && remote
+                .try_send(crate::control::remote::Event::Shared(ours))
+                .is_err()
+        {
+            tracing::warn!(sink = %self.sink, "remote configuration busy; dropped an update (it is asked again on reconnect)");
+        }
     }
 
     /// Reports the client certificate as client attributes on each connect.
@@ -431,6 +466,19 @@ impl Platform for Thingsboard {
             ids: Vec::new(),
         };
         let mut publish = vec![ask];
+        if let Some(remote) = &self.remote {
+            subscribe.push("v1/devices/me/attributes/response/+".into());
+            self.attr_request = 1_000_000_000 + (self.attr_request + 1) % 1_000_000;
+            publish.push(Publish {
+                topic: format!("v1/devices/me/attributes/request/{}", self.attr_request),
+                payload: serde_json::to_vec(&serde_json::json!({
+                    "sharedKeys": crate::config::overlay::attribute_names().join(",")
+                }))
+                .unwrap_or_default(),
+                ids: Vec::new(),
+            });
+            let _ = remote.try_send(crate::control::remote::Event::Connected);
+        }
         if let Some(id) = &self.identity {
             // Days are counted from now, not from startup.
             let days_left = time::OffsetDateTime::parse(
@@ -456,6 +504,16 @@ impl Platform for Thingsboard {
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
         let gateway = self.mode == TbMode::Gateway;
+        if let Some(id) = topic.strip_prefix("v1/devices/me/attributes/response/") {
+            if id == self.attr_request.to_string() {
+                if let Ok(Value::Object(mut shared)) = serde_json::from_slice::<Value>(payload)
+                    .map(|mut v| v["shared"].take())
+                {
+                    self.take_remote(&mut shared);
+                }
+            }
+            return Vec::new();
+        }
         if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/response/") {
             if let Some(local) = id
                 .parse::<u64>()
@@ -519,15 +577,20 @@ impl Platform for Thingsboard {
                         values,
                     })])
                 }),
-            "v1/devices/me/attributes" if !gateway => {
-                match serde_json::from_slice::<Value>(payload) {
-                    Ok(Value::Object(values)) => Ok(vec![Action::Local(Downlink::Settings {
-                        topic: fill(&self.attributes_topic, &self.device_name, ""),
-                        values,
-                    })]),
-                    _ => Err("shared attributes must be a JSON object".to_string()),
+            "v1/devices/me/attributes" => match serde_json::from_slice::<Value>(payload) {
+                Ok(Value::Object(mut values)) => {
+                    self.take_remote(&mut values);
+                    if gateway || values.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        Ok(vec![Action::Local(Downlink::Settings {
+                            topic: fill(&self.attributes_topic, &self.device_name, ""),
+                            values,
+                        })])
+                    }
                 }
-            }
+                _ => Err("shared attributes must be a JSON object".to_string()),
+            },
             _ => Ok(Vec::new()),
         };
         result.unwrap_or_else(|e| {

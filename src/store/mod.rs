@@ -119,6 +119,9 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<i64, StoreError>>,
     },
     Expire,
+    /// New bounds (a remote configuration change); applied from the next
+    /// append or expiry on.
+    SetLimits(Limits),
     /// Commit what came before, then stop the writer.
     Stop,
 }
@@ -155,6 +158,16 @@ pub struct Limits {
     pub policy: FullPolicy,
 }
 
+impl Limits {
+    pub fn of(cfg: &StoreConfig) -> Limits {
+        Limits {
+            max_bytes: cfg.max_bytes.0,
+            max_age_ms: cfg.max_age.0.as_millis().min(i64::MAX as u128) as i64,
+            policy: cfg.full_policy,
+        }
+    }
+}
+
 impl Outbox {
     /// Opens (or creates) the outbox file and starts its writer thread.
     /// `sinks` are the queues that will be read; others may exist in the file
@@ -165,11 +178,7 @@ impl Outbox {
         sinks: &[String],
     ) -> Result<(Outbox, WriterHandle), StoreError> {
         let db = db::Db::open(&path, cfg.synchronous)?;
-        let limits = Limits {
-            max_bytes: cfg.max_bytes.0,
-            max_age_ms: cfg.max_age.0.as_millis().min(i64::MAX as u128) as i64,
-            policy: cfg.full_policy,
-        };
+        let limits = Limits::of(cfg);
         let notify = sinks
             .iter()
             .map(|s| (s.clone(), Arc::new(Notify::new())))
@@ -233,6 +242,17 @@ impl Outbox {
     }
 
     /// Appends records without waiting for, or hearing of, the commit.
+    /// Changes the bounds while running (`max_bytes`, `max_age`,
+    /// `full_policy`); the file, `path` and `synchronous` stay.
+    pub async fn set_limits(&self, cfg: &StoreConfig) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::SetLimits(Limits::of(cfg)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // Expire at once under a shorter max_age, and trim to a smaller size.
+        self.expire().await
+    }
+
     pub async fn submit(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.tx
             .send(Command::Append {

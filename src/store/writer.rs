@@ -174,6 +174,7 @@ pub(crate) fn run(
                 Command::Delete { .. }
                 | Command::DeadLetter { .. }
                 | Command::Expire
+                | Command::SetLimits(_)
                 | Command::Stop => {}
             }
         }
@@ -230,6 +231,10 @@ fn apply(
                 }
             }
             Command::Expire => expire(tx, state, drops, now)?,
+            Command::SetLimits(l) => {
+                tracing::info!(max_bytes = l.max_bytes, max_age_ms = l.max_age_ms, policy = ?l.policy, "outbox bounds changed");
+                state.limits = *l;
+            }
             Command::Fetch { .. } | Command::LastId { .. } | Command::Stop => {}
         }
     }

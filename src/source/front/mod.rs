@@ -81,6 +81,25 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
     }
 }
 
+/// Counts a connected sensor for as long as it lives.
+struct ClientGauge(Arc<Stats>);
+
+impl ClientGauge {
+    fn up(stats: &Arc<Stats>) -> ClientGauge {
+        stats::add(&stats.ingest.clients, 1);
+        ClientGauge(stats.clone())
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        self.0
+            .ingest
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
     #[error("{0}")]
@@ -141,6 +160,7 @@ where
     );
     let client = connect.client_id;
     tracing::debug!(%peer, client_id = %client, level = connect.level, "sensor connected");
+    let _connected = ClientGauge::up(&front.stats);
 
     let (commits_tx, mut commits) = mpsc::unbounded_channel::<Tagged>();
     let mut gate = AckGate::default();
