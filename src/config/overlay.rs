@@ -61,7 +61,10 @@ impl Overlay {
         let p = path(state_dir);
         match std::fs::read_to_string(&p) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                format!("{} is damaged ({e}); remove it to drop the remote overlay", p.display())
+                format!(
+                    "{} is damaged ({e}); remove it to drop the remote overlay",
+                    p.display()
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overlay::default()),
             Err(e) => Err(format!("cannot read {}: {e}", p.display())),
@@ -104,8 +107,9 @@ impl Overlay {
             let Some(v) = shared.get(*attr) else { continue };
             let v = match v {
                 // ThingsBoard may hold JSON as a string attribute.
-                Value::String(s) if *key != "log_level" => serde_json::from_str(s)
-                    .map_err(|e| format!("{attr}: not JSON: {e}"))?,
+                Value::String(s) if *key != "log_level" => {
+                    serde_json::from_str(s).map_err(|e| format!("{attr}: not JSON: {e}"))?
+                }
                 other => other.clone(),
             };
             if v.is_null() {
@@ -177,7 +181,9 @@ impl Overlay {
 /// JSON → TOML (null has no TOML form).
 fn to_toml(v: &Value) -> Result<toml::Value, String> {
     Ok(match v {
-        Value::Null => return Err("null is not a value here (use null only for a whole section)".into()),
+        Value::Null => {
+            return Err("null is not a value here (use null only for a whole section)".into())
+        }
         Value::Bool(b) => toml::Value::Boolean(*b),
         Value::Number(n) => match n.as_i64() {
             Some(i) => toml::Value::Integer(i),
@@ -196,7 +202,10 @@ fn to_toml(v: &Value) -> Result<toml::Value, String> {
 /// A short, stable fingerprint of a JSON value (SHA-256, 16 hex digits).
 pub fn hash(v: &Value) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, v.to_string().as_bytes());
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -240,7 +249,11 @@ url = "mqtt://127.0.0.1:1883"
         let c = crate::config::parse_table(&merged, "test").expect("valid");
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.store.full_policy, crate::config::FullPolicy::RejectNew);
-        assert_eq!(c.store.max_bytes.0, 64 << 20, "untouched keys stay the file's");
+        assert_eq!(
+            c.store.max_bytes.0,
+            64 << 20,
+            "untouched keys stay the file's"
+        );
         assert_eq!(c.log_level, "debug");
         let crate::config::SinkConfig::Mqtt(up) = &c.sinks["up"] else {
             panic!("mqtt sink")
@@ -249,19 +262,32 @@ url = "mqtt://127.0.0.1:1883"
         assert_eq!(up.url, "mqtt://127.0.0.1:1883");
         let mut sources = o.sources();
         sources.sort();
-        assert_eq!(sources, ["log_level", "route", "sink.up.inflight", "store.full_policy"]);
+        assert_eq!(
+            sources,
+            [
+                "log_level",
+                "route",
+                "sink.up.inflight",
+                "store.full_policy"
+            ]
+        );
 
         let back = o
             .with_changes(json!({"routes": null}).as_object().expect("object"))
             .expect("remove");
-        let c = crate::config::parse_table(&back.merge(&base()).expect("merge"), "t").expect("valid");
+        let c =
+            crate::config::parse_table(&back.merge(&base()).expect("merge"), "t").expect("valid");
         assert_eq!(c.routes.len(), 1, "the file's routes again");
     }
 
     #[test]
     fn a_bad_section_is_named_with_the_same_key_paths_as_the_file() {
         let o = Overlay::default()
-            .with_changes(json!({"store": {"full_policy": "sometimes"}}).as_object().expect("o"))
+            .with_changes(
+                json!({"store": {"full_policy": "sometimes"}})
+                    .as_object()
+                    .expect("o"),
+            )
             .expect("overlay");
         let err = crate::config::parse_table(&o.merge(&base()).expect("merge"), "remote")
             .expect_err("invalid");

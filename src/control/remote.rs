@@ -104,15 +104,27 @@ impl Health {
                 json!(s.connected.load(std::sync::atomic::Ordering::Relaxed)),
             );
             let oldest = match status.outbox.fetch(name, 0, 1).await {
-                Ok(r) => r.first().map(|r| (now_ms - r.ts).max(0) / 1000).unwrap_or(0),
+                Ok(r) => r
+                    .first()
+                    .map(|r| (now_ms - r.ts).max(0) / 1000)
+                    .unwrap_or(0),
                 Err(_) => 0,
             };
             v.insert(format!("oldest_queued_s_{name}"), json!(oldest));
         }
         v.insert("queued".into(), json!(queued_total));
-        v.insert("accepted".into(), json!(stats::get(&status.stats.ingest.accepted)));
-        v.insert("refused".into(), json!(stats::get(&status.stats.ingest.refused)));
-        v.insert("local_clients".into(), json!(stats::get(&status.stats.ingest.clients)));
+        v.insert(
+            "accepted".into(),
+            json!(stats::get(&status.stats.ingest.accepted)),
+        );
+        v.insert(
+            "refused".into(),
+            json!(stats::get(&status.stats.ingest.refused)),
+        );
+        v.insert(
+            "local_clients".into(),
+            json!(stats::get(&status.stats.ingest.clients)),
+        );
         v.insert("uptime_s".into(), json!(self.started.elapsed().as_secs()));
         if let Some(rss) = rss_bytes() {
             v.insert("rss_bytes".into(), json!(rss));

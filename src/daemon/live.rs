@@ -59,6 +59,9 @@ pub struct Live {
     pub restart: Arc<std::sync::atomic::AtomicBool>,
     pub store_path: PathBuf,
     pub outcome: Outcome,
+    /// The ThingsBoard sink remote configuration comes through (it keeps
+    /// `ctx.remote` when restarted; other sinks do not get it).
+    pub remote_sink: Option<String>,
 }
 
 impl Live {
@@ -79,7 +82,9 @@ impl Live {
 
     /// Publishes on outpost's own device, if the reporting sink is up.
     fn publish(&self, topic: &str, body: &Value) {
-        let Some((name, tx)) = self.reporter() else { return };
+        let Some((name, tx)) = self.reporter() else {
+            return;
+        };
         if !self.connected(&name) {
             return;
         }
@@ -144,6 +149,11 @@ impl Live {
 
     /// One remote change: check, apply, persist, report.
     async fn change(&mut self, shared: &Map<String, Value>) {
+        // A version alone changes nothing (and is what a broker that echoes
+        // our own client attributes sends back).
+        if shared.keys().all(|k| k == "config_version") {
+            return;
+        }
         let next = match self.overlay.with_changes(shared) {
             Ok(o) => o,
             Err(e) => return self.reject(shared, e),
@@ -151,9 +161,9 @@ impl Live {
         if next == self.overlay {
             return;
         }
-        let checked = next
-            .merge(&self.base)
-            .and_then(|t| config::parse_table(&t, "remote configuration").map_err(|e| e.to_string()));
+        let checked = next.merge(&self.base).and_then(|t| {
+            config::parse_table(&t, "remote configuration").map_err(|e| e.to_string())
+        });
         let config = match checked {
             Ok(c) => c,
             Err(e) => return self.reject(shared, e),
@@ -323,7 +333,11 @@ impl Live {
             if let Some(h) = self.sinks.remove(name) {
                 h.stop().await;
             }
-            match sinks::spawn(&self.ctx, name, sink, &self.shutdown) {
+            let mut ctx = self.ctx.clone();
+            if self.remote_sink.as_ref() != Some(name) {
+                ctx.remote = None;
+            }
+            match sinks::spawn(&ctx, name, sink, &self.shutdown) {
                 Ok(h) => {
                     tracing::info!(sink = %name, "sink restarted with new settings");
                     self.sinks.insert(name.clone(), h);
@@ -340,6 +354,7 @@ impl Live {
 
     fn restart_in_place(&self, why: &str) {
         tracing::info!(why, "remote configuration needs a restart in place");
-        self.restart.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.restart
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

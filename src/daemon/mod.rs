@@ -148,26 +148,30 @@ async fn run_loaded(
         remote: None,
     };
     let mut running = std::collections::BTreeMap::new();
-    let mut first_tb = true;
+    let remote_sink = config
+        .sinks
+        .iter()
+        .find(|(_, s)| matches!(s, SinkConfig::Thingsboard(_)))
+        .map(|(n, _)| n.clone())
+        .filter(|_| remote_on);
     for (name, sink) in &config.sinks {
         let mut sink_ctx = ctx.clone();
-        if remote_on && first_tb && matches!(sink, SinkConfig::Thingsboard(_)) {
+        if remote_sink.as_ref() == Some(name) {
             sink_ctx.remote = Some(remote_tx.clone());
-            first_tb = false;
         }
         let handle = sinks::spawn(&sink_ctx, name, sink, &shutdown)?;
         running.insert(name.clone(), handle);
     }
-    drop(remote_tx);
     let live = live::Live {
         base: loaded.base,
         overlay: loaded.overlay.clone(),
         last_good: loaded.overlay,
         router: ingest.router(),
         ctx: sinks::SinkCtx {
-            remote: None,
+            remote: remote_sink.as_ref().map(|_| remote_tx.clone()),
             ..ctx
         },
+        remote_sink,
         sinks: running,
         serial: (serial_stop, serial_tasks),
         local: local.clone(),
@@ -182,6 +186,7 @@ async fn run_loaded(
         },
         config: config.clone(),
     };
+    drop(remote_tx);
     tasks.spawn(live.run(remote_rx));
 
     tasks.spawn(expire_periodically(

@@ -118,7 +118,8 @@ pub fn spawn(
                         return;
                     };
                     let settings = creds.apply(base);
-                    let platform = platform.with_identity(uplink::client_identity(&name, &settings));
+                    let platform =
+                        platform.with_identity(uplink::client_identity(&name, &settings));
                     match Uplink::new(&name, &settings, platform, ctx.outbox, sink_stats) {
                         Ok(u) => {
                             u.with_downlink(commands_tx, replies)

@@ -506,8 +506,8 @@ impl Platform for Thingsboard {
         let gateway = self.mode == TbMode::Gateway;
         if let Some(id) = topic.strip_prefix("v1/devices/me/attributes/response/") {
             if id == self.attr_request.to_string() {
-                if let Ok(Value::Object(mut shared)) = serde_json::from_slice::<Value>(payload)
-                    .map(|mut v| v["shared"].take())
+                if let Ok(Value::Object(mut shared)) =
+                    serde_json::from_slice::<Value>(payload).map(|mut v| v["shared"].take())
                 {
                     self.take_remote(&mut shared);
                 }
