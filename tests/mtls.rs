@@ -37,6 +37,26 @@ fn readable(dir: &Path) {
     }
 }
 
+/// A CA nobody trusts ("Rogue Root") and a leaf `cn` from it: the
+/// directory holds `chain.pem` and `<cn>.key`.
+fn rogue_leaf(cn: &str) -> tempfile::TempDir {
+    let rogue = tempfile::tempdir().expect("tempdir");
+    let d = rogue.path();
+    cert(&["ca", "--cn", "Rogue Root", "--out-dir", s(d)]);
+    cert(&[
+        "issue",
+        "--ca-cert",
+        s(&d.join("Rogue_Root.pem")),
+        "--ca-key",
+        s(&d.join("Rogue_Root.key")),
+        "--cn",
+        cn,
+        "--out-dir",
+        s(d),
+    ]);
+    rogue
+}
+
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -191,19 +211,7 @@ async fn a_device_chain_from_outpost_cert_is_accepted_and_data_flows() {
 async fn a_leaf_from_another_ca_is_refused_and_the_readings_wait() {
     let pki = Pki::new();
     // Another CA, unknown to the platform, signs a leaf with the same CN.
-    let rogue = tempfile::tempdir().expect("tempdir");
-    cert(&["ca", "--cn", "Rogue Root", "--out-dir", s(rogue.path())]);
-    cert(&[
-        "issue",
-        "--ca-cert",
-        s(&rogue.path().join("Rogue_Root.pem")),
-        "--ca-key",
-        s(&rogue.path().join("Rogue_Root.key")),
-        "--cn",
-        "gw-0042",
-        "--out-dir",
-        s(rogue.path()),
-    ]);
+    let rogue = rogue_leaf("gw-0042");
     let (up, tls_port) = pki.upstream();
     let col = Collector::start(up.port, "site1/#").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -447,19 +455,7 @@ async fn the_local_tls_listener_takes_sensors_with_a_local_ca_certificate_and_re
         }
         cert(&args);
     }
-    let rogue = tempfile::tempdir().expect("tempdir");
-    cert(&["ca", "--cn", "Rogue", "--out-dir", s(rogue.path())]);
-    cert(&[
-        "issue",
-        "--ca-cert",
-        s(&rogue.path().join("Rogue.pem")),
-        "--ca-key",
-        s(&rogue.path().join("Rogue.key")),
-        "--cn",
-        "sensor-1",
-        "--out-dir",
-        s(rogue.path()),
-    ]);
+    let rogue = rogue_leaf("sensor-1");
 
     let up = Upstream::start("");
     let col = Collector::start(up.port, "site1/#").await;

@@ -46,6 +46,34 @@ pub struct LocalBroker {
     pub authenticate: bool,
 }
 
+impl LocalBroker {
+    /// The loopback address to dial (a wildcard listen address is not one).
+    pub fn dial_addr(&self) -> SocketAddr {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    }
+
+    /// Options for one of outpost's own clients: the control login, with
+    /// `suffix` appended to the client id so that each client has its own.
+    pub fn options(&self, suffix: &str) -> MqttOptions {
+        let addr = self.dial_addr();
+        let mut opts = MqttOptions::new(
+            format!("{}{suffix}", self.login.client_id),
+            addr.ip().to_string(),
+            addr.port(),
+        );
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        if self.authenticate {
+            opts.set_credentials(self.login.username.clone(), self.login.password.clone());
+        }
+        opts
+    }
+}
+
 struct Pending {
     deadline: Instant,
     reply: Reply,
@@ -61,21 +89,7 @@ pub async fn run(
     replies: mpsc::Sender<Publish>,
     shutdown: CancellationToken,
 ) {
-    let mut addr = local.addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let mut opts = MqttOptions::new(
-        local.login.client_id.clone(),
-        addr.ip().to_string(),
-        addr.port(),
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    if local.authenticate {
-        opts.set_credentials(local.login.username.clone(), local.login.password.clone());
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let (client, mut eventloop) = AsyncClient::new(local.options(""), 256);
     let (events_tx, mut events) = mpsc::channel(256);
     let driver = tokio::spawn(async move {
         loop {

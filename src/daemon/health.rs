@@ -93,10 +93,7 @@ async fn router_lockable(router: &Mutex<Router>, within: Duration) -> Result<(),
 /// CONNECT (MQTT 3.1.1, clean session) with outpost's control login under
 /// a probe client id, then CONNACK, then DISCONNECT.
 async fn broker_answers(broker: &LocalBroker, within: Duration) -> Result<(), Unhealthy> {
-    let mut addr: SocketAddr = broker.addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr: SocketAddr = broker.dial_addr();
     let client_id = format!("{}-health", broker.login.client_id);
     let login = broker.authenticate.then_some((
         broker.login.username.as_str(),

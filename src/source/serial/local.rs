@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -66,21 +66,7 @@ pub async fn run(
     mut readings: mpsc::Receiver<(String, Vec<u8>)>,
     shutdown: CancellationToken,
 ) {
-    let mut addr = local.addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let mut opts = MqttOptions::new(
-        format!("{}-serial", local.login.client_id),
-        addr.ip().to_string(),
-        addr.port(),
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    if local.authenticate {
-        opts.set_credentials(local.login.username.clone(), local.login.password.clone());
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (client, mut eventloop) = AsyncClient::new(local.options("-serial"), 1024);
     let mut applied: HashMap<String, Map<String, Value>> = HashMap::new();
     loop {
         tokio::select! {
