@@ -7,6 +7,7 @@
 //! `outpost check-config` can print every problem with its key path at once.
 
 pub mod overlay;
+pub mod platforms;
 pub mod serial;
 mod units;
 
@@ -300,6 +301,7 @@ fn default_kind() -> RecordKind {
 pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
     Thingsboard(Box<ThingsboardSinkConfig>),
+    Thingspeak(Box<platforms::ThingspeakSinkConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -902,6 +904,10 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
             value::<MqttSinkConfig>(&toml::Value::Table(rest), path, problems)
                 .map(|m| SinkConfig::Mqtt(Box::new(m)))
         }
+        Some(toml::Value::String(t)) if t == "thingspeak" => {
+            value::<platforms::ThingspeakSinkConfig>(&toml::Value::Table(rest), path, problems)
+                .map(|t| SinkConfig::Thingspeak(Box::new(t)))
+        }
         Some(toml::Value::String(t)) if t == "thingsboard" => {
             value::<ThingsboardSinkConfig>(&toml::Value::Table(rest), path, problems)
                 .map(|t| SinkConfig::Thingsboard(Box::new(t)))
@@ -930,7 +936,7 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
     }
 }
 
-const SINK_TYPES: &[&str] = &["mqtt", "thingsboard"];
+const SINK_TYPES: &[&str] = &["mqtt", "thingsboard", "thingspeak"];
 
 fn check_broker(b: &BrokerConfig, problems: &mut Vec<Problem>) {
     if b.max_connections == 0 {
@@ -1075,6 +1081,7 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
     let (url, cert, key) = match s {
         SinkConfig::Thingsboard(t) => (&t.url, &t.cert_file, &t.key_file),
         SinkConfig::Mqtt(m) => (&m.url, &m.cert_file, &m.key_file),
+        SinkConfig::Thingspeak(t) => (&t.url, &None, &None),
     };
     match (cert, key) {
         (Some(_), None) => problems.push(Problem {
@@ -1092,6 +1099,39 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
         _ => {}
     }
     match s {
+        SinkConfig::Thingspeak(t) => {
+            if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {
+                problems.push(Problem {
+                    path: at("url"),
+                    message: e,
+                });
+            }
+            if t.fields.is_empty() {
+                problems.push(Problem {
+                    path: at("fields"),
+                    message: "map at least one reading key to a field, e.g. { temp = \"field1\" }"
+                        .into(),
+                });
+            }
+            for (key, field) in &t.fields {
+                if !platforms::THINGSPEAK_FIELDS.contains(&field.as_str()) {
+                    problems.push(Problem {
+                        path: at(&format!("fields.{key}")),
+                        message: format!(
+                            "`{field}` is not a ThingSpeak field (known: {})",
+                            platforms::THINGSPEAK_FIELDS.join(", ")
+                        ),
+                    });
+                }
+            }
+            let secs = t.interval.0;
+            if secs < Duration::from_secs(1) || secs.subsec_nanos() != 0 {
+                problems.push(Problem {
+                    path: at("interval"),
+                    message: "must be whole seconds, at least 1s (15s on a free licence)".into(),
+                });
+            }
+        }
         SinkConfig::Thingsboard(t) => {
             if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {
                 problems.push(Problem {

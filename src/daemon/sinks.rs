@@ -17,6 +17,7 @@ use crate::control::status::StatusSource;
 use crate::sink::mqtt::MqttEncoder;
 use crate::sink::provision;
 use crate::sink::thingsboard::Thingsboard;
+use crate::sink::thingspeak::Thingspeak;
 use crate::sink::uplink::{self, Settings, Uplink};
 use crate::sink::Publish;
 use crate::stats::Stats;
@@ -76,6 +77,22 @@ pub fn spawn(
                 ctx.outbox.clone(),
                 sink_stats,
             )?;
+            tasks.push(tokio::spawn(uplink.run(cancel.clone())));
+            Ok(SinkHandle {
+                cancel,
+                tasks,
+                publish: None,
+            })
+        }
+        SinkConfig::Thingspeak(t) => {
+            let uplink = Uplink::new(
+                name,
+                &Thingspeak::settings(t),
+                Thingspeak::new(t),
+                ctx.outbox.clone(),
+                sink_stats,
+            )?
+            .with_rate_limit(Thingspeak::rate(t));
             tasks.push(tokio::spawn(uplink.run(cancel.clone())));
             Ok(SinkHandle {
                 cancel,

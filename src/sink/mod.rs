@@ -8,6 +8,7 @@ pub mod mqtt;
 pub mod provision;
 pub mod rate;
 pub mod thingsboard;
+pub mod thingspeak;
 pub mod uplink;
 
 use crate::record::Record;
@@ -79,6 +80,29 @@ pub trait Platform: Send + 'static {
     fn refused_hint(&self, _code: rumqttc::ConnectReturnCode) -> Option<&'static str> {
         None
     }
+
+    /// The QoS of publishes. A QoS 0 platform sends no PUBACK: a record is
+    /// deleted once the broker has answered a PINGREQ sent after the
+    /// record's publish went out (the broker read the connection up to
+    /// there), that is within about one keep-alive.
+    fn qos(&self) -> rumqttc::QoS {
+        rumqttc::QoS::AtLeastOnce
+    }
+
+    /// How many of the next records (in order) to encode now, or how long
+    /// to wait before asking again. A platform that merges readings per
+    /// interval waits for the interval to close.
+    fn ready(&self, _next: &[&Record], _now_ms: i64) -> Ready {
+        Ready::All
+    }
+}
+
+/// See [`Platform::ready`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    All,
+    Count(usize),
+    WaitMs(u64),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::rate::RateLimit;
-use super::{Action, Platform, Publish, SinkError};
+use super::{Action, Platform, Publish, Ready, SinkError};
 use crate::config::MqttSinkConfig;
 use crate::control::downlink::Downlink;
 use crate::record::Record;
@@ -488,6 +488,7 @@ impl<E: Platform> Uplink<E> {
         tracing::info!(sink = %self.name, broker = %format!("{}:{}", self.url.host, self.url.port), "connected upstream");
 
         let mut flight = Flight::new(self.window);
+        flight.qos0 = self.encoder.qos() == QoS::AtMostOnce;
         if self.encoder.live_first() {
             match self.outbox.last_id(&self.name).await {
                 Ok(floor) => {
@@ -620,6 +621,24 @@ impl<E: Platform> Uplink<E> {
             } else {
                 ENCODE_BATCH
             };
+            let batch = match self
+                .encoder
+                .ready(&flight.peek(batch), crate::route::now_ms())
+            {
+                Ready::All => batch,
+                Ready::Count(n) => n.clamp(1, batch),
+                Ready::WaitMs(ms) => {
+                    // Bring in what else is queued, so the wait merges it.
+                    if flight.more && flight.fetched.len() + flight.fetched_live.len() < batch {
+                        if let Err(e) = self.refill(flight).await {
+                            tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
+                            return Err(End::Shutdown);
+                        }
+                    }
+                    flight.blocked_until = Some(Instant::now() + Duration::from_millis(ms.max(1)));
+                    return Ok(());
+                }
+            };
             let mut records: Vec<Record> = Vec::with_capacity(batch);
             for r in flight.take(batch) {
                 match self.encoder.validate(&r) {
@@ -723,7 +742,7 @@ impl<E: Platform> Uplink<E> {
                 return Ok(());
             }
             if let Err(e) =
-                client.try_publish(publish.topic, QoS::AtLeastOnce, false, publish.payload)
+                client.try_publish(publish.topic, self.encoder.qos(), false, publish.payload)
             {
                 tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
                 return Err(End::Failed(Box::new(ConnectionError::RequestsDone)));
@@ -837,6 +856,11 @@ struct Flight {
     blocked_until: Option<Instant>,
     awaiting_pkid: VecDeque<Vec<i64>>,
     in_flight: HashMap<u16, Vec<i64>>,
+    /// QoS 0: rows written to the socket since the last PINGREQ ...
+    written: Vec<Vec<i64>>,
+    /// ... and rows written before the PINGREQ now awaiting its PINGRESP.
+    pinged: Vec<Vec<i64>>,
+    qos0: bool,
     /// For platforms that order by timestamp, not arrival: the backlog and
     /// what arrives during this connection are read separately.
     live: Option<LiveSplit>,
@@ -863,6 +887,9 @@ impl Flight {
             outgoing: VecDeque::new(),
             blocked_until: None,
             awaiting_pkid: VecDeque::new(),
+            written: Vec::new(),
+            pinged: Vec::new(),
+            qos0: false,
             in_flight: HashMap::new(),
             live: None,
             live_dirty: false,
@@ -870,7 +897,7 @@ impl Flight {
     }
 
     fn len(&self) -> usize {
-        self.awaiting_pkid.len() + self.in_flight.len()
+        self.awaiting_pkid.len() + self.in_flight.len() + self.written.len() + self.pinged.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -883,6 +910,15 @@ impl Flight {
 
     fn fetched_is_empty(&self) -> bool {
         self.fetched.is_empty() && self.fetched_live.is_empty()
+    }
+
+    /// The next `n` records `take` would give, without taking them.
+    fn peek(&self, n: usize) -> Vec<&Record> {
+        self.fetched_live
+            .iter()
+            .chain(self.fetched.iter())
+            .take(n)
+            .collect()
     }
 
     /// Up to `n` records to encode: live ones first, each part in id order.
@@ -911,11 +947,22 @@ impl Flight {
         match ev {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(ids) = self.awaiting_pkid.pop_front() {
-                    self.in_flight.insert(*pkid, ids);
+                    if !self.qos0 {
+                        self.in_flight.insert(*pkid, ids);
+                    } else if !ids.is_empty() {
+                        self.written.push(ids);
+                    }
                 }
                 None
             }
             Event::Incoming(Packet::PubAck(ack)) => self.in_flight.remove(&ack.pkid),
+            Event::Outgoing(Outgoing::PingReq) if self.qos0 => {
+                self.pinged.append(&mut self.written);
+                None
+            }
+            Event::Incoming(Packet::PingResp) if self.qos0 && !self.pinged.is_empty() => {
+                Some(self.pinged.drain(..).flatten().collect())
+            }
             _ => None,
         }
     }

@@ -1,0 +1,100 @@
+//! Sinks for the platforms beyond plain MQTT and ThingsBoard: ThingSpeak,
+//! The Things Stack (TTN) and thethings.iO.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Seconds;
+
+/// `[sink.NAME] type = "thingspeak"`: one channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThingspeakSinkConfig {
+    #[serde(default = "default_thingspeak_url")]
+    pub url: String,
+    /// The MQTT device's credentials (ThingSpeak: Devices > MQTT).
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    pub channel_id: u64,
+    /// Reading key → `field1`..`field8`, `status`, `lat`, `long` or
+    /// `elevation`.
+    pub fields: BTreeMap<String, String>,
+    /// The channel's update interval: 15 s on a free licence, 1 s paid.
+    #[serde(default = "default_thingspeak_interval")]
+    pub interval: Seconds,
+    /// How the readings of one interval become one update.
+    #[serde(default)]
+    pub merge: Merge,
+    /// After an outage: every interval's update (`all`), or only one
+    /// update with the latest values (`latest_only`).
+    #[serde(default)]
+    pub replay: Replay,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_thingspeak_keep_alive")]
+    pub keep_alive: Seconds,
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: Seconds,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: Seconds,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Merge {
+    /// The last value of each field.
+    #[default]
+    Latest,
+    Mean,
+    Min,
+    Max,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Replay {
+    #[default]
+    All,
+    LatestOnly,
+}
+
+/// ThingSpeak's feed fields.
+pub const THINGSPEAK_FIELDS: &[&str] = &[
+    "field1",
+    "field2",
+    "field3",
+    "field4",
+    "field5",
+    "field6",
+    "field7",
+    "field8",
+    "status",
+    "lat",
+    "long",
+    "elevation",
+];
+
+fn default_thingspeak_url() -> String {
+    "mqtts://mqtt3.thingspeak.com:8883".into()
+}
+fn default_thingspeak_interval() -> Seconds {
+    Seconds(Duration::from_secs(15))
+}
+fn default_thingspeak_keep_alive() -> Seconds {
+    Seconds(Duration::from_secs(15))
+}
+fn default_reconnect_min() -> Seconds {
+    Seconds(Duration::from_secs(1))
+}
+fn default_reconnect_max() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+fn default_shutdown_grace() -> Seconds {
+    Seconds(Duration::from_secs(3))
+}
