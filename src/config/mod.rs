@@ -302,6 +302,7 @@ pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
     Thingsboard(Box<ThingsboardSinkConfig>),
     Thingspeak(Box<platforms::ThingspeakSinkConfig>),
+    Thethingsio(Box<platforms::ThethingsioSinkConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -904,6 +905,10 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
             value::<MqttSinkConfig>(&toml::Value::Table(rest), path, problems)
                 .map(|m| SinkConfig::Mqtt(Box::new(m)))
         }
+        Some(toml::Value::String(t)) if t == "thethingsio" => {
+            value::<platforms::ThethingsioSinkConfig>(&toml::Value::Table(rest), path, problems)
+                .map(|t| SinkConfig::Thethingsio(Box::new(t)))
+        }
         Some(toml::Value::String(t)) if t == "thingspeak" => {
             value::<platforms::ThingspeakSinkConfig>(&toml::Value::Table(rest), path, problems)
                 .map(|t| SinkConfig::Thingspeak(Box::new(t)))
@@ -936,7 +941,7 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
     }
 }
 
-const SINK_TYPES: &[&str] = &["mqtt", "thingsboard", "thingspeak"];
+const SINK_TYPES: &[&str] = &["mqtt", "thingsboard", "thingspeak", "thethingsio"];
 
 fn check_broker(b: &BrokerConfig, problems: &mut Vec<Problem>) {
     if b.max_connections == 0 {
@@ -1082,6 +1087,7 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
         SinkConfig::Thingsboard(t) => (&t.url, &t.cert_file, &t.key_file),
         SinkConfig::Mqtt(m) => (&m.url, &m.cert_file, &m.key_file),
         SinkConfig::Thingspeak(t) => (&t.url, &None, &None),
+        SinkConfig::Thethingsio(t) => (&t.url, &None, &None),
     };
     match (cert, key) {
         (Some(_), None) => problems.push(Problem {
@@ -1099,6 +1105,25 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
         _ => {}
     }
     match s {
+        SinkConfig::Thethingsio(t) => {
+            if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {
+                problems.push(Problem {
+                    path: at("url"),
+                    message: e,
+                });
+            }
+            match (&t.activation_code, &t.thing_token) {
+                (None, None) => problems.push(Problem {
+                    path: at("activation_code"),
+                    message: "set activation_code (activated on first start) or thing_token".into(),
+                }),
+                (Some(_), Some(_)) => problems.push(Problem {
+                    path: at("thing_token"),
+                    message: "set activation_code or thing_token, not both".into(),
+                }),
+                _ => {}
+            }
+        }
         SinkConfig::Thingspeak(t) => {
             if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {
                 problems.push(Problem {

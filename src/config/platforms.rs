@@ -98,3 +98,52 @@ fn default_reconnect_max() -> Seconds {
 fn default_shutdown_grace() -> Seconds {
     Seconds(Duration::from_secs(3))
 }
+
+/// `[sink.NAME] type = "thethingsio"`: one thing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThethingsioSinkConfig {
+    #[serde(default = "default_thethingsio_url")]
+    pub url: String,
+    /// Activate on first start with this code (the thing token is then
+    /// stored in the state directory and used from then on) ...
+    #[serde(default)]
+    pub activation_code: Option<String>,
+    /// ... or use this thing token.
+    #[serde(default)]
+    pub thing_token: Option<String>,
+    /// Realtime updates of the thing are published here on the local
+    /// broker (`{sink}` is the sink's name); empty: not relayed.
+    #[serde(default = "default_realtime_topic")]
+    pub realtime_topic: String,
+    #[serde(default = "default_activation_timeout")]
+    pub activation_timeout: Seconds,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Seconds,
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: Seconds,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: Seconds,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
+}
+
+fn default_thethingsio_url() -> String {
+    "mqtts://mqtt.thethings.io:8883".into()
+}
+fn default_realtime_topic() -> String {
+    "thethingsio/{sink}/realtime".into()
+}
+fn default_activation_timeout() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_inflight() -> u16 {
+    100
+}
+fn default_keep_alive() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}

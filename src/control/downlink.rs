@@ -83,7 +83,7 @@ struct Pending {
 /// to `replies`.
 pub async fn run(
     local: LocalBroker,
-    response_filter: String,
+    response_filter: Option<String>,
     timeout: Duration,
     mut commands: mpsc::Receiver<Downlink>,
     replies: mpsc::Sender<Publish>,
@@ -140,7 +140,9 @@ pub async fn run(
             },
             ev = events.recv() => match ev {
                 Some(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(response_filter.clone(), QoS::AtLeastOnce);
+                    if let Some(filter) = &response_filter {
+                        let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
                 }
                 Some(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(pend) = pending.remove(&p.topic) {

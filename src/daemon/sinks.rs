@@ -16,6 +16,7 @@ use crate::control::downlink::{self, LocalBroker};
 use crate::control::status::StatusSource;
 use crate::sink::mqtt::MqttEncoder;
 use crate::sink::provision;
+use crate::sink::thethingsio::{self, Thethingsio};
 use crate::sink::thingsboard::Thingsboard;
 use crate::sink::thingspeak::Thingspeak;
 use crate::sink::uplink::{self, Settings, Uplink};
@@ -84,6 +85,44 @@ pub fn spawn(
                 publish: None,
             })
         }
+        SinkConfig::Thethingsio(t) => {
+            // Realtime updates go out on the local broker.
+            let (commands_tx, commands) = mpsc::channel(256);
+            let (replies_tx, replies) = mpsc::channel(1);
+            tasks.push(tokio::spawn(downlink::run(
+                ctx.local.clone(),
+                None,
+                std::time::Duration::from_secs(10),
+                commands,
+                replies_tx,
+                cancel.clone(),
+            )));
+            // The token comes from the config, an earlier activation, or an
+            // activation now; ingest runs meanwhile and records queue.
+            let (name, t, ctx, stop) = (name.to_string(), t.clone(), ctx.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move {
+                let Some(token) = thethingsio::thing_token(&name, &t, &ctx.state_dir, &stop).await
+                else {
+                    return;
+                };
+                let platform = Thethingsio::new(&name, &t, &token);
+                match Uplink::new(
+                    &name,
+                    &Thethingsio::settings(&t),
+                    platform,
+                    ctx.outbox,
+                    sink_stats,
+                ) {
+                    Ok(u) => u.with_downlink(commands_tx, replies).run(stop).await,
+                    Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
+                }
+            }));
+            Ok(SinkHandle {
+                cancel,
+                tasks,
+                publish: None,
+            })
+        }
         SinkConfig::Thingspeak(t) => {
             let uplink = Uplink::new(
                 name,
@@ -110,7 +149,7 @@ pub fn spawn(
             let (replies_tx, replies) = mpsc::channel(256);
             tasks.push(tokio::spawn(downlink::run(
                 ctx.local.clone(),
-                downlink::filter_of(&t.rpc_response_topic),
+                Some(downlink::filter_of(&t.rpc_response_topic)),
                 t.rpc_timeout.0,
                 commands,
                 replies_tx.clone(),

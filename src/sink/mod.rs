@@ -7,6 +7,7 @@
 pub mod mqtt;
 pub mod provision;
 pub mod rate;
+pub mod thethingsio;
 pub mod thingsboard;
 pub mod thingspeak;
 pub mod uplink;
@@ -79,6 +80,12 @@ pub trait Platform: Send + 'static {
     /// A platform-specific hint appended to a CONNACK refusal.
     fn refused_hint(&self, _code: rumqttc::ConnectReturnCode) -> Option<&'static str> {
         None
+    }
+
+    /// A topic as it may appear in logs and dead-letter reasons (a
+    /// platform that puts a secret in its topics hides it here).
+    fn topic_for_logs(&self, topic: &str) -> String {
+        topic.to_string()
     }
 
     /// The QoS of publishes. A QoS 0 platform sends no PUBACK: a record is

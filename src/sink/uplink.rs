@@ -774,9 +774,10 @@ impl<E: Platform> Uplink<E> {
     /// A record that can never fit the upstream packet limit would block its
     /// queue forever; it is removed, counted and logged instead.
     async fn undeliverable(&mut self, p: Publish) {
+        let topic = self.encoder.topic_for_logs(&p.topic);
         tracing::error!(
             sink = %self.name,
-            topic = %p.topic,
+            topic = %topic,
             bytes = p.payload.len(),
             max_packet_size = self.max_packet,
             "record larger than the upstream packet limit: moved to the dead letters (raise max_packet_size if the platform allows)"
@@ -785,7 +786,7 @@ impl<E: Platform> Uplink<E> {
         let reason = format!(
             "{} bytes on {}: larger than the upstream packet limit of {} bytes",
             p.payload.len(),
-            p.topic,
+            topic,
             self.max_packet
         );
         let _ = self.outbox.dead_letter(p.ids, reason).await;

@@ -1,0 +1,342 @@
+//! thethings.iO: one thing per sink.
+//!
+//! A thing is addressed by its thing token, which sits in the topic
+//! (`v2/things/{token}`), so the token is a secret that never appears in a
+//! log line or a dead-letter reason. A device that ships with only an
+//! activation code activates once: it subscribes to
+//! `v2/activations/{code}/{random}` and the platform publishes the new
+//! thing token there. outpost stores the token (0600) in the state
+//! directory and never activates twice.
+//!
+//! Values go as `{"values":[{"key":..,"value":..,"datetime":"YYYYMMDDHHmmss"}]}`
+//! (UTC, the measurement time). Keys may use letters, digits, `.`, `-` and
+//! `_` only; a reading with another key is refused with the key named.
+//! Realtime updates of the thing are relayed to a local topic.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::uplink::{tls_config, BrokerUrl, Settings};
+use super::{Action, Platform, Publish, SessionStart};
+use crate::config::platforms::ThethingsioSinkConfig;
+use crate::control::downlink::Downlink;
+use crate::record::{Reading, Record};
+
+pub struct Thethingsio {
+    topic: String,
+    realtime: Option<String>,
+    max_payload: usize,
+}
+
+impl Thethingsio {
+    pub fn new(sink: &str, cfg: &ThethingsioSinkConfig, token: &str) -> Thethingsio {
+        Thethingsio {
+            topic: format!("v2/things/{token}"),
+            realtime: Some(cfg.realtime_topic.replace("{sink}", sink)).filter(|t| !t.is_empty()),
+            max_payload: 64 * 1024,
+        }
+    }
+
+    pub fn settings(cfg: &ThethingsioSinkConfig) -> Settings {
+        Settings {
+            url: cfg.url.clone(),
+            client_id: format!("outpost-{:08x}", fastrand::u32(..)),
+            username: None,
+            password: None,
+            ca_file: cfg.ca_file.clone(),
+            client_cert: None,
+            inflight: cfg.inflight,
+            max_packet: 64 * 1024 + 256,
+            keep_alive: cfg.keep_alive.0,
+            reconnect_min: cfg.reconnect_min.0,
+            reconnect_max: cfg.reconnect_max.0,
+            grace: cfg.shutdown_grace.0,
+        }
+    }
+
+    /// A record's entries in the `values` list.
+    fn entries(r: &Record) -> Vec<Value> {
+        let datetime = datetime(r.ts);
+        let values = match Reading::parse(&r.payload).values {
+            Value::Object(m) => m,
+            other => Map::from_iter([("value".to_string(), other)]),
+        };
+        values
+            .into_iter()
+            .map(|(key, value)| json!({"key": key, "value": value, "datetime": datetime}))
+            .collect()
+    }
+}
+
+/// `YYYYMMDDHHmmss`, UTC.
+fn datetime(ts_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts_ms.div_euclid(1000))
+        .map(|t| {
+            format!(
+                "{:04}{:02}{:02}{:02}{:02}{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+impl Platform for Thethingsio {
+    fn session_start(&mut self) -> SessionStart {
+        SessionStart {
+            subscribe: self.realtime.iter().map(|_| self.topic.clone()).collect(),
+            publish: Vec::new(),
+        }
+    }
+
+    fn validate(&self, r: &Record) -> Result<(), String> {
+        for e in Self::entries(r) {
+            let key = e["key"].as_str().unwrap_or_default();
+            if !valid_key(key) {
+                return Err(format!(
+                    "key `{key}`: thethings.iO keys use only letters, digits, `.`, `-` and `_`"
+                ));
+            }
+            if e["value"].is_null() {
+                return Err(format!("key `{key}` has a null value"));
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
+        let mut out = Vec::new();
+        let mut values = Vec::new();
+        let mut ids = Vec::new();
+        let mut size = 16;
+        for r in records {
+            let entries = Self::entries(r);
+            let add: usize = entries.iter().map(|e| e.to_string().len() + 1).sum();
+            if !ids.is_empty() && size + add > self.max_payload {
+                out.push(self.publish(std::mem::take(&mut values), std::mem::take(&mut ids)));
+                size = 16;
+            }
+            size += add;
+            values.extend(entries);
+            ids.push(r.id);
+        }
+        if !ids.is_empty() {
+            out.push(self.publish(values, ids));
+        }
+        out
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
+        match &self.realtime {
+            Some(local) if topic == self.topic => vec![Action::Local(Downlink::Publish {
+                topic: local.clone(),
+                payload: payload.to_vec(),
+            })],
+            _ => Vec::new(),
+        }
+    }
+
+    fn topic_for_logs(&self, topic: &str) -> String {
+        if topic == self.topic {
+            "v2/things/<thing token>".into()
+        } else {
+            topic.to_string()
+        }
+    }
+}
+
+impl Thethingsio {
+    fn publish(&self, values: Vec<Value>, ids: Vec<i64>) -> Publish {
+        Publish {
+            topic: self.topic.clone(),
+            payload: serde_json::to_vec(&json!({ "values": values })).unwrap_or_default(),
+            ids,
+        }
+    }
+}
+
+fn stored_path(state_dir: &Path, sink: &str) -> PathBuf {
+    state_dir.join("credentials").join(format!("{sink}.json"))
+}
+
+/// The thing token: configured, stored by an earlier activation, or got by
+/// activating now. Retries (after `reconnect_max`) until it has one; `None`
+/// only on shutdown.
+pub async fn thing_token(
+    sink: &str,
+    cfg: &ThethingsioSinkConfig,
+    state_dir: &Path,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    if let Some(t) = &cfg.thing_token {
+        return Some(t.clone());
+    }
+    let path = stored_path(state_dir, sink);
+    let mut last_error = None;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Some(t) = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["thingToken"].as_str().map(str::to_string))
+            {
+                tracing::info!(sink, "using the thing token stored by activation");
+                return Some(t);
+            }
+            tracing::error!(sink, path = %path.display(), "the stored thing token is damaged; activating again");
+        }
+        let result = tokio::select! {
+            r = activate(cfg) => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        match result.and_then(|token| store(&path, &token).map(|()| token)) {
+            Ok(token) => {
+                tracing::info!(sink, stored = %path.display(), "thing activated; token stored");
+                return Some(token);
+            }
+            Err(e) => {
+                let wait = cfg.reconnect_max.0;
+                if last_error.as_deref() != Some(e.as_str()) {
+                    tracing::error!(sink, error = %e, retry_in_s = wait.as_secs_f64(),
+                        "thethings.iO activation failed; records stay queued");
+                    last_error = Some(e);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+fn store(path: &Path, token: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(json!({ "thingToken": token }).to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("cannot store the thing token in {}: {e}", path.display()))
+}
+
+/// One activation: subscribe to the code's channel and wait for the token.
+async fn activate(cfg: &ThethingsioSinkConfig) -> Result<String, String> {
+    let code = cfg.activation_code.clone().unwrap_or_default();
+    let url = BrokerUrl::parse(&cfg.url)?;
+    let mut opts = MqttOptions::new(
+        format!("outpost-activate-{:08x}", fastrand::u32(..)),
+        url.host.clone(),
+        url.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    if url.tls {
+        let tls =
+            tls_config("activation", cfg.ca_file.as_deref(), None).map_err(|e| e.to_string())?;
+        opts.set_transport(Transport::tls_with_config(tls));
+    }
+    let channel = format!("v2/activations/{code}/{:016x}", fastrand::u64(..));
+    let (client, mut events) = AsyncClient::new(opts, 8);
+    let wait = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client
+                        .subscribe(channel.clone(), QoS::AtLeastOnce)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == channel => {
+                    let v: Value = serde_json::from_slice(&p.payload)
+                        .map_err(|e| format!("unreadable activation answer: {e}"))?;
+                    if let Some(t) = v["thingToken"].as_str().filter(|t| !t.is_empty()) {
+                        return Ok(t.to_string());
+                    }
+                    let msg = v["message"]
+                        .as_str()
+                        .unwrap_or("no thingToken in the answer");
+                    return Err(format!("thethings.iO refused the activation: {msg}"));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("cannot reach thethings.iO: {e}")),
+            }
+        }
+    };
+    let result = tokio::time::timeout(cfg.activation_timeout.0, wait)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no activation answer within {}s",
+                cfg.activation_timeout.0.as_secs()
+            ))
+        });
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RecordKind;
+
+    fn rec(id: i64, ts: i64, payload: &str) -> Record {
+        Record {
+            id,
+            sink: "tio".into(),
+            device: "d".into(),
+            kind: RecordKind::Telemetry,
+            ts,
+            topic: "t".into(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn values_carry_key_value_and_utc_datetime_and_bad_keys_are_named() {
+        let cfg: ThethingsioSinkConfig = toml::from_str("thing_token = \"T\"").expect("config");
+        let mut t = Thethingsio::new("tio", &cfg, "TOKEN");
+        let out = t.encode(&[rec(1, 1_795_000_005_000, r#"{"temp":21.5,"door":"open"}"#)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "v2/things/TOKEN");
+        let v: Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(
+            v,
+            json!({"values": [
+                {"key": "temp", "value": 21.5, "datetime": "20261118110645"},
+                {"key": "door", "value": "open", "datetime": "20261118110645"},
+            ]})
+        );
+        let err = t
+            .validate(&rec(2, 0, r#"{"temp °C":1}"#))
+            .expect_err("bad key");
+        assert!(err.contains("key `temp °C`"), "{err}");
+        assert_eq!(
+            t.topic_for_logs("v2/things/TOKEN"),
+            "v2/things/<thing token>"
+        );
+    }
+}
