@@ -303,6 +303,7 @@ pub enum SinkConfig {
     Thingsboard(Box<ThingsboardSinkConfig>),
     Thingspeak(Box<platforms::ThingspeakSinkConfig>),
     Thethingsio(Box<platforms::ThethingsioSinkConfig>),
+    Ttn(Box<platforms::TtnSinkConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -905,6 +906,10 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
             value::<MqttSinkConfig>(&toml::Value::Table(rest), path, problems)
                 .map(|m| SinkConfig::Mqtt(Box::new(m)))
         }
+        Some(toml::Value::String(t)) if t == "ttn" => {
+            value::<platforms::TtnSinkConfig>(&toml::Value::Table(rest), path, problems)
+                .map(|t| SinkConfig::Ttn(Box::new(t)))
+        }
         Some(toml::Value::String(t)) if t == "thethingsio" => {
             value::<platforms::ThethingsioSinkConfig>(&toml::Value::Table(rest), path, problems)
                 .map(|t| SinkConfig::Thethingsio(Box::new(t)))
@@ -941,7 +946,7 @@ fn sink(item: &toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
     }
 }
 
-const SINK_TYPES: &[&str] = &["mqtt", "thingsboard", "thingspeak", "thethingsio"];
+const SINK_TYPES: &[&str] = &["mqtt", "thingsboard", "thingspeak", "thethingsio", "ttn"];
 
 fn check_broker(b: &BrokerConfig, problems: &mut Vec<Problem>) {
     if b.max_connections == 0 {
@@ -1088,6 +1093,7 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
         SinkConfig::Mqtt(m) => (&m.url, &m.cert_file, &m.key_file),
         SinkConfig::Thingspeak(t) => (&t.url, &None, &None),
         SinkConfig::Thethingsio(t) => (&t.url, &None, &None),
+        SinkConfig::Ttn(t) => (&t.url, &None, &None),
     };
     match (cert, key) {
         (Some(_), None) => problems.push(Problem {
@@ -1105,6 +1111,31 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
         _ => {}
     }
     match s {
+        SinkConfig::Ttn(t) => {
+            if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {
+                problems.push(Problem {
+                    path: at("url"),
+                    message: e,
+                });
+            }
+            if t.application_id.is_empty() || t.application_id.contains(['/', '+', '#', '@']) {
+                problems.push(Problem {
+                    path: at("application_id"),
+                    message: "must be the application's id (no `/`, `+`, `#`, `@`)".into(),
+                });
+            }
+            for (i, e) in t.events.iter().enumerate() {
+                if !platforms::TTN_EVENTS.contains(&e.as_str()) {
+                    problems.push(Problem {
+                        path: at(&format!("events[{i}]")),
+                        message: format!(
+                            "unknown event `{e}` (known: {})",
+                            platforms::TTN_EVENTS.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
         SinkConfig::Thethingsio(t) => {
             if let Err(e) = crate::sink::uplink::BrokerUrl::parse(&t.url) {
                 problems.push(Problem {

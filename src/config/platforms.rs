@@ -147,3 +147,58 @@ fn default_inflight() -> u16 {
 fn default_keep_alive() -> Seconds {
     Seconds(Duration::from_secs(30))
 }
+
+/// `[sink.NAME] type = "ttn"`: one application on The Things Stack, both a
+/// source (uplinks become readings) and a sink (records routed here are
+/// downlink requests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtnSinkConfig {
+    /// e.g. `mqtts://eu1.cloud.thethings.network:8883`.
+    pub url: String,
+    pub application_id: String,
+    /// `ttn` on The Things Network; none on The Things Stack Open Source.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// An API key of the application (the MQTT password).
+    pub api_key: String,
+    /// Local topic an uplink becomes (`{device}`); routes select it.
+    #[serde(default = "default_ttn_uplink_topic")]
+    pub uplink_topic: String,
+    /// More events to take: `join`, `down/queued`, `down/sent`,
+    /// `down/ack`, `down/nack`, `down/failed`, `location/solved`,
+    /// `service/data`.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Local topic of those events (`{device}`, `{event}`).
+    #[serde(default = "default_ttn_event_topic")]
+    pub event_topic: String,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Seconds,
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: Seconds,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: Seconds,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
+}
+
+pub const TTN_EVENTS: &[&str] = &[
+    "join",
+    "down/queued",
+    "down/sent",
+    "down/ack",
+    "down/nack",
+    "down/failed",
+    "location/solved",
+    "service/data",
+];
+
+fn default_ttn_uplink_topic() -> String {
+    "ttn/{device}/up".into()
+}
+fn default_ttn_event_topic() -> String {
+    "ttn/{device}/{event}".into()
+}

@@ -146,6 +146,7 @@ async fn run_loaded(
         local: local.clone(),
         state_dir: config.state_dir.clone(),
         remote: None,
+        router: ingest.router(),
     };
     let mut running = std::collections::BTreeMap::new();
     let remote_sink = config

@@ -19,6 +19,7 @@ use crate::sink::provision;
 use crate::sink::thethingsio::{self, Thethingsio};
 use crate::sink::thingsboard::Thingsboard;
 use crate::sink::thingspeak::Thingspeak;
+use crate::sink::ttn::Ttn;
 use crate::sink::uplink::{self, Settings, Uplink};
 use crate::sink::Publish;
 use crate::stats::Stats;
@@ -34,6 +35,8 @@ pub struct SinkCtx {
     pub state_dir: PathBuf,
     /// Where ThingsBoard sinks hand outpost's own shared attributes.
     pub remote: Option<mpsc::Sender<crate::control::remote::Event>>,
+    /// The routes, for readings that come from a platform (TTN uplinks).
+    pub router: Option<Arc<std::sync::Mutex<crate::route::Router>>>,
 }
 
 /// A running sink.
@@ -78,6 +81,31 @@ pub fn spawn(
                 ctx.outbox.clone(),
                 sink_stats,
             )?;
+            tasks.push(tokio::spawn(uplink.run(cancel.clone())));
+            Ok(SinkHandle {
+                cancel,
+                tasks,
+                publish: None,
+            })
+        }
+        SinkConfig::Ttn(t) => {
+            let mut uplink = Uplink::new(
+                name,
+                &Ttn::settings(t),
+                Ttn::new(t),
+                ctx.outbox.clone(),
+                sink_stats,
+            )?;
+            if let Some(router) = &ctx.router {
+                let (tx, rx) = mpsc::channel(4096);
+                tasks.push(tokio::spawn(crate::source::inject::run(
+                    rx,
+                    router.clone(),
+                    ctx.outbox.clone(),
+                    ctx.stats.clone(),
+                )));
+                uplink = uplink.with_ingest(tx);
+            }
             tasks.push(tokio::spawn(uplink.run(cancel.clone())));
             Ok(SinkHandle {
                 cancel,

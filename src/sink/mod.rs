@@ -10,6 +10,7 @@ pub mod rate;
 pub mod thethingsio;
 pub mod thingsboard;
 pub mod thingspeak;
+pub mod ttn;
 pub mod uplink;
 
 use crate::record::Record;
@@ -29,6 +30,9 @@ pub enum Action {
     Upstream(Publish),
     /// Hand this to the local devices.
     Local(crate::control::downlink::Downlink),
+    /// A reading that came from the platform (an uplink): route and store
+    /// it like a local reading on `topic`.
+    Ingest { topic: String, payload: Vec<u8> },
     /// The platform told its limits: fewer publishes in flight, a message rate.
     Limits {
         max_inflight: Option<usize>,

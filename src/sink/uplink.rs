@@ -200,6 +200,8 @@ pub struct Uplink<E: Platform> {
     /// connection, so a renewed certificate is used without a restart, and
     /// an expired one keeps this sink (only) from connecting.
     mtls: Option<Mtls>,
+    /// Where readings that come from the platform go (see `Action::Ingest`).
+    ingest: Option<mpsc::Sender<(String, Vec<u8>)>>,
 }
 
 struct Mtls {
@@ -297,6 +299,7 @@ impl<E: Platform> Uplink<E> {
             suspect: None,
             careful: 0,
             mtls,
+            ingest: None,
         })
     }
 
@@ -348,6 +351,12 @@ impl<E: Platform> Uplink<E> {
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Readings the platform sends (uplinks) are routed and stored.
+    pub fn with_ingest(mut self, tx: mpsc::Sender<(String, Vec<u8>)>) -> Self {
+        self.ingest = Some(tx);
+        self
     }
 
     /// Reads and checks the client certificate and key for the next
@@ -537,6 +546,14 @@ impl<E: Platform> Uplink<E> {
                                 Action::Limits { max_inflight, rate } => {
                                     self.apply_limits(&mut flight, max_inflight, rate);
                                 }
+                                Action::Ingest { topic, payload } => match &self.ingest {
+                                    Some(tx) => {
+                                        if tx.try_send((topic, payload)).is_err() {
+                                            tracing::warn!(sink = %self.name, "reading from upstream dropped: the ingest queue is full");
+                                        }
+                                    }
+                                    None => tracing::debug!(sink = %self.name, "no ingest for an upstream reading"),
+                                },
                                 Action::Local(cmd) => match &self.downlink {
                                     Some((commands, _)) => {
                                         let _ = commands.send(cmd).await;

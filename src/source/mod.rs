@@ -6,8 +6,10 @@
 //! - [`link`]: the alternative ingest that takes routed messages off
 //!   rumqttd's in-process link, with rumqttd acknowledging at once.
 //! - [`serial`]: sensors on a UART: line protocols and Modbus RTU.
+//! - [`inject`]: readings from an upstream platform (LoRaWAN uplinks).
 
 pub mod broker;
 pub mod front;
+pub mod inject;
 pub mod link;
 pub mod serial;

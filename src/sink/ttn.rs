@@ -1,0 +1,326 @@
+//! The Things Stack (TTN): one application, over its MQTT server (3.1.1,
+//! QoS 0 only).
+//!
+//! - **Source:** each uplink on `v3/{app}/devices/{device}/up` becomes a
+//!   reading of that device on a local topic (`ttn/{device}/up`), timed by
+//!   `received_at`, with the decoded payload's values when the application
+//!   has a payload formatter (else `frm_payload`, base64), plus `f_port`,
+//!   `f_cnt` and the best `rssi` and `snr` among the gateways that heard
+//!   it. Routes take it from there, e.g. LoRaWAN sensors to ThingsBoard,
+//!   buffered while ThingsBoard is unreachable. Other events (join,
+//!   downlink acks, ...) can be taken the same way.
+//! - **Sink:** a record routed here is a downlink request, e.g. published on
+//!   `ttn/{device}/down`: `{"f_port": 1..233, "payload_hex" |
+//!   "payload_base64" | "frm_payload", "priority", "confirmed", "replace"}`.
+//!   It becomes `{"downlinks":[...]}` on `.../down/push` (or
+//!   `.../down/replace`). A request that cannot be valid (an f_port outside
+//!   1..=233, a payload that is not hex or base64) goes to the dead letters
+//!   with the reason.
+//!
+//! `{app}` is `{application id}@{tenant id}`, or the application id alone on
+//! The Things Stack Open Source.
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+use super::uplink::Settings;
+use super::{Action, Platform, Publish, SessionStart};
+use crate::config::platforms::TtnSinkConfig;
+use crate::record::{Reading, Record};
+
+pub struct Ttn {
+    /// `app1@ttn` or `app1`.
+    app: String,
+    uplink_topic: String,
+    events: Vec<String>,
+    event_topic: String,
+}
+
+const PRIORITIES: &[&str] = &[
+    "LOWEST",
+    "LOW",
+    "BELOW_NORMAL",
+    "NORMAL",
+    "ABOVE_NORMAL",
+    "HIGH",
+    "HIGHEST",
+];
+
+impl Ttn {
+    pub fn new(cfg: &TtnSinkConfig) -> Ttn {
+        Ttn {
+            app: app_id(cfg),
+            uplink_topic: cfg.uplink_topic.clone(),
+            events: cfg.events.clone(),
+            event_topic: cfg.event_topic.clone(),
+        }
+    }
+
+    pub fn settings(cfg: &TtnSinkConfig) -> Settings {
+        Settings {
+            url: cfg.url.clone(),
+            client_id: format!("outpost-{:08x}", fastrand::u32(..)),
+            username: Some(app_id(cfg)),
+            password: Some(cfg.api_key.clone()),
+            ca_file: cfg.ca_file.clone(),
+            client_cert: None,
+            inflight: 100,
+            max_packet: 256 * 1024,
+            keep_alive: cfg.keep_alive.0,
+            reconnect_min: cfg.reconnect_min.0,
+            reconnect_max: cfg.reconnect_max.0,
+            grace: cfg.shutdown_grace.0,
+        }
+    }
+
+    /// `v3/{app}/devices/{device}/{event}` → (device, event).
+    fn parse_topic<'a>(&self, topic: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = topic.strip_prefix("v3/")?.strip_prefix(self.app.as_str())?;
+        let rest = rest.strip_prefix("/devices/")?;
+        rest.split_once('/')
+    }
+}
+
+fn app_id(cfg: &TtnSinkConfig) -> String {
+    match &cfg.tenant_id {
+        Some(t) => format!("{}@{t}", cfg.application_id),
+        None => cfg.application_id.clone(),
+    }
+}
+
+/// An uplink message as a reading: `(ts ms, values)`.
+pub fn uplink_reading(msg: &Value) -> Option<(Option<i64>, Map<String, Value>)> {
+    let up = msg.get("uplink_message")?;
+    let mut values = match up.get("decoded_payload") {
+        Some(Value::Object(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            let mut m = Map::new();
+            if let Some(p) = up.get("frm_payload") {
+                m.insert("frm_payload".into(), p.clone());
+            }
+            m
+        }
+    };
+    for k in ["f_port", "f_cnt"] {
+        if let Some(v) = up.get(k) {
+            values.insert(k.into(), v.clone());
+        }
+    }
+    let meta = up
+        .get("rx_metadata")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let best = |k: &str| {
+        meta.iter()
+            .filter_map(|g| g.get(k).and_then(Value::as_f64))
+            .fold(None, |best: Option<f64>, x| {
+                Some(best.map_or(x, |b| b.max(x)))
+            })
+    };
+    for k in ["rssi", "snr"] {
+        if let Some(x) = best(k) {
+            values.insert(k.into(), json!(x));
+        }
+    }
+    let ts = msg
+        .get("received_at")
+        .or_else(|| up.get("received_at"))
+        .and_then(Value::as_str)
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
+    Some((ts, values))
+}
+
+/// A downlink request as TTN's downlink object, or why it cannot be one.
+pub fn downlink(payload: &[u8]) -> Result<(Value, bool), String> {
+    let req = match Reading::parse(payload).values {
+        Value::Object(m) => m,
+        _ => return Err("a downlink request is a JSON object with f_port and a payload".into()),
+    };
+    let f_port = req
+        .get("f_port")
+        .and_then(Value::as_i64)
+        .ok_or("f_port is missing (1..=233)")?;
+    if !(1..=233).contains(&f_port) {
+        return Err(format!("f_port {f_port} is outside 1..=233"));
+    }
+    let bytes = if let Some(hex) = req.get("payload_hex").and_then(Value::as_str) {
+        decode_hex(hex)?
+    } else if let Some(b64) = req
+        .get("payload_base64")
+        .or_else(|| req.get("frm_payload"))
+        .and_then(Value::as_str)
+    {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("the payload is not base64: {e}"))?
+    } else {
+        return Err("no payload: give payload_hex, payload_base64 or frm_payload".into());
+    };
+    let mut d = Map::new();
+    d.insert("f_port".into(), json!(f_port));
+    d.insert(
+        "frm_payload".into(),
+        json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    );
+    if let Some(p) = req.get("priority") {
+        let p = p.as_str().unwrap_or_default();
+        if !PRIORITIES.contains(&p) {
+            return Err(format!(
+                "priority `{p}` is not one of {}",
+                PRIORITIES.join(", ")
+            ));
+        }
+        d.insert("priority".into(), json!(p));
+    }
+    if let Some(c) = req.get("confirmed") {
+        d.insert(
+            "confirmed".into(),
+            json!(c.as_bool().ok_or("confirmed is true or false")?),
+        );
+    }
+    let replace = req.get("replace").and_then(Value::as_bool).unwrap_or(false);
+    Ok((Value::Object(d), replace))
+}
+
+fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+    let clean: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if clean.len() % 2 != 0 {
+        return Err("payload_hex has an odd number of digits".into());
+    }
+    (0..clean.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&clean[i..i + 2], 16)
+                .map_err(|_| format!("payload_hex `{s}` is not hexadecimal"))
+        })
+        .collect()
+}
+
+impl Platform for Ttn {
+    fn qos(&self) -> rumqttc::QoS {
+        rumqttc::QoS::AtMostOnce
+    }
+
+    fn session_start(&mut self) -> SessionStart {
+        let mut subscribe = vec![format!("v3/{}/devices/+/up", self.app)];
+        subscribe.extend(
+            self.events
+                .iter()
+                .map(|e| format!("v3/{}/devices/+/{e}", self.app)),
+        );
+        SessionStart {
+            subscribe,
+            publish: Vec::new(),
+        }
+    }
+
+    fn validate(&self, r: &Record) -> Result<(), String> {
+        downlink(&r.payload).map(|_| ())
+    }
+
+    fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
+        records
+            .iter()
+            .filter_map(|r| {
+                let (d, replace) = downlink(&r.payload).ok()?;
+                let verb = if replace { "replace" } else { "push" };
+                Some(Publish {
+                    topic: format!("v3/{}/devices/{}/down/{verb}", self.app, r.device),
+                    payload: json!({ "downlinks": [d] }).to_string().into_bytes(),
+                    ids: vec![r.id],
+                })
+            })
+            .collect()
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
+        let Some((device, event)) = self.parse_topic(topic) else {
+            return Vec::new();
+        };
+        let Ok(msg) = serde_json::from_slice::<Value>(payload) else {
+            tracing::warn!(topic, "TTN message is not JSON; skipped");
+            return Vec::new();
+        };
+        let (local, reading) = if event == "up" {
+            let Some((ts, values)) = uplink_reading(&msg) else {
+                tracing::warn!(topic, "TTN uplink without uplink_message; skipped");
+                return Vec::new();
+            };
+            let mut r = Map::new();
+            if let Some(ts) = ts {
+                r.insert("ts".into(), json!(ts));
+            }
+            r.insert("values".into(), Value::Object(values));
+            (
+                self.uplink_topic.replace("{device}", device),
+                Value::Object(r),
+            )
+        } else if self.events.iter().any(|e| e == event) {
+            (
+                self.event_topic
+                    .replace("{device}", device)
+                    .replace("{event}", event),
+                msg,
+            )
+        } else {
+            return Vec::new();
+        };
+        vec![Action::Ingest {
+            topic: local,
+            payload: reading.to_string().into_bytes(),
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uplink_becomes_values_with_metadata_and_its_time() {
+        let msg = json!({
+            "end_device_ids": {"device_id": "dev1"},
+            "received_at": "2019-01-29T13:02:35.120Z",
+            "uplink_message": {
+                "f_port": 15, "f_cnt": 7, "frm_payload": "VGVtcGVyYXR1cmUgPSAwLjA=",
+                "rx_metadata": [{"rssi": -35, "snr": 5}, {"rssi": -90, "snr": 9.5}]
+            }
+        });
+        let (ts, values) = uplink_reading(&msg).expect("uplink");
+        assert_eq!(ts, Some(1_548_766_955_120));
+        assert_eq!(
+            Value::Object(values),
+            json!({"frm_payload": "VGVtcGVyYXR1cmUgPSAwLjA=", "f_port": 15, "f_cnt": 7, "rssi": -35.0, "snr": 9.5})
+        );
+    }
+
+    #[test]
+    fn downlink_requests_are_checked_and_encoded() {
+        let (d, replace) =
+            downlink(br#"{"f_port":15,"payload_hex":"BE EF","priority":"NORMAL"}"#).expect("ok");
+        assert_eq!(
+            d,
+            json!({"f_port": 15, "frm_payload": "vu8=", "priority": "NORMAL"})
+        );
+        assert!(!replace);
+        assert_eq!(
+            downlink(br#"{"f_port":234,"frm_payload":"vu8="}"#),
+            Err("f_port 234 is outside 1..=233".into())
+        );
+        assert!(downlink(br#"{"f_port":1,"payload_hex":"XYZ"}"#)
+            .unwrap_err()
+            .contains("odd number"));
+        assert!(downlink(br#"{"f_port":1,"payload_base64":"!!"}"#)
+            .unwrap_err()
+            .contains("not base64"));
+        assert!(
+            downlink(br#"{"f_port":1,"frm_payload":"vu8=","priority":"URGENT"}"#)
+                .unwrap_err()
+                .contains("priority")
+        );
+    }
+}
