@@ -258,3 +258,37 @@ fn check_config_names_a_bad_thingspeak_field() {
     );
     assert!(err.contains("sink.ts.interval"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_mode_publishes_one_field_on_its_own_topic() {
+    let (up, _pw) = platform();
+    let col = Collector::start(up.port, "channels/4242/publish/fields/+").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let text = ts_config(dir.path(), port, &up, "").replace(
+        "fields = { temp = \"field1\", hum = \"field2\", state = \"status\" }",
+        "fields = { temp = \"field3\" }\npublish = \"field\"\nmerge = \"max\"",
+    );
+    let op = Outpost::start(dir.path(), port, &text);
+    let readings = (0..3)
+        .map(|i| {
+            (
+                "sensors/gh/telemetry".to_string(),
+                format!("{{\"temp\":{}}}", [20, 25, 22][i]).into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(publish_all(port, "gh", readings).await, 3);
+    assert_eq!(
+        col.wait_for(1, Duration::from_secs(10)).await,
+        1,
+        "{}",
+        op.log_text()
+    );
+    col.settle(Duration::from_secs(2), Duration::from_secs(5))
+        .await;
+    let seen = col.all();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].topic, "channels/4242/publish/fields/field3");
+    assert_eq!(String::from_utf8_lossy(&seen[0].payload), "25");
+}

@@ -1180,6 +1180,14 @@ fn check_sink(name: &str, s: &SinkConfig, problems: &mut Vec<Problem>) {
                     });
                 }
             }
+            if t.publish == platforms::PublishMode::Field
+                && (t.fields.len() != 1 || !t.fields.values().all(|f| f.starts_with("field")))
+            {
+                problems.push(Problem {
+                    path: at("publish"),
+                    message: "publish = \"field\" sends one field: map exactly one key to a field1..field8".into(),
+                });
+            }
             let secs = t.interval.0;
             if secs < Duration::from_secs(1) || secs.subsec_nanos() != 0 {
                 problems.push(Problem {

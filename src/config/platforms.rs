@@ -33,6 +33,12 @@ pub struct ThingspeakSinkConfig {
     /// update with the latest values (`latest_only`).
     #[serde(default)]
     pub replay: Replay,
+    /// `feed`: `channels/<id>/publish`, form-encoded with `created_at`;
+    /// `field`: the one mapped field alone on
+    /// `channels/<id>/publish/fields/fieldN` (ThingSpeak stamps it on
+    /// arrival).
+    #[serde(default)]
+    pub publish: PublishMode,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_thingspeak_keep_alive")]
@@ -54,6 +60,14 @@ pub enum Merge {
     Mean,
     Min,
     Max,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishMode {
+    #[default]
+    Feed,
+    Field,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

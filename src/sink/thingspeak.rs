@@ -23,12 +23,14 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{Platform, Publish, Ready};
-use crate::config::platforms::{Merge, Replay, ThingspeakSinkConfig};
+use crate::config::platforms::{Merge, PublishMode, Replay, ThingspeakSinkConfig};
 use crate::record::{Reading, Record};
 use crate::sink::uplink::Settings;
 
 pub struct Thingspeak {
     topic: String,
+    /// `publish = "field"`: the single field's own topic.
+    field_topic: Option<String>,
     fields: BTreeMap<String, String>,
     interval_ms: i64,
     merge: Merge,
@@ -37,8 +39,13 @@ pub struct Thingspeak {
 
 impl Thingspeak {
     pub fn new(cfg: &ThingspeakSinkConfig) -> Thingspeak {
+        let field_topic = (cfg.publish == PublishMode::Field)
+            .then(|| cfg.fields.values().next().cloned())
+            .flatten()
+            .map(|f| format!("channels/{}/publish/fields/{f}", cfg.channel_id));
         Thingspeak {
             topic: format!("channels/{}/publish", cfg.channel_id),
+            field_topic,
             fields: cfg.fields.clone(),
             interval_ms: cfg.interval.0.as_millis() as i64,
             merge: cfg.merge,
@@ -132,6 +139,14 @@ impl Platform for Thingspeak {
                 merge(self.merge, &values).map(|v| (field.to_string(), v))
             })
             .collect();
+        if let Some(topic) = &self.field_topic {
+            let value = pairs.pop().map(|(_, v)| v).unwrap_or_default();
+            return vec![Publish {
+                topic: topic.clone(),
+                payload: value.into_bytes(),
+                ids: records.iter().map(|r| r.id).collect(),
+            }];
+        }
         let last_ts = records.iter().map(|r| r.ts).max().unwrap_or_default();
         pairs.push(("created_at".into(), created_at(last_ts)));
         let body = pairs
@@ -258,6 +273,22 @@ fields = {{ temp = "field1", hum = "field2", note = "status" }}"#
         // latest_only: everything closed goes as one.
         let lo = Thingspeak::new(&cfg("latest", "latest_only"));
         assert_eq!(lo.ready(&refs, t0 + 60_000), Ready::Count(3));
+    }
+
+    #[test]
+    fn field_mode_publishes_the_one_field_on_its_own_topic() {
+        let mut c = cfg("mean", "all");
+        c.fields = BTreeMap::from([("temp".to_string(), "field3".to_string())]);
+        c.publish = PublishMode::Field;
+        let mut ts = Thingspeak::new(&c);
+        let out = ts.encode(&[
+            rec(1, 0, json!({"temp": 20})),
+            rec(2, 1, json!({"temp": 22})),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "channels/123/publish/fields/field3");
+        assert_eq!(String::from_utf8_lossy(&out[0].payload), "21");
+        assert_eq!(out[0].ids, [1, 2]);
     }
 
     #[test]
