@@ -167,4 +167,50 @@ sink = "ttn"
         !op.log_text().contains(API_KEY),
         "the API key is never logged"
     );
+
+    // Server-side RPC to a LoRaWAN device (as the ThingsBoard sink hands it
+    // to local devices) becomes a downlink, answered at once.
+    let (rpc, mut answers) = subscriber(port, "platform", "devices/+/rpc/response/+").await;
+    for (id, params) in [
+        (77, json!({"f_port": 2, "payload_base64": "AQI="})),
+        (78, json!({"f_port": 0, "payload_hex": "01"})),
+    ] {
+        rpc.publish(
+            format!("devices/dev1/rpc/request/{id}"),
+            QoS::AtLeastOnce,
+            false,
+            json!({"method": "downlink", "params": params}).to_string(),
+        )
+        .await
+        .expect("publish");
+    }
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        let (topic, payload) = next(&mut answers).await;
+        replies.push((
+            topic,
+            serde_json::from_slice::<Value>(&payload).expect("json"),
+        ));
+    }
+    replies.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        replies[0],
+        (
+            "devices/dev1/rpc/response/77".to_string(),
+            json!({"queued": true, "f_port": 2})
+        )
+    );
+    assert_eq!(replies[1].0, "devices/dev1/rpc/response/78");
+    assert!(
+        replies[1].1["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("f_port 0")),
+        "{:?}",
+        replies[1]
+    );
+    assert_eq!(pushes.wait_for(2, Duration::from_secs(10)).await, 2);
+    assert_eq!(
+        pushes.all()[1].json(),
+        json!({"downlinks": [{"f_port": 2, "frm_payload": "AQI="}]})
+    );
 }

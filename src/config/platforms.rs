@@ -187,6 +187,13 @@ pub struct TtnSinkConfig {
     /// Local topic of those events (`{device}`, `{event}`).
     #[serde(default = "default_ttn_event_topic")]
     pub event_topic: String,
+    /// Server-side RPC to a LoRaWAN device (one that has sent an uplink)
+    /// becomes a downlink request on `downlink_topic`; route that topic to
+    /// this sink.
+    #[serde(default = "default_true")]
+    pub rpc: bool,
+    #[serde(default = "default_ttn_downlink_topic")]
+    pub downlink_topic: String,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_keep_alive")]
@@ -215,4 +222,10 @@ fn default_ttn_uplink_topic() -> String {
 }
 fn default_ttn_event_topic() -> String {
     "ttn/{device}/{event}".into()
+}
+fn default_ttn_downlink_topic() -> String {
+    "ttn/{device}/down".into()
+}
+fn default_true() -> bool {
+    true
 }

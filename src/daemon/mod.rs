@@ -147,6 +147,7 @@ async fn run_loaded(
         state_dir: config.state_dir.clone(),
         remote: None,
         router: ingest.router(),
+        topics: serial_topics(&config),
     };
     let mut running = std::collections::BTreeMap::new();
     let remote_sink = config

@@ -37,6 +37,8 @@ pub struct SinkCtx {
     pub remote: Option<mpsc::Sender<crate::control::remote::Event>>,
     /// The routes, for readings that come from a platform (TTN uplinks).
     pub router: Option<Arc<std::sync::Mutex<crate::route::Router>>>,
+    /// The local device topics for RPC and attributes.
+    pub topics: crate::source::serial::local::Topics,
 }
 
 /// A running sink.
@@ -89,10 +91,11 @@ pub fn spawn(
             })
         }
         SinkConfig::Ttn(t) => {
+            let known = crate::sink::ttn::Known::default();
             let mut uplink = Uplink::new(
                 name,
                 &Ttn::settings(t),
-                Ttn::new(t),
+                Ttn::new(t, known.clone()),
                 ctx.outbox.clone(),
                 sink_stats,
             )?;
@@ -104,6 +107,16 @@ pub fn spawn(
                     ctx.outbox.clone(),
                     ctx.stats.clone(),
                 )));
+                if t.rpc {
+                    tasks.push(tokio::spawn(crate::sink::ttn::rpc_bridge(
+                        ctx.local.clone(),
+                        ctx.topics.clone(),
+                        t.downlink_topic.clone(),
+                        known,
+                        tx.clone(),
+                        cancel.clone(),
+                    )));
+                }
                 uplink = uplink.with_ingest(tx);
             }
             tasks.push(tokio::spawn(uplink.run(cancel.clone())));

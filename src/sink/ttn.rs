@@ -20,7 +20,20 @@
 //! `{app}` is `{application id}@{tenant id}`, or the application id alone on
 //! The Things Stack Open Source.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use base64::Engine as _;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::downlink::LocalBroker;
+use crate::source::serial::local::{captures, fill, Topics};
+
+/// LoRaWAN devices seen on this application.
+pub type Known = Arc<Mutex<HashSet<String>>>;
 use serde_json::{json, Map, Value};
 
 use super::uplink::Settings;
@@ -31,6 +44,8 @@ use crate::record::{Reading, Record};
 pub struct Ttn {
     /// `app1@ttn` or `app1`.
     app: String,
+    /// Devices that have sent an uplink: RPC to them becomes a downlink.
+    known: Known,
     uplink_topic: String,
     events: Vec<String>,
     event_topic: String,
@@ -47,9 +62,10 @@ const PRIORITIES: &[&str] = &[
 ];
 
 impl Ttn {
-    pub fn new(cfg: &TtnSinkConfig) -> Ttn {
+    pub fn new(cfg: &TtnSinkConfig, known: Known) -> Ttn {
         Ttn {
             app: app_id(cfg),
+            known,
             uplink_topic: cfg.uplink_topic.clone(),
             events: cfg.events.clone(),
             event_topic: cfg.event_topic.clone(),
@@ -245,6 +261,9 @@ impl Platform for Ttn {
             tracing::warn!(topic, "TTN message is not JSON; skipped");
             return Vec::new();
         };
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(device.to_string());
+        }
         let (local, reading) = if event == "up" {
             let Some((ts, values)) = uplink_reading(&msg) else {
                 tracing::warn!(topic, "TTN uplink without uplink_message; skipped");
@@ -274,6 +293,64 @@ impl Platform for Ttn {
             payload: reading.to_string().into_bytes(),
         }]
     }
+}
+
+/// Server-side RPC to a known LoRaWAN device (ThingsBoard → local RPC
+/// topic) becomes a downlink request on `downlink_topic`, checked first; the
+/// RPC is answered at once: `{"queued": true, ...}` or `{"error": ...}`.
+/// RPC to other devices is left to them.
+pub async fn rpc_bridge(
+    local: LocalBroker,
+    topics: Topics,
+    downlink_topic: String,
+    known: Known,
+    inject: mpsc::Sender<(String, Vec<u8>)>,
+    shutdown: CancellationToken,
+) {
+    let (client, mut events) = AsyncClient::new(local.options("-ttn"), 256);
+    loop {
+        tokio::select! {
+            ev = events.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(fill(&topics.rpc_request, "+", "+"), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Some((device, id)) = captures(&topics.rpc_request, &p.topic) else { continue };
+                    if !known.lock().map(|k| k.contains(&device)).unwrap_or(false) {
+                        continue;
+                    }
+                    let request: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    let params = request.get("params").cloned().unwrap_or(Value::Null);
+                    let body = serde_json::to_vec(&params).unwrap_or_default();
+                    let answer = match downlink(&body) {
+                        Ok((d, _)) => {
+                            let topic = downlink_topic.replace("{device}", &device);
+                            match inject.try_send((topic, body)) {
+                                Ok(()) => json!({"queued": true, "f_port": d["f_port"]}),
+                                Err(_) => json!({"error": "the downlink queue is full"}),
+                            }
+                        }
+                        Err(e) => json!({"error": e}),
+                    };
+                    let _ = client.try_publish(
+                        fill(&topics.rpc_response, &device, &id),
+                        QoS::AtLeastOnce,
+                        false,
+                        answer.to_string().into_bytes(),
+                    );
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let _ = client.try_disconnect();
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ impl Default for Topics {
 }
 
 /// Matches `topic` against a template; returns `{device}` and `{id}`.
-fn captures(template: &str, topic: &str) -> Option<(String, String)> {
+pub fn captures(template: &str, topic: &str) -> Option<(String, String)> {
     let t: Vec<&str> = template.split('/').collect();
     let l: Vec<&str> = topic.split('/').collect();
     if t.len() != l.len() {
@@ -54,7 +54,7 @@ fn captures(template: &str, topic: &str) -> Option<(String, String)> {
     Some((device, id))
 }
 
-fn fill(template: &str, device: &str, id: &str) -> String {
+pub fn fill(template: &str, device: &str, id: &str) -> String {
     template.replace("{device}", device).replace("{id}", id)
 }
 
