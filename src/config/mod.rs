@@ -1364,6 +1364,12 @@ mod tests {
             .expect("config/serial.toml must be valid");
         assert_eq!(serial.serial.len(), 3);
         assert_eq!(serial.serial[2].slave.len(), 2);
+        let platforms = parse(
+            include_str!("../../config/platforms.toml"),
+            "platforms.toml",
+        )
+        .expect("config/platforms.toml must be valid");
+        assert_eq!(platforms.sinks.len(), 3);
     }
 
     #[test]
