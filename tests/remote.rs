@@ -407,7 +407,7 @@ async fn serial_ports_and_store_bounds_change_live() {
     let pty = Pty::new(dir.path(), "uart");
     let port = free_port();
     let serial = format!(
-        "\n[[route]]\ntopic = \"devices/+/telemetry\"\nsink = \"tb\"\n\n[[serial]]\nname = \"uart\"\npath = \"{}\"\nprotocol = \"kv\"\ndevice = \"tank\"\n",
+        "\n[health]\ninterval = \"1s\"\n\n[[route]]\ntopic = \"devices/+/telemetry\"\nsink = \"tb\"\n\n[[serial]]\nname = \"uart\"\npath = \"{}\"\nprotocol = \"kv\"\ndevice = \"tank\"\n",
         pty.device.display()
     );
     let text = tb_config(dir.path(), port, &up.url(), "")
@@ -445,6 +445,13 @@ async fn serial_ports_and_store_bounds_change_live() {
         "{log}"
     );
     assert!(log.contains("max_bytes=8388608"), "{log}");
+    assert!(
+        wait_until(Duration::from_secs(5), || tb.health().last().is_some_and(
+            |h| h["serial_open_uart"] == false && h["serial_readings_uart"] == 1
+        )),
+        "serial counters in the health telemetry: {:?}",
+        tb.health().last()
+    );
     assert_eq!(op.pid(), pid);
 
     // And on again.

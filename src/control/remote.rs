@@ -112,6 +112,30 @@ impl Health {
             };
             v.insert(format!("oldest_queued_s_{name}"), json!(oldest));
         }
+        for (name, p) in &status.stats.serial {
+            v.insert(
+                format!("serial_open_{name}"),
+                json!(p.open.load(std::sync::atomic::Ordering::Relaxed)),
+            );
+            v.insert(
+                format!("serial_readings_{name}"),
+                json!(stats::get(&p.readings)),
+            );
+            v.insert(
+                format!("serial_garbage_{name}"),
+                json!(stats::get(&p.garbage)),
+            );
+            for (id, s) in &p.slaves {
+                v.insert(
+                    format!("modbus_timeouts_{name}_{id}"),
+                    json!(stats::get(&s.timeouts)),
+                );
+                v.insert(
+                    format!("modbus_exceptions_{name}_{id}"),
+                    json!(stats::get(&s.exceptions)),
+                );
+            }
+        }
         v.insert("queued".into(), json!(queued_total));
         v.insert(
             "accepted".into(),
