@@ -2,11 +2,9 @@
 //! nothing queued is lost); a broken one is rejected and the running config
 //! stays.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_config_in_place() {

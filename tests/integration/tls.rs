@@ -1,12 +1,10 @@
 //! The uplink over TLS: `mqtts://` with the server verified against the
 //! configured CA, with real certificates made by the test.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// Writes `ca.pem`, `server.pem` and `server.key` (for 127.0.0.1) into `dir`.

@@ -2,12 +2,10 @@
 //! device's credentials in its password file; the test reads the channel's
 //! publish topic as the platform would.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const CHANNEL: &str = "channels/4242/publish";
 

@@ -2,11 +2,9 @@
 //! mosquitto with the application's API key in its password file; the test
 //! plays the Application Server on the `v3/{app}@{tenant}/...` topics.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
 

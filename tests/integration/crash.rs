@@ -1,13 +1,11 @@
 //! Durability under SIGKILL: every reading a sensor saw acknowledged reaches
 //! the upstream broker, however abruptly outpost dies.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 type Acked = Arc<Mutex<BTreeSet<(usize, u64)>>>;

@@ -3,12 +3,10 @@
 //! device topics (shared attributes down, client attributes and telemetry
 //! up, and the attributes request made on connect).
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 

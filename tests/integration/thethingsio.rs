@@ -3,12 +3,10 @@
 //! device subscribed to (read from mosquitto's log), and reads the thing's
 //! topic.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 

@@ -2,12 +2,10 @@
 //! between local clients, retained messages, wills, MQTT 3.1.1 and 5 on one
 //! port.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
 fn start() -> (Upstream, tempfile::TempDir, Outpost, u16) {

@@ -2,12 +2,10 @@
 //! at outpost's embedded broker reach a real upstream mosquitto, across
 //! upstream outages, upstream restarts and outpost restarts.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn mosquitto_pub(port: u16, topic: &str, payload: &str) -> std::process::Output {
     require("mosquitto_pub", "mosquitto-clients");

@@ -1,12 +1,10 @@
 //! Bad input gets a clear message naming the problem, and never costs
 //! anything already accepted.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn outpost(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_outpost"))

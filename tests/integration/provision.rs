@@ -2,14 +2,12 @@
 //! the test playing ThingsBoard's provisioning service on
 //! `/provision/request` → `/provision/response`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 

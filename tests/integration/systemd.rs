@@ -1,12 +1,10 @@
 //! systemd integration without systemd: the test plays the service manager
 //! on a unix datagram socket (`NOTIFY_SOCKET`), as sd_notify(3) describes.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Messages received within `within`, each split into its lines.
 fn receive(sock: &UnixDatagram, within: Duration) -> Vec<String> {

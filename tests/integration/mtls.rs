@@ -2,13 +2,11 @@
 //! `outpost cert`: root → intermediate → leaves. Debian's mosquitto plays
 //! the platform with `require_certificate true` and the root as its only CA.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Runs `outpost cert ARGS` and returns its stdout; fails the test on error.
 fn cert<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {

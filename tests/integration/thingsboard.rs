@@ -2,13 +2,11 @@
 //! standing in for ThingsBoard's MQTT transport, with the test playing the
 //! platform (it subscribes to `v1/#` and checks topics and payload shapes).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn tb_config(dir: &Path, local_port: u16, url: &str, sink_extra: &str) -> String {

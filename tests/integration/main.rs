@@ -1,0 +1,24 @@
+//! outpost's integration tests: real brokers (Debian's mosquitto, the
+//! embedded rumqttd), the real `outpost` binary, real PTYs and real
+//! certificates. One test binary with a module per area, so that the
+//! test build links once instead of once per file.
+//!
+//! Run one area with e.g. `cargo test --test integration serial::`.
+
+mod common;
+
+mod bad_input;
+mod crash;
+mod data_path;
+mod local_pubsub;
+mod mtls;
+mod provision;
+mod reload;
+mod remote;
+mod serial;
+mod systemd;
+mod thethingsio;
+mod thingsboard;
+mod thingspeak;
+mod tls;
+mod ttn;
