@@ -65,7 +65,8 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
                     let shutdown = shutdown.clone();
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, peer, &front, shutdown).await {
+                        let (rx, tx) = stream.into_split();
+                        if let Err(e) = connection(rx, tx, peer, &front, shutdown).await {
                             tracing::debug!(%peer, error = %e, "sensor connection ended");
                         }
                     });
@@ -114,17 +115,19 @@ enum ConnError {
     Refused(String),
 }
 
-/// One sensor connection (plain TCP or TLS), relayed to rumqttd.
-async fn connection<S>(
-    sensor: S,
+/// One sensor connection, relayed to rumqttd. Plain TCP passes its owned
+/// halves (no lock between reader and writer); TLS passes a split stream.
+async fn connection<R, W>(
+    sensor_rx: R,
+    mut sensor_tx: W,
     peer: SocketAddr,
     front: &Front,
     shutdown: CancellationToken,
 ) -> Result<(), ConnError>
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
 {
-    let (sensor_rx, mut sensor_tx) = tokio::io::split(sensor);
     let mut from_sensor = FramedRead::new(
         sensor_rx,
         Frames {

@@ -111,7 +111,8 @@ async fn handshake_then_relay(
     {
         tracing::debug!(%peer, client_cn = %cn, "TLS sensor presented a certificate");
     }
-    if let Err(e) = connection(tls, peer, &front, shutdown).await {
+    let (rx, tx) = tokio::io::split(tls);
+    if let Err(e) = connection(rx, tx, peer, &front, shutdown).await {
         tracing::debug!(%peer, error = %e, "TLS sensor connection ended");
     }
 }
