@@ -13,6 +13,9 @@ pub struct IngestStats {
     pub refused: AtomicU64,
     /// Sensors connected to the front right now.
     pub clients: AtomicU64,
+    /// The serial sources' local client is subscribed: RPC and attributes
+    /// for serial devices reach their ports.
+    pub serial_control: AtomicBool,
 }
 
 #[derive(Debug, Default)]

@@ -75,6 +75,7 @@ impl StatusSource {
             "refused": stats::get(&self.stats.ingest.refused),
             "sinks": sinks,
             "serial": serial,
+            "serial_control": self.stats.ingest.serial_control.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }

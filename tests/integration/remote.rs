@@ -63,6 +63,20 @@ impl Platform {
         }
     }
 
+    /// Waits for outpost's connect report: from then on it is subscribed
+    /// to its shared attributes (it subscribes before it reports).
+    fn wait_connected(&self, op: &Outpost) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .attributes
+                .all()
+                .iter()
+                .any(|s| s.json()["outpost_version"].is_string())),
+            "no connect report from outpost:\n{}",
+            op.log_text()
+        );
+    }
+
     async fn set_shared(&self, values: Value) {
         self.client
             .publish(
@@ -136,15 +150,7 @@ async fn a_route_added_remotely_forwards_without_restart_and_a_bad_change_is_rej
     );
     let pid = op.pid();
     // Box facts once per connect.
-    assert!(
-        wait_until(Duration::from_secs(10), || tb
-            .attributes
-            .all()
-            .iter()
-            .any(|s| s.json()["outpost_version"].is_string())),
-        "{}",
-        op.log_text()
-    );
+    tb.wait_connected(&op);
 
     publish_all(
         port,
@@ -235,6 +241,7 @@ async fn the_overlay_holds_after_a_restart_with_the_upstream_down() {
         port,
         &tb_config(dir.path(), port, &up.url(), ""),
     );
+    tb.wait_connected(&op);
     tb.set_shared(
         json!({"config_version": "v7", "routes": [{"topic": "barn/+/telemetry", "sink": "tb"}]}),
     )
@@ -288,10 +295,7 @@ async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
         port,
         &tb_config(dir.path(), port, &up.url(), ""),
     );
-    assert!(wait_until(Duration::from_secs(10), || tb
-        .attributes
-        .count()
-        > 0));
+    tb.wait_connected(&op);
     // An upstream nobody listens on.
     let dead = free_port();
     tb.set_shared(
@@ -423,6 +427,7 @@ async fn serial_ports_and_store_bounds_change_live() {
     // The port is switched off from the platform, and the outbox bounds
     // changed; neither needs a restart.
     let pid = op.pid();
+    tb.wait_connected(&op);
     tb.set_shared(json!({
         "config_version": 11,
         "serial": [{"name": "uart", "path": pty.device.display().to_string(), "protocol": "kv", "device": "tank", "enabled": false}],

@@ -21,6 +21,9 @@ fn serial_config(dir: &Path, port: u16, up: &Upstream, serial: &str) -> String {
 fn wait_open(op: &Outpost, ports: &[&str], opens: u64) {
     let ok = wait_until(Duration::from_secs(10), || {
         let s = op.status_json();
+        if s["serial_control"] != true {
+            return false;
+        }
         ports.iter().all(|p| {
             s["serial"][p]["open"] == true && s["serial"][p]["opens"].as_u64() >= Some(opens)
         })

@@ -77,7 +77,14 @@ sink = "ttn"
         op.log_text(),
         up.log()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Subscribed to the uplinks (mosquitto logs each subscription).
+    assert!(
+        wait_until(Duration::from_secs(10), || up
+            .log()
+            .contains("v3/app1@ttn/devices/+/up")),
+        "{}",
+        up.log()
+    );
 
     // The Application Server publishes two uplinks (QoS 0).
     let mut opts = MqttOptions::new("as", "127.0.0.1", up.port);

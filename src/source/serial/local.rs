@@ -64,6 +64,7 @@ pub async fn run(
     topics: Topics,
     ports: HashMap<String, mpsc::Sender<Control>>,
     mut readings: mpsc::Receiver<(String, Vec<u8>)>,
+    ready: Option<std::sync::Arc<crate::stats::Stats>>,
     shutdown: CancellationToken,
 ) {
     let (client, mut eventloop) = AsyncClient::new(local.options("-serial"), 1024);
@@ -78,6 +79,11 @@ pub async fn run(
                 None => break,
             },
             ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(s) = &ready {
+                        s.ingest.serial_control.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     for device in ports.keys() {
                         let _ = client.try_subscribe(fill(&topics.rpc_request, device, "+"), QoS::AtLeastOnce);

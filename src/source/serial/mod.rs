@@ -110,6 +110,7 @@ pub fn spawn(
             topics,
             owners,
             readings,
+            Some(pipeline.stats.clone()),
             shutdown.clone(),
         ));
     }
