@@ -3,27 +3,38 @@
 //! ```text
 //!  LAN sensors ──MQTT──▶ source::front ──relay──▶ source::broker (rumqttd)
 //!  UART sensors ───────▶ source::serial
-//!                              │ readings
+//!  platform uplinks ───▶ (from their sink)
+//!                              │ every reading through source::Ingest
 //!                              ▼
 //!                    route (topic filter → sink, device, ts)
 //!                              ▼
 //!                    store (SQLite outbox, one FIFO queue per sink)
 //!                              ▼
 //!                    sink (uplink session: QoS 1, delete on PUBACK) ──▶ cloud
+//!                              │ downlink
+//!                              ▼
+//!                    control (local devices, own RPC, remote config)
 //! ```
 //!
-//! - [`config`]: the TOML file, checked with every problem reported by key path.
-//! - [`source`]: where readings come from.
-//! - [`route`] and [`record`]: what a reading becomes.
-//! - [`store`]: the durable outbox.
-//! - [`sink`]: where records go, and the upstream MQTT session.
-//! - [`control`]: what comes down from the cloud (settings, RPC).
-//! - [`daemon`]: wiring, signals, logging and orderly shutdown.
-//! - [`pki`]: certificate chains and keys (`outpost cert`).
+//! Layers, bottom to top; each imports only the ones below it:
+//!
+//! 1. leaf types: [`record`] (the record, its kind, the clock), [`topic`]
+//!    (filters, templates), [`units`] (sizes, durations, rates), [`net`]
+//!    (broker URLs, loopback ports), [`files`] (private state files);
+//! 2. [`config`]: the TOML file, checked with every problem reported by
+//!    key path; [`pki`]: certificate chains and keys;
+//! 3. [`store`] (the durable outbox), [`route`] and [`stats`];
+//! 4. [`source`]: where readings enter, all through one `Ingest`;
+//! 5. [`sink`]: where records leave (the upstream session and one dialect
+//!    per platform);
+//! 6. [`control`]: what comes down (downlink, own RPC, remote config) and
+//!    what outpost reports;
+//! 7. [`daemon`]: wiring, signals, systemd, logging, the status socket.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod files;
 pub mod net;
 pub mod pki;
 pub mod record;
@@ -32,3 +43,5 @@ pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod topic;
+pub mod units;

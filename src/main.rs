@@ -90,75 +90,13 @@ fn main() -> ExitCode {
 fn check_config(path: Option<PathBuf>) -> ExitCode {
     match config::load_full(path.as_deref()) {
         Ok(loaded) => {
-            let c = &loaded.config;
-            println!(
-                "{}: ok ({} route(s), {} sink(s), {} serial port(s), outbox {})",
-                loaded.source,
-                c.routes.len(),
-                c.sinks.len(),
-                c.serial.len(),
-                c.store_path().display()
-            );
-            print_overlay(&loaded);
+            print!("{}", loaded.describe());
             ExitCode::SUCCESS
         }
         Err(e @ ConfigError::Invalid { .. }) | Err(e @ ConfigError::Read { .. }) => {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Where each value comes from: the remote overlay wins over the file.
-fn print_overlay(loaded: &config::Loaded) {
-    if let Some(e) = &loaded.overlay_error {
-        println!("remote configuration (from ThingsBoard) NOT used: {e}");
-        return;
-    }
-    if loaded.overlay.is_empty() {
-        println!("every value comes from {}", loaded.source);
-        return;
-    }
-    let version = loaded
-        .overlay
-        .version
-        .as_ref()
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "none".into());
-    println!("remote configuration from ThingsBoard (config_version {version}) sets:");
-    for key in loaded.overlay.sources() {
-        println!("  {key}");
-    }
-    println!("everything else comes from {}", loaded.source);
-    println!("merged sections set remotely:");
-    for (key, value) in &loaded.overlay.sections {
-        println!("  {key} = {}", redact(value));
-    }
-}
-
-/// A JSON value with secrets replaced, for printing.
-fn redact(v: &serde_json::Value) -> serde_json::Value {
-    const SECRET: &[&str] = &[
-        "password",
-        "access_token",
-        "provision_device_secret",
-        "provision_device_key",
-    ];
-    match v {
-        serde_json::Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| {
-                let v = if SECRET.contains(&k.as_str()) {
-                    serde_json::Value::String("(secret)".into())
-                } else {
-                    redact(v)
-                };
-                (k.clone(), v)
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-        serde_json::Value::Array(a) => a.iter().map(redact).collect::<Vec<_>>().into(),
-        other => other.clone(),
     }
 }
 
@@ -178,51 +116,8 @@ fn status(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let v: serde_json::Value = serde_json::from_str(&body).context("unreadable status answer")?;
     if json {
         println!("{body}");
-        return Ok(());
-    }
-    println!(
-        "outpost {} (pid {}): {} accepted, {} refused",
-        v["version"].as_str().unwrap_or("?"),
-        v["pid"],
-        v["accepted"],
-        v["refused"]
-    );
-    if let Some(sinks) = v["sinks"].as_object() {
-        for (name, s) in sinks {
-            println!(
-                "  sink {name}: {}, {} queued ({} bytes), {} delivered, {} dropped",
-                if s["connected"] == true {
-                    "connected"
-                } else {
-                    "NOT connected"
-                },
-                s["queued"],
-                s["queued_bytes"],
-                s["delivered"],
-                s["dropped"]
-            );
-        }
-    }
-    if let Some(ports) = v["serial"].as_object() {
-        for (name, p) in ports {
-            println!(
-                "  serial {name}: {}, {} readings, {} garbage lines, opened {} time(s)",
-                if p["open"] == true {
-                    "open"
-                } else {
-                    "NOT open"
-                },
-                p["readings"],
-                p["garbage"],
-                p["opens"]
-            );
-            for (id, s) in p["slaves"].as_object().into_iter().flatten() {
-                println!(
-                    "    modbus slave {id}: {} polls, {} timeouts, {} exceptions",
-                    s["polls"], s["timeouts"], s["exceptions"]
-                );
-            }
-        }
+    } else {
+        print!("{}", outpost::control::status::render(&v));
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Loopback port helpers shared by the daemon, the benchmark and the tests.
+//! Network addresses: broker URLs as the config writes them, and loopback
+//! port helpers shared by the daemon, the benchmark and the tests.
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -54,4 +55,92 @@ pub fn is_listening(port: u16) -> bool {
             })
         })
     })
+}
+
+/// A parsed `mqtt://` or `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "`{url}` must start with mqtt:// or mqtts:// (e.g. mqtts://mqtt.example.com:8883)"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') {
+            return Err(format!(
+                "`{url}`: give only host and port; put credentials in username/password"
+            ));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{url}`: unclosed `[` in IPv6 address"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (rest.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{url}`: `{p}` is not a port number"))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        Ok(BrokerUrl { tls, host, port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://localhost"),
+            Ok(BrokerUrl {
+                tls: false,
+                host: "localhost".into(),
+                port: 1883
+            })
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://broker.example:8884"),
+            Ok(BrokerUrl {
+                tls: true,
+                host: "broker.example".into(),
+                port: 8884
+            })
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtt://[::1]:1999"),
+            Ok(BrokerUrl {
+                tls: false,
+                host: "::1".into(),
+                port: 1999
+            })
+        );
+        assert!(BrokerUrl::parse("http://x").is_err());
+        assert!(BrokerUrl::parse("mqtt://x:notaport").is_err());
+        assert!(BrokerUrl::parse("mqtt://user:pw@x").is_err());
+    }
 }

@@ -1,14 +1,60 @@
-//! The one type that flows upstream.
+//! The one type that flows upstream, and the clock that stamps it.
 //!
-//! Every source (the local broker, later serial ports) turns what it hears
-//! into [`Record`]s; the outbox stores them; every sink encodes them for its
-//! platform. The measurement time `ts` is fixed when the record is made, never
-//! when it is sent, so a resend after a crash carries the same timestamp and
-//! overwrites itself on platforms that key values by (device, key, ts).
+//! Every source (the local broker, serial ports, platform uplinks) turns
+//! what it hears into [`Record`]s; the outbox stores them; every sink encodes
+//! them for its platform. The measurement time `ts` is fixed when the record
+//! is made, never when it is sent, so a resend after a crash carries the same
+//! timestamp and overwrites itself on platforms that key values by (device,
+//! key, ts).
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::RecordKind;
+/// What a record is to its platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Telemetry,
+    /// Client attributes of the device.
+    Attributes,
+    /// A device claiming request (`{"secretKey":..,"durationMs":..}`).
+    Claim,
+    /// A client-side RPC request (`{"method":..,"params":..}`); the local
+    /// topic's last level is the request id, and the answer is published on
+    /// the same topic with `request` replaced by `response`.
+    Rpc,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Telemetry => "telemetry",
+            RecordKind::Attributes => "attributes",
+            RecordKind::Claim => "claim",
+            RecordKind::Rpc => "rpc",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecordKind> {
+        match s {
+            "telemetry" => Some(RecordKind::Telemetry),
+            "attributes" => Some(RecordKind::Attributes),
+            "claim" => Some(RecordKind::Claim),
+            "rpc" => Some(RecordKind::Rpc),
+            _ => None,
+        }
+    }
+}
+
+/// The gateway clock: milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {

@@ -8,77 +8,10 @@
 //! and millisecond, so two readings stamped alike would overwrite each other).
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{RecordKind, RouteConfig};
-use crate::record::{Reading, Record};
-
-/// An MQTT topic filter, split into levels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicFilter {
-    levels: Vec<String>,
-}
-
-impl TopicFilter {
-    pub fn parse(filter: &str) -> Result<TopicFilter, String> {
-        if filter.is_empty() {
-            return Err("a topic filter must not be empty".into());
-        }
-        let levels: Vec<String> = filter.split('/').map(str::to_string).collect();
-        for (i, l) in levels.iter().enumerate() {
-            if l.contains('#') && (l != "#" || i + 1 != levels.len()) {
-                return Err(format!(
-                    "`{filter}`: `#` must be a whole level and the last one"
-                ));
-            }
-            if l.contains('+') && l != "+" {
-                return Err(format!("`{filter}`: `+` must be a whole level"));
-            }
-        }
-        Ok(TopicFilter { levels })
-    }
-
-    pub fn matches(&self, topic: &str) -> bool {
-        let mut parts = topic.split('/');
-        for (i, level) in self.levels.iter().enumerate() {
-            match level.as_str() {
-                // `#` also matches the parent level itself (`a/#` matches `a`),
-                // but never topics starting with `$` at the first level.
-                "#" => return !(i == 0 && topic.starts_with('$')),
-                "+" => match parts.next() {
-                    Some(p) if !(i == 0 && p.starts_with('$')) => {}
-                    _ => return false,
-                },
-                exact => {
-                    if parts.next() != Some(exact) {
-                        return false;
-                    }
-                }
-            }
-        }
-        parts.next().is_none()
-    }
-
-    /// The topic level that names the device: the one given, else the first `+`.
-    pub fn device_level(&self, given: Option<usize>) -> Result<usize, String> {
-        match given {
-            Some(l) => {
-                let ends_in_hash = self.levels.last().is_some_and(|x| x == "#");
-                if (l < self.levels.len() && self.levels[l] != "#") || ends_in_hash {
-                    Ok(l)
-                } else {
-                    Err(format!(
-                        "level {l} does not exist in a filter with {} levels (levels count from 0)",
-                        self.levels.len()
-                    ))
-                }
-            }
-            None => self.levels.iter().position(|l| l == "+").ok_or_else(|| {
-                "the filter has no `+` level to take the device name from: set `device_level` or `device`".to_string()
-            }),
-        }
-    }
-}
+use crate::config::RouteConfig;
+use crate::record::{now_ms, Reading, Record, RecordKind};
+use crate::topic::TopicFilter;
 
 #[derive(Debug, Clone)]
 enum DeviceFrom {
@@ -134,16 +67,23 @@ impl Router {
 
     /// The topic filters to listen on.
     pub fn filters(&self) -> Vec<String> {
-        self.routes
-            .iter()
-            .map(|r| r.filter.levels.join("/"))
-            .collect()
+        self.routes.iter().map(|r| r.filter.text()).collect()
     }
 
     /// Does any route select this topic? Cheap; used to keep unrouted
     /// messages off the store's path.
     pub fn selects(&self, topic: &str) -> bool {
         self.routes.iter().any(|r| r.filter.matches(topic))
+    }
+
+    /// The next automatic stamp for `device`: now, or just after the
+    /// device's last stamp, so that each device's stamps strictly increase.
+    pub fn stamp(&mut self, device: &str) -> i64 {
+        self.stamp_at(device, now_ms())
+    }
+
+    fn stamp_at(&mut self, device: &str, now: i64) -> i64 {
+        stamp(&mut self.last_ts, device, now)
     }
 
     /// The records a message becomes: one per sink whose route matches
@@ -167,17 +107,13 @@ impl Router {
                 },
             };
             let reading = reading.get_or_insert_with(|| Reading::parse(payload));
-            let last = self.last_ts.entry(device.clone()).or_insert(i64::MIN);
             let ts = match reading.ts {
                 Some(ts) => {
+                    let last = self.last_ts.entry(device.clone()).or_insert(i64::MIN);
                     *last = (*last).max(ts);
                     ts
                 }
-                None => {
-                    let ts = now.max(last.saturating_add(1));
-                    *last = ts;
-                    ts
-                }
+                None => stamp(&mut self.last_ts, &device, now),
             };
             out.push(Record {
                 id: 0,
@@ -193,11 +129,12 @@ impl Router {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Now, or just after `device`'s last stamp.
+fn stamp(last_ts: &mut HashMap<String, i64>, device: &str, now: i64) -> i64 {
+    let last = last_ts.entry(device.to_string()).or_insert(i64::MIN);
+    let ts = now.max(last.saturating_add(1));
+    *last = ts;
+    ts
 }
 
 #[cfg(test)]
@@ -212,38 +149,6 @@ mod tests {
             device: None,
             kind: RecordKind::Telemetry,
         }
-    }
-
-    #[test]
-    fn filter_matching() {
-        let f = TopicFilter::parse("sensors/+/telemetry").unwrap();
-        assert!(f.matches("sensors/t1/telemetry"));
-        assert!(!f.matches("sensors/t1/telemetry/x"));
-        assert!(!f.matches("sensors/telemetry"));
-        let h = TopicFilter::parse("a/#").unwrap();
-        assert!(h.matches("a"));
-        assert!(h.matches("a/b/c"));
-        assert!(!TopicFilter::parse("#").unwrap().matches("$SYS/x"));
-        assert!(TopicFilter::parse("a/#/b").is_err());
-        assert!(TopicFilter::parse("a/b+").is_err());
-    }
-
-    #[test]
-    fn device_level_defaults_to_first_plus() {
-        let f = TopicFilter::parse("site/x/+/t").unwrap();
-        assert_eq!(f.device_level(None), Ok(2));
-        assert!(TopicFilter::parse("a/b")
-            .unwrap()
-            .device_level(None)
-            .is_err());
-        assert!(TopicFilter::parse("a/b")
-            .unwrap()
-            .device_level(Some(5))
-            .is_err());
-        assert_eq!(
-            TopicFilter::parse("a/#").unwrap().device_level(Some(3)),
-            Ok(3)
-        );
     }
 
     #[test]

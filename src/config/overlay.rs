@@ -73,23 +73,10 @@ impl Overlay {
 
     /// Stores the overlay (0600: it may hold credentials), atomically.
     pub fn save(&self, state_dir: &Path) -> Result<(), String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let p = path(state_dir);
-        let tmp = p.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &p)
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", p.display()))
+        crate::files::write_private(&p, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,9 +1,16 @@
-//! Control: what comes down from the cloud. Shared attributes and RPC for
-//! local devices go out on the local broker through outpost's own MQTT
-//! client ([`downlink`]); replies go back up through the sink's session.
-//! Outpost's own shared attributes (its remote configuration), its reports
-//! and health telemetry are in [`remote`].
+//! Control: what comes down from the cloud and what outpost says about
+//! itself.
+//!
+//! - [`downlink`]: a sink's downlink carried out on the local broker
+//!   (settings retained for devices, RPC to devices and their answers);
+//! - [`agent`]: outpost's own RPC methods (ping, status, set_log_level);
+//! - [`remote`]: the remote configuration, checked, applied, persisted and
+//!   rolled back when it breaks the uplink;
+//! - [`report`]: facts, outcomes and health telemetry about outpost;
+//! - [`status`]: the status snapshot and how it is printed.
 
+pub mod agent;
 pub mod downlink;
 pub mod remote;
+pub mod report;
 pub mod status;

@@ -1,5 +1,6 @@
-//! What outpost says about itself: the `status` RPC and (later) health
-//! telemetry read the same snapshot.
+//! What outpost says about itself: one snapshot, read by the `status` RPC,
+//! the status socket (`outpost status`) and health telemetry, and its
+//! rendering for a person at a terminal.
 
 use std::sync::Arc;
 
@@ -78,4 +79,50 @@ impl StatusSource {
             "serial_control": self.stats.ingest.serial_control.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
+}
+
+/// The snapshot as `outpost status` prints it for a person.
+pub fn render(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "outpost {} (pid {}): {} accepted, {} refused",
+        v["version"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["accepted"],
+        v["refused"]
+    );
+    for (name, s) in v["sinks"].as_object().into_iter().flatten() {
+        let state = if s["connected"] == true {
+            "connected"
+        } else {
+            "NOT connected"
+        };
+        let _ = writeln!(
+            out,
+            "  sink {name}: {state}, {} queued ({} bytes), {} delivered, {} dropped",
+            s["queued"], s["queued_bytes"], s["delivered"], s["dropped"]
+        );
+    }
+    for (name, p) in v["serial"].as_object().into_iter().flatten() {
+        let state = if p["open"] == true {
+            "open"
+        } else {
+            "NOT open"
+        };
+        let _ = writeln!(
+            out,
+            "  serial {name}: {state}, {} readings, {} garbage lines, opened {} time(s)",
+            p["readings"], p["garbage"], p["opens"]
+        );
+        for (id, s) in p["slaves"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    modbus slave {id}: {} polls, {} timeouts, {} exceptions",
+                s["polls"], s["timeouts"], s["exceptions"]
+            );
+        }
+    }
+    out
 }

@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::control::downlink::LocalBroker;
 use crate::route::Router;
+use crate::source::broker::LocalBroker;
 use crate::store::Outbox;
 
 /// Which part failed, and how.
@@ -157,8 +157,9 @@ fn connect_packet(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BrokerConfig, ByteSize, FullPolicy, Seconds, StoreConfig, Synchronous};
+    use crate::config::{BrokerConfig, FullPolicy, StoreConfig, Synchronous};
     use crate::source::broker::{self, ControlLogin, Listeners};
+    use crate::units::{ByteSize, Seconds};
 
     fn outbox(dir: &std::path::Path) -> Outbox {
         let cfg = StoreConfig {

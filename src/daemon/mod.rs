@@ -16,7 +16,7 @@ mod sinks;
 pub mod status_socket;
 pub mod supervisor;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -24,12 +24,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SinkConfig};
-use crate::control::downlink;
+use crate::control::agent::OwnRpc;
+use crate::control::remote::Manager;
+use crate::control::report::Outcome;
 use crate::control::status::StatusSource;
 use crate::route::Router;
 use crate::source;
-use crate::source::broker::Listeners;
+use crate::source::broker::{Listeners, LocalBroker};
 use crate::source::front::Front;
+use crate::source::Ingest;
 use crate::stats::Stats;
 use crate::store::Outbox;
 
@@ -45,7 +48,6 @@ pub enum DaemonError {
     Setup(String),
 }
 
-/// Runs outpost until SIGTERM or SIGINT.
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -109,20 +111,16 @@ async fn run_loaded(
 
     let mut tasks = JoinSet::new();
     let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
-    let (ingest, local) =
-        start_ingest(&config, router, &outbox, &stats, &shutdown, &mut tasks).await?;
+    let ingest = Ingest::new(router, outbox.clone(), stats.clone());
+    let (running_ingest, local) = start_ingest(&config, &ingest, &shutdown, &mut tasks).await?;
     let serial_stop = shutdown.child_token();
     let mut serial_tasks = JoinSet::new();
-    if let Some(router) = ingest.router() {
+    if running_ingest.front() {
         source::serial::spawn(
             &config.serial,
-            source::serial::Pipeline {
-                router,
-                outbox: outbox.clone(),
-                stats: stats.clone(),
-            },
+            ingest.clone(),
             local.clone(),
-            serial_topics(&config),
+            config.device_topics(),
             &mut serial_tasks,
             &serial_stop,
         );
@@ -131,6 +129,10 @@ async fn run_loaded(
         stats: stats.clone(),
         outbox: outbox.clone(),
     };
+    let agent: Arc<dyn crate::sink::Agent> = Arc::new(OwnRpc {
+        status: status.clone(),
+        set_log_level: Arc::new(logging::set_level),
+    });
 
     // Remote configuration comes through the first ThingsBoard sink.
     let remote_on = !loaded.base.is_empty()
@@ -140,14 +142,12 @@ async fn run_loaded(
             .any(|s| matches!(s, SinkConfig::Thingsboard(_)));
     let (remote_tx, remote_rx) = mpsc::channel(64);
     let ctx = sinks::SinkCtx {
-        outbox: outbox.clone(),
-        stats: stats.clone(),
-        status: status.clone(),
+        ingest: ingest.clone(),
+        agent,
         local: local.clone(),
         state_dir: config.state_dir.clone(),
         remote: None,
-        router: ingest.router(),
-        topics: serial_topics(&config),
+        topics: config.device_topics(),
     };
     let mut running = std::collections::BTreeMap::new();
     let remote_sink = config
@@ -165,31 +165,34 @@ async fn run_loaded(
         running.insert(name.clone(), handle);
     }
     let live = live::Live {
-        base: loaded.base,
-        overlay: loaded.overlay.clone(),
-        last_good: loaded.overlay,
-        router: ingest.router(),
         ctx: sinks::SinkCtx {
             remote: remote_sink.as_ref().map(|_| remote_tx.clone()),
             ..ctx
         },
-        remote_sink,
         sinks: running,
         serial: (serial_stop, serial_tasks),
-        local: local.clone(),
+        shutdown: shutdown.clone(),
+        remote_sink,
+    };
+    let manager = Manager {
+        applier: live,
+        base: loaded.base,
+        config: config.clone(),
+        overlay: loaded.overlay.clone(),
+        last_good: loaded.overlay,
+        status: status.clone(),
+        store_path: store_path.clone(),
         shutdown: shutdown.clone(),
         restart,
-        store_path: store_path.clone(),
-        outcome: crate::control::remote::Outcome {
+        outcome: Outcome {
             version: None,
             hash: String::new(),
             status: "ok",
             error: None,
         },
-        config: config.clone(),
     };
     drop(remote_tx);
-    tasks.spawn(live.run(remote_rx));
+    tasks.spawn(manager.run(remote_rx));
 
     tasks.spawn(expire_periodically(
         outbox.clone(),
@@ -200,7 +203,7 @@ async fn run_loaded(
     tasks.spawn(supervisor::run(
         health::Health {
             outbox: outbox.clone(),
-            router: ingest.router(),
+            router: running_ingest.front().then(|| ingest.router().clone()),
             broker: Some(local.clone()),
         },
         stats.clone(),
@@ -222,7 +225,7 @@ async fn run_loaded(
     shutdown.cancelled().await;
     supervisor::stopping();
     tracing::info!("shutting down");
-    if let Ingest::Link(thread) = ingest {
+    if let RunningIngest::Link(thread) = running_ingest {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     while tasks.join_next().await.is_some() {}
@@ -241,38 +244,31 @@ async fn run_loaded(
 }
 
 /// How readings get from the local broker into the outbox.
-enum Ingest {
-    /// The front; rumqttd's link is kept open for later downlink use.
+enum RunningIngest {
+    /// The front before rumqttd (kept alive for the local pub/sub).
     Front {
         #[allow(dead_code)]
-        broker: Box<source::broker::LocalBroker>,
-        router: Arc<Mutex<Router>>,
+        broker: Box<source::broker::RumqttdBroker>,
     },
     Link(std::thread::JoinHandle<()>),
 }
 
-impl Ingest {
-    /// The router the watchdog checks (the link thread owns its own).
-    fn router(&self) -> Option<Arc<Mutex<Router>>> {
-        match self {
-            Ingest::Front { router, .. } => Some(router.clone()),
-            Ingest::Link(_) => None,
-        }
+impl RunningIngest {
+    fn front(&self) -> bool {
+        matches!(self, RunningIngest::Front { .. })
     }
 }
 
 async fn start_ingest(
     config: &Config,
-    router: Router,
-    outbox: &Outbox,
-    stats: &Arc<Stats>,
+    ingest: &Ingest,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<(Ingest, downlink::LocalBroker), DaemonError> {
+) -> Result<(RunningIngest, LocalBroker), DaemonError> {
     let b = &config.broker;
     if !b.ack_after_commit {
         let broker = source::broker::start(b, Listeners::public(b)?)?;
-        let local = downlink::LocalBroker {
+        let local = LocalBroker {
             addr: broker.listen.v4,
             login: broker.control.clone(),
             authenticate: b.users.is_some(),
@@ -282,16 +278,20 @@ async fn start_ingest(
             "broker.ack_after_commit = false: rumqttd acknowledges readings from memory; \
              a crash, or a sustained burst faster than the outbox can commit, loses acknowledged readings"
         );
+        let filters = ingest
+            .router()
+            .lock()
+            .map(|r| r.filters())
+            .unwrap_or_default();
         let thread = source::link::spawn(
             broker.link_tx,
             broker.link_rx,
-            router,
-            outbox.clone(),
-            stats.clone(),
+            filters,
+            ingest.clone(),
             shutdown.clone(),
         )
         .map_err(DaemonError::Setup)?;
-        return Ok((Ingest::Link(thread), local));
+        return Ok((RunningIngest::Link(thread), local));
     }
 
     // Bind the sensor-facing addresses first: a clear error if taken.
@@ -324,13 +324,10 @@ async fn start_ingest(
         }
     };
     let broker = source::broker::start(b, Listeners::private()?)?;
-    let router = Arc::new(Mutex::new(router));
     let front = Arc::new(Front {
         backend_v4: broker.listen.v4,
         backend_v5: broker.listen.v5,
-        router: router.clone(),
-        outbox: outbox.clone(),
-        stats: stats.clone(),
+        ingest: ingest.clone(),
         max_body: b.max_payload.0 as usize,
         connect_timeout: b.connect_timeout.0,
         reserved_client_id: broker.link_id.clone(),
@@ -349,35 +346,17 @@ async fn start_ingest(
         ));
     }
     tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = true, "local broker listening");
-    let local = downlink::LocalBroker {
+    let local = LocalBroker {
         addr: broker.listen.v4,
         login: broker.control.clone(),
         authenticate: b.users.is_some(),
     };
     Ok((
-        Ingest::Front {
+        RunningIngest::Front {
             broker: Box::new(broker),
-            router,
         },
         local,
     ))
-}
-
-/// Serial devices answer RPC and attributes on the ThingsBoard sink's local
-/// topics (the first ThingsBoard sink's; the defaults without one).
-fn serial_topics(config: &Config) -> source::serial::local::Topics {
-    config
-        .sinks
-        .values()
-        .find_map(|s| match s {
-            SinkConfig::Thingsboard(t) => Some(source::serial::local::Topics {
-                rpc_request: t.rpc_request_topic.clone(),
-                rpc_response: t.rpc_response_topic.clone(),
-                attributes: t.attributes_topic.clone(),
-            }),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {

@@ -1,10 +1,11 @@
-//! Starting (and restarting) one sink: its uplink session and, for
-//! ThingsBoard, its downlink client on the local broker. Each sink runs
+//! Starting (and restarting) one sink: its uplink session and, for the
+//! platforms with a downlink, its client on the local broker. Each sink runs
 //! under its own cancellation token, a child of the daemon's, so a remote
 //! configuration change can restart one sink and leave the rest running.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -12,42 +13,39 @@ use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
 use crate::config::SinkConfig;
-use crate::control::downlink::{self, LocalBroker};
-use crate::control::status::StatusSource;
+use crate::control::downlink;
 use crate::sink::mqtt::MqttEncoder;
-use crate::sink::provision;
+use crate::sink::session::{self, SessionIo, Uplink};
 use crate::sink::thethingsio::{self, Thethingsio};
-use crate::sink::thingsboard::Thingsboard;
+use crate::sink::thingsboard::{self, provision, Thingsboard};
 use crate::sink::thingspeak::Thingspeak;
-use crate::sink::ttn::Ttn;
-use crate::sink::uplink::{self, Settings, Uplink};
-use crate::sink::Publish;
-use crate::stats::Stats;
-use crate::store::Outbox;
+use crate::sink::ttn::{self, Ttn};
+use crate::sink::{Agent, ControlEvent, Upstream};
+use crate::source::broker::LocalBroker;
+use crate::source::Ingest;
+use crate::topic::{filter_of, DeviceTopics};
 
 /// What every sink is built from.
 #[derive(Clone)]
 pub struct SinkCtx {
-    pub outbox: Outbox,
-    pub stats: Arc<Stats>,
-    pub status: StatusSource,
+    pub ingest: Ingest,
+    pub agent: Arc<dyn Agent>,
     pub local: LocalBroker,
     pub state_dir: PathBuf,
-    /// Where ThingsBoard sinks hand outpost's own shared attributes.
-    pub remote: Option<mpsc::Sender<crate::control::remote::Event>>,
-    /// The routes, for readings that come from a platform (TTN uplinks).
-    pub router: Option<Arc<std::sync::Mutex<crate::route::Router>>>,
+    /// Where the ThingsBoard sink that carries the remote configuration
+    /// hands outpost's own shared attributes.
+    pub remote: Option<mpsc::Sender<ControlEvent>>,
     /// The local device topics for RPC and attributes.
-    pub topics: crate::source::serial::local::Topics,
+    pub topics: DeviceTopics,
 }
 
 /// A running sink.
 pub struct SinkHandle {
     pub cancel: CancellationToken,
     pub tasks: Vec<JoinHandle<()>>,
-    /// ThingsBoard: publishes outpost makes itself (reports, health) go
-    /// upstream through this.
-    pub publish: Option<mpsc::Sender<Publish>>,
+    /// Platforms that take reports (ThingsBoard): what outpost says about
+    /// itself goes upstream through this.
+    pub upstream: Option<mpsc::Sender<Upstream>>,
 }
 
 impl SinkHandle {
@@ -70,169 +68,153 @@ pub fn spawn(
     parent: &CancellationToken,
 ) -> Result<SinkHandle, DaemonError> {
     let cancel = parent.child_token();
-    let sink_stats = ctx.stats.sinks.get(name).cloned().unwrap_or_default();
-    let mut tasks = Vec::new();
+    let outbox = ctx.ingest.outbox().clone();
+    let sink_stats = ctx
+        .ingest
+        .stats()
+        .sinks
+        .get(name)
+        .cloned()
+        .unwrap_or_default();
+    let mut handle = SinkHandle {
+        cancel: cancel.clone(),
+        tasks: Vec::new(),
+        upstream: None,
+    };
     match sink {
         SinkConfig::Mqtt(m) => {
-            let settings = Settings::from(m.as_ref());
-            uplink::client_identity(name, &settings);
-            let uplink = Uplink::new(
-                name,
-                &settings,
-                MqttEncoder::new(m),
-                ctx.outbox.clone(),
-                sink_stats,
-            )?;
-            tasks.push(tokio::spawn(uplink.run(cancel.clone())));
-            Ok(SinkHandle {
-                cancel,
-                tasks,
-                publish: None,
-            })
+            let settings = MqttEncoder::settings(m);
+            session::client_identity(name, &settings);
+            let uplink = Uplink::new(name, &settings, MqttEncoder::new(m), outbox, sink_stats)?;
+            handle.tasks.push(tokio::spawn(uplink.run(cancel)));
         }
         SinkConfig::Ttn(t) => {
-            let known = crate::sink::ttn::Known::default();
-            let mut uplink = Uplink::new(
+            let known = ttn::Known::default();
+            let uplink = Uplink::new(
                 name,
                 &Ttn::settings(t),
                 Ttn::new(t, known.clone()),
-                ctx.outbox.clone(),
+                outbox,
                 sink_stats,
-            )?;
-            if let Some(router) = &ctx.router {
-                let (tx, rx) = mpsc::channel(4096);
-                tasks.push(tokio::spawn(crate::source::inject::run(
-                    rx,
-                    router.clone(),
-                    ctx.outbox.clone(),
-                    ctx.stats.clone(),
+            )?
+            .with_io(SessionIo {
+                ingest: Some(ctx.ingest.clone()),
+                ..SessionIo::default()
+            });
+            if t.rpc {
+                handle.tasks.push(tokio::spawn(ttn::rpc_bridge(
+                    ctx.local.clone(),
+                    ctx.topics.clone(),
+                    t.downlink_topic.clone(),
+                    known,
+                    ctx.ingest.clone(),
+                    cancel.clone(),
                 )));
-                if t.rpc {
-                    tasks.push(tokio::spawn(crate::sink::ttn::rpc_bridge(
-                        ctx.local.clone(),
-                        ctx.topics.clone(),
-                        t.downlink_topic.clone(),
-                        known,
-                        tx.clone(),
-                        cancel.clone(),
-                    )));
-                }
-                uplink = uplink.with_ingest(tx);
             }
-            tasks.push(tokio::spawn(uplink.run(cancel.clone())));
-            Ok(SinkHandle {
-                cancel,
-                tasks,
-                publish: None,
-            })
+            handle.tasks.push(tokio::spawn(uplink.run(cancel)));
         }
         SinkConfig::Thethingsio(t) => {
             // Realtime updates go out on the local broker.
-            let (commands_tx, commands) = mpsc::channel(256);
+            let (local_tx, local_rx) = mpsc::channel(256);
             let (replies_tx, replies) = mpsc::channel(1);
-            tasks.push(tokio::spawn(downlink::run(
+            handle.tasks.push(tokio::spawn(downlink::run(
                 ctx.local.clone(),
                 None,
-                std::time::Duration::from_secs(10),
-                commands,
+                Duration::from_secs(10),
+                local_rx,
                 replies_tx,
                 cancel.clone(),
             )));
             // The token comes from the config, an earlier activation, or an
             // activation now; ingest runs meanwhile and records queue.
-            let (name, t, ctx, stop) = (name.to_string(), t.clone(), ctx.clone(), cancel.clone());
-            tasks.push(tokio::spawn(async move {
-                let Some(token) = thethingsio::thing_token(&name, &t, &ctx.state_dir, &stop).await
+            let (name, t, state_dir) = (name.to_string(), t.clone(), ctx.state_dir.clone());
+            handle.tasks.push(tokio::spawn(async move {
+                let Some(token) = thethingsio::thing_token(&name, &t, &state_dir, &cancel).await
                 else {
                     return;
                 };
                 let platform = Thethingsio::new(&name, &t, &token);
+                let io = SessionIo {
+                    local: Some(local_tx),
+                    upstream: Some(replies),
+                    ..SessionIo::default()
+                };
                 match Uplink::new(
                     &name,
                     &Thethingsio::settings(&t),
                     platform,
-                    ctx.outbox,
+                    outbox,
                     sink_stats,
                 ) {
-                    Ok(u) => u.with_downlink(commands_tx, replies).run(stop).await,
+                    Ok(u) => u.with_io(io).run(cancel).await,
                     Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
                 }
             }));
-            Ok(SinkHandle {
-                cancel,
-                tasks,
-                publish: None,
-            })
         }
         SinkConfig::Thingspeak(t) => {
             let uplink = Uplink::new(
                 name,
                 &Thingspeak::settings(t),
                 Thingspeak::new(t),
-                ctx.outbox.clone(),
+                outbox,
                 sink_stats,
             )?
-            .with_rate_limit(Thingspeak::rate(t));
-            tasks.push(tokio::spawn(uplink.run(cancel.clone())));
-            Ok(SinkHandle {
-                cancel,
-                tasks,
-                publish: None,
-            })
+            .with_rate_limit(&Thingspeak::rate(t));
+            handle.tasks.push(tokio::spawn(uplink.run(cancel)));
         }
         SinkConfig::Thingsboard(t) => {
-            let mut platform =
-                Thingsboard::new(name, t, sink_stats.clone()).with_status(ctx.status.clone());
-            if let Some(remote) = &ctx.remote {
-                platform = platform.with_remote(remote.clone());
-            }
-            let (commands_tx, commands) = mpsc::channel(256);
-            let (replies_tx, replies) = mpsc::channel(256);
-            tasks.push(tokio::spawn(downlink::run(
+            let platform =
+                Thingsboard::new(name, t, sink_stats.clone()).with_remote(ctx.remote.is_some());
+            let (local_tx, local_rx) = mpsc::channel(256);
+            let (upstream_tx, upstream_rx) = mpsc::channel(256);
+            handle.tasks.push(tokio::spawn(downlink::run(
                 ctx.local.clone(),
-                Some(downlink::filter_of(&t.rpc_response_topic)),
+                Some(filter_of(&t.rpc_response_topic)),
                 t.rpc_timeout.0,
-                commands,
-                replies_tx.clone(),
+                local_rx,
+                upstream_tx.clone(),
                 cancel.clone(),
             )));
+            handle.upstream = Some(upstream_tx);
+            let io = SessionIo {
+                local: Some(local_tx),
+                upstream: Some(upstream_rx),
+                ingest: None,
+                agent: Some(ctx.agent.clone()),
+                control: ctx.remote.clone(),
+            };
             let base = Thingsboard::settings(t);
             if t.provision_device_key.is_none() {
-                let platform = platform.with_identity(uplink::client_identity(name, &base));
-                let uplink = Uplink::new(name, &base, platform, ctx.outbox.clone(), sink_stats)?
-                    .with_downlink(commands_tx, replies)
-                    .with_rate_limit(Thingsboard::initial_rate(t));
-                tasks.push(tokio::spawn(uplink.run(cancel.clone())));
+                let platform = platform.with_identity(session::client_identity(name, &base));
+                let uplink = Uplink::new(name, &base, platform, outbox, sink_stats)?
+                    .with_io(io)
+                    .with_rate_limit(&thingsboard::initial_rate(t));
+                handle.tasks.push(tokio::spawn(uplink.run(cancel)));
             } else {
                 // Credentials come from provisioning (stored, or asked for
                 // now); ingest runs meanwhile and records queue.
-                let (name, t, ctx, stop) =
-                    (name.to_string(), t.clone(), ctx.clone(), cancel.clone());
-                tasks.push(tokio::spawn(async move {
+                let (name, t, state_dir) = (name.to_string(), t.clone(), ctx.state_dir.clone());
+                handle.tasks.push(tokio::spawn(async move {
                     let Some(creds) =
-                        provision::credentials(&name, &t, &base, &ctx.state_dir, &stop).await
+                        provision::credentials(&name, &t, &base, &state_dir, &cancel).await
                     else {
                         return;
                     };
                     let settings = creds.apply(base);
                     let platform =
-                        platform.with_identity(uplink::client_identity(&name, &settings));
-                    match Uplink::new(&name, &settings, platform, ctx.outbox, sink_stats) {
+                        platform.with_identity(session::client_identity(&name, &settings));
+                    match Uplink::new(&name, &settings, platform, outbox, sink_stats) {
                         Ok(u) => {
-                            u.with_downlink(commands_tx, replies)
-                                .with_rate_limit(Thingsboard::initial_rate(&t))
-                                .run(stop)
+                            u.with_io(io)
+                                .with_rate_limit(&thingsboard::initial_rate(&t))
+                                .run(cancel)
                                 .await
                         }
                         Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
                     }
                 }));
             }
-            Ok(SinkHandle {
-                cancel,
-                tasks,
-                publish: Some(replies_tx),
-            })
         }
     }
+    Ok(handle)
 }

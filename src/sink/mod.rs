@@ -1,19 +1,30 @@
-//! Sinks: where records go. Each sink owns one upstream MQTT session
-//! ([`uplink`]) and an encoder that speaks its platform's topics and payloads
-//! (today the generic [`mqtt`] one). The session is the same for every
-//! platform: backoff, TLS, in-flight window, delete-on-PUBACK, replay after
-//! reconnect. Only the encoding differs.
+//! Sinks: where records leave the outbox.
+//!
+//! Every sink is one upstream MQTT [`session`] (backoff, TLS, in-flight
+//! window, delete-on-PUBACK, replay after reconnect, dead letters) driving a
+//! [`Platform`]: the dialect of one cloud (its topics, payloads, limits and
+//! downlink). The platforms are [`mqtt`] (any broker), [`thingsboard`],
+//! [`thingspeak`], [`thethingsio`] and [`ttn`] (The Things Stack).
+//!
+//! A platform never reaches into the rest of outpost. What comes down from
+//! the cloud it turns into [`Action`]s: a reply to send up, a [`Downlink`]
+//! for the local devices, a reading to ingest, new limits, a call to
+//! outpost's own [`Agent`] (ping, status, log level) or a [`ControlEvent`]
+//! for the remote configuration. What outpost reports about itself arrives
+//! as a [`Report`], which the platform puts on its own topics.
 
 pub mod mqtt;
-pub mod provision;
-pub mod rate;
+pub mod session;
 pub mod thethingsio;
 pub mod thingsboard;
 pub mod thingspeak;
 pub mod ttn;
-pub mod uplink;
+
+use serde_json::{Map, Value};
 
 use crate::record::Record;
+
+pub use session::{Settings, Uplink};
 
 /// One MQTT PUBLISH to send upstream and the outbox rows it carries. The rows
 /// are deleted when the broker acknowledges the publish.
@@ -24,20 +35,95 @@ pub struct Publish {
     pub ids: Vec<i64>,
 }
 
+impl Publish {
+    /// A publish that carries no outbox rows (a reply, a report).
+    pub fn control(topic: impl Into<String>, body: &Value) -> Publish {
+        Publish {
+            topic: topic.into(),
+            // Serializing a serde_json::Value cannot fail.
+            payload: serde_json::to_vec(body).unwrap_or_default(),
+            ids: Vec::new(),
+        }
+    }
+}
+
+/// Builds the upstream reply from a device's answer or an error text.
+pub type Reply = Box<dyn FnOnce(Result<Value, String>) -> Publish + Send>;
+
+/// What a platform asks of the local side.
+pub enum Downlink {
+    /// Publish once (not retained) on the local broker.
+    Publish { topic: String, payload: Vec<u8> },
+    /// Merge these values into the device's settings and publish them,
+    /// retained, on `topic`.
+    Settings {
+        topic: String,
+        values: Map<String, Value>,
+    },
+    /// Publish `request` on `request_topic`; the first message on
+    /// `response_topic` (or a timeout) answers upstream through `reply`.
+    Rpc {
+        request_topic: String,
+        request: Vec<u8>,
+        response_topic: String,
+        reply: Reply,
+    },
+}
+
+/// What the cloud tells outpost about its own configuration.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// Outpost's own shared attributes that arrived (an update, or the
+    /// answer to the request made on connect).
+    Shared(Map<String, Value>),
+    /// The sink connected (again): time to report.
+    Connected,
+}
+
+/// What outpost reports about itself; the platform picks the topics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Client attributes of outpost's own device.
+    Attributes(Map<String, Value>),
+    /// Telemetry of outpost's own device, at `ts`.
+    Telemetry { ts: i64, values: Map<String, Value> },
+}
+
+/// What goes up besides records: replies made on the local side, reports.
+pub enum Upstream {
+    Publish(Publish),
+    Report(Report),
+}
+
+/// outpost's own RPC methods, carried out by the control layer.
+pub trait Agent: Send + Sync {
+    /// Answers `method` (`ping`, `status`, `set_log_level`, ...).
+    fn call(&self, method: &str, params: &Value) -> Value;
+}
+
 /// What a platform asks for when a message comes down.
 pub enum Action {
     /// Send this upstream (a reply; it carries no outbox rows).
     Upstream(Publish),
     /// Hand this to the local devices.
-    Local(crate::control::downlink::Downlink),
+    Local(Downlink),
     /// A reading that came from the platform (an uplink): route and store
     /// it like a local reading on `topic`.
     Ingest { topic: String, payload: Vec<u8> },
     /// The platform told its limits: fewer publishes in flight, a message rate.
     Limits {
         max_inflight: Option<usize>,
-        rate: Option<rate::RateLimit>,
+        rate: Option<crate::units::RateSpec>,
     },
+    /// An RPC to outpost itself: the [`Agent`] answers, `reply` puts the
+    /// answer on the platform's topic.
+    Own {
+        method: String,
+        params: Value,
+        reply: Box<dyn FnOnce(Value) -> Publish + Send>,
+    },
+    /// For the remote configuration.
+    Control(ControlEvent),
 }
 
 /// What a platform does at the start of each connection.
@@ -79,6 +165,12 @@ pub trait Platform: Send + 'static {
     /// hand to the local side.
     fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Vec<Action> {
         Vec::new()
+    }
+
+    /// A report about outpost itself, on the platform's topics (`None`:
+    /// this platform takes no reports).
+    fn report(&self, _report: Report) -> Option<Publish> {
+        None
     }
 
     /// A platform-specific hint appended to a CONNACK refusal.

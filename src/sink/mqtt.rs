@@ -4,6 +4,7 @@
 use crate::config::{MqttSinkConfig, PayloadFormat};
 use crate::record::{Reading, Record};
 
+use super::session::Settings;
 use super::{Platform, Publish};
 
 pub struct MqttEncoder {
@@ -17,6 +18,13 @@ impl MqttEncoder {
             template: cfg.topic.clone(),
             format: cfg.format,
         }
+    }
+
+    pub fn settings(cfg: &MqttSinkConfig) -> Settings {
+        Settings::new(cfg.connection(), cfg.client_id.clone())
+            .login(cfg.username.clone(), cfg.password.clone())
+            .client_cert(cfg.cert_file.as_ref(), cfg.key_file.as_ref())
+            .window(cfg.inflight, cfg.max_packet_size.0 as usize)
     }
 }
 
@@ -56,7 +64,7 @@ impl MqttEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RecordKind;
+    use crate::record::RecordKind;
 
     #[test]
     fn envelope_and_template() {

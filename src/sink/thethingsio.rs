@@ -20,10 +20,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::uplink::{tls_config, BrokerUrl, Settings};
-use super::{Action, Platform, Publish, SessionStart};
-use crate::config::platforms::ThethingsioSinkConfig;
-use crate::control::downlink::Downlink;
+use super::session::{tls_config, Settings};
+use super::{Action, Downlink, Platform, Publish, SessionStart};
+use crate::config::ThethingsioSinkConfig;
+use crate::net::BrokerUrl;
 use crate::record::{Reading, Record};
 
 pub struct Thethingsio {
@@ -42,20 +42,11 @@ impl Thethingsio {
     }
 
     pub fn settings(cfg: &ThethingsioSinkConfig) -> Settings {
-        Settings {
-            url: cfg.url.clone(),
-            client_id: format!("outpost-{:08x}", fastrand::u32(..)),
-            username: None,
-            password: None,
-            ca_file: cfg.ca_file.clone(),
-            client_cert: None,
-            inflight: cfg.inflight,
-            max_packet: 64 * 1024 + 256,
-            keep_alive: cfg.keep_alive.0,
-            reconnect_min: cfg.reconnect_min.0,
-            reconnect_max: cfg.reconnect_max.0,
-            grace: cfg.shutdown_grace.0,
-        }
+        Settings::new(
+            cfg.connection(),
+            format!("outpost-{:08x}", fastrand::u32(..)),
+        )
+        .window(cfg.inflight, 64 * 1024 + 256)
     }
 
     /// A record's entries in the `values` list.
@@ -224,23 +215,9 @@ pub async fn thing_token(
 }
 
 fn store(path: &Path, token: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(json!({ "thingToken": token }).to_string().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| format!("cannot store the thing token in {}: {e}", path.display()))
+    let body = json!({ "thingToken": token }).to_string();
+    crate::files::write_private(path, body.as_bytes())
+        .map_err(|e| format!("cannot store the thing token in {}: {e}", path.display()))
 }
 
 /// One activation: subscribe to the code's channel and wait for the token.
@@ -301,7 +278,7 @@ async fn activate(cfg: &ThethingsioSinkConfig) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RecordKind;
+    use crate::record::RecordKind;
 
     fn rec(id: i64, ts: i64, payload: &str) -> Record {
         Record {

@@ -23,9 +23,11 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{Platform, Publish, Ready};
-use crate::config::platforms::{Merge, PublishMode, Replay, ThingspeakSinkConfig};
+use crate::config::sink::{Merge, PublishMode, Replay};
+use crate::config::ThingspeakSinkConfig;
 use crate::record::{Reading, Record};
-use crate::sink::uplink::Settings;
+use crate::sink::session::Settings;
+use crate::units::RateSpec;
 
 pub struct Thingspeak {
     topic: String,
@@ -54,28 +56,16 @@ impl Thingspeak {
     }
 
     pub fn settings(cfg: &ThingspeakSinkConfig) -> Settings {
-        Settings {
-            url: cfg.url.clone(),
-            client_id: cfg.client_id.clone(),
-            username: Some(cfg.username.clone()),
-            password: Some(cfg.password.clone()),
-            ca_file: cfg.ca_file.clone(),
-            client_cert: None,
-            // Updates written and not yet confirmed by a ping answer.
-            inflight: 100,
+        Settings::new(cfg.connection(), cfg.client_id.clone())
+            .login(Some(cfg.username.clone()), Some(cfg.password.clone()))
+            // 100 updates written and not yet confirmed by a ping answer;
             // ThingSpeak takes messages up to 3000 bytes.
-            max_packet: 3000 + 64,
-            keep_alive: cfg.keep_alive.0,
-            reconnect_min: cfg.reconnect_min.0,
-            reconnect_max: cfg.reconnect_max.0,
-            grace: cfg.shutdown_grace.0,
-        }
+            .window(100, 3000 + 64)
     }
 
     /// One update per interval.
-    pub fn rate(cfg: &ThingspeakSinkConfig) -> super::rate::RateLimit {
-        super::rate::RateLimit::parse(&format!("1:{}", cfg.interval.0.as_secs().max(1)))
-            .unwrap_or_else(|_| super::rate::RateLimit::none())
+    pub fn rate(cfg: &ThingspeakSinkConfig) -> RateSpec {
+        RateSpec::parse(&format!("1:{}", cfg.interval.0.as_secs().max(1))).unwrap_or_default()
     }
 
     /// The mapped values of a record: field → value.
@@ -221,7 +211,7 @@ fn form_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RecordKind;
+    use crate::record::RecordKind;
     use serde_json::json;
 
     fn cfg(merge: &str, replay: &str) -> ThingspeakSinkConfig {

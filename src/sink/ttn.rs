@@ -26,19 +26,19 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::downlink::LocalBroker;
-use crate::source::serial::local::{captures, fill, Topics};
+use crate::source::broker::LocalBroker;
+use crate::source::Ingest;
+use crate::topic::{captures, fill, DeviceTopics};
 
 /// LoRaWAN devices seen on this application.
 pub type Known = Arc<Mutex<HashSet<String>>>;
 use serde_json::{json, Map, Value};
 
-use super::uplink::Settings;
+use super::session::Settings;
 use super::{Action, Platform, Publish, SessionStart};
-use crate::config::platforms::TtnSinkConfig;
+use crate::config::TtnSinkConfig;
 use crate::record::{Reading, Record};
 
 pub struct Ttn {
@@ -73,20 +73,12 @@ impl Ttn {
     }
 
     pub fn settings(cfg: &TtnSinkConfig) -> Settings {
-        Settings {
-            url: cfg.url.clone(),
-            client_id: format!("outpost-{:08x}", fastrand::u32(..)),
-            username: Some(app_id(cfg)),
-            password: Some(cfg.api_key.clone()),
-            ca_file: cfg.ca_file.clone(),
-            client_cert: None,
-            inflight: 100,
-            max_packet: 256 * 1024,
-            keep_alive: cfg.keep_alive.0,
-            reconnect_min: cfg.reconnect_min.0,
-            reconnect_max: cfg.reconnect_max.0,
-            grace: cfg.shutdown_grace.0,
-        }
+        Settings::new(
+            cfg.connection(),
+            format!("outpost-{:08x}", fastrand::u32(..)),
+        )
+        .login(Some(app_id(cfg)), Some(cfg.api_key.clone()))
+        .window(100, 256 * 1024)
     }
 
     /// `v3/{app}/devices/{device}/{event}` → (device, event).
@@ -301,10 +293,10 @@ impl Platform for Ttn {
 /// RPC to other devices is left to them.
 pub async fn rpc_bridge(
     local: LocalBroker,
-    topics: Topics,
+    topics: DeviceTopics,
     downlink_topic: String,
     known: Known,
-    inject: mpsc::Sender<(String, Vec<u8>)>,
+    ingest: Ingest,
     shutdown: CancellationToken,
 ) {
     let (client, mut events) = AsyncClient::new(local.options("-ttn"), 256);
@@ -325,9 +317,10 @@ pub async fn rpc_bridge(
                     let answer = match downlink(&body) {
                         Ok((d, _)) => {
                             let topic = downlink_topic.replace("{device}", &device);
-                            match inject.try_send((topic, body)) {
-                                Ok(()) => json!({"queued": true, "f_port": d["f_port"]}),
-                                Err(_) => json!({"error": "the downlink queue is full"}),
+                            match ingest.submit(&topic, &body).await {
+                                Ok(n) if n > 0 => json!({"queued": true, "f_port": d["f_port"]}),
+                                Ok(_) => json!({"error": format!("no route takes {topic} to this sink")}),
+                                Err(e) => json!({"error": e.to_string()}),
                             }
                         }
                         Err(e) => json!({"error": e}),

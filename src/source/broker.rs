@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+use rumqttc::MqttOptions;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
@@ -36,8 +37,8 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// The running local broker and outpost's link into it.
-pub struct LocalBroker {
+/// The running rumqttd and outpost's link into it.
+pub struct RumqttdBroker {
     pub listen: Listeners,
     /// How outpost's own MQTT client (downlink to local devices) logs in.
     pub control: ControlLogin,
@@ -92,8 +93,45 @@ impl std::fmt::Debug for ControlLogin {
     }
 }
 
+/// Where and how to reach the local broker.
+#[derive(Debug, Clone)]
+pub struct LocalBroker {
+    pub addr: SocketAddr,
+    pub login: ControlLogin,
+    /// Local logins are configured: send the control credentials.
+    pub authenticate: bool,
+}
+
+impl LocalBroker {
+    /// The loopback address to dial (a wildcard listen address is not one).
+    pub fn dial_addr(&self) -> SocketAddr {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    }
+
+    /// Options for one of outpost's own clients: the control login, with
+    /// `suffix` appended to the client id so that each client has its own.
+    pub fn options(&self, suffix: &str) -> MqttOptions {
+        let addr = self.dial_addr();
+        let mut opts = MqttOptions::new(
+            format!("{}{suffix}", self.login.client_id),
+            addr.ip().to_string(),
+            addr.port(),
+        );
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        if self.authenticate {
+            opts.set_credentials(self.login.username.clone(), self.login.password.clone());
+        }
+        opts
+    }
+}
+
 /// Starts rumqttd and waits until its listeners accept.
-pub fn start(cfg: &BrokerConfig, listen: Listeners) -> Result<LocalBroker, BrokerError> {
+pub fn start(cfg: &BrokerConfig, listen: Listeners) -> Result<RumqttdBroker, BrokerError> {
     let link_id = format!(
         "outpost-link-{:016x}{:016x}",
         fastrand::u64(..),
@@ -151,7 +189,7 @@ pub fn start(cfg: &BrokerConfig, listen: Listeners) -> Result<LocalBroker, Broke
         wait_listening(v5)?;
     }
     tracing::debug!(v4 = %listen.v4, v5 = ?listen.v5, auth = cfg.users.is_some(), "rumqttd listening");
-    Ok(LocalBroker {
+    Ok(RumqttdBroker {
         listen,
         control,
         link_tx,

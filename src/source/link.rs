@@ -13,21 +13,17 @@ use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::Notification;
 use tokio_util::sync::CancellationToken;
 
-use crate::route::Router;
-use crate::stats::{self, Stats};
-use crate::store::Outbox;
-use std::sync::Arc;
+use super::Ingest;
 
 /// Subscribes the link to the route filters and starts the ingest thread.
 pub fn spawn(
     mut link_tx: LinkTx,
     mut link_rx: LinkRx,
-    mut router: Router,
-    outbox: Outbox,
-    stats: Arc<Stats>,
+    filters: Vec<String>,
+    ingest: Ingest,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, String> {
-    for filter in router.filters() {
+    for filter in filters {
         link_tx
             .subscribe(filter.clone())
             .map_err(|e| format!("cannot subscribe the ingest link to `{filter}`: {e}"))?;
@@ -43,15 +39,10 @@ pub fn spawn(
                         let Ok(topic) = std::str::from_utf8(&f.publish.topic) else {
                             continue;
                         };
-                        let records = router.route(topic, &f.publish.payload);
-                        if records.is_empty() {
-                            continue;
-                        }
-                        let n = records.len() as u64;
-                        if outbox.submit_blocking(records).is_err() {
+                        let records = ingest.route(topic, &f.publish.payload);
+                        if !records.is_empty() && ingest.store_blocking(records).is_err() {
                             break;
                         }
-                        stats::add(&stats.ingest.accepted, n);
                     }
                     // The router paused this link because its buffer filled;
                     // it resumes only when told the link is ready again.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
 
 use super::StoreError;
-use crate::config::{RecordKind, Synchronous};
-use crate::record::Record;
+use crate::config::Synchronous;
+use crate::record::{Record, RecordKind};
 
 const SCHEMA_VERSION: i64 = 1;
 

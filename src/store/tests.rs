@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::config::{ByteSize, RecordKind, Seconds, Synchronous};
+use crate::config::Synchronous;
+use crate::record::RecordKind;
+use crate::units::{ByteSize, Seconds};
 
 fn cfg(max_bytes: u64, policy: FullPolicy) -> StoreConfig {
     StoreConfig {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::db::{self, Db, Depth};
 use super::{Appended, Command, Limits, QueueStats, Shared, StoreError};
 use crate::config::FullPolicy;
-use crate::route::now_ms;
+use crate::record::now_ms;
 
 /// Most commands applied in one transaction. Large enough that a burst is a
 /// handful of commits; small enough that one commit stays short.

@@ -112,20 +112,14 @@ fn version_is_printed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_payload_is_refused_and_logged_and_nothing_else_is_affected() {
     require("mosquitto_pub", "mosquitto-clients");
-    let up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
+    let w = World::new("");
+    let col = w.collect("site1/#").await;
+    let mut op = w.start(&w.site().mqtt("", ""));
 
     // The test config allows 16 KiB.
     let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(20 * 1024));
     let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-h", "127.0.0.1", "-p", &w.port.to_string(), "-q", "1"])
         .args(["-t", "sensors/big/telemetry", "-m", &big])
         .output()
         .expect("mosquitto_pub");
@@ -136,7 +130,7 @@ async fn an_oversized_payload_is_refused_and_logged_and_nothing_else_is_affected
 
     assert_eq!(
         publish_all(
-            port,
+            w.port,
             "after-big",
             vec![("sensors/ok/telemetry".into(), b"{\"seq\":0}".to_vec())]
         )
@@ -199,22 +193,16 @@ async fn an_unreachable_upstream_is_retried_with_backoff_and_readings_stay_queue
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_upstream_password_is_one_clear_error_and_a_slow_retry() {
     let (_pwdir, pwfile) = password_file("gateway", "right-password");
-    let up = Upstream::start(&format!(
+    let w = World::new(&format!(
         "allow_anonymous false\npassword_file {}",
         pwfile.display()
     ));
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let secret = "wrong-Secret-4711";
     let sink = format!(
         "username = \"gateway\"\npassword = \"{secret}\"\nreconnect_min = \"1s\"\nreconnect_max = \"20s\""
     );
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", &sink),
-    );
+    let op = w.start(&w.site().mqtt("", &sink));
     assert!(wait_until(Duration::from_secs(10), || op
         .log_text()
         .contains("upstream refused the connection")));
@@ -233,11 +221,11 @@ async fn a_wrong_upstream_password_is_one_clear_error_and_a_slow_retry() {
         !log.contains(secret),
         "the password never appears in the log"
     );
-    let attempts = up.log().matches("New connection from").count();
+    let attempts = w.up.log().matches("New connection from").count();
     assert!(
         (1..=2).contains(&attempts),
         "upstream saw {attempts} attempts:\n{}",
-        up.log()
+        w.up.log()
     );
 }
 
@@ -263,4 +251,108 @@ fn every_shipped_example_config_is_valid() {
         }
     }
     assert!(checked >= 2, "checked {checked} files");
+}
+
+#[test]
+fn check_config_prints_no_secret_from_the_file_or_the_remote_overlay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = [
+        "NNSXS.TTN-API-KEY-SECRET",
+        "TIO-THING-TOKEN-SECRET",
+        "TIO-ACTIVATION-CODE-SECRET",
+        "TB-PROVISION-KEY-SECRET",
+        "TB-PROVISION-SECRET-SECRET",
+        "MQTT-PASSWORD-SECRET",
+        "REMOTE-PASSWORD-SECRET",
+        "REMOTE-API-KEY-SECRET",
+        "REMOTE-TOKEN-SECRET",
+    ];
+    let path = dir.path().join("outpost.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"state_dir = "{dir}"
+[[route]]
+topic = "sensors/+/telemetry"
+sink = "up"
+
+[sink.up]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1"
+username = "gw"
+password = "{}"
+
+[sink.lora]
+type = "ttn"
+url = "mqtt://127.0.0.1:1"
+application_id = "app1"
+api_key = "{}"
+
+[sink.tio]
+type = "thethingsio"
+thing_token = "{}"
+
+[sink.tio2]
+type = "thethingsio"
+activation_code = "{}"
+
+[sink.tb]
+type = "thingsboard"
+url = "mqtt://127.0.0.1:1"
+provision_device_key = "{}"
+provision_device_secret = "{}"
+"#,
+            secrets[5],
+            secrets[0],
+            secrets[1],
+            secrets[2],
+            secrets[3],
+            secrets[4],
+            dir = dir.path().display()
+        ),
+    )
+    .expect("write config");
+    // What ThingsBoard set remotely, as outpost keeps it.
+    std::fs::write(
+        dir.path().join("remote-config.json"),
+        serde_json::json!({
+            "version": 4,
+            "sections": {"sink": {
+                "up": {"password": secrets[6]},
+                "lora": {"api_key": secrets[7]},
+                "tio": {"thing_token": secrets[8]},
+            }}
+        })
+        .to_string(),
+    )
+    .expect("write overlay");
+    let out = outpost(&["check-config", "--config", path.to_str().expect("utf-8")]);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("sink.lora.api_key") && shown.contains("(secret)"),
+        "the overlay's keys are listed, their values hidden:\n{shown}"
+    );
+    for s in secrets {
+        assert!(
+            !shown.contains(s),
+            "check-config printed a secret ({s}):\n{shown}"
+        );
+    }
+
+    // A secret of the wrong type: the problem names the key, not the value.
+    std::fs::write(
+        &path,
+        "[sink.up]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1\"\nusername = \"gw\"\npassword = 987654321\n",
+    )
+    .expect("write config");
+    let out = outpost(&["check-config", "--config", path.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sink.up.password"), "{err}");
+    assert!(!err.contains("987654321"), "{err}");
 }

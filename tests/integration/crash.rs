@@ -61,15 +61,13 @@ async fn hammer(port: u16, dev: usize, first_seq: u64, acked: Acked, limit: Dura
 
 /// Runs `rounds` kill/restart cycles and checks for losses after each.
 async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
-    let up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let text = config(dir.path(), port, &up.url(), "", "").replace(
+    let w = World::new("");
+    let col = w.collect("site1/#").await;
+    let text = w.site().mqtt("", "").replace(
         "[broker]\n",
         &format!("[broker]\nack_after_commit = {ack_after_commit}\n"),
     );
-    let mut op = Outpost::start(dir.path(), port, &text);
+    let mut op = w.start(&text);
     let acked: Acked = Arc::new(Mutex::new(BTreeSet::new()));
     let devices = 20;
 
@@ -78,7 +76,7 @@ async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
         let mut pubs = Vec::new();
         for dev in 0..devices {
             pubs.push(tokio::spawn(hammer(
-                port,
+                w.port,
                 dev,
                 first,
                 acked.clone(),

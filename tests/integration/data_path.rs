@@ -18,42 +18,36 @@ fn mosquitto_pub(port: u16, topic: &str, payload: &str) -> std::process::Output 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reading_arrives_upstream_on_the_templated_topic_with_its_ts() {
-    let up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
+    let w = World::new("");
+    let col = w.collect("site1/#").await;
+    let _op = w.start(&w.site().mqtt("", ""));
 
-    let before = outpost::route::now_ms();
+    let before = outpost::record::now_ms();
     assert!(
-        mosquitto_pub(port, "sensors/t1/telemetry", r#"{"temp":21.5}"#)
+        mosquitto_pub(w.port, "sensors/t1/telemetry", r#"{"temp":21.5}"#)
             .status
             .success()
     );
     assert!(
-        mosquitto_pub(port, "sensors/t1/telemetry", r#"{"temp":21.6}"#)
+        mosquitto_pub(w.port, "sensors/t1/telemetry", r#"{"temp":21.6}"#)
             .status
             .success()
     );
     assert!(mosquitto_pub(
-        port,
+        w.port,
         "sensors/t2/telemetry",
         r#"{"ts":1700000000123,"values":{"h":40}}"#
     )
     .status
     .success());
     assert!(
-        mosquitto_pub(port, "sensors/t3/telemetry", "21.5 C, not json")
+        mosquitto_pub(w.port, "sensors/t3/telemetry", "21.5 C, not json")
             .status
             .success()
     );
     // Not routed: stays on the local broker.
-    assert!(mosquitto_pub(port, "cmd/t1/led", "on").status.success());
-    let after = outpost::route::now_ms();
+    assert!(mosquitto_pub(w.port, "cmd/t1/led", "on").status.success());
+    let after = outpost::record::now_ms();
 
     assert_eq!(col.wait_for(4, Duration::from_secs(20)).await, 4);
     col.settle(Duration::from_millis(500), Duration::from_secs(5))
@@ -103,21 +97,15 @@ async fn a_reading_arrives_upstream_on_the_templated_topic_with_its_ts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_readings_buffered_through_an_outage_all_arrive_in_order() {
-    let mut up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    up.stop(); // the collector's session is persisted; the uplink is down
+    let mut w = World::new("");
+    let col = w.collect("site1/#").await;
+    w.up.stop(); // the collector's session is persisted; the uplink is down
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
+    let op = w.start(&w.site().mqtt("", ""));
 
     let (devices, each) = (20, 500);
     assert_eq!(
-        publish_devices(port, devices, each).await,
+        publish_devices(w.port, devices, each).await,
         devices * each,
         "local broker acknowledged all"
     );
@@ -129,7 +117,7 @@ async fn ten_thousand_readings_buffered_through_an_outage_all_arrive_in_order() 
         devices * each
     );
 
-    up.restart();
+    w.up.restart();
     let n = col.wait_for(devices * each, Duration::from_secs(120)).await;
     assert!(n >= devices * each, "only {n} arrived upstream");
     col.settle(Duration::from_millis(500), Duration::from_secs(5))
@@ -144,18 +132,12 @@ async fn ten_thousand_readings_buffered_through_an_outage_all_arrive_in_order() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_buffered_while_upstream_is_down_survive_an_outpost_restart() {
-    let mut up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    up.stop();
+    let mut w = World::new("");
+    let col = w.collect("site1/#").await;
+    w.up.stop();
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
-    assert_eq!(publish_devices(port, 5, 100).await, 500);
+    let mut op = w.start(&w.site().mqtt("", ""));
+    assert_eq!(publish_devices(w.port, 5, 100).await, 500);
     assert!(
         wait_until(Duration::from_secs(20), || op.queued() == 500),
         "queued {}",
@@ -170,7 +152,7 @@ async fn readings_buffered_while_upstream_is_down_survive_an_outpost_restart() {
     assert_eq!(op.queued(), 500, "the outbox survives the stop");
 
     op.restart();
-    up.restart();
+    w.up.restart();
     assert!(col.wait_for(500, Duration::from_secs(60)).await >= 500);
     col.settle(Duration::from_millis(500), Duration::from_secs(5))
         .await;
@@ -179,29 +161,23 @@ async fn readings_buffered_while_upstream_is_down_survive_an_outpost_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_restart_mid_stream_loses_nothing() {
-    let mut up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
+    let mut w = World::new("");
+    let col = w.collect("site1/#").await;
+    let op = w.start(&w.site().mqtt("", ""));
 
     let (devices, each) = (10, 600);
     // About 3 s of readings; the upstream goes away for a while in the middle.
     let publishing = tokio::spawn(publish_devices_paced(
-        port,
+        w.port,
         devices,
         each,
         Some(Duration::from_millis(5)),
     ));
     col.wait_for(1000, Duration::from_secs(30)).await;
-    up.stop();
+    w.up.stop();
     let arrived_before_outage = col.count();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    up.restart();
+    w.up.restart();
     assert!(
         !publishing.is_finished(),
         "readings were still flowing when the upstream came back"
@@ -243,19 +219,13 @@ async fn fill_store(op: &Outpost, port: u16, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_with_drop_oldest_keeps_the_newest_and_counts_the_dropped() {
-    let mut up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    up.stop();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let mut w = World::new("");
+    let col = w.collect("site1/#").await;
+    w.up.stop();
     let store = "max_bytes = \"4 KiB\"\nfull_policy = \"drop_oldest\"";
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), store, ""),
-    );
+    let mut op = w.start(&w.site().mqtt(store, ""));
 
-    fill_store(&op, port, 200).await;
+    fill_store(&op, w.port, 200).await;
     let kept = op.queued();
     let dropped = counter(&op.outbox(), "up", "dropped");
     assert!(kept > 0 && kept < 200, "kept {kept}");
@@ -272,7 +242,7 @@ async fn a_full_store_with_drop_oldest_keeps_the_newest_and_counts_the_dropped()
     op.restart();
     assert_eq!(counter(&op.outbox(), "up", "dropped"), dropped);
 
-    up.restart();
+    w.up.restart();
     assert!(col.wait_for(kept as usize, Duration::from_secs(30)).await >= kept as usize);
     col.settle(Duration::from_millis(500), Duration::from_secs(5))
         .await;
@@ -287,24 +257,18 @@ async fn a_full_store_with_drop_oldest_keeps_the_newest_and_counts_the_dropped()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_with_reject_new_keeps_the_oldest() {
-    let mut up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    up.stop();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let mut w = World::new("");
+    let col = w.collect("site1/#").await;
+    w.up.stop();
     let store = "max_bytes = \"4 KiB\"\nfull_policy = \"reject_new\"";
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), store, ""),
-    );
+    let op = w.start(&w.site().mqtt(store, ""));
 
-    fill_store(&op, port, 200).await;
+    fill_store(&op, w.port, 200).await;
     let kept = op.queued();
     assert!(kept > 0 && kept < 200, "kept {kept}");
     assert_eq!(counter(&op.outbox(), "up", "dropped"), 200 - kept);
 
-    up.restart();
+    w.up.restart();
     assert!(col.wait_for(kept as usize, Duration::from_secs(30)).await >= kept as usize);
     col.settle(Duration::from_millis(500), Duration::from_secs(5))
         .await;

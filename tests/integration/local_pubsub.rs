@@ -8,16 +8,11 @@ use std::time::Duration;
 use crate::common::*;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
-fn start() -> (Upstream, tempfile::TempDir, Outpost, u16) {
-    let up = Upstream::start("");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
-    (up, dir, op, port)
+fn start() -> (World, Outpost, u16) {
+    let w = World::new("");
+    let op = w.start(&w.site().mqtt("", ""));
+    let port = w.port;
+    (w, op, port)
 }
 
 fn mosquitto(tool: &str, args: &[&str]) -> std::process::Output {
@@ -27,7 +22,7 @@ fn mosquitto(tool: &str, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos1_message_reaches_another_lan_client() {
-    let (_up, _dir, _op, port) = start();
+    let (_w, _op, port) = start();
     let (_sub, mut rx) = subscriber(port, "lan-sub", "cmd/#").await;
     assert_eq!(
         publish_all(
@@ -46,7 +41,7 @@ async fn a_qos1_message_reaches_another_lan_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_message_reaches_a_late_subscriber() {
-    let (_up, _dir, _op, port) = start();
+    let (_w, _op, port) = start();
     let p = port.to_string();
     let out = mosquitto(
         "mosquitto_pub",
@@ -84,7 +79,7 @@ async fn a_retained_message_reaches_a_late_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_fires_when_a_client_drops() {
-    let (_up, _dir, _op, port) = start();
+    let (_w, _op, port) = start();
     let (_sub, mut rx) = subscriber(port, "watcher", "cmd/#").await;
 
     let mut opts = MqttOptions::new("fragile", "127.0.0.1", port);
@@ -118,7 +113,8 @@ async fn a_will_fires_when_a_client_drops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_and_311_clients_share_one_port_and_qos2_is_routed() {
-    let (up, _dir, _op, port) = start();
+    let (w, _op, port) = start();
+    let up = &w.up;
     let col = Collector::start(up.port, "site1/#").await;
     let p = port.to_string();
 

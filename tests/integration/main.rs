@@ -10,6 +10,7 @@ mod common;
 mod bad_input;
 mod crash;
 mod data_path;
+mod layout;
 mod local_pubsub;
 mod mtls;
 mod provision;

@@ -455,12 +455,10 @@ async fn the_local_tls_listener_takes_sensors_with_a_local_ca_certificate_and_re
     }
     let rogue = rogue_leaf("sensor-1");
 
-    let up = Upstream::start("");
-    let col = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let w = World::new("");
+    let col = w.collect("site1/#").await;
     let tls_port = free_port();
-    let text = config(dir.path(), port, &up.url(), "", "").replace(
+    let text = w.site().mqtt("", "").replace(
         "max_payload = \"16 KiB\"",
         &format!(
             "max_payload = \"16 KiB\"\n\n[broker.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"",
@@ -469,7 +467,7 @@ async fn the_local_tls_listener_takes_sensors_with_a_local_ca_certificate_and_re
             ca.display()
         ),
     );
-    let op = Outpost::start(dir.path(), port, &text);
+    let op = w.start(&text);
     assert!(
         wait_port(tls_port, Duration::from_secs(10)),
         "{}",
@@ -516,7 +514,7 @@ async fn the_local_tls_listener_takes_sensors_with_a_local_ca_certificate_and_re
     );
 
     // The plain listener still works beside it.
-    assert_eq!(publish_devices(port, 1, 1).await, 1);
+    assert_eq!(publish_devices(w.port, 1, 1).await, 1);
     assert_eq!(col.wait_for(2, Duration::from_secs(10)).await, 2);
 }
 

@@ -74,17 +74,9 @@ impl Drop for Provisioner {
     }
 }
 
-fn tb_config(dir: &Path, port: u16, url: &str, credentials: &str, extra: &str) -> String {
+fn tb_config(site: &Site, credentials: &str, extra: &str) -> String {
     format!(
-        r#"state_dir = "{dir}"
-log_level = "info,outpost=debug"
-
-[broker]
-listen = "127.0.0.1:{port}"
-
-[store]
-synchronous = "normal"
-
+        r#"{header}
 [[route]]
 topic = "sensors/+/telemetry"
 sink = "tb"
@@ -101,7 +93,8 @@ reconnect_min = "200ms"
 reconnect_max = "1s"
 {extra}
 "#,
-        dir = dir.display()
+        header = site.header("", ""),
+        url = site.url,
     )
 }
 
@@ -111,17 +104,11 @@ fn token_answer(_: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_token_is_provisioned_once_stored_and_used_after_restart() {
-    let up = Upstream::start("");
-    let tb = Provisioner::start(up.port, token_answer).await;
-    let col = Collector::start(up.port, "v1/devices/me/telemetry").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), "access_token", ""),
-    );
-    assert_eq!(publish_devices(port, 1, 3).await, 3);
+    let w = World::new("");
+    let tb = Provisioner::start(w.up.port, token_answer).await;
+    let col = w.collect("v1/devices/me/telemetry").await;
+    let mut op = w.start(&tb_config(&w.site(), "access_token", ""));
+    assert_eq!(publish_devices(w.port, 1, 3).await, 3);
     assert!(
         col.wait_for(1, Duration::from_secs(15)).await >= 1,
         "{}",
@@ -136,10 +123,10 @@ async fn an_access_token_is_provisioned_once_stored_and_used_after_restart() {
                "provisionDeviceSecret": "ps-secret-456", "credentialsType": "ACCESS_TOKEN"})
     );
     // It asked as `provision`, then connected with the token it was given.
-    let log = up.log();
+    let log = w.up.log();
     assert!(log.contains("u'provision'"), "{log}");
     assert!(log.contains("u'tok-abc-789'"), "{log}");
-    let stored = dir.path().join("credentials/tb.json");
+    let stored = w.path().join("credentials/tb.json");
     let mode = std::fs::metadata(&stored)
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .expect("stored credentials");
@@ -149,7 +136,7 @@ async fn an_access_token_is_provisioned_once_stored_and_used_after_restart() {
     assert_eq!(op.terminate().code(), Some(0));
     let before = col.count();
     op.restart();
-    assert_eq!(publish_devices(port, 1, 2).await, 2);
+    assert_eq!(publish_devices(w.port, 1, 2).await, 2);
     assert!(
         col.wait_for(before + 1, Duration::from_secs(15)).await > before,
         "{}",
@@ -173,17 +160,11 @@ fn basic_answer(req: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_basic_credentials_made_by_outpost_are_used() {
-    let up = Upstream::start("");
-    let tb = Provisioner::start(up.port, basic_answer).await;
-    let col = Collector::start(up.port, "v1/devices/me/telemetry").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), "mqtt_basic", ""),
-    );
-    assert_eq!(publish_devices(port, 1, 3).await, 3);
+    let w = World::new("");
+    let tb = Provisioner::start(w.up.port, basic_answer).await;
+    let col = w.collect("v1/devices/me/telemetry").await;
+    let op = w.start(&tb_config(&w.site(), "mqtt_basic", ""));
+    assert_eq!(publish_devices(w.port, 1, 3).await, 3);
     assert!(
         col.wait_for(1, Duration::from_secs(15)).await >= 1,
         "{}",
@@ -198,11 +179,11 @@ async fn mqtt_basic_credentials_made_by_outpost_are_used() {
     );
     assert!(password.len() >= 16, "a real password: {password}");
     assert!(
-        up.log().contains(&format!("as {client_id} ")),
+        w.up.log().contains(&format!("as {client_id} ")),
         "{}",
-        up.log()
+        w.up.log()
     );
-    assert!(up.log().contains(&format!("u'{user}'")), "{}", up.log());
+    assert!(w.up.log().contains(&format!("u'{user}'")), "{}", w.up.log());
     assert!(
         !op.log_text().contains(password),
         "the password must never be logged"
@@ -215,18 +196,12 @@ fn refusal(_: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_provisioning_is_reported_with_thingsboards_message_and_readings_wait() {
-    let up = Upstream::start("");
-    let tb = Provisioner::start(up.port, refusal).await;
-    let col = Collector::start(up.port, "v1/devices/me/telemetry").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), "access_token", ""),
-    );
+    let w = World::new("");
+    let tb = Provisioner::start(w.up.port, refusal).await;
+    let col = w.collect("v1/devices/me/telemetry").await;
+    let op = w.start(&tb_config(&w.site(), "access_token", ""));
     assert_eq!(
-        publish_devices(port, 1, 4).await,
+        publish_devices(w.port, 1, 4).await,
         4,
         "ingest runs while unprovisioned"
     );
@@ -247,7 +222,7 @@ async fn a_refused_provisioning_is_reported_with_thingsboards_message_and_readin
     );
     assert_eq!(col.count(), 0);
     assert_eq!(op.queued(), 4);
-    assert!(!dir.path().join("credentials/tb.json").exists());
+    assert!(!w.path().join("credentials/tb.json").exists());
 }
 
 fn cert(args: &[&str]) {
@@ -312,25 +287,24 @@ async fn an_x509_identity_is_made_provisioned_stored_and_presented() {
 
     // Phase 1: one-way TLS; outpost provisions an X.509 identity.
     let tls_port = free_port();
-    let up = Upstream::start(&tls_listener(tls_port, ""));
-    assert!(wait_port(tls_port, Duration::from_secs(10)), "{}", up.log());
-    let tb = Provisioner::start(up.port, x509_answer).await;
-    let col = Collector::start(up.port, "v1/devices/me/telemetry").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let ca = format!("ca_file = \"{}\"", p.join("Server_Root.pem").display());
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(
-            dir.path(),
-            port,
-            &format!("mqtts://127.0.0.1:{tls_port}"),
-            "x509_certificate",
-            &ca,
-        ),
+    let mut w = World::new(&tls_listener(tls_port, ""));
+    assert!(
+        wait_port(tls_port, Duration::from_secs(10)),
+        "{}",
+        w.up.log()
     );
-    assert_eq!(publish_devices(port, 1, 2).await, 2);
+    let tb = Provisioner::start(w.up.port, x509_answer).await;
+    let col = w.collect("v1/devices/me/telemetry").await;
+    let ca = format!("ca_file = \"{}\"", p.join("Server_Root.pem").display());
+    let mut op = w.start(&tb_config(
+        &Site {
+            url: format!("mqtts://127.0.0.1:{tls_port}"),
+            ..w.site()
+        },
+        "x509_certificate",
+        &ca,
+    ));
+    assert_eq!(publish_devices(w.port, 1, 2).await, 2);
     assert!(
         col.wait_for(1, Duration::from_secs(15)).await >= 1,
         "{}",
@@ -343,8 +317,8 @@ async fn an_x509_identity_is_made_provisioned_stored_and_presented() {
         .expect("the certificate PEM")
         .to_string();
     let (stored_cert, stored_key) = (
-        dir.path().join("credentials/tb.pem"),
-        dir.path().join("credentials/tb.key"),
+        w.path().join("credentials/tb.pem"),
+        w.path().join("credentials/tb.key"),
     );
     assert_eq!(
         std::fs::read_to_string(&stored_cert).expect("stored cert"),
@@ -371,7 +345,7 @@ async fn an_x509_identity_is_made_provisioned_stored_and_presented() {
     assert_eq!(op.terminate().code(), Some(0));
     drop(col);
     drop(tb);
-    drop(up);
+    w.up.stop();
 
     // Phase 2: the platform now requires that certificate (it trusts the
     // provisioned leaf and names the client by its CN). Restarted outpost
@@ -388,15 +362,16 @@ async fn an_x509_identity_is_made_provisioned_stored_and_presented() {
     let tb = Provisioner::start(up.port, x509_answer).await;
     let col = Collector::start(up.port, "v1/devices/me/telemetry").await;
     let text = tb_config(
-        dir.path(),
-        port,
-        &format!("mqtts://127.0.0.1:{tls_port}"),
+        &Site {
+            url: format!("mqtts://127.0.0.1:{tls_port}"),
+            ..w.site()
+        },
         "x509_certificate",
         &ca,
     );
     std::fs::write(&op.config, text).expect("rewrite config");
     op.restart();
-    assert_eq!(publish_devices(port, 1, 2).await, 2);
+    assert_eq!(publish_devices(w.port, 1, 2).await, 2);
     assert!(
         col.wait_for(1, Duration::from_secs(15)).await >= 1,
         "{}\n{}",

@@ -8,20 +8,14 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_config_in_place() {
-    let up = Upstream::start("");
-    let col = Collector::start(up.port, "#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
+    let w = World::new("");
+    let col = w.collect("#").await;
+    let mut op = w.start(&w.site().mqtt("", ""));
     let pid = op.pid();
 
     assert_eq!(
         publish_all(
-            port,
+            w.port,
             "a",
             vec![("sensors/a/telemetry".into(), b"{\"seq\":0}".to_vec())]
         )
@@ -49,7 +43,7 @@ async fn sighup_applies_a_valid_config_in_place() {
 
     assert_eq!(
         publish_all(
-            port,
+            w.port,
             "a",
             vec![("sensors/a/telemetry".into(), b"{\"seq\":1}".to_vec())]
         )
@@ -64,15 +58,9 @@ async fn sighup_applies_a_valid_config_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_config_keeps_the_running_one() {
-    let up = Upstream::start("");
-    let col = Collector::start(up.port, "#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
+    let w = World::new("");
+    let col = w.collect("#").await;
+    let mut op = w.start(&w.site().mqtt("", ""));
 
     let mut broken = std::fs::read_to_string(&op.config).expect("read config");
     broken.push_str("\n[store.surprise]\n");
@@ -98,7 +86,7 @@ async fn sighup_with_a_broken_config_keeps_the_running_one() {
 
     assert_eq!(
         publish_all(
-            port,
+            w.port,
             "a",
             vec![("sensors/a/telemetry".into(), b"{\"seq\":0}".to_vec())]
         )

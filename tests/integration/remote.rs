@@ -3,24 +3,15 @@
 //! device topics (shared attributes down, client attributes and telemetry
 //! up, and the attributes request made on connect).
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-fn tb_config(dir: &Path, port: u16, url: &str, extra: &str) -> String {
+fn tb_config(site: &Site, extra: &str) -> String {
     format!(
-        r#"state_dir = "{dir}"
-log_level = "info"
-
-[broker]
-listen = "127.0.0.1:{port}"
-
-[store]
-synchronous = "normal"
-
+        r#"{header}
 [remote]
 rollback_after = "2s"
 
@@ -36,7 +27,11 @@ reconnect_min = "200ms"
 reconnect_max = "500ms"
 {extra}
 "#,
-        dir = dir.display()
+        // The tests change the log level remotely from plain `info`.
+        header = site
+            .header("", "")
+            .replace("log_level = \"info,outpost=debug\"", "log_level = \"info\""),
+        url = site.url,
     )
 }
 
@@ -139,21 +134,15 @@ impl Platform {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_added_remotely_forwards_without_restart_and_a_bad_change_is_rejected() {
-    let up = Upstream::start("");
-    let tb = Platform::start(&up).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), ""),
-    );
+    let w = World::new("");
+    let tb = Platform::start(&w.up).await;
+    let mut op = w.start(&tb_config(&w.site(), ""));
     let pid = op.pid();
     // Box facts once per connect.
     tb.wait_connected(&op);
 
     publish_all(
-        port,
+        w.port,
         "g1",
         vec![("greenhouse/g1/telemetry".into(), b"{\"t\":1}".to_vec())],
     )
@@ -175,7 +164,7 @@ async fn a_route_added_remotely_forwards_without_restart_and_a_bad_change_is_rej
     );
 
     publish_all(
-        port,
+        w.port,
         "g1",
         vec![("greenhouse/g1/telemetry".into(), b"{\"t\":2}".to_vec())],
     )
@@ -207,7 +196,7 @@ async fn a_route_added_remotely_forwards_without_restart_and_a_bad_change_is_rej
         "{report}"
     );
     publish_all(
-        port,
+        w.port,
         "g1",
         vec![("greenhouse/g1/telemetry".into(), b"{\"t\":3}".to_vec())],
     )
@@ -232,15 +221,9 @@ async fn a_route_added_remotely_forwards_without_restart_and_a_bad_change_is_rej
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_overlay_holds_after_a_restart_with_the_upstream_down() {
-    let mut up = Upstream::start("");
-    let tb = Platform::start(&up).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), ""),
-    );
+    let mut w = World::new("");
+    let tb = Platform::start(&w.up).await;
+    let mut op = w.start(&tb_config(&w.site(), ""));
     tb.wait_connected(&op);
     tb.set_shared(
         json!({"config_version": "v7", "routes": [{"topic": "barn/+/telemetry", "sink": "tb"}]}),
@@ -249,15 +232,15 @@ async fn the_overlay_holds_after_a_restart_with_the_upstream_down() {
     assert_eq!(tb.report(json!("v7")).await["config_status"], "ok");
     assert_eq!(op.terminate().code(), Some(0));
 
-    up.stop();
+    w.up.stop();
     op.restart();
     assert_eq!(
-        publish_devices(port, 1, 2).await,
+        publish_devices(w.port, 1, 2).await,
         2,
         "sensors/ no longer routed"
     );
     publish_all(
-        port,
+        w.port,
         "b",
         vec![("barn/cow-1/telemetry".into(), b"{\"t\":9}".to_vec())],
     )
@@ -286,15 +269,9 @@ async fn the_overlay_holds_after_a_restart_with_the_upstream_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
-    let up = Upstream::start("");
-    let tb = Platform::start(&up).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), ""),
-    );
+    let w = World::new("");
+    let tb = Platform::start(&w.up).await;
+    let op = w.start(&tb_config(&w.site(), ""));
     tb.wait_connected(&op);
     // An upstream nobody listens on.
     let dead = free_port();
@@ -311,7 +288,7 @@ async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
         "{report}"
     );
     // Back on the working upstream: readings flow.
-    assert_eq!(publish_devices(port, 1, 3).await, 3);
+    assert_eq!(publish_devices(w.port, 1, 3).await, 3);
     assert!(
         wait_until(Duration::from_secs(10), || tb.readings().len() >= 3),
         "{}",
@@ -320,7 +297,7 @@ async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
     let log = op.log_text();
     assert!(log.contains("rolling back"), "{log}");
     assert!(!log.contains("gw-token"), "the token is never logged");
-    let kept = std::fs::read_to_string(dir.path().join("remote-config.json")).expect("overlay");
+    let kept = std::fs::read_to_string(w.path().join("remote-config.json")).expect("overlay");
     assert!(
         !kept.contains(&dead.to_string()),
         "the broken overlay is not kept: {kept}"
@@ -329,19 +306,16 @@ async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_telemetry_shows_a_queue_rising_while_an_upstream_is_down_then_falling_to_zero() {
-    let up = Upstream::start("");
+    let w = World::new("");
     let mut second = Upstream::start("");
     second.stop();
-    let tb = Platform::start(&up).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let tb = Platform::start(&w.up).await;
     let extra = format!(
         "\n[health]\ninterval = \"1s\"\n\n[[route]]\ntopic = \"meters/+/telemetry\"\nsink = \"archive\"\n\n[sink.archive]\ntype = \"mqtt\"\nurl = \"{}\"\nreconnect_min = \"200ms\"\nreconnect_max = \"500ms\"\n",
         second.url()
     );
-    let text = tb_config(dir.path(), port, &up.url(), "")
-        .replace("[remote]", &format!("{extra}\n[remote]"));
-    let op = Outpost::start(dir.path(), port, &text);
+    let text = tb_config(&w.site(), "").replace("[remote]", &format!("{extra}\n[remote]"));
+    let op = w.start(&text);
     let readings: Vec<(String, Vec<u8>)> = (0..20)
         .map(|i| {
             (
@@ -350,7 +324,7 @@ async fn health_telemetry_shows_a_queue_rising_while_an_upstream_is_down_then_fa
             )
         })
         .collect();
-    assert_eq!(publish_all(port, "m1", readings).await, 20);
+    assert_eq!(publish_all(w.port, "m1", readings).await, 20);
     assert!(
         wait_until(Duration::from_secs(10), || tb
             .health()
@@ -403,18 +377,15 @@ async fn health_telemetry_shows_a_queue_rising_while_an_upstream_is_down_then_fa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_ports_and_store_bounds_change_live() {
-    let up = Upstream::start("");
-    let tb = Platform::start(&up).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pty = Pty::new(dir.path(), "uart");
-    let port = free_port();
+    let w = World::new("");
+    let tb = Platform::start(&w.up).await;
+    let pty = Pty::new(w.path(), "uart");
     let serial = format!(
         "\n[health]\ninterval = \"1s\"\n\n[[route]]\ntopic = \"devices/+/telemetry\"\nsink = \"tb\"\n\n[[serial]]\nname = \"uart\"\npath = \"{}\"\nprotocol = \"kv\"\ndevice = \"tank\"\n",
         pty.device.display()
     );
-    let text = tb_config(dir.path(), port, &up.url(), "")
-        .replace("[remote]", &format!("{serial}\n[remote]"));
-    let op = Outpost::start(dir.path(), port, &text);
+    let text = tb_config(&w.site(), "").replace("[remote]", &format!("{serial}\n[remote]"));
+    let op = w.start(&text);
     assert!(wait_until(Duration::from_secs(10), || op.status_json()
         ["serial"]["uart"]["open"]
         == true));

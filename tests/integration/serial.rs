@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,9 +11,9 @@ use crate::common::*;
 use serde_json::{json, Value};
 
 /// The common config plus a route for serial readings and `serial` tables.
-fn serial_config(dir: &Path, port: u16, up: &Upstream, serial: &str) -> String {
+fn serial_config(site: &Site, serial: &str) -> String {
     let extra = format!("\n[[route]]\ntopic = \"devices/+/telemetry\"\nsink = \"up\"\n\n{serial}");
-    config(dir, port, &up.url(), "", &extra)
+    site.mqtt("", &extra)
 }
 
 /// Waits until `outpost status` shows every named port open.
@@ -56,15 +55,13 @@ fn upstream_readings(seen: &[Seen]) -> Vec<(String, Value)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_kv_and_csv_lines_arrive_upstream_and_garbage_is_counted() {
-    let up = Upstream::start("");
-    let collector = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::new("");
+    let collector = w.collect("site1/#").await;
     let (json_pty, kv_pty, csv_pty) = (
-        Pty::new(dir.path(), "json"),
-        Pty::new(dir.path(), "kv"),
-        Pty::new(dir.path(), "csv"),
+        Pty::new(w.path(), "json"),
+        Pty::new(w.path(), "kv"),
+        Pty::new(w.path(), "csv"),
     );
-    let port = free_port();
     let serial = format!(
         r#"
 [[serial]]
@@ -94,13 +91,9 @@ device_field = "device"
         kv_pty.device.display(),
         csv_pty.device.display()
     );
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &serial_config(dir.path(), port, &up, &serial),
-    );
+    let op = w.start(&serial_config(&w.site(), &serial));
     wait_open(&op, &["json-port", "kv-port", "csv-port"], 1);
-    let (_local, mut local_rx) = subscriber(port, "dashboard", "devices/+/telemetry").await;
+    let (_local, mut local_rx) = subscriber(w.port, "dashboard", "devices/+/telemetry").await;
 
     let before = route_now_ms();
     let mut json_end = json_pty.sensor_file();
@@ -184,11 +177,9 @@ fn route_now_ms() -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unplugged_port_is_reopened_and_readings_resume() {
-    let up = Upstream::start("");
-    let collector = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut pty = Pty::new(dir.path(), "usb");
-    let port = free_port();
+    let w = World::new("");
+    let collector = w.collect("site1/#").await;
+    let mut pty = Pty::new(w.path(), "usb");
     let serial = format!(
         r#"
 [[serial]]
@@ -201,11 +192,7 @@ reopen_max = "200ms"
 "#,
         pty.device.display()
     );
-    let mut op = Outpost::start(
-        dir.path(),
-        port,
-        &serial_config(dir.path(), port, &up, &serial),
-    );
+    let mut op = w.start(&serial_config(&w.site(), &serial));
     wait_open(&op, &["usb0"], 1);
     write(&mut pty.sensor_file(), b"level=1\n");
     assert_eq!(collector.wait_for(1, Duration::from_secs(10)).await, 1);
@@ -242,10 +229,8 @@ reopen_max = "200ms"
 /// A line sensor answering commands: RPC → command line → reply line.
 #[tokio::test(flavor = "multi_thread")]
 async fn rpc_and_shared_attributes_become_command_lines_and_replies_come_back() {
-    let up = Upstream::start("");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pty = Pty::new(dir.path(), "cmd");
-    let port = free_port();
+    let w = World::new("");
+    let pty = Pty::new(w.path(), "cmd");
     let serial = format!(
         r#"
 [[serial]]
@@ -259,11 +244,7 @@ attributes = {{ speed = "SPEED {{value}}" }}
 "#,
         pty.device.display()
     );
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &serial_config(dir.path(), port, &up, &serial),
-    );
+    let op = w.start(&serial_config(&w.site(), &serial));
     wait_open(&op, &["pump-port"], 1);
 
     // The sensor: answers "INTERVAL n" with "OK n", stays silent on STOP,
@@ -284,7 +265,7 @@ attributes = {{ speed = "SPEED {{value}}" }}
         }
     });
 
-    let (client, mut rx) = subscriber(port, "platform", "devices/pump-1/rpc/response/+").await;
+    let (client, mut rx) = subscriber(w.port, "platform", "devices/pump-1/rpc/response/+").await;
     let rpc = |id: u32, body: Value| {
         let client = client.clone();
         async move {
@@ -408,10 +389,9 @@ impl tokio_modbus::server::Service for Bus {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn modbus_slaves_are_polled_decoded_and_written_and_a_silent_one_blocks_no_other() {
-    let up = Upstream::start("");
-    let collector = Collector::start(up.port, "site1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pty = Pty::new(dir.path(), "rs485");
+    let w = World::new("");
+    let collector = w.collect("site1/#").await;
+    let pty = Pty::new(w.path(), "rs485");
 
     let f = 230.5f32.to_bits();
     let regs: Registers = Arc::new(Mutex::new(HashMap::from([
@@ -433,7 +413,6 @@ async fn modbus_slaves_are_polled_decoded_and_written_and_a_silent_one_blocks_no
     let bus = Bus { regs: regs.clone() };
     let served = tokio::spawn(async move { server.serve_forever(bus).await });
 
-    let port = free_port();
     let serial = format!(
         r#"
 [[serial]]
@@ -473,11 +452,7 @@ register = [ {{ key = "count", address = 7 }} ]
 "#,
         pty.device.display()
     );
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &serial_config(dir.path(), port, &up, &serial),
-    );
+    let op = w.start(&serial_config(&w.site(), &serial));
     wait_open(&op, &["rs485"], 1);
 
     let by_device = |device: &str| -> Vec<Value> {
@@ -528,7 +503,7 @@ register = [ {{ key = "count", address = 7 }} ]
     );
 
     // RPC: write the setpoint (21.5 → raw 215) through the shared bus.
-    let (client, mut rx) = subscriber(port, "platform", "devices/+/rpc/response/+").await;
+    let (client, mut rx) = subscriber(w.port, "platform", "devices/+/rpc/response/+").await;
     client
         .publish(
             "devices/meter-1/rpc/request/9",

@@ -30,15 +30,11 @@ fn receive(sock: &UnixDatagram, within: Duration) -> Vec<String> {
 
 #[test]
 fn ready_status_watchdog_and_stopping_and_no_watchdog_while_the_outbox_is_wedged() {
-    let up = Upstream::start("");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sock_path = dir.path().join("notify.sock");
+    let w = World::new("");
+    let sock_path = w.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    let port = free_port();
-    let mut op = Outpost::start_with_env(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
+    let mut op = w.start_with_env(
+        &w.site().mqtt("", ""),
         &[
             ("NOTIFY_SOCKET", sock_path.to_str().expect("utf-8")),
             ("WATCHDOG_USEC", "200000"),
@@ -65,7 +61,7 @@ fn ready_status_watchdog_and_stopping_and_no_watchdog_while_the_outbox_is_wedged
     let publisher = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(publish_all(
-            port,
+            w.port,
             "p",
             vec![("sensors/a/telemetry".into(), b"{\"seq\":0}".to_vec())],
         ))
@@ -98,29 +94,16 @@ fn ready_status_watchdog_and_stopping_and_no_watchdog_while_the_outbox_is_wedged
 fn without_a_journal_socket_logs_fall_back_to_stderr() {
     // JOURNAL_STREAM says "started by systemd", but no journald listens
     // here: outpost must still log somewhere a person can read.
-    let up = Upstream::start("");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start_with_env(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-        &[("JOURNAL_STREAM", "8:12345")],
-    );
+    let w = World::new("");
+    let mut op = w.start_with_env(&w.site().mqtt("", ""), &[("JOURNAL_STREAM", "8:12345")]);
     assert!(op.log_text().contains("outpost running"));
     assert!(op.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outpost_status_reports_connection_and_queues() {
-    let mut up = Upstream::start("");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", ""),
-    );
+    let mut w = World::new("");
+    let op = w.start(&w.site().mqtt("", ""));
     let status = || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
             .args(["status", "--config"])
@@ -137,8 +120,8 @@ async fn outpost_status_reports_connection_and_queues() {
         status()
     );
 
-    up.stop();
-    assert_eq!(publish_devices(port, 1, 7).await, 7);
+    w.up.stop();
+    assert_eq!(publish_devices(w.port, 1, 7).await, 7);
     assert!(
         wait_until(Duration::from_secs(10), || status()
             .contains("sink up: NOT connected, 7 queued")),

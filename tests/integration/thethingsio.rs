@@ -77,16 +77,14 @@ async fn answer_activation(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activation_once_then_values_on_the_thing_topic_and_realtime_relayed() {
-    let up = Upstream::start("");
-    let (platform, _rx) = subscriber(up.port, "tio-platform", "v2/nothing").await;
-    let col = Collector::start(up.port, "v2/things/TOKEN-abc").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut op = Outpost::start(dir.path(), port, &tio_config(dir.path(), port, &up));
-    answer_activation(&up, &platform, json!({"thingToken": "TOKEN-abc"}), 0).await;
+    let w = World::new("");
+    let (platform, _rx) = subscriber(w.up.port, "tio-platform", "v2/nothing").await;
+    let col = w.collect("v2/things/TOKEN-abc").await;
+    let mut op = w.start(&tio_config(w.path(), w.port, &w.up));
+    answer_activation(&w.up, &platform, json!({"thingToken": "TOKEN-abc"}), 0).await;
 
     let before = time::OffsetDateTime::now_utc();
-    assert_eq!(publish_devices(port, 1, 2).await, 2);
+    assert_eq!(publish_devices(w.port, 1, 2).await, 2);
     assert!(
         col.wait_for(1, Duration::from_secs(10)).await >= 1,
         "{}",
@@ -121,14 +119,14 @@ async fn activation_once_then_values_on_the_thing_topic_and_realtime_relayed() {
             .collect::<Vec<_>>(),
         [json!(0), json!(1)]
     );
-    let stored = dir.path().join("credentials/tio.json");
+    let stored = w.path().join("credentials/tio.json");
     let mode = std::fs::metadata(&stored)
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .expect("stored token");
     assert_eq!(mode, 0o600);
 
     // Realtime updates of the thing reach the local broker.
-    let (_local, mut realtime) = subscriber(port, "dashboard", "thethingsio/tio/realtime").await;
+    let (_local, mut realtime) = subscriber(w.port, "dashboard", "thethingsio/tio/realtime").await;
     platform
         .publish(
             "v2/things/TOKEN-abc",
@@ -151,12 +149,12 @@ async fn activation_once_then_values_on_the_thing_topic_and_realtime_relayed() {
     // A restart uses the stored token: no second activation.
     assert_eq!(op.terminate().code(), Some(0));
     op.restart();
-    assert_eq!(publish_devices(port, 1, 1).await, 1);
+    assert_eq!(publish_devices(w.port, 1, 1).await, 1);
     assert!(wait_until(Duration::from_secs(10), || op
         .log_text()
         .contains("using the thing token stored by activation")));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(activation_channels(&up).len(), 1, "activated twice");
+    assert_eq!(activation_channels(&w.up).len(), 1, "activated twice");
     assert!(
         !op.all_logs().contains("TOKEN-abc"),
         "the thing token is never logged"
@@ -165,13 +163,11 @@ async fn activation_once_then_values_on_the_thing_topic_and_realtime_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_activation_is_reported_and_bad_keys_are_named() {
-    let up = Upstream::start("");
-    let (platform, _rx) = subscriber(up.port, "tio-platform", "v2/nothing").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(dir.path(), port, &tio_config(dir.path(), port, &up));
+    let w = World::new("");
+    let (platform, _rx) = subscriber(w.up.port, "tio-platform", "v2/nothing").await;
+    let op = w.start(&tio_config(w.path(), w.port, &w.up));
     answer_activation(
-        &up,
+        &w.up,
         &platform,
         json!({"status": "error", "message": "Activation code not valid"}),
         0,
@@ -184,7 +180,7 @@ async fn a_refused_activation_is_reported_and_bad_keys_are_named() {
         "{}",
         op.log_text()
     );
-    assert_eq!(publish_devices(port, 1, 3).await, 3);
+    assert_eq!(publish_devices(w.port, 1, 3).await, 3);
     assert!(
         wait_until(Duration::from_secs(5), || op.queued() == 3),
         "records wait for activation"
@@ -192,10 +188,10 @@ async fn a_refused_activation_is_reported_and_bad_keys_are_named() {
 
     // Activated on the next attempt; a reading with a key thethings.iO
     // cannot take goes to the dead letters with the key named.
-    let col = Collector::start(up.port, "v2/things/TOKEN-2").await;
-    answer_activation(&up, &platform, json!({"thingToken": "TOKEN-2"}), 1).await;
+    let col = w.collect("v2/things/TOKEN-2").await;
+    answer_activation(&w.up, &platform, json!({"thingToken": "TOKEN-2"}), 1).await;
     publish_all(
-        port,
+        w.port,
         "bad",
         vec![("sensors/bad/telemetry".into(), br#"{"temp C":1}"#.to_vec())],
     )

@@ -9,17 +9,9 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::Value;
 
-fn tb_config(dir: &Path, local_port: u16, url: &str, sink_extra: &str) -> String {
+fn tb_config(site: &Site, sink_extra: &str) -> String {
     format!(
-        r#"state_dir = "{dir}"
-log_level = "info,outpost=debug"
-
-[broker]
-listen = "127.0.0.1:{local_port}"
-
-[store]
-synchronous = "normal"
-
+        r#"{header}
 [[route]]
 topic = "sensors/+/telemetry"
 sink = "tb"
@@ -46,7 +38,8 @@ reconnect_min = "200ms"
 reconnect_max = "1s"
 {sink_extra}
 "#,
-        dir = dir.display()
+        header = site.header("", ""),
+        url = site.url,
     )
 }
 
@@ -74,24 +67,18 @@ fn gateway_telemetry(seen: &[Seen]) -> BTreeMap<String, Vec<(i64, Value)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_mode_carries_fifty_children_over_one_connection() {
-    let up = Upstream::start("");
-    let tb = Collector::start(up.port, "v1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let w = World::new("");
+    let tb = w.collect("v1/#").await;
     let extra = "mode = \"gateway\"\naccess_token = \"GW-TOKEN-1\"\ndevice_type = \"greenhouse-sensor\"\nmax_payload_size = \"4 KiB\"";
-    let _op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), extra),
-    );
+    let _op = w.start(&tb_config(&w.site(), extra));
 
     let (devices, each) = (50, 20);
-    assert_eq!(publish_devices(port, devices, each).await, devices * each);
+    assert_eq!(publish_devices(w.port, devices, each).await, devices * each);
     let attrs = vec![(
         "sensors/dev-0/attributes".to_string(),
         br#"{"firmware":"1.4.2"}"#.to_vec(),
     )];
-    assert_eq!(publish_all(port, "attr-pub", attrs).await, 1);
+    assert_eq!(publish_all(w.port, "attr-pub", attrs).await, 1);
 
     let done = wait_until(Duration::from_secs(60), || {
         let t = gateway_telemetry(&tb.all());
@@ -167,23 +154,17 @@ async fn gateway_mode_carries_fifty_children_over_one_connection() {
         .json();
     assert_eq!(attrs, serde_json::json!({"dev-0":{"firmware":"1.4.2"}}));
     assert!(
-        up.log().contains("u'GW-TOKEN-1'"),
+        w.up.log().contains("u'GW-TOKEN-1'"),
         "the access token is the MQTT username"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_mode_keeps_measurement_ts_through_an_outage() {
-    let mut up = Upstream::start("");
-    let tb = Collector::start(up.port, "v1/#").await;
-    up.stop();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), "access_token = \"DEV-TOKEN\""),
-    );
+    let mut w = World::new("");
+    let tb = w.collect("v1/#").await;
+    w.up.stop();
+    let _op = w.start(&tb_config(&w.site(), "access_token = \"DEV-TOKEN\""));
 
     let msgs: Vec<(String, Vec<u8>)> = (0..30)
         .map(|i| {
@@ -197,9 +178,9 @@ async fn device_mode_keeps_measurement_ts_through_an_outage() {
             )
         })
         .collect();
-    assert_eq!(publish_all(port, "probe", msgs).await, 30);
+    assert_eq!(publish_all(w.port, "probe", msgs).await, 30);
     tokio::time::sleep(Duration::from_secs(2)).await; // the outage lasts
-    up.restart();
+    w.up.restart();
 
     let entries = || -> Vec<(i64, u64)> {
         tb.all()
@@ -233,25 +214,18 @@ async fn device_mode_keeps_measurement_ts_through_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
     let (_pwdir, pwfile) = password_file("some-other-device", "x");
-    let up = Upstream::start(&format!(
+    let w = World::new(&format!(
         "allow_anonymous false\npassword_file {}",
         pwfile.display()
     ));
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let token = "NOT-A-VALID-TOKEN";
-    let text = tb_config(
-        dir.path(),
-        port,
-        &up.url(),
-        &format!("access_token = \"{token}\""),
-    )
-    .replace("reconnect_max = \"1s\"", "reconnect_max = \"30s\"");
-    let op = Outpost::start(dir.path(), port, &text);
+    let text = tb_config(&w.site(), &format!("access_token = \"{token}\""))
+        .replace("reconnect_max = \"1s\"", "reconnect_max = \"30s\"");
+    let op = w.start(&text);
     tokio::time::sleep(Duration::from_secs(10)).await;
 
-    let attempts = up.log().matches("New connection from").count();
+    let attempts = w.up.log().matches("New connection from").count();
     assert!(
         (1..=2).contains(&attempts),
         "{attempts} CONNECT attempts in 10 s"
@@ -270,27 +244,21 @@ async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
 
 /// Starts a gateway-mode outpost against a fixture broker and waits until
 /// its downlink subscriptions are in place.
-async fn gateway_with_downlink(
-    extra: &str,
-) -> (Upstream, Collector, tempfile::TempDir, Outpost, u16) {
-    let up = Upstream::start("");
-    let tb = Collector::start(up.port, "v1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+async fn gateway_with_downlink(extra: &str) -> (World, Collector, Outpost, u16) {
+    let w = World::new("");
+    let tb = w.collect("v1/#").await;
     let sink = format!("mode = \"gateway\"\naccess_token = \"GW\"\n{extra}");
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), &sink),
-    );
+    let op = w.start(&tb_config(&w.site(), &sink));
     assert!(
-        wait_until(Duration::from_secs(15), || up
+        wait_until(Duration::from_secs(15), || w
+            .up
             .log()
             .contains("v1/gateway/rpc (QoS 1)")),
         "outpost subscribed to gateway RPC:\n{}",
-        up.log()
+        w.up.log()
     );
-    (up, tb, dir, op, port)
+    let port = w.port;
+    (w, tb, op, port)
 }
 
 async fn platform_sends(port: u16, topic: &str, body: Value) {
@@ -303,15 +271,15 @@ async fn platform_sends(port: u16, topic: &str, body: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_attributes_reach_a_device_that_connects_later() {
-    let (up, _tb, _dir, _op, port) = gateway_with_downlink("").await;
+    let (w, _tb, _op, port) = gateway_with_downlink("").await;
     platform_sends(
-        up.port,
+        w.up.port,
         "v1/gateway/attributes",
         serde_json::json!({"device":"dev-7","data":{"interval":30}}),
     )
     .await;
     platform_sends(
-        up.port,
+        w.up.port,
         "v1/gateway/attributes",
         serde_json::json!({"device":"dev-7","data":{"led":"on"}}),
     )
@@ -328,11 +296,11 @@ async fn shared_attributes_reach_a_device_that_connects_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_rpc_round_trip_and_timeout() {
-    let (up, tb, _dir, _op, port) = gateway_with_downlink("rpc_timeout = \"1s\"").await;
+    let (w, tb, _op, port) = gateway_with_downlink("rpc_timeout = \"1s\"").await;
 
     // A device that answers its RPCs.
     let (device, mut requests) = subscriber(port, "dev-1", "devices/dev-1/rpc/request/+").await;
-    platform_sends(up.port, "v1/gateway/rpc", serde_json::json!({"device":"dev-1","data":{"id":42,"method":"toggle","params":{"on":true}}})).await;
+    platform_sends(w.up.port, "v1/gateway/rpc", serde_json::json!({"device":"dev-1","data":{"id":42,"method":"toggle","params":{"on":true}}})).await;
     let (topic, payload) = next(&mut requests).await;
     assert_eq!(topic, "devices/dev-1/rpc/request/42");
     let req: Value = serde_json::from_slice(&payload).expect("json");
@@ -352,7 +320,7 @@ async fn server_side_rpc_round_trip_and_timeout() {
 
     // A device that never answers.
     platform_sends(
-        up.port,
+        w.up.port,
         "v1/gateway/rpc",
         serde_json::json!({"device":"dev-2","data":{"id":43,"method":"reboot"}}),
     )
@@ -390,27 +358,27 @@ async fn server_side_rpc_round_trip_and_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outpost_answers_its_own_rpc() {
-    let (up, tb, _dir, op, _port) = gateway_with_downlink("").await;
+    let (w, tb, op, _port) = gateway_with_downlink("").await;
     platform_sends(
-        up.port,
+        w.up.port,
         "v1/devices/me/rpc/request/1",
         serde_json::json!({"method":"ping"}),
     )
     .await;
     platform_sends(
-        up.port,
+        w.up.port,
         "v1/devices/me/rpc/request/2",
         serde_json::json!({"method":"status","params":{}}),
     )
     .await;
     platform_sends(
-        up.port,
+        w.up.port,
         "v1/devices/me/rpc/request/3",
         serde_json::json!({"method":"set_log_level","params":{"level":"debug"}}),
     )
     .await;
     platform_sends(
-        up.port,
+        w.up.port,
         "v1/devices/me/rpc/request/4",
         serde_json::json!({"method":"self_destruct"}),
     )
@@ -443,16 +411,10 @@ async fn outpost_answers_its_own_rpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_limits_from_get_session_limits_are_obeyed() {
-    let up = Upstream::start("");
-    let tb = Collector::start(up.port, "v1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let w = World::new("");
+    let tb = w.collect("v1/#").await;
     let extra = "mode = \"gateway\"\naccess_token = \"GW\"";
-    let _op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), extra),
-    );
+    let _op = w.start(&tb_config(&w.site(), extra));
 
     // Play ThingsBoard: answer getSessionLimits.
     let request = || {
@@ -474,12 +436,17 @@ async fn session_limits_from_get_session_limits_are_obeyed() {
         "rateLimits": {"messages": "50:1", "telemetryMessages": "50:1"},
         "gatewayRateLimits": {"messages": "5:1,40:10", "telemetryMessages": "5:1"}
     });
-    platform_sends(up.port, &format!("v1/devices/me/rpc/response/{id}"), limits).await;
+    platform_sends(
+        w.up.port,
+        &format!("v1/devices/me/rpc/response/{id}"),
+        limits,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let start = std::time::Instant::now();
     let (devices, each) = (10, 40);
-    assert_eq!(publish_devices(port, devices, each).await, devices * each);
+    assert_eq!(publish_devices(w.port, devices, each).await, devices * each);
     let done = wait_until(Duration::from_secs(60), || {
         let t = gateway_telemetry(&tb.all());
         t.len() == devices && t.values().all(|v| v.len() >= each)
@@ -530,15 +497,9 @@ fn dead_letter_listing(config: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_thingsboard_cannot_take_is_moved_aside_not_retried() {
-    let up = Upstream::start("");
-    let tb = Collector::start(up.port, "v1/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), "access_token = \"T\""),
-    );
+    let w = World::new("");
+    let tb = w.collect("v1/#").await;
+    let _op = w.start(&tb_config(&w.site(), "access_token = \"T\""));
 
     let msgs = vec![
         ("sensors/a/telemetry".to_string(), br#"{"seq":0}"#.to_vec()),
@@ -548,7 +509,7 @@ async fn a_record_thingsboard_cannot_take_is_moved_aside_not_retried() {
         ),
         ("sensors/a/telemetry".to_string(), br#"{"seq":2}"#.to_vec()),
     ];
-    assert_eq!(publish_all(port, "a", msgs).await, 3);
+    assert_eq!(publish_all(w.port, "a", msgs).await, 3);
     let seqs = || -> Vec<u64> {
         tb.all()
             .iter()
@@ -567,7 +528,7 @@ async fn a_record_thingsboard_cannot_take_is_moved_aside_not_retried() {
         [0, 2],
         "the queue behind it moved on"
     );
-    let listing = dead_letter_listing(&dir.path().join("outpost.toml"));
+    let listing = dead_letter_listing(&w.path().join("outpost.toml"));
     assert!(listing.contains("1 dead letter(s)"), "{listing}");
     assert!(listing.contains("`broken` has a null value"), "{listing}");
 }
@@ -577,18 +538,12 @@ async fn a_record_thingsboard_cannot_take_is_moved_aside_not_retried() {
 /// `backlog`, everything is queued first, so the big record travels inside
 /// a batch that must be split to find it.
 async fn poison(backlog: bool) {
-    let mut up = Upstream::start("max_packet_size 1500");
-    let tb = Collector::start(up.port, "v1/#").await;
+    let mut w = World::new("max_packet_size 1500");
+    let tb = w.collect("v1/#").await;
     if backlog {
-        up.stop();
+        w.up.stop();
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), "access_token = \"T\""),
-    );
+    let op = w.start(&tb_config(&w.site(), "access_token = \"T\""));
     // The big record sits in the middle of the stream; whether it goes
     // alone or in a batch depends on timing, and both must end the same.
     let mut msgs: Vec<(String, Vec<u8>)> = (0..10)
@@ -606,10 +561,10 @@ async fn poison(backlog: bool) {
             format!("{{\"seq\":99,\"blob\":\"{}\"}}", "x".repeat(3000)).into_bytes(),
         ),
     );
-    assert_eq!(publish_all(port, "a", msgs).await, 11);
+    assert_eq!(publish_all(w.port, "a", msgs).await, 11);
     if backlog {
         assert!(wait_until(Duration::from_secs(10), || op.queued() == 11));
-        up.restart();
+        w.up.restart();
     }
 
     let seqs = || -> Vec<u64> {
@@ -629,7 +584,7 @@ async fn poison(backlog: bool) {
     let mut got = first_arrivals(&seqs());
     got.sort();
     assert_eq!(got, (0..10).collect::<Vec<u64>>());
-    let listing = dead_letter_listing(&dir.path().join("outpost.toml"));
+    let listing = dead_letter_listing(&w.path().join("outpost.toml"));
     assert!(listing.contains("1 dead letter(s)"), "{listing}");
     assert!(listing.contains("closed the connection"), "{listing}");
 }
@@ -646,7 +601,7 @@ async fn a_poison_record_inside_a_batch_is_found_by_splitting_the_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_and_client_side_rpc_from_a_local_device_are_relayed() {
-    let (up, tb, _dir, _op, port) = gateway_with_downlink("").await;
+    let (w, tb, _op, port) = gateway_with_downlink("").await;
 
     let claim = vec![(
         "devices/dev-3/claim".to_string(),
@@ -693,7 +648,7 @@ async fn claim_and_client_side_rpc_from_a_local_device_are_relayed() {
         .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
         .unwrap_or_default();
     platform_sends(
-        up.port,
+        w.up.port,
         &format!("v1/devices/me/rpc/response/{id}"),
         serde_json::json!({"time": 1700000000000i64}),
     )
@@ -711,18 +666,12 @@ async fn claim_and_client_side_rpc_from_a_local_device_are_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_readings_are_not_starved_by_a_draining_backlog() {
-    let mut up = Upstream::start("");
-    let tb = Collector::start(up.port, "v1/#").await;
-    up.stop();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let mut w = World::new("");
+    let tb = w.collect("v1/#").await;
+    w.up.stop();
     // A slow platform: two messages a second, about 15 readings each.
     let extra = "mode = \"gateway\"\naccess_token = \"GW\"\nrate_limits = \"2:1\"\nmax_payload_size = \"1 KiB\"";
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &tb_config(dir.path(), port, &up.url(), extra),
-    );
+    let op = w.start(&tb_config(&w.site(), extra));
     let backlog: Vec<(String, Vec<u8>)> = (0..300)
         .map(|i| {
             (
@@ -731,9 +680,9 @@ async fn live_readings_are_not_starved_by_a_draining_backlog() {
             )
         })
         .collect();
-    assert_eq!(publish_all(port, "old", backlog).await, 300);
+    assert_eq!(publish_all(w.port, "old", backlog).await, 300);
     assert!(wait_until(Duration::from_secs(10), || op.queued() == 300));
-    up.restart();
+    w.up.restart();
 
     // The drain takes several seconds; a live reading sent two seconds in
     // must overtake what is left of it.
@@ -742,7 +691,7 @@ async fn live_readings_are_not_starved_by_a_draining_backlog() {
         "sensors/live/telemetry".to_string(),
         br#"{"seq":0}"#.to_vec(),
     )];
-    assert_eq!(publish_all(port, "live", live).await, 1);
+    assert_eq!(publish_all(w.port, "live", live).await, 1);
     assert!(
         wait_until(Duration::from_secs(30), || gateway_telemetry(&tb.all())
             .contains_key("live")),

@@ -36,14 +36,12 @@ fn uplink(device: &str, decoded: Option<Value>) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplinks_become_readings_for_another_sink_and_downlinks_are_pushed() {
     let (_pw, file) = password_file("app1@ttn", API_KEY);
-    let up = Upstream::start(&format!(
+    let w = World::new(&format!(
         "allow_anonymous true\npassword_file {}",
         file.display()
     ));
-    let readings = Collector::start(up.port, "site1/#").await;
-    let pushes = Collector::start(up.port, "v3/app1@ttn/devices/+/down/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let readings = w.collect("site1/#").await;
+    let pushes = w.collect("v3/app1@ttn/devices/+/down/#").await;
     let ttn = format!(
         r#"
 [sink.ttn]
@@ -64,30 +62,30 @@ sink = "up"
 topic = "ttn/+/down"
 sink = "ttn"
 "#,
-        up.url()
+        w.up.url()
     );
-    let op = Outpost::start(
-        dir.path(),
-        port,
-        &config(dir.path(), port, &up.url(), "", &ttn),
-    );
+    let op = w.start(&w.site().mqtt("", &ttn));
     assert!(
-        wait_until(Duration::from_secs(10), || up.log().contains("u'app1@ttn'")),
+        wait_until(Duration::from_secs(10), || w
+            .up
+            .log()
+            .contains("u'app1@ttn'")),
         "{}\n{}",
         op.log_text(),
-        up.log()
+        w.up.log()
     );
     // Subscribed to the uplinks (mosquitto logs each subscription).
     assert!(
-        wait_until(Duration::from_secs(10), || up
+        wait_until(Duration::from_secs(10), || w
+            .up
             .log()
             .contains("v3/app1@ttn/devices/+/up")),
         "{}",
-        up.log()
+        w.up.log()
     );
 
     // The Application Server publishes two uplinks (QoS 0).
-    let mut opts = MqttOptions::new("as", "127.0.0.1", up.port);
+    let mut opts = MqttOptions::new("as", "127.0.0.1", w.up.port);
     opts.set_credentials("app1@ttn", API_KEY);
     let (server, mut events) = AsyncClient::new(opts, 8);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
@@ -127,7 +125,7 @@ sink = "ttn"
     // A downlink request on the local broker becomes a valid down/push; a
     // bad one goes to the dead letters with the reason.
     publish_all(
-        port,
+        w.port,
         "app",
         vec![
             (
@@ -175,7 +173,7 @@ sink = "ttn"
 
     // Server-side RPC to a LoRaWAN device (as the ThingsBoard sink hands it
     // to local devices) becomes a downlink, answered at once.
-    let (rpc, mut answers) = subscriber(port, "platform", "devices/+/rpc/response/+").await;
+    let (rpc, mut answers) = subscriber(w.port, "platform", "devices/+/rpc/response/+").await;
     for (id, params) in [
         (77, json!({"f_port": 2, "payload_base64": "AQI="})),
         (78, json!({"f_port": 0, "payload_hex": "01"})),

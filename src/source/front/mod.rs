@@ -24,7 +24,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -37,17 +37,15 @@ use tokio_util::sync::CancellationToken;
 pub use frame::{Frame, FrameError, Frames};
 use gate::AckGate;
 
-use crate::route::Router;
+use super::Ingest;
 use crate::stats::{self, Stats};
-use crate::store::{Outbox, Tagged};
+use crate::store::Tagged;
 
 /// Everything a sensor connection needs, shared by all of them.
 pub struct Front {
     pub backend_v4: SocketAddr,
     pub backend_v5: Option<SocketAddr>,
-    pub router: Arc<Mutex<Router>>,
-    pub outbox: Outbox,
-    pub stats: Arc<Stats>,
+    pub ingest: Ingest,
     /// Largest packet body a sensor may send (broker.max_payload).
     pub max_body: usize,
     pub connect_timeout: Duration,
@@ -163,7 +161,7 @@ where
     );
     let client = connect.client_id;
     tracing::debug!(%peer, client_id = %client, level = connect.level, "sensor connected");
-    let _connected = ClientGauge::up(&front.stats);
+    let _connected = ClientGauge::up(front.ingest.stats());
 
     let (commits_tx, mut commits) = mpsc::unbounded_channel::<Tagged>();
     let mut gate = AckGate::default();
@@ -181,26 +179,21 @@ where
                     if f.kind() == frame::PUBLISH {
                         let p = frame::parse_publish(&f, v5)?;
                         let topic = resolve_topic(&mut aliases, &p)?;
-                        let records = match front.router.lock() {
-                            Ok(mut r) => r.route(&topic, p.payload),
-                            Err(poisoned) => poisoned.into_inner().route(&topic, p.payload),
-                        };
+                        let records = front.ingest.route(&topic, p.payload);
                         match (records.is_empty(), p.pkid) {
                             (true, Some(pkid)) => gate.published(pkid, None),
                             (true, None) => {}
                             (false, Some(pkid)) => {
                                 next_commit += 1;
                                 gate.published(pkid, Some(next_commit));
-                                if front.outbox.append_tagged(records, commits_tx.clone(), next_commit).await.is_err() {
+                                if front.ingest.store_held(records, commits_tx.clone(), next_commit).await.is_err() {
                                     break;
                                 }
                             }
                             (false, None) => {
-                                let n = records.len() as u64;
-                                if front.outbox.submit(records).await.is_err() {
+                                if front.ingest.store(records).await.is_err() {
                                     break;
                                 }
-                                stats::add(&front.stats.ingest.accepted, n);
                             }
                         }
                     }
@@ -230,8 +223,7 @@ where
             Some((tag, outcome)) = commits.recv() => {
                 match outcome {
                     Ok(done) => {
-                        stats::add(&front.stats.ingest.accepted, done.stored as u64);
-                        stats::add(&front.stats.ingest.refused, done.rejected as u64);
+                        front.ingest.count(&done);
                         gate.committed(tag);
                         for ack in gate.release() {
                             sensor_tx.write_all(&ack).await?;

@@ -12,56 +12,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Control, ControlKind};
-use crate::control::downlink::LocalBroker;
-
-/// The local topics of device downlinks (the ThingsBoard sink's).
-#[derive(Debug, Clone)]
-pub struct Topics {
-    /// `devices/{device}/rpc/request/{id}`
-    pub rpc_request: String,
-    /// `devices/{device}/rpc/response/{id}`
-    pub rpc_response: String,
-    /// `devices/{device}/attributes`
-    pub attributes: String,
-}
-
-impl Default for Topics {
-    fn default() -> Topics {
-        Topics {
-            rpc_request: "devices/{device}/rpc/request/{id}".into(),
-            rpc_response: "devices/{device}/rpc/response/{id}".into(),
-            attributes: "devices/{device}/attributes".into(),
-        }
-    }
-}
-
-/// Matches `topic` against a template; returns `{device}` and `{id}`.
-pub fn captures(template: &str, topic: &str) -> Option<(String, String)> {
-    let t: Vec<&str> = template.split('/').collect();
-    let l: Vec<&str> = topic.split('/').collect();
-    if t.len() != l.len() {
-        return None;
-    }
-    let (mut device, mut id) = (String::new(), String::new());
-    for (t, l) in t.iter().zip(&l) {
-        match *t {
-            "{device}" => device = l.to_string(),
-            "{id}" => id = l.to_string(),
-            _ if t == l => {}
-            _ => return None,
-        }
-    }
-    Some((device, id))
-}
-
-pub fn fill(template: &str, device: &str, id: &str) -> String {
-    template.replace("{device}", device).replace("{id}", id)
-}
+use crate::source::broker::LocalBroker;
+use crate::topic::{captures, fill, DeviceTopics};
 
 /// Runs until `shutdown`.
 pub async fn run(
     local: LocalBroker,
-    topics: Topics,
+    topics: DeviceTopics,
     ports: HashMap<String, mpsc::Sender<Control>>,
     mut readings: mpsc::Receiver<(String, Vec<u8>)>,
     ready: Option<std::sync::Arc<crate::stats::Stats>>,
@@ -116,7 +73,7 @@ pub async fn run(
 /// the response topic when it comes.
 fn rpc(
     client: &AsyncClient,
-    topics: &Topics,
+    topics: &DeviceTopics,
     ports: &HashMap<String, mpsc::Sender<Control>>,
     device: String,
     id: String,
@@ -197,30 +154,4 @@ async fn attributes(
             kind: ControlKind::Attributes(changed),
         })
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_capture_device_and_id() {
-        let t = Topics::default();
-        assert_eq!(
-            captures(&t.rpc_request, "devices/meter-1/rpc/request/42"),
-            Some(("meter-1".into(), "42".into()))
-        );
-        assert_eq!(
-            captures(&t.rpc_request, "devices/meter-1/rpc/response/42"),
-            None
-        );
-        assert_eq!(
-            captures(&t.attributes, "devices/x/attributes"),
-            Some(("x".into(), String::new()))
-        );
-        assert_eq!(
-            fill(&t.rpc_response, "meter-1", "42"),
-            "devices/meter-1/rpc/response/42"
-        );
-    }
 }

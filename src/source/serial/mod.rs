@@ -18,7 +18,7 @@ mod modbus;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -30,10 +30,10 @@ use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::serial::{FlowControl, Parity, Protocol, SerialConfig, SlaveConfig};
-use crate::control::downlink::LocalBroker;
-use crate::route::{now_ms, Router};
-use crate::stats::{self, PortStats, Stats};
-use crate::store::Outbox;
+use crate::source::broker::LocalBroker;
+use crate::source::Ingest;
+use crate::stats::{self, PortStats};
+use crate::topic::DeviceTopics;
 
 use lines::{Frame, Framer, Garbage};
 use modbus::Outcome;
@@ -56,20 +56,12 @@ pub enum ControlKind {
     Attributes(Map<String, Value>),
 }
 
-/// What the serial ports share: the routes, the outbox, the counters.
-#[derive(Clone)]
-pub struct Pipeline {
-    pub router: Arc<Mutex<Router>>,
-    pub outbox: Outbox,
-    pub stats: Arc<Stats>,
-}
-
 /// Starts one task per enabled port, and the local-broker client.
 pub fn spawn(
     ports: &[SerialConfig],
-    pipeline: Pipeline,
+    ingest: Ingest,
     local: LocalBroker,
-    topics: local::Topics,
+    topics: DeviceTopics,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) {
@@ -88,18 +80,17 @@ pub fn spawn(
         } else {
             owners.insert(cfg.device_name().to_string(), control_tx);
         }
-        let port_stats = pipeline
-            .stats
+        let port_stats = ingest
+            .stats()
             .serial
             .get(&cfg.name)
             .cloned()
             .unwrap_or_default();
         let emitter = Emitter {
             cfg: cfg.clone(),
-            pipeline: pipeline.clone(),
+            ingest: ingest.clone(),
             port_stats,
             local: cfg.publish_local.then(|| readings_tx.clone()),
-            last_ts: HashMap::new(),
         };
         tasks.spawn(run_port(cfg.clone(), emitter, control, shutdown.clone()));
     }
@@ -110,7 +101,7 @@ pub fn spawn(
             topics,
             owners,
             readings,
-            Some(pipeline.stats.clone()),
+            Some(ingest.stats().clone()),
             shutdown.clone(),
         ));
     }
@@ -119,37 +110,24 @@ pub fn spawn(
 /// Turns values read from a port into records (and a local publish).
 struct Emitter {
     cfg: SerialConfig,
-    pipeline: Pipeline,
+    ingest: Ingest,
     port_stats: Arc<PortStats>,
     local: Option<mpsc::Sender<(String, Vec<u8>)>>,
-    /// Per device: readings of one device keep strictly increasing times.
-    last_ts: HashMap<String, i64>,
 }
 
 impl Emitter {
     async fn emit(&mut self, device: &str, values: Map<String, Value>) -> Result<(), ()> {
-        let last = self.last_ts.entry(device.to_string()).or_insert(i64::MIN);
-        let ts = now_ms().max(last.saturating_add(1));
-        *last = ts;
         let topic = self
             .cfg
             .topic
             .replace("{device}", device)
             .replace("{port}", &self.cfg.name);
-        let mut body = Map::new();
-        body.insert("ts".into(), Value::from(ts));
-        body.insert("values".into(), Value::Object(values));
-        let payload = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
-        let records = match self.pipeline.router.lock() {
-            Ok(mut r) => r.route(&topic, &payload),
-            Err(poisoned) => poisoned.into_inner().route(&topic, &payload),
-        };
         stats::add(&self.port_stats.readings, 1);
-        if !records.is_empty() {
-            let n = records.len() as u64;
-            self.pipeline.outbox.submit(records).await.map_err(|_| ())?;
-            stats::add(&self.pipeline.stats.ingest.accepted, n);
-        }
+        let payload = self
+            .ingest
+            .reading(&topic, device, values)
+            .await
+            .map_err(|_| ())?;
         if let Some(local) = &self.local {
             let _ = local.try_send((topic, payload));
         }

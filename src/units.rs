@@ -1,7 +1,8 @@
-//! Human-friendly sizes and durations for the config file.
+//! Units an operator writes: sizes, durations and message rates.
 //!
 //! Operators write `max_bytes = "512 MiB"` and `max_age = "7d"` rather than
-//! counting zeros; a bare integer is still accepted (bytes, seconds).
+//! counting zeros; a bare integer is still accepted (bytes, seconds). Rates
+//! come in ThingsBoard's `N:seconds` form (`"200:1,6000:60"`).
 
 use std::fmt;
 use std::time::Duration;
@@ -18,16 +19,20 @@ pub struct ByteSize(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
 
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// `"64 KiB"` → (64.0, "KiB"), or `None` if it does not start with a number.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try `64 KiB` or `512MiB`)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (num, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a size (try `64 KiB` or `512MiB`)"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
         "kib" => 1 << 10,
@@ -45,15 +50,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try `30s`, `15m`, `7d`)"))?;
-    let secs = match unit.trim() {
+    let (num, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (try `30s`, `15m`, `7d`)"))?;
+    let secs = match unit {
         "ms" => num / 1000.0,
         "" | "s" => num,
         "m" | "min" => num * 60.0,
@@ -66,6 +65,50 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Message-rate windows in ThingsBoard's `N:seconds` form
+/// (`"200:1,6000:60,14000:3600"`: at most 200 messages in any second, 6000
+/// in any minute, 14000 in any hour, all at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateSpec {
+    /// (messages, window).
+    pub windows: Vec<(usize, Duration)>,
+}
+
+impl RateSpec {
+    /// Parses `"N:seconds,N:seconds"`; an empty text is no limit.
+    pub fn parse(text: &str) -> Result<RateSpec, String> {
+        let mut windows = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (n, secs) = part
+                .split_once(':')
+                .ok_or_else(|| format!("`{part}` is not N:seconds"))?;
+            let n: usize = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: `{n}` is not a count"))?;
+            let secs: u64 = secs
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: `{secs}` is not a number of seconds"))?;
+            if n == 0 || secs == 0 {
+                return Err(format!("`{part}`: count and seconds must be above zero"));
+            }
+            windows.push((n, Duration::from_secs(secs)));
+        }
+        Ok(RateSpec { windows })
+    }
+
+    /// Both limits at once (e.g. `messages` and `telemetryMessages`).
+    pub fn and(mut self, other: RateSpec) -> RateSpec {
+        self.windows.extend(other.windows);
+        self
+    }
+
+    pub fn is_limited(&self) -> bool {
+        !self.windows.is_empty()
+    }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
@@ -129,6 +172,21 @@ mod tests {
         assert_eq!(parse_size("12"), Ok(12));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        let r = RateSpec::parse("200:1,6000:60").expect("parse");
+        assert_eq!(
+            r.windows,
+            [
+                (200, Duration::from_secs(1)),
+                (6000, Duration::from_secs(60))
+            ]
+        );
+        assert!(RateSpec::parse("200").is_err());
+        assert!(RateSpec::parse("0:1").is_err());
+        assert!(!RateSpec::parse("").expect("empty is no limit").is_limited());
     }
 
     #[test]

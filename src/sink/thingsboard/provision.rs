@@ -21,9 +21,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::uplink::{tls_config, BrokerUrl, Settings};
 use crate::config::{ProvisionCredentials, ThingsboardSinkConfig};
+use crate::net::BrokerUrl;
 use crate::pki;
+use crate::sink::session::{tls_config, Settings};
 
 /// Credentials obtained by provisioning, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,23 +140,10 @@ pub fn stored(state_dir: &Path, sink: &str) -> Result<Option<Credentials>, Provi
 
 /// Writes a file 0600 atomically (temp file, fsync, rename).
 fn write_secret(path: &Path, contents: &str) -> Result<(), ProvisionError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| ProvisionError::Store {
+    crate::files::write_private(path, contents.as_bytes()).map_err(|source| ProvisionError::Store {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(contents.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// The stored credentials, or new ones from ThingsBoard. Retries (after

@@ -1,0 +1,181 @@
+//! `type = "thingsboard"`: ThingsBoard's device or gateway API.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{check_inflight, defaults, sink_config};
+use crate::config::problem::{Problem, Problems};
+use crate::units::{ByteSize, RateSpec, Seconds};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TbMode {
+    /// outpost is one ThingsBoard device (`v1/devices/me/...`).
+    Device,
+    /// outpost is a ThingsBoard gateway; each local device is a child
+    /// device over the one connection (`v1/gateway/...`).
+    Gateway,
+}
+
+/// What credentials self-provisioning asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionCredentials {
+    /// ThingsBoard generates an access token.
+    #[default]
+    AccessToken,
+    /// outpost makes a client id, username and password.
+    MqttBasic,
+    /// outpost makes a key and a self-signed certificate (needs mqtts://).
+    X509Certificate,
+}
+
+sink_config! {
+    /// `[sink.NAME] type = "thingsboard"`.
+    pub struct ThingsboardSinkConfig {
+        /// `mqtt://host:1883` or `mqtts://host:8883`.
+        pub url: String,
+        #[serde(default = "default_tb_mode")]
+        pub mode: TbMode,
+        /// Access-token credentials (sent as the MQTT username).
+        #[serde(default)]
+        pub access_token: Option<String>,
+        /// MQTT basic credentials: client id (with `username` and
+        /// `password`); or X.509 with `cert_file` and `key_file`.
+        #[serde(default)]
+        pub client_id: Option<String>,
+        /// Device mode: use the short `v2/t`, `v2/a` topics.
+        #[serde(default)]
+        pub short_topics: bool,
+        /// Gateway mode: the device type (profile) sent with `v1/gateway/connect`.
+        #[serde(default = "default_device_type")]
+        pub device_type: String,
+        /// Local topic where shared attributes for a device are published
+        /// (retained, merged); `{device}` is the child device (gateway mode) or
+        /// `device_name` (device mode).
+        #[serde(default = "default_attributes_topic")]
+        pub attributes_topic: String,
+        /// Local topics for server-side RPC to devices; `{device}`, `{id}`.
+        #[serde(default = "default_rpc_request_topic")]
+        pub rpc_request_topic: String,
+        #[serde(default = "default_rpc_response_topic")]
+        pub rpc_response_topic: String,
+        /// How long a device has to answer an RPC before an error reply is sent.
+        #[serde(default = "default_rpc_timeout")]
+        pub rpc_timeout: Seconds,
+        /// Device mode: the local device name shared attributes are published for.
+        #[serde(default = "defaults::client_id")]
+        pub device_name: String,
+        /// Self-provisioning: with a provision key and secret (from the device
+        /// profile) and no stored credentials, outpost asks ThingsBoard for its
+        /// own credentials on first start and keeps them in the state directory.
+        #[serde(default)]
+        pub provision_device_key: Option<String>,
+        #[serde(default)]
+        pub provision_device_secret: Option<String>,
+        /// The device name to register (default: the host name).
+        #[serde(default)]
+        pub provision_device_name: Option<String>,
+        #[serde(default)]
+        pub provision_credentials: ProvisionCredentials,
+        /// How long to wait for ThingsBoard's answer.
+        #[serde(default = "default_provision_timeout")]
+        pub provision_timeout: Seconds,
+        /// Message rate limits, `"N:seconds,..."`. Unset: ThingsBoard's
+        /// documented defaults until `getSessionLimits` answers, then its answer.
+        /// Set: exactly these, whatever the server says.
+        #[serde(default)]
+        pub rate_limits: Option<String>,
+        /// ThingsBoard's `maxPayloadSize`; batches never exceed it.
+        #[serde(default = "defaults::max_packet")]
+        pub max_payload_size: ByteSize,
+        /// ThingsBoard's `maxInflightMessages`.
+        #[serde(default = "defaults::inflight")]
+        pub inflight: u16,
+    }
+    keep_alive = "defaults::keep_alive";
+    credentials;
+}
+
+fn default_provision_timeout() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_tb_mode() -> TbMode {
+    TbMode::Device
+}
+fn default_attributes_topic() -> String {
+    "devices/{device}/attributes".into()
+}
+fn default_rpc_request_topic() -> String {
+    "devices/{device}/rpc/request/{id}".into()
+}
+fn default_rpc_response_topic() -> String {
+    "devices/{device}/rpc/response/{id}".into()
+}
+fn default_rpc_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_device_type() -> String {
+    "default".to_string()
+}
+
+impl ThingsboardSinkConfig {
+    /// The local device topics this sink's downlink uses.
+    pub fn device_topics(&self) -> crate::topic::DeviceTopics {
+        crate::topic::DeviceTopics {
+            rpc_request: self.rpc_request_topic.clone(),
+            rpc_response: self.rpc_response_topic.clone(),
+            attributes: self.attributes_topic.clone(),
+        }
+    }
+}
+
+pub(super) fn check(
+    at: &dyn Fn(&str) -> String,
+    t: &ThingsboardSinkConfig,
+    problems: &mut Vec<Problem>,
+) {
+    let tls = t.url.starts_with("mqtts://");
+    let provisioning = t.provision_device_key.is_some() || t.provision_device_secret.is_some();
+    if provisioning {
+        if t.provision_device_key.is_none() || t.provision_device_secret.is_none() {
+            problems.add(
+                at("provision_device_secret"),
+                "provisioning needs both provision_device_key and provision_device_secret",
+            );
+        }
+        if t.access_token.is_some() || t.username.is_some() || t.cert_file.is_some() {
+            problems.add(at("provision_device_key"), "set either provisioning or credentials (access_token, username/password, cert_file), not both");
+        }
+        if t.provision_credentials == ProvisionCredentials::X509Certificate && !tls {
+            problems.add(
+                at("provision_credentials"),
+                "x509_certificate credentials need TLS: use an mqtts:// url",
+            );
+        }
+    }
+    match (&t.access_token, &t.username) {
+        _ if provisioning => {}
+        (Some(_), Some(_)) => problems.add(
+            at("access_token"),
+            "set either access_token or username/password (MQTT basic), not both",
+        ),
+        (None, None) if !tls => problems.add(
+            at("access_token"),
+            "ThingsBoard needs credentials: access_token, or client_id/username/password",
+        ),
+        (Some(tok), None) if tok.is_empty() => problems.add(
+            at("access_token"),
+            "must not be empty (ThingsBoard answers CONNACK 0x04)",
+        ),
+        _ => {}
+    }
+    if let Some(Err(e)) = t.rate_limits.as_deref().map(RateSpec::parse) {
+        problems.add(at("rate_limits"), e);
+    }
+    check_inflight(at, t.inflight, problems);
+    if t.max_payload_size.0 < 1024 || t.max_payload_size.0 > 256 << 20 {
+        problems.add(at("max_payload_size"), "must be between 1 KiB and 256 MiB");
+    }
+}

@@ -1,0 +1,198 @@
+//! What outpost reports about itself: the outcome of the last remote
+//! configuration change and facts about the box as client attributes (once
+//! per connection and after each change), and health telemetry every
+//! `health.interval`.
+
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use super::status::StatusSource;
+use crate::stats;
+
+/// How the last remote change went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub version: Option<Value>,
+    pub hash: String,
+    /// `ok`, `rejected` or `rolled_back`.
+    pub status: &'static str,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// The client attributes reporting it.
+    pub fn attributes(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(
+            "config_version".into(),
+            self.version.clone().unwrap_or(Value::Null),
+        );
+        m.insert("config_hash".into(), json!(self.hash));
+        m.insert("config_status".into(), json!(self.status));
+        m.insert(
+            "config_error".into(),
+            json!(self.error.clone().unwrap_or_default()),
+        );
+        m
+    }
+}
+
+/// Facts about the box, sent once per connection.
+pub fn system_attributes() -> Map<String, Value> {
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_string());
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let mut m = Map::new();
+    m.insert("outpost_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    m.insert("hostname".into(), json!(hostname));
+    m.insert("os".into(), json!(os));
+    m.insert("arch".into(), json!(std::env::consts::ARCH));
+    m
+}
+
+/// Health telemetry: counters, queues, resources.
+pub struct Health {
+    started: Instant,
+    /// (CPU ticks used, when) at the last sample.
+    last_cpu: Option<(u64, Instant)>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: Instant::now(),
+            last_cpu: None,
+        }
+    }
+}
+
+impl Health {
+    /// One health sample as ThingsBoard telemetry values.
+    pub async fn values(
+        &mut self,
+        status: &StatusSource,
+        state_dir: &std::path::Path,
+        store_path: &std::path::Path,
+    ) -> Map<String, Value> {
+        let mut v = Map::new();
+        let queues = status.outbox.stats();
+        let now_ms = crate::record::now_ms();
+        let mut queued_total = 0;
+        for (name, s) in &status.stats.sinks {
+            let q = queues.get(name).copied().unwrap_or_default();
+            queued_total += q.depth.records;
+            v.insert(format!("queued_{name}"), json!(q.depth.records));
+            v.insert(format!("dropped_{name}"), json!(q.dropped));
+            v.insert(format!("delivered_{name}"), json!(stats::get(&s.delivered)));
+            v.insert(
+                format!("connected_{name}"),
+                json!(s.connected.load(std::sync::atomic::Ordering::Relaxed)),
+            );
+            let oldest = match status.outbox.fetch(name, 0, 1).await {
+                Ok(r) => r
+                    .first()
+                    .map(|r| (now_ms - r.ts).max(0) / 1000)
+                    .unwrap_or(0),
+                Err(_) => 0,
+            };
+            v.insert(format!("oldest_queued_s_{name}"), json!(oldest));
+        }
+        for (name, p) in &status.stats.serial {
+            v.insert(
+                format!("serial_open_{name}"),
+                json!(p.open.load(std::sync::atomic::Ordering::Relaxed)),
+            );
+            v.insert(
+                format!("serial_readings_{name}"),
+                json!(stats::get(&p.readings)),
+            );
+            v.insert(
+                format!("serial_garbage_{name}"),
+                json!(stats::get(&p.garbage)),
+            );
+            for (id, s) in &p.slaves {
+                v.insert(
+                    format!("modbus_timeouts_{name}_{id}"),
+                    json!(stats::get(&s.timeouts)),
+                );
+                v.insert(
+                    format!("modbus_exceptions_{name}_{id}"),
+                    json!(stats::get(&s.exceptions)),
+                );
+            }
+        }
+        v.insert("queued".into(), json!(queued_total));
+        v.insert(
+            "accepted".into(),
+            json!(stats::get(&status.stats.ingest.accepted)),
+        );
+        v.insert(
+            "refused".into(),
+            json!(stats::get(&status.stats.ingest.refused)),
+        );
+        v.insert(
+            "local_clients".into(),
+            json!(stats::get(&status.stats.ingest.clients)),
+        );
+        v.insert("uptime_s".into(), json!(self.started.elapsed().as_secs()));
+        if let Some(rss) = rss_bytes() {
+            v.insert("rss_bytes".into(), json!(rss));
+        }
+        if let Some(cpu) = self.cpu_percent() {
+            v.insert("cpu_percent".into(), json!(cpu));
+        }
+        if let Some(free) = free_bytes(state_dir) {
+            v.insert("disk_free_bytes".into(), json!(free));
+        }
+        let size: u64 = ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = store_path.as_os_str().to_owned();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum();
+        v.insert("outbox_bytes".into(), json!(size));
+        v.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        v
+    }
+
+    /// CPU use of this process since the last sample, in percent of one core.
+    fn cpu_percent(&mut self) -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let now = Instant::now();
+        let last = self.last_cpu.replace((ticks, now));
+        let (t0, at) = last?;
+        let secs = now.duration_since(at).as_secs_f64();
+        (secs > 0.0).then(|| {
+            // Linux reports in clock ticks of 1/100 s (USER_HZ) on every
+            // architecture outpost targets.
+            let used = (ticks.saturating_sub(t0)) as f64 / 100.0;
+            (used / secs * 1000.0).round() / 10.0
+        })
+    }
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}

@@ -1,0 +1,58 @@
+//! Reconnect backoff: exponential with jitter, capped.
+
+use std::time::Duration;
+
+/// Exponential backoff with ±25 % jitter, so a site full of gateways does not
+/// reconnect in lockstep after an outage.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The wait before the next attempt; doubles each call up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        jitter(base)
+    }
+
+    /// The longest wait, for failures that retrying soon cannot fix.
+    pub fn give_up_delay(&mut self) -> Duration {
+        self.next = self.max;
+        jitter(self.max)
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let d: Vec<f64> = (0..6).map(|_| b.next_delay().as_secs_f64()).collect();
+        for (got, base) in d.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
+            assert!(*got >= base * 0.75 && *got <= base * 1.25, "{d:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1250));
+    }
+}

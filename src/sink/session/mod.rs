@@ -1,0 +1,546 @@
+//! The upstream MQTT session every sink uses.
+//!
+//! rumqttc's own state is volatile: it forgets its in-flight publishes when the
+//! broker has no session for it, and `publish()` returns no packet id. So this
+//! session never trusts it with data. Each connection gets a fresh client and
+//! event loop; each outbox row is published at QoS 1 and the packet id rumqttc
+//! assigns (`Outgoing::Publish(pkid)`, emitted in request order) is mapped back
+//! to the rows; a row is deleted only on the matching PUBACK. When a
+//! connection ends for any reason, the next one starts again from the oldest
+//! row still in the outbox. Duplicates are possible, losses are not.
+//!
+//! rumqttc reconnects in a tight loop on its own; here every failed attempt
+//! waits an exponential backoff with jitter, and a refused CONNACK (bad
+//! credentials) waits the maximum and says so once in plain words.
+//!
+//! One job per file: this loop; [`flight`] (rows in flight and their packet
+//! ids); [`fetch`] (reading the queue); [`poison`] (records a platform can
+//! never take); [`backoff`]; [`pace`] (rate windows); [`tls`]; [`explain`]
+//! (failures in words); [`settings`].
+
+mod backoff;
+mod explain;
+mod fetch;
+mod flight;
+mod pace;
+mod poison;
+mod settings;
+mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub use backoff::Backoff;
+pub use pace::RateLimit;
+pub use settings::Settings;
+pub use tls::{client_identity, tls_config};
+
+use flight::{Flight, LiveSplit};
+use poison::SessionLog;
+use tls::Mtls;
+
+use super::{Action, Agent, ControlEvent, Downlink, Platform, Publish, Ready, SinkError, Upstream};
+use crate::net::BrokerUrl;
+use crate::record::{now_ms, Record};
+use crate::source::Ingest;
+use crate::stats::{self, SinkStats};
+use crate::store::Outbox;
+use crate::units::RateSpec;
+
+/// rumqttc's request channel: the window plus what one encode call may add
+/// beyond it (publishes not tied to rows, a batch's extra publishes).
+const REQUESTS: usize = 4096;
+
+/// Records handed to the platform's encoder at once.
+const ENCODE_BATCH: usize = 256;
+
+/// Records encoded at once while a rate limit paces a backlog.
+const LIVE_BATCH: usize = 32;
+
+/// Where a session's platform actions go besides the cloud: all optional,
+/// a plain MQTT sink has none of them.
+#[derive(Default)]
+pub struct SessionIo {
+    /// Commands for the local devices (settings, RPC, publishes).
+    pub local: Option<mpsc::Sender<Downlink>>,
+    /// What goes up besides records: local replies, reports.
+    pub upstream: Option<mpsc::Receiver<Upstream>>,
+    /// Readings the platform sends (uplinks) are routed and stored here.
+    pub ingest: Option<Ingest>,
+    /// outpost's own RPC methods.
+    pub agent: Option<Arc<dyn Agent>>,
+    /// The remote configuration.
+    pub control: Option<mpsc::Sender<ControlEvent>>,
+}
+
+/// Everything a session needs; built once per sink at startup.
+pub struct Uplink<E: Platform> {
+    name: String,
+    url: BrokerUrl,
+    options: MqttOptions,
+    window: usize,
+    max_packet: usize,
+    grace: Duration,
+    backoff: Backoff,
+    encoder: E,
+    outbox: Outbox,
+    stats: Arc<SinkStats>,
+    io: SessionIo,
+    /// The platform's message rate limits, obeyed for every publish.
+    rate: RateLimit,
+    /// What the current (or last) connection did, for poison detection.
+    session: SessionLog,
+    /// (first row of the head publish, consecutive failed sessions).
+    suspect: Option<(i64, u32)>,
+    /// While above zero, one record per publish; counts down with PUBACKs.
+    careful: u32,
+    /// mTLS: the TLS setup is rebuilt from the files before every
+    /// connection, so a renewed certificate is used without a restart, and
+    /// an expired one keeps this sink (only) from connecting.
+    mtls: Option<Mtls>,
+}
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    Failed(Box<ConnectionError>),
+}
+
+impl<E: Platform> Uplink<E> {
+    pub fn new(
+        name: &str,
+        cfg: &Settings,
+        encoder: E,
+        outbox: Outbox,
+        stats: Arc<SinkStats>,
+    ) -> Result<Uplink<E>, SinkError> {
+        let url = BrokerUrl::parse(&cfg.url).map_err(|detail| SinkError::Config {
+            sink: name.to_string(),
+            detail,
+        })?;
+        let mut options = MqttOptions::new(cfg.client_id.clone(), url.host.clone(), url.port);
+        options
+            .set_keep_alive(cfg.keep_alive)
+            .set_clean_session(true)
+            .set_inflight(cfg.inflight)
+            .set_request_channel_capacity(REQUESTS)
+            .set_max_packet_size(cfg.max_packet, cfg.max_packet);
+        if let Some(user) = &cfg.username {
+            options.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+        }
+        let mut mtls = None;
+        if url.tls {
+            // The client certificate is added per connection (see `Mtls`);
+            // the server side is checked now, so a bad ca_file stops startup.
+            options.set_transport(Transport::tls_with_config(tls_config(
+                name,
+                cfg.ca_file.as_deref(),
+                None,
+            )?));
+            mtls = cfg.client_cert.clone().map(|client_cert| Mtls {
+                ca_file: cfg.ca_file.clone(),
+                client_cert,
+                last_error: None,
+            });
+        }
+        Ok(Uplink {
+            name: name.to_string(),
+            url,
+            options,
+            window: cfg.inflight as usize,
+            max_packet: cfg.max_packet,
+            grace: cfg.grace,
+            backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
+            encoder,
+            outbox,
+            stats,
+            io: SessionIo::default(),
+            rate: RateLimit::none(),
+            session: SessionLog::default(),
+            suspect: None,
+            careful: 0,
+            mtls,
+        })
+    }
+
+    /// Starts with these rate limits (the platform may replace them).
+    pub fn with_rate_limit(mut self, rate: &RateSpec) -> Self {
+        self.rate = RateLimit::new(rate);
+        self
+    }
+
+    /// Connects the session to the rest of outpost (see [`SessionIo`]).
+    pub fn with_io(mut self, io: SessionIo) -> Self {
+        self.io = io;
+        self
+    }
+
+    /// Delivers until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let Some(notify) = self.outbox.notifier(&self.name) else {
+            tracing::error!(sink = %self.name, "no outbox queue for this sink");
+            return;
+        };
+        loop {
+            if let Err(delay) = self.load_client_cert() {
+                tokio::select! {
+                    _ = sleep(delay) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let end = self.session(&shutdown, &notify).await;
+            self.stats
+                .connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            let delay = match end {
+                End::Shutdown => return,
+                End::Failed(e) => {
+                    if self.session.connected {
+                        self.check_poison().await;
+                    }
+                    self.explain(*e)
+                }
+            };
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Carries out one thing the platform asked for.
+    async fn act(
+        &mut self,
+        client: &AsyncClient,
+        flight: &mut Flight,
+        action: Action,
+    ) -> Result<(), End> {
+        match action {
+            Action::Upstream(publish) => self.send(client, flight, publish).await?,
+            Action::Limits { max_inflight, rate } => self.apply_limits(flight, max_inflight, rate),
+            Action::Ingest { topic, payload } => match &self.io.ingest {
+                Some(ingest) => {
+                    if ingest.submit(&topic, &payload).await.is_err() {
+                        return Err(End::Shutdown);
+                    }
+                }
+                None => tracing::debug!(sink = %self.name, "no ingest for an upstream reading"),
+            },
+            Action::Local(cmd) => match &self.io.local {
+                Some(local) => {
+                    let _ = local.send(cmd).await;
+                }
+                None => tracing::debug!(sink = %self.name, "no local side for a downlink message"),
+            },
+            Action::Own {
+                method,
+                params,
+                reply,
+            } => {
+                tracing::info!(sink = %self.name, %method, "RPC to outpost");
+                let answer = match &self.io.agent {
+                    Some(agent) => agent.call(&method, &params),
+                    None => serde_json::json!({"error": "outpost answers no RPC on this sink"}),
+                };
+                self.send(client, flight, reply(answer)).await?;
+            }
+            Action::Control(event) => match &self.io.control {
+                Some(control) => {
+                    if control.try_send(event).is_err() {
+                        tracing::warn!(sink = %self.name, "remote configuration busy; dropped an update (it is asked again on reconnect)");
+                    }
+                }
+                None => {
+                    tracing::debug!(sink = %self.name, "remote configuration is not taken through this sink")
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken, notify: &tokio::sync::Notify) -> End {
+        self.session = SessionLog::default();
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUESTS);
+        let (events_tx, mut events) = mpsc::channel::<Result<Event, ConnectionError>>(1024);
+        let driver = tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await;
+                let failed = ev.is_err();
+                if events_tx.send(ev).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let end = self.deliver(&client, &mut events, shutdown, notify).await;
+        if matches!(end, End::Shutdown) {
+            // Say goodbye properly; the broker then discards no will and the
+            // socket closes cleanly. Bounded: the peer may be gone.
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(ev) = events.recv().await {
+                    if matches!(ev, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        driver.abort();
+        end
+    }
+
+    async fn deliver(
+        &mut self,
+        client: &AsyncClient,
+        events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+        shutdown: &CancellationToken,
+        notify: &tokio::sync::Notify,
+    ) -> End {
+        // Wait for the CONNACK before sending anything.
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return End::Failed(Box::new(e)),
+                    None => return End::Failed(Box::new(ConnectionError::RequestsDone)),
+                },
+                _ = shutdown.cancelled() => return End::Shutdown,
+            }
+        }
+        self.backoff.reset();
+        self.session.connected = true;
+        self.stats
+            .connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        stats::add(&self.stats.connects, 1);
+        tracing::info!(sink = %self.name, broker = %format!("{}:{}", self.url.host, self.url.port), "connected upstream");
+        if let Some(control) = &self.io.control {
+            let _ = control.try_send(ControlEvent::Connected);
+        }
+
+        let mut flight = Flight::new(self.window);
+        flight.qos0 = self.encoder.qos() == QoS::AtMostOnce;
+        if self.encoder.live_first() {
+            match self.outbox.last_id(&self.name).await {
+                Ok(floor) => {
+                    flight.live = Some(LiveSplit {
+                        floor,
+                        live_cursor: floor,
+                        backlog_done: floor == 0,
+                    })
+                }
+                Err(_) => return End::Shutdown,
+            }
+        }
+        let start = self.encoder.session_start();
+        for topic in start.subscribe {
+            if client.try_subscribe(topic, QoS::AtLeastOnce).is_err() {
+                return End::Failed(Box::new(ConnectionError::RequestsDone));
+            }
+        }
+        for p in start.publish {
+            if let Err(end) = self.send(client, &mut flight, p).await {
+                return end;
+            }
+        }
+        let mut draining: Option<Instant> = None;
+        loop {
+            if draining.is_none() {
+                if let Err(end) = self.fill(client, &mut flight).await {
+                    return end;
+                }
+            } else if flight.is_empty() {
+                return End::Shutdown;
+            }
+            let can_take_more = draining.is_none() && flight.has_room();
+            let deadline = draining.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let unblock = flight.blocked_until;
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        for action in self.encoder.on_message(&p.topic, &p.payload) {
+                            if let Err(end) = self.act(client, &mut flight, action).await {
+                                return end;
+                            }
+                        }
+                    }
+                    Some(Ok(ev)) => {
+                        if let Some(ids) = flight.on_event(&ev) {
+                            let n = ids.len() as u64;
+                            if !ids.is_empty() {
+                                self.session.acks += 1;
+                                self.suspect = None;
+                                self.careful = self.careful.saturating_sub(1);
+                            }
+                            if self.outbox.delete(ids).await.is_err() {
+                                return End::Shutdown;
+                            }
+                            stats::add(&self.stats.delivered, n);
+                        }
+                    }
+                    Some(Err(e)) => return End::Failed(Box::new(e)),
+                    None => return End::Failed(Box::new(ConnectionError::RequestsDone)),
+                },
+                Some(up) = next_upstream(&mut self.io.upstream) => {
+                    let publish = match up {
+                        Upstream::Publish(p) => Some(p),
+                        Upstream::Report(r) => self.encoder.report(r),
+                    };
+                    if let Some(p) = publish {
+                        if let Err(end) = self.send(client, &mut flight, p).await {
+                            return end;
+                        }
+                    }
+                }
+                _ = notify.notified(), if can_take_more => {
+                    flight.more = true;
+                    flight.live_dirty = flight.live.is_some();
+                }
+                _ = tokio::time::sleep_until(unblock.unwrap_or(deadline)), if unblock.is_some() && draining.is_none() => {}
+                _ = shutdown.cancelled(), if draining.is_none() => {
+                    tracing::info!(sink = %self.name, in_flight = flight.len(), "stopping: waiting for in-flight acknowledgements");
+                    draining = Some(Instant::now() + self.grace);
+                }
+                _ = tokio::time::sleep_until(deadline), if draining.is_some() => {
+                    tracing::warn!(sink = %self.name, in_flight = flight.len(), "stopping before every publish was acknowledged; those records stay queued and are resent on the next start");
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Publishes queued records until the in-flight window is full or the
+    /// outbox has nothing more.
+    async fn fill(&mut self, client: &AsyncClient, flight: &mut Flight) -> Result<(), End> {
+        self.flush(client, flight)?;
+        // Looking for a poison record: one publish at a time, so that a
+        // hang-up can be pinned on the one that caused it.
+        while flight.has_room()
+            && flight.outgoing.is_empty()
+            && (self.careful == 0 || flight.is_empty())
+        {
+            if flight.live_dirty && !flight.fetched_is_empty() {
+                flight.live_dirty = false;
+                if let Err(e) = self.refill_live(flight).await {
+                    tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
+                    return Err(End::Shutdown);
+                }
+            }
+            if flight.fetched_is_empty() {
+                if !flight.more {
+                    return Ok(());
+                }
+                if let Err(e) = self.refill(flight).await {
+                    tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
+                    return Err(End::Shutdown);
+                }
+                continue;
+            }
+            // Under a rate limit, encode little ahead: what is encoded waits
+            // in line, and a live reading must not queue behind much backlog.
+            let batch = if self.careful > 0 {
+                1
+            } else if flight.live.is_some() && self.rate.is_limited() {
+                LIVE_BATCH
+            } else {
+                ENCODE_BATCH
+            };
+            let batch = match self.encoder.ready(&flight.peek(batch), now_ms()) {
+                Ready::All => batch,
+                Ready::Count(n) => n.clamp(1, batch),
+                Ready::WaitMs(ms) => {
+                    // Bring in what else is queued, so the wait merges it.
+                    if flight.more && flight.fetched.len() + flight.fetched_live.len() < batch {
+                        if let Err(e) = self.refill(flight).await {
+                            tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
+                            return Err(End::Shutdown);
+                        }
+                    }
+                    flight.blocked_until = Some(Instant::now() + Duration::from_millis(ms.max(1)));
+                    return Ok(());
+                }
+            };
+            let mut records: Vec<Record> = Vec::with_capacity(batch);
+            for r in flight.take(batch) {
+                match self.encoder.validate(&r) {
+                    Ok(()) => records.push(r),
+                    Err(why) => self.refuse(r.id, &r.device, why).await,
+                }
+            }
+            for publish in self.encoder.encode(&records) {
+                self.send(client, flight, publish).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues one publish and sends what the rate limit allows.
+    async fn send(
+        &mut self,
+        client: &AsyncClient,
+        flight: &mut Flight,
+        publish: Publish,
+    ) -> Result<(), End> {
+        if publish.topic.len() + publish.payload.len() + 8 > self.max_packet {
+            self.undeliverable(publish).await;
+            return Ok(());
+        }
+        flight.outgoing.push_back(publish);
+        self.flush(client, flight)
+    }
+
+    /// Hands queued publishes to rumqttc while the rate limit allows; else
+    /// notes when to try again.
+    fn flush(&mut self, client: &AsyncClient, flight: &mut Flight) -> Result<(), End> {
+        flight.blocked_until = None;
+        while let Some(publish) = flight.outgoing.pop_front() {
+            let now = Instant::now();
+            if let Some(at) = self.rate.next_allowed(now) {
+                flight.outgoing.push_front(publish);
+                flight.blocked_until = Some(at);
+                return Ok(());
+            }
+            if let Err(e) =
+                client.try_publish(publish.topic, self.encoder.qos(), false, publish.payload)
+            {
+                tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
+                return Err(End::Failed(Box::new(ConnectionError::RequestsDone)));
+            }
+            self.rate.record(now);
+            if self.session.head.is_none() && !publish.ids.is_empty() {
+                self.session.head = Some(publish.ids.clone());
+            }
+            flight.sent(publish.ids);
+        }
+        Ok(())
+    }
+
+    fn apply_limits(
+        &mut self,
+        flight: &mut Flight,
+        max_inflight: Option<usize>,
+        rate: Option<RateSpec>,
+    ) {
+        if let Some(n) = max_inflight {
+            flight.window = n.clamp(1, self.window);
+        }
+        if let Some(r) = rate {
+            self.rate = RateLimit::new(&r);
+        }
+        tracing::info!(sink = %self.name, in_flight = flight.window, "applied the platform's session limits");
+    }
+}
+
+/// The next publish or report for upstream, if any side sends them.
+async fn next_upstream(upstream: &mut Option<mpsc::Receiver<Upstream>>) -> Option<Upstream> {
+    match upstream {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

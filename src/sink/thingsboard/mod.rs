@@ -1,0 +1,435 @@
+//! ThingsBoard's MQTT dialect: the device API (`v1/devices/me/...`, or the
+//! short `v2/...` topics) and the gateway API (`v1/gateway/...`, every local
+//! sensor a child device over one connection).
+//!
+//! Telemetry always carries the record's measurement ts, so a resend after
+//! a crash overwrites itself. One job per file: [`encode`] (payloads and
+//! batching), [`limits`] (session limits), [`rpc`] (RPC both ways),
+//! [`remote`] (outpost's own attributes and reports), [`provision`]
+//! (self-provisioning of credentials).
+
+mod encode;
+mod limits;
+pub mod provision;
+mod remote;
+mod rpc;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::ConnectReturnCode;
+use serde_json::{Map, Value};
+
+pub use limits::initial_rate;
+
+use super::session::Settings;
+use super::{Action, Downlink, Platform, Publish, Report, SessionStart};
+use crate::config::{TbMode, ThingsboardSinkConfig};
+use crate::pki::identity::Identity;
+use crate::record::{Record, RecordKind};
+use crate::stats::{self, SinkStats};
+use crate::topic::{fill, DeviceTopics};
+use encode::key_values;
+
+/// Bytes kept free in each PUBLISH for the topic and MQTT framing.
+const FRAMING: usize = 64;
+
+pub struct Thingsboard {
+    sink: String,
+    mode: TbMode,
+    short_topics: bool,
+    device_type: String,
+    max_payload: usize,
+    /// Gateway mode: children announced with `v1/gateway/connect` on this connection.
+    connected: HashSet<String>,
+    stats: Arc<SinkStats>,
+    last_clash_log: Option<Instant>,
+    topics: DeviceTopics,
+    device_name: String,
+    /// The configured ceiling for batches.
+    configured_payload: usize,
+    /// Rate limits fixed by the config (the server's answer is then ignored).
+    fixed_rate: bool,
+    /// Id of this session's `getSessionLimits` request.
+    limits_request: u64,
+    /// Client-side RPC relayed for local devices: upstream id → local
+    /// response topic.
+    client_rpc: HashMap<u64, String>,
+    next_rpc: u64,
+    /// The client certificate presented (mTLS), reported on each connect.
+    identity: Option<Identity>,
+    /// outpost's remote configuration comes through this sink.
+    remote: bool,
+    /// Id of this session's shared-attributes request.
+    attr_request: u64,
+}
+
+impl Thingsboard {
+    pub fn new(sink: &str, cfg: &ThingsboardSinkConfig, stats: Arc<SinkStats>) -> Thingsboard {
+        Thingsboard {
+            sink: sink.to_string(),
+            mode: cfg.mode,
+            short_topics: cfg.short_topics,
+            device_type: cfg.device_type.clone(),
+            max_payload: cfg.max_payload_size.0 as usize,
+            connected: HashSet::new(),
+            stats,
+            last_clash_log: None,
+            topics: cfg.device_topics(),
+            device_name: cfg.device_name.clone(),
+            configured_payload: cfg.max_payload_size.0 as usize,
+            fixed_rate: cfg.rate_limits.is_some(),
+            limits_request: 0,
+            client_rpc: HashMap::new(),
+            next_rpc: 0,
+            identity: None,
+            remote: false,
+            attr_request: 0,
+        }
+    }
+
+    /// Takes outpost's own shared attributes (remote configuration): asks
+    /// for them on each connect and hands them, and their updates, on.
+    pub fn with_remote(mut self, remote: bool) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    /// Reports the client certificate as client attributes on each connect.
+    pub fn with_identity(mut self, identity: Option<Identity>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// Connection settings: an access token is the MQTT username.
+    pub fn settings(cfg: &ThingsboardSinkConfig) -> Settings {
+        let client_id = cfg.client_id.clone().unwrap_or_else(|| "outpost".into());
+        let (username, password) = match &cfg.access_token {
+            Some(token) => (Some(token.clone()), None),
+            None => (cfg.username.clone(), cfg.password.clone()),
+        };
+        Settings::new(cfg.connection(), client_id)
+            .login(username, password)
+            .client_cert(cfg.cert_file.as_ref(), cfg.key_file.as_ref())
+            .window(cfg.inflight, cfg.max_payload_size.0 as usize + FRAMING)
+    }
+
+    fn topic(&self, kind: RecordKind) -> &'static str {
+        match (self.mode, kind, self.short_topics) {
+            (TbMode::Device, RecordKind::Telemetry, false) => "v1/devices/me/telemetry",
+            (TbMode::Device, RecordKind::Telemetry, true) => "v2/t",
+            (TbMode::Device, RecordKind::Attributes, false) => "v1/devices/me/attributes",
+            (TbMode::Device, RecordKind::Attributes, true) => "v2/a",
+            (TbMode::Gateway, RecordKind::Telemetry, _) => "v1/gateway/telemetry",
+            (TbMode::Gateway, RecordKind::Attributes, _) => "v1/gateway/attributes",
+            (TbMode::Device, RecordKind::Claim, _) => "v1/devices/me/claim",
+            (TbMode::Gateway, RecordKind::Claim, _) => "v1/gateway/claim",
+            // Followed by `/{id}`; client-side RPC exists only on the device API.
+            (_, RecordKind::Rpc, _) => "v1/devices/me/rpc/request",
+        }
+    }
+
+    fn clash(&mut self, device: &str, ts: i64, key: &str) {
+        stats::add(&self.stats.ts_clashes, 1);
+        let quiet = self
+            .last_clash_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        if !quiet {
+            tracing::warn!(
+                sink = %self.sink, device, ts, key,
+                total = stats::get(&self.stats.ts_clashes),
+                "two readings of one device carry the same ts and key: ThingsBoard keeps one value per millisecond, the later one is sent"
+            );
+            self.last_clash_log = Some(Instant::now());
+        }
+    }
+
+    /// Shared attributes for a child device (gateway API).
+    fn child_attributes(&self, payload: &[u8]) -> Result<Vec<Action>, String> {
+        let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+        let device = v["device"].as_str().ok_or("no `device`")?.to_string();
+        let Value::Object(values) = v["data"].clone() else {
+            return Err("no `data` object".to_string());
+        };
+        Ok(vec![Action::Local(Downlink::Settings {
+            topic: fill(&self.topics.attributes, &device, ""),
+            values,
+        })])
+    }
+
+    /// Shared attributes of outpost's own device: its own keys go to the
+    /// remote configuration, the rest (device mode) to `device_name`.
+    fn own_attributes(&self, payload: &[u8]) -> Result<Vec<Action>, String> {
+        let Ok(Value::Object(mut values)) = serde_json::from_slice::<Value>(payload) else {
+            return Err("shared attributes must be a JSON object".to_string());
+        };
+        let mut out: Vec<Action> = self.take_remote(&mut values).into_iter().collect();
+        if self.mode == TbMode::Device && !values.is_empty() {
+            out.push(Action::Local(Downlink::Settings {
+                topic: fill(&self.topics.attributes, &self.device_name, ""),
+                values,
+            }));
+        }
+        Ok(out)
+    }
+}
+
+impl Platform for Thingsboard {
+    fn session_start(&mut self) -> SessionStart {
+        self.connected.clear();
+        let mut subscribe = vec![
+            "v1/devices/me/rpc/request/+".to_string(),
+            "v1/devices/me/rpc/response/+".to_string(),
+            "v1/devices/me/attributes".to_string(),
+        ];
+        if self.mode == TbMode::Gateway {
+            subscribe.push("v1/gateway/attributes".into());
+            subscribe.push("v1/gateway/rpc".into());
+        }
+        let mut publish = vec![self.ask_limits()];
+        if self.remote {
+            subscribe.push("v1/devices/me/attributes/response/+".into());
+            publish.push(self.ask_remote());
+        }
+        publish.extend(self.identity_report());
+        SessionStart { subscribe, publish }
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
+        let gateway = self.mode == TbMode::Gateway;
+        if let Some(id) = topic.strip_prefix("v1/devices/me/attributes/response/") {
+            return self.remote_answer(id, payload);
+        }
+        if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/response/") {
+            if let Some(answer) = self.client_rpc_answer(id, payload) {
+                return vec![answer];
+            }
+            return self.limits_answer(id, payload).unwrap_or_default();
+        }
+        if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/request/") {
+            return self.device_rpc(id, payload);
+        }
+        let result = match topic {
+            // A broker that echoes our own replies (any plain MQTT broker
+            // standing in for ThingsBoard) sends them back: not a request.
+            "v1/gateway/rpc" if gateway && rpc::is_reply(payload) => Ok(Vec::new()),
+            "v1/gateway/rpc" if gateway => self.gateway_rpc(payload).map(|a| vec![a]),
+            "v1/gateway/attributes" if gateway => self.child_attributes(payload),
+            "v1/devices/me/attributes" => self.own_attributes(payload),
+            _ => Ok(Vec::new()),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::warn!(sink = %self.sink, topic, error = %e, "ignored a message from ThingsBoard");
+            Vec::new()
+        })
+    }
+
+    fn report(&self, report: Report) -> Option<Publish> {
+        Some(self.own_report(report))
+    }
+
+    /// ThingsBoard stores telemetry by (device, key, ts): arrival order
+    /// does not matter, so live readings may overtake a backlog.
+    fn live_first(&self) -> bool {
+        true
+    }
+
+    /// ThingsBoard takes string keys with string, boolean, number or JSON
+    /// values; it refuses null values and empty keys.
+    fn validate(&self, r: &Record) -> Result<(), String> {
+        for (k, v) in key_values(&r.payload) {
+            if k.is_empty() {
+                return Err("empty key (ThingsBoard needs a non-empty string key)".into());
+            }
+            if v.is_null() {
+                return Err(format!("key `{k}` has a null value (ThingsBoard takes strings, booleans, numbers or JSON)"));
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
+        let gateway = self.mode == TbMode::Gateway;
+        let mut out = Vec::new();
+        if gateway {
+            for r in records {
+                if self.connected.insert(r.device.clone()) {
+                    let mut m = Map::new();
+                    m.insert("device".into(), Value::from(r.device.clone()));
+                    m.insert("type".into(), Value::from(self.device_type.clone()));
+                    out.push(Publish::control("v1/gateway/connect", &Value::Object(m)));
+                }
+            }
+        }
+        let (telemetry, clashes) = encode::telemetry(
+            records,
+            self.topic(RecordKind::Telemetry),
+            gateway,
+            self.max_payload,
+        );
+        out.extend(telemetry);
+        for (device, ts, key) in clashes {
+            self.clash(&device, ts, &key);
+        }
+        out.extend(encode::attributes(
+            records,
+            self.topic(RecordKind::Attributes),
+            gateway,
+            self.max_payload,
+        ));
+        self.encode_requests(records, &mut out);
+        out
+    }
+
+    fn refused_hint(&self, code: ConnectReturnCode) -> Option<&'static str> {
+        match code {
+            ConnectReturnCode::BadUserNamePassword => {
+                Some(" (ThingsBoard 0x04: the access token or username is empty; set access_token)")
+            }
+            ConnectReturnCode::NotAuthorized => Some(
+                " (ThingsBoard 0x05: unknown access token or MQTT basic credentials; copy them from the device's page)",
+            ),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> ThingsboardSinkConfig {
+        toml::from_str(&format!(
+            "url = \"mqtt://localhost\"\naccess_token = \"t\"\n{extra}"
+        ))
+        .expect("cfg")
+    }
+
+    fn rec(id: i64, device: &str, ts: i64, payload: &str) -> Record {
+        Record {
+            id,
+            sink: "tb".into(),
+            device: device.into(),
+            kind: RecordKind::Telemetry,
+            ts,
+            topic: String::new(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    fn json(p: &Publish) -> Value {
+        serde_json::from_slice(&p.payload).expect("json")
+    }
+
+    #[test]
+    fn device_mode_sends_ts_values_arrays() {
+        let mut tb = Thingsboard::new("tb", &cfg(""), Arc::default());
+        let out = tb.encode(&[rec(1, "a", 10, r#"{"t":1}"#), rec(2, "b", 11, "7")]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "v1/devices/me/telemetry");
+        assert_eq!(out[0].ids, [1, 2]);
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!([{"ts":10,"values":{"t":1}},{"ts":11,"values":{"value":7}}])
+        );
+        let mut short = Thingsboard::new("tb", &cfg("short_topics = true"), Arc::default());
+        assert_eq!(short.encode(&[rec(1, "a", 10, "1")])[0].topic, "v2/t");
+    }
+
+    #[test]
+    fn gateway_mode_connects_each_child_once_per_session() {
+        let mut tb = Thingsboard::new(
+            "tb",
+            &cfg("mode = \"gateway\"\ndevice_type = \"sensor\""),
+            Arc::default(),
+        );
+        let out = tb.encode(&[
+            rec(1, "A", 10, r#"{"t":1}"#),
+            rec(2, "B", 10, r#"{"t":2}"#),
+            rec(3, "A", 11, r#"{"t":3}"#),
+        ]);
+        let topics: Vec<&str> = out.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "v1/gateway/connect",
+                "v1/gateway/connect",
+                "v1/gateway/telemetry"
+            ]
+        );
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!({"device":"A","type":"sensor"})
+        );
+        assert_eq!(
+            json(&out[2]),
+            serde_json::json!({"A":[{"ts":10,"values":{"t":1}},{"ts":11,"values":{"t":3}}],"B":[{"ts":10,"values":{"t":2}}]})
+        );
+        assert_eq!(out[2].ids, [1, 3, 2]);
+        // Same session: no second connect. New session: connect again.
+        assert_eq!(tb.encode(&[rec(4, "A", 12, "1")]).len(), 1);
+        tb.session_start();
+        assert_eq!(tb.encode(&[rec(5, "A", 13, "1")]).len(), 2);
+    }
+
+    #[test]
+    fn same_ts_merges_different_keys_and_counts_clashes() {
+        let stats = Arc::new(SinkStats::default());
+        let mut tb = Thingsboard::new("tb", &cfg("mode = \"gateway\""), stats.clone());
+        tb.connected.insert("A".into());
+        let out = tb.encode(&[
+            rec(1, "A", 10, r#"{"t":1}"#),
+            rec(2, "A", 10, r#"{"h":5}"#),
+            rec(3, "A", 10, r#"{"t":2}"#),
+        ]);
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!({"A":[{"ts":10,"values":{"t":2,"h":5}}]})
+        );
+        assert_eq!(out[0].ids, [1, 2, 3]);
+        assert_eq!(stats::get(&stats.ts_clashes), 1);
+    }
+
+    #[test]
+    fn batches_never_exceed_the_payload_limit_and_keep_every_row() {
+        let mut tb = Thingsboard::new(
+            "tb",
+            &cfg("mode = \"gateway\"\nmax_payload_size = \"1 KiB\""),
+            Arc::default(),
+        );
+        let records: Vec<Record> = (0..500)
+            .map(|i| {
+                rec(
+                    i,
+                    &format!("dev-{}", i % 7),
+                    1000 + i,
+                    &format!(
+                        "{{\"seq\":{i},\"x\":\"{}\"}}",
+                        "y".repeat((i % 40) as usize)
+                    ),
+                )
+            })
+            .collect();
+        let out = tb.encode(&records);
+        let mut ids: Vec<i64> = Vec::new();
+        for p in out.iter().filter(|p| p.topic == "v1/gateway/telemetry") {
+            assert!(p.payload.len() <= 1024, "{} bytes", p.payload.len());
+            ids.extend(&p.ids);
+        }
+        ids.sort();
+        assert_eq!(ids, (0..500).collect::<Vec<_>>());
+        assert!(out.len() > 10);
+    }
+
+    #[test]
+    fn attributes_go_to_the_attributes_topic() {
+        let mut tb = Thingsboard::new("tb", &cfg("mode = \"gateway\""), Arc::default());
+        tb.connected.insert("A".into());
+        let mut r = rec(1, "A", 10, r#"{"fw":"1.2"}"#);
+        r.kind = RecordKind::Attributes;
+        let out = tb.encode(&[r]);
+        assert_eq!(out[0].topic, "v1/gateway/attributes");
+        assert_eq!(json(&out[0]), serde_json::json!({"A":{"fw":"1.2"}}));
+    }
+}
