@@ -14,18 +14,16 @@ use crate::units::{ByteSize, Seconds};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// MQTT 3.1.1 listener for LAN sensors.
+    /// The listener for LAN clients (MQTT 3.1.1 and 5).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// A second listener. With `ack_after_commit` (the default) both
-    /// listeners accept MQTT 3.1.1 and 5; without it rumqttd serves 3.1.1 on
-    /// `listen` and MQTT 5 only here.
+    /// A second listener, the same as the first (MQTT 3.1.1 and 5); kept
+    /// for configs that gave MQTT 5 its own port.
     #[serde(default)]
     pub listen_v5: Option<SocketAddr>,
     /// Hold each sensor's PUBACK until its reading is committed to the
-    /// outbox (outpost's ingest front relays to rumqttd). `false` lets rumqttd
-    /// acknowledge at once: a little faster, but a reading acknowledged just
-    /// before a crash can be lost.
+    /// outbox. `false` acknowledges at once: a little faster, but a reading
+    /// acknowledged just before a crash can be lost.
     #[serde(default = "default_true")]
     pub ack_after_commit: bool,
     #[serde(default = "default_max_connections")]
@@ -42,6 +40,34 @@ pub struct BrokerConfig {
     /// A TLS listener for sensors on an untrusted LAN (`[broker.tls]`).
     #[serde(default)]
     pub tls: Option<BrokerTlsConfig>,
+    /// Subscriptions one client may hold.
+    #[serde(default = "default_max_subscriptions_per_client")]
+    pub max_subscriptions_per_client: usize,
+    /// Subscriptions of all clients together.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions: usize,
+    /// Messages queued for one client that is away (persistent session)
+    /// or slow; more are dropped and counted.
+    #[serde(default = "default_max_queued_messages")]
+    pub max_queued_messages: usize,
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: ByteSize,
+    /// QoS 1 and 2 messages in flight to one client.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    /// Persistent sessions kept while their client is away (the longest
+    /// away go first).
+    #[serde(default = "default_max_offline_sessions")]
+    pub max_offline_sessions: usize,
+    /// How long a persistent session is kept while its client is away
+    /// (MQTT 5 clients may ask for less).
+    #[serde(default = "default_persistent_session_expiry")]
+    pub persistent_session_expiry: Seconds,
+    /// Retained messages kept, by count and by bytes.
+    #[serde(default = "default_max_retained")]
+    pub max_retained: usize,
+    #[serde(default = "default_max_retained_bytes")]
+    pub max_retained_bytes: ByteSize,
 }
 
 /// `[broker.tls]`: MQTT over TLS for sensors, optionally mutual.
@@ -77,6 +103,34 @@ fn default_connect_timeout() -> Seconds {
     Seconds(Duration::from_secs(10))
 }
 
+fn default_max_subscriptions_per_client() -> usize {
+    100
+}
+fn default_max_subscriptions() -> usize {
+    10_000
+}
+fn default_max_queued_messages() -> usize {
+    1000
+}
+fn default_max_queued_bytes() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_max_inflight() -> u16 {
+    20
+}
+fn default_max_offline_sessions() -> usize {
+    1000
+}
+fn default_persistent_session_expiry() -> Seconds {
+    Seconds(Duration::from_secs(86_400))
+}
+fn default_max_retained() -> usize {
+    1000
+}
+fn default_max_retained_bytes() -> ByteSize {
+    ByteSize(4 << 20)
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
@@ -88,6 +142,15 @@ impl Default for BrokerConfig {
             connect_timeout: default_connect_timeout(),
             users: None,
             tls: None,
+            max_subscriptions_per_client: default_max_subscriptions_per_client(),
+            max_subscriptions: default_max_subscriptions(),
+            max_queued_messages: default_max_queued_messages(),
+            max_queued_bytes: default_max_queued_bytes(),
+            max_inflight: default_max_inflight(),
+            max_offline_sessions: default_max_offline_sessions(),
+            persistent_session_expiry: default_persistent_session_expiry(),
+            max_retained: default_max_retained(),
+            max_retained_bytes: default_max_retained_bytes(),
         }
     }
 }
@@ -103,12 +166,6 @@ pub(super) fn check(b: &BrokerConfig, problems: &mut Vec<Problem>) {
         );
     }
     if let Some(t) = &b.tls {
-        if !b.ack_after_commit {
-            problems.add(
-                "broker.tls",
-                "the TLS listener is part of the ingest front: needs ack_after_commit = true",
-            );
-        }
         if t.listen == b.listen || Some(t.listen) == b.listen_v5 {
             problems.add(
                 "broker.tls.listen",
@@ -122,5 +179,39 @@ pub(super) fn check(b: &BrokerConfig, problems: &mut Vec<Problem>) {
     let millis = b.connect_timeout.0.as_millis();
     if millis == 0 || millis > u128::from(u16::MAX) {
         problems.add("broker.connect_timeout", "must be between 1ms and 65s");
+    }
+    for (key, n, max) in [
+        (
+            "max_subscriptions_per_client",
+            b.max_subscriptions_per_client,
+            100_000,
+        ),
+        ("max_subscriptions", b.max_subscriptions, 1_000_000),
+        ("max_queued_messages", b.max_queued_messages, 1_000_000),
+        ("max_offline_sessions", b.max_offline_sessions, 1_000_000),
+        ("max_retained", b.max_retained, 1_000_000),
+        ("max_inflight", usize::from(b.max_inflight), 65_535),
+    ] {
+        if n == 0 || n > max {
+            problems.add(
+                format!("broker.{key}"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+    }
+    for (key, size) in [
+        ("max_queued_bytes", b.max_queued_bytes),
+        ("max_retained_bytes", b.max_retained_bytes),
+    ] {
+        if size.0 < 1024 || size.0 > 1 << 30 {
+            problems.add(format!("broker.{key}"), "must be between 1 KiB and 1 GiB");
+        }
+    }
+    let expiry = b.persistent_session_expiry.0;
+    if expiry.is_zero() || expiry > Duration::from_secs(365 * 86_400) {
+        problems.add(
+            "broker.persistent_session_expiry",
+            "must be between 1s and 365d",
+        );
     }
 }

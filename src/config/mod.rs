@@ -314,12 +314,6 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
 
     let serial = array::<SerialConfig>(table, "serial", "[[serial]]", &mut problems);
     serial::check(&serial, &mut problems);
-    if !broker.ack_after_commit && !serial.is_empty() {
-        problems.add(
-            "broker.ack_after_commit",
-            "serial sources need the ingest front (ack_after_commit = true)",
-        );
-    }
 
     broker::check(&broker, &mut problems);
     store::check(&store, &mut problems);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::source::broker::Broker;
 use crate::stats::{self, Stats};
 use crate::store::Outbox;
 
@@ -14,6 +15,7 @@ use crate::store::Outbox;
 pub struct StatusSource {
     pub stats: Arc<Stats>,
     pub outbox: Outbox,
+    pub broker: Option<Broker>,
 }
 
 impl StatusSource {
@@ -69,8 +71,26 @@ impl StatusSource {
                 )
             })
             .collect();
+        let broker = self.broker.as_ref().map(|b| {
+            let st = b.stats();
+            let c = b.counters();
+            json!({
+                "healthy": b.health().healthy.load(std::sync::atomic::Ordering::Relaxed),
+                "restarts": stats::get(&c.restarts),
+                "refused": stats::get(&c.refused),
+                "violations": stats::get(&c.violations),
+                "sessions": st.sessions,
+                "connected": st.connected,
+                "subscriptions": st.subscriptions,
+                "retained": st.retained,
+                "retained_bytes": st.retained_bytes,
+                "queued": st.queued,
+                "dropped": st.dropped,
+            })
+        });
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "broker": broker,
             "pid": std::process::id(),
             "accepted": stats::get(&self.stats.ingest.accepted),
             "refused": stats::get(&self.stats.ingest.refused),
@@ -93,6 +113,18 @@ pub fn render(v: &Value) -> String {
         v["accepted"],
         v["refused"]
     );
+    if let Some(b) = v["broker"].as_object() {
+        let state = if b["healthy"] == true {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        };
+        let _ = writeln!(
+            out,
+            "  local broker: {state}, {} clients, {} subscriptions, {} retained, {} restarts, {} refused, {} protocol violations",
+            b["connected"], b["subscriptions"], b["retained"], b["restarts"], b["refused"], b["violations"]
+        );
+    }
     for (name, s) in v["sinks"].as_object().into_iter().flatten() {
         let state = if s["connected"] == true {
             "connected"

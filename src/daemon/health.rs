@@ -5,23 +5,20 @@
 //! Three parts are checked, each within the same deadline:
 //! - the **outbox writer** answers a round trip (a stuck disk or a held
 //!   SQLite lock fails this);
-//! - the **topic router** used by the ingest front can be locked (a
+//! - the **topic router** every source goes through can be locked (a
 //!   poisoned lock, or one held forever, fails this);
-//! - the **local broker's router** (rumqttd's router thread) answers a
-//!   CONNECT with a CONNACK on its loopback port. rumqttd writes CONNACK only
-//!   after its router has registered the connection, so this is a real
-//!   round trip through the thread every sensor publish goes through.
+//! - the **local broker** is healthy: its own supervisor's last check
+//!   passed (every plain listener answers CONNECT with CONNACK, a publish
+//!   comes back through it), and its state can be taken now.
 
-use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::route::Router;
-use crate::source::broker::LocalBroker;
+use crate::source::broker::Broker;
 use crate::store::Outbox;
 
 /// Which part failed, and how.
@@ -35,20 +32,16 @@ pub enum Unhealthy {
     RouterWedged(Duration),
     #[error("the topic router's lock is poisoned (a panic while routing)")]
     RouterPoisoned,
-    #[error("the local broker did not answer CONNECT with CONNACK within {0:?}")]
-    BrokerSilent(Duration),
-    #[error("the local broker's health probe failed: {0}")]
-    BrokerProbe(String),
+    #[error("the local broker is unhealthy: {0}")]
+    Broker(String),
 }
 
 /// What the watchdog checks.
 #[derive(Clone)]
 pub struct Health {
     pub outbox: Outbox,
-    /// The ingest front's router (absent in link mode, where the router is
-    /// owned by the link thread and covered by the broker probe).
     pub router: Option<Arc<Mutex<Router>>>,
-    pub broker: Option<LocalBroker>,
+    pub broker: Option<Broker>,
 }
 
 impl Health {
@@ -63,7 +56,20 @@ impl Health {
             router_lockable(router, within).await?;
         }
         if let Some(broker) = &self.broker {
-            broker_answers(broker, within).await?;
+            if !broker.health().healthy.load(Ordering::Relaxed) {
+                let why = broker
+                    .health()
+                    .last_problem
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.clone())
+                    .unwrap_or_else(|| "its last check failed".into());
+                return Err(Unhealthy::Broker(why));
+            }
+            broker
+                .check(&[], within)
+                .await
+                .map_err(|e| Unhealthy::Broker(e.to_string()))?;
         }
         Ok(())
     }
@@ -90,75 +96,10 @@ async fn router_lockable(router: &Mutex<Router>, within: Duration) -> Result<(),
     }
 }
 
-/// CONNECT (MQTT 3.1.1, clean session) with outpost's control login under
-/// a probe client id, then CONNACK, then DISCONNECT.
-async fn broker_answers(broker: &LocalBroker, within: Duration) -> Result<(), Unhealthy> {
-    let addr: SocketAddr = broker.dial_addr();
-    let client_id = format!("{}-health", broker.login.client_id);
-    let login = broker.authenticate.then_some((
-        broker.login.username.as_str(),
-        broker.login.password.as_str(),
-    ));
-    let connect = connect_packet(&client_id, login);
-    let probe = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(&connect).await?;
-        let mut ack = [0u8; 4];
-        stream.read_exact(&mut ack).await?;
-        let _ = stream.write_all(&[0xE0, 0x00]).await;
-        Ok::<_, std::io::Error>(ack)
-    };
-    match tokio::time::timeout(within, probe).await {
-        Err(_) => Err(Unhealthy::BrokerSilent(within)),
-        Ok(Err(e)) => Err(Unhealthy::BrokerProbe(format!("{addr}: {e}"))),
-        Ok(Ok([0x20, 0x02, _, 0x00])) => Ok(()),
-        Ok(Ok(other)) => Err(Unhealthy::BrokerProbe(format!(
-            "{addr}: expected CONNACK accepted, got bytes {other:02x?}"
-        ))),
-    }
-}
-
-fn connect_packet(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
-    fn string(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    let mut body = Vec::new();
-    string(&mut body, "MQTT");
-    body.push(4); // protocol level 3.1.1
-    let mut flags = 0x02; // clean session
-    if login.is_some() {
-        flags |= 0x80 | 0x40;
-    }
-    body.push(flags);
-    body.extend_from_slice(&10u16.to_be_bytes()); // keep-alive, seconds
-    string(&mut body, client_id);
-    if let Some((user, pass)) = login {
-        string(&mut body, user);
-        string(&mut body, pass);
-    }
-    let mut packet = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&body);
-    packet
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BrokerConfig, FullPolicy, StoreConfig, Synchronous};
-    use crate::source::broker::{self, ControlLogin, Listeners};
+    use crate::config::{FullPolicy, StoreConfig, Synchronous};
     use crate::units::{ByteSize, Seconds};
 
     fn outbox(dir: &std::path::Path) -> Outbox {
@@ -171,14 +112,6 @@ mod tests {
         };
         let (outbox, _writer) = Outbox::open(dir.join("o.db"), &cfg, &["up".into()]).expect("open");
         outbox
-    }
-
-    fn login() -> ControlLogin {
-        ControlLogin {
-            client_id: "outpost-control-test".into(),
-            username: "u".into(),
-            password: "p".into(),
-        }
     }
 
     #[tokio::test]
@@ -229,76 +162,5 @@ mod tests {
             health.check(Duration::from_millis(200)).await,
             Err(Unhealthy::RouterPoisoned)
         );
-    }
-
-    #[tokio::test]
-    async fn a_broker_that_accepts_but_never_acknowledges_is_unhealthy() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // Accepts connections and reads, but never writes: a wedged router.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = silent.local_addr().expect("addr");
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((s, _)) = silent.accept().await {
-                open.push(s);
-            }
-        });
-        let health = Health {
-            outbox: outbox(dir.path()),
-            router: None,
-            broker: Some(LocalBroker {
-                addr,
-                login: login(),
-                authenticate: false,
-            }),
-        };
-        assert_eq!(
-            health.check(Duration::from_millis(300)).await,
-            Err(Unhealthy::BrokerSilent(Duration::from_millis(300)))
-        );
-        held.abort();
-    }
-
-    #[tokio::test]
-    async fn the_embedded_broker_answers_the_probe_with_and_without_logins() {
-        for users in [None, Some([("alice".to_string(), "pw".to_string())].into())] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let cfg = BrokerConfig {
-                users,
-                ..BrokerConfig::default()
-            };
-            let started = broker::start(&cfg, Listeners::private().expect("ports")).expect("start");
-            let local = LocalBroker {
-                addr: started.listen.v4,
-                login: started.control.clone(),
-                authenticate: cfg.users.is_some(),
-            };
-            let health = Health {
-                outbox: outbox(dir.path()),
-                router: None,
-                broker: Some(local.clone()),
-            };
-            assert_eq!(health.check(Duration::from_secs(5)).await, Ok(()));
-            if cfg.users.is_some() {
-                // A wrong password is refused, and the probe says so.
-                let wrong = LocalBroker {
-                    login: ControlLogin {
-                        password: "wrong".into(),
-                        ..local.login.clone()
-                    },
-                    ..local
-                };
-                let health = Health {
-                    broker: Some(wrong),
-                    ..health
-                };
-                assert!(
-                    health.check(Duration::from_secs(5)).await.is_err(),
-                    "a refused login must not count as healthy"
-                );
-            }
-        }
     }
 }

@@ -1,8 +1,7 @@
 //! Logging: to the journal when systemd started us (`JOURNAL_STREAM` is set;
 //! structured fields such as `sink`, `device` and `error` become journal
 //! fields), else to stderr. The filter can be changed while running (the
-//! `set_log_level` RPC). rumqttd is chatty at info (a line per client
-//! connection), so it is held at warn unless the filter names it.
+//! `set_log_level` RPC).
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -16,17 +15,13 @@ type Handle = reload::Handle<EnvFilter, Registry>;
 static HANDLE: OnceLock<Handle> = OnceLock::new();
 
 fn filter(level: &str) -> Result<EnvFilter, String> {
-    let mut text = level.to_string();
-    if !text.contains("rumqttd") {
-        text.push_str(",rumqttd=warn");
-    }
-    EnvFilter::try_new(&text).map_err(|e| format!("`{level}` is not a log filter: {e}"))
+    EnvFilter::try_new(level).map_err(|e| format!("`{level}` is not a log filter: {e}"))
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides `level`.
 pub fn init(level: &str) {
     let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
-    let initial = filter(&wanted).unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let initial = filter(&wanted).unwrap_or_else(|_| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(initial);
     // The journal only when systemd says it started us and journald answers.
     let journal = std::env::var_os("JOURNAL_STREAM")

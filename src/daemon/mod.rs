@@ -30,8 +30,7 @@ use crate::control::report::Outcome;
 use crate::control::status::StatusSource;
 use crate::route::Router;
 use crate::source;
-use crate::source::broker::{Listeners, LocalBroker};
-use crate::source::front::Front;
+use crate::source::broker::{self, Broker, Listener};
 use crate::source::Ingest;
 use crate::stats::Stats;
 use crate::store::Outbox;
@@ -41,7 +40,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    Broker(#[from] source::broker::BrokerError),
+    Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
     #[error("{0}")]
@@ -112,22 +111,21 @@ async fn run_loaded(
     let mut tasks = JoinSet::new();
     let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
     let ingest = Ingest::new(router, outbox.clone(), stats.clone());
-    let (running_ingest, local) = start_ingest(&config, &ingest, &shutdown, &mut tasks).await?;
+    let local = start_broker(&config, &ingest, &shutdown, &mut tasks).await?;
     let serial_stop = shutdown.child_token();
     let mut serial_tasks = JoinSet::new();
-    if running_ingest.front() {
-        source::serial::spawn(
-            &config.serial,
-            ingest.clone(),
-            local.clone(),
-            config.device_topics(),
-            &mut serial_tasks,
-            &serial_stop,
-        );
-    }
+    source::serial::spawn(
+        &config.serial,
+        ingest.clone(),
+        local.clone(),
+        config.device_topics(),
+        &mut serial_tasks,
+        &serial_stop,
+    );
     let status = StatusSource {
         stats: stats.clone(),
         outbox: outbox.clone(),
+        broker: Some(local.clone()),
     };
     let agent: Arc<dyn crate::sink::Agent> = Arc::new(OwnRpc {
         status: status.clone(),
@@ -203,7 +201,7 @@ async fn run_loaded(
     tasks.spawn(supervisor::run(
         health::Health {
             outbox: outbox.clone(),
-            router: running_ingest.front().then(|| ingest.router().clone()),
+            router: Some(ingest.router().clone()),
             broker: Some(local.clone()),
         },
         stats.clone(),
@@ -225,9 +223,6 @@ async fn run_loaded(
     shutdown.cancelled().await;
     supervisor::stopping();
     tracing::info!("shutting down");
-    if let RunningIngest::Link(thread) = running_ingest {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
     while tasks.join_next().await.is_some() {}
     // Sensor connections still finishing hold outbox handles; closing
     // commits what they submitted and refuses the rest (no PUBACK for it).
@@ -243,120 +238,48 @@ async fn run_loaded(
     Ok(())
 }
 
-/// How readings get from the local broker into the outbox.
-enum RunningIngest {
-    /// The front before rumqttd (kept alive for the local pub/sub).
-    Front {
-        #[allow(dead_code)]
-        broker: Box<source::broker::RumqttdBroker>,
-    },
-    Link(std::thread::JoinHandle<()>),
-}
-
-impl RunningIngest {
-    fn front(&self) -> bool {
-        matches!(self, RunningIngest::Front { .. })
-    }
-}
-
-async fn start_ingest(
+/// Binds the listeners (a clear error if an address is taken) and starts
+/// the local broker, supervised by its health check.
+async fn start_broker(
     config: &Config,
     ingest: &Ingest,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<(RunningIngest, LocalBroker), DaemonError> {
+) -> Result<Broker, DaemonError> {
     let b = &config.broker;
-    if !b.ack_after_commit {
-        let broker = source::broker::start(b, Listeners::public(b)?)?;
-        let local = LocalBroker {
-            addr: broker.listen.v4,
-            login: broker.control.clone(),
-            authenticate: b.users.is_some(),
-        };
-        tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = false, "local broker listening");
-        tracing::warn!(
-            "broker.ack_after_commit = false: rumqttd acknowledges readings from memory; \
-             a crash, or a sustained burst faster than the outbox can commit, loses acknowledged readings"
-        );
-        let filters = ingest
-            .router()
-            .lock()
-            .map(|r| r.filters())
-            .unwrap_or_default();
-        let thread = source::link::spawn(
-            broker.link_tx,
-            broker.link_rx,
-            filters,
-            ingest.clone(),
-            shutdown.clone(),
-        )
-        .map_err(DaemonError::Setup)?;
-        return Ok((RunningIngest::Link(thread), local));
-    }
-
-    // Bind the sensor-facing addresses first: a clear error if taken.
     let mut listeners = Vec::new();
-    for (addr, key) in [(Some(b.listen), "listen"), (b.listen_v5, "listen_v5")] {
+    for (addr, key, name) in [
+        (Some(b.listen), "listen", "mqtt"),
+        (b.listen_v5, "listen_v5", "mqtt-2"),
+    ] {
         let Some(addr) = addr else { continue };
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| source::broker::BrokerError::Bind {
-                addr,
-                what: "MQTT 3.1.1 and 5",
-                key,
-                source,
-            })?;
-        listeners.push(l);
+        let socket = broker::bind(addr, "MQTT 3.1.1 and 5", key).await?;
+        listeners.push(Listener {
+            name,
+            socket: Arc::new(socket),
+            tls: None,
+        });
     }
-    let tls = match &b.tls {
-        None => None,
-        Some(t) => {
-            let acceptor = source::front::tls::acceptor(t).map_err(DaemonError::Setup)?;
-            let l = tokio::net::TcpListener::bind(t.listen)
-                .await
-                .map_err(|source| source::broker::BrokerError::Bind {
-                    addr: t.listen,
-                    what: "MQTT over TLS",
-                    key: "tls.listen",
-                    source,
-                })?;
-            Some((l, acceptor))
-        }
-    };
-    let broker = source::broker::start(b, Listeners::private()?)?;
-    let front = Arc::new(Front {
-        backend_v4: broker.listen.v4,
-        backend_v5: broker.listen.v5,
-        ingest: ingest.clone(),
-        max_body: b.max_payload.0 as usize,
-        connect_timeout: b.connect_timeout.0,
-        reserved_client_id: broker.link_id.clone(),
-    });
-    for l in listeners {
-        tasks.spawn(source::front::serve(l, front.clone(), shutdown.clone()));
+    if let Some(t) = &b.tls {
+        let acceptor = broker::tls::acceptor(t).map_err(DaemonError::Setup)?;
+        let socket = broker::bind(t.listen, "MQTT over TLS", "tls.listen").await?;
+        tracing::info!(listen = %t.listen, mutual = t.client_ca_file.is_some(), "TLS listener for sensors");
+        listeners.push(Listener {
+            name: "mqtt-tls",
+            socket: Arc::new(socket),
+            tls: Some(acceptor),
+        });
     }
-    if let Some((l, acceptor)) = tls {
-        tracing::info!(listen = ?l.local_addr().ok(), mutual = b.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
-            "TLS listener for sensors");
-        tasks.spawn(source::front::tls::serve(
-            l,
-            acceptor,
-            front.clone(),
-            shutdown.clone(),
-        ));
+    if !b.ack_after_commit {
+        tracing::warn!(
+            "broker.ack_after_commit = false: readings are acknowledged before they are on disk; \
+             a crash loses those acknowledged in the last moments"
+        );
     }
-    tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = true, "local broker listening");
-    let local = LocalBroker {
-        addr: broker.listen.v4,
-        login: broker.control.clone(),
-        authenticate: b.users.is_some(),
-    };
-    Ok((
-        RunningIngest::Front {
-            broker: Box::new(broker),
-        },
-        local,
-    ))
+    let broker = Broker::new(b, broker::Limits::of(b), ingest.clone());
+    tasks.spawn(broker::run(broker.clone(), listeners, shutdown.clone()));
+    tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = b.ack_after_commit, "local broker listening");
+    Ok(broker)
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {

@@ -21,7 +21,7 @@ use crate::sink::thingsboard::{self, provision, Thingsboard};
 use crate::sink::thingspeak::Thingspeak;
 use crate::sink::ttn::{self, Ttn};
 use crate::sink::{Agent, ControlEvent, Upstream};
-use crate::source::broker::LocalBroker;
+use crate::source::broker::Broker;
 use crate::source::Ingest;
 use crate::topic::{filter_of, DeviceTopics};
 
@@ -30,7 +30,7 @@ use crate::topic::{filter_of, DeviceTopics};
 pub struct SinkCtx {
     pub ingest: Ingest,
     pub agent: Arc<dyn Agent>,
-    pub local: LocalBroker,
+    pub local: Broker,
     pub state_dir: PathBuf,
     /// Where the ThingsBoard sink that carries the remote configuration
     /// hands outpost's own shared attributes.

@@ -22,13 +22,11 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use base64::Engine as _;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::source::broker::LocalBroker;
+use crate::source::broker::Broker;
 use crate::source::Ingest;
 use crate::topic::{captures, fill, DeviceTopics};
 
@@ -292,58 +290,52 @@ impl Platform for Ttn {
 /// RPC is answered at once: `{"queued": true, ...}` or `{"error": ...}`.
 /// RPC to other devices is left to them.
 pub async fn rpc_bridge(
-    local: LocalBroker,
+    broker: Broker,
     topics: DeviceTopics,
     downlink_topic: String,
     known: Known,
     ingest: Ingest,
     shutdown: CancellationToken,
 ) {
-    let (client, mut events) = AsyncClient::new(local.options("-ttn"), 256);
+    let mut client = broker.client(256);
+    if let Err(e) = client.subscribe(&fill(&topics.rpc_request, "+", "+")) {
+        tracing::error!(error = %e, "RPC requests for LoRaWAN devices cannot be subscribed");
+        return;
+    }
     loop {
-        tokio::select! {
-            ev = events.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(fill(&topics.rpc_request, "+", "+"), QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Some((device, id)) = captures(&topics.rpc_request, &p.topic) else { continue };
-                    if !known.lock().map(|k| k.contains(&device)).unwrap_or(false) {
-                        continue;
-                    }
-                    let request: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                    let params = request.get("params").cloned().unwrap_or(Value::Null);
-                    let body = serde_json::to_vec(&params).unwrap_or_default();
-                    let answer = match downlink(&body) {
-                        Ok((d, _)) => {
-                            let topic = downlink_topic.replace("{device}", &device);
-                            match ingest.submit(&topic, &body).await {
-                                Ok(n) if n > 0 => json!({"queued": true, "f_port": d["f_port"]}),
-                                Ok(_) => json!({"error": format!("no route takes {topic} to this sink")}),
-                                Err(e) => json!({"error": e.to_string()}),
-                            }
-                        }
-                        Err(e) => json!({"error": e}),
-                    };
-                    let _ = client.try_publish(
-                        fill(&topics.rpc_response, &device, &id),
-                        QoS::AtLeastOnce,
-                        false,
-                        answer.to_string().into_bytes(),
-                    );
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
+        let m = tokio::select! {
+            m = client.recv() => match m {
+                Some(m) => m,
+                None => break,
             },
             _ = shutdown.cancelled() => break,
+        };
+        let Some((device, id)) = captures(&topics.rpc_request, &m.topic) else {
+            continue;
+        };
+        if !known.lock().map(|k| k.contains(&device)).unwrap_or(false) {
+            continue;
         }
+        let request: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+        let params = request.get("params").cloned().unwrap_or(Value::Null);
+        let body = serde_json::to_vec(&params).unwrap_or_default();
+        let answer = match downlink(&body) {
+            Ok((d, _)) => {
+                let topic = downlink_topic.replace("{device}", &device);
+                match ingest.submit(&topic, &body).await {
+                    Ok(n) if n > 0 => json!({"queued": true, "f_port": d["f_port"]}),
+                    Ok(_) => json!({"error": format!("no route takes {topic} to this sink")}),
+                    Err(e) => json!({"error": e.to_string()}),
+                }
+            }
+            Err(e) => json!({"error": e}),
+        };
+        client.publish(
+            &fill(&topics.rpc_response, &device, &id),
+            answer.to_string().into_bytes(),
+            false,
+        );
     }
-    let _ = client.try_disconnect();
 }
 
 #[cfg(test)]

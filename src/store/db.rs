@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason    TEXT    NOT NULL,
     moved_at  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbound_qos2 (
+    client TEXT    NOT NULL,
+    pkid   INTEGER NOT NULL,
+    at     INTEGER NOT NULL,
+    PRIMARY KEY (client, pkid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     sink  TEXT    NOT NULL,
     name  TEXT    NOT NULL,
@@ -270,6 +276,36 @@ pub fn dead_letter(
     )?;
     copy.execute(params![id, reason, now])?;
     delete(tx, id)
+}
+
+pub fn qos2_mark(tx: &Transaction<'_>, client: &str, pkid: u16, now: i64) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO inbound_qos2 (client, pkid, at) VALUES (?1, ?2, ?3)",
+    )?;
+    stmt.execute(params![client, pkid, now])?;
+    Ok(())
+}
+
+pub fn qos2_release(tx: &Transaction<'_>, client: &str, pkid: u16) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached("DELETE FROM inbound_qos2 WHERE client = ?1 AND pkid = ?2")?;
+    stmt.execute(params![client, pkid])?;
+    Ok(())
+}
+
+pub fn qos2_forget(tx: &Transaction<'_>, client: &str) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached("DELETE FROM inbound_qos2 WHERE client = ?1")?;
+    stmt.execute(params![client])?;
+    Ok(())
+}
+
+impl Db {
+    pub fn qos2_pending(&self, client: &str) -> rusqlite::Result<Vec<u16>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT pkid FROM inbound_qos2 WHERE client = ?1 ORDER BY pkid")?;
+        let rows = stmt.query_map(params![client], |r| r.get::<_, u16>(0))?;
+        rows.collect()
+    }
 }
 
 /// A record moved aside because its platform can never take it.

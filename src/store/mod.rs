@@ -71,6 +71,21 @@ pub struct QueueStats {
     pub dropped: u64,
 }
 
+/// An incoming QoS 2 PUBLISH that was stored: `(client id, packet id)`.
+/// Kept until the client releases the packet id (PUBREL), so a resend of
+/// an unreleased id, even after a crash, is recognised and not stored
+/// twice.
+pub type Qos2Mark = (String, u16);
+
+pub(crate) enum Qos2Op {
+    /// The client released the id (PUBREL); answered once committed.
+    Release(Qos2Mark, oneshot::Sender<Result<(), StoreError>>),
+    /// A clean session: every marker of the client goes.
+    Forget(String),
+    /// The unreleased ids of a client.
+    Pending(String, oneshot::Sender<Result<Vec<u16>, StoreError>>),
+}
+
 /// A commit outcome, tagged with the caller's sequence number.
 pub type Tagged = (u64, Result<Appended, StoreError>);
 
@@ -97,8 +112,13 @@ impl Done {
 pub(crate) enum Command {
     Append {
         records: Vec<Record>,
+        /// An incoming QoS 2 packet id recorded with the records, in the
+        /// same transaction (see [`Qos2Mark`]).
+        mark: Option<Qos2Mark>,
         done: Option<Done>,
     },
+    /// The QoS 2 markers of a client.
+    Qos2(Qos2Op),
     Delete {
         ids: Vec<i64>,
     },
@@ -207,6 +227,7 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
+                mark: None,
                 done: Some(Done::Once(done)),
             })
             .await
@@ -220,6 +241,7 @@ impl Outbox {
         self.tx
             .blocking_send(Command::Append {
                 records,
+                mark: None,
                 done: None,
             })
             .map_err(|_| StoreError::Closed)
@@ -235,13 +257,63 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
+                mark: None,
                 done: Some(Done::Tagged(tx, tag)),
             })
             .await
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Appends records without waiting for, or hearing of, the commit.
+    /// [`Outbox::append_tagged`] for an incoming QoS 2 PUBLISH: its packet
+    /// id is recorded in the same transaction as its records.
+    pub async fn append_marked(
+        &self,
+        records: Vec<Record>,
+        mark: Qos2Mark,
+        tx: mpsc::UnboundedSender<Tagged>,
+        tag: u64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Append {
+                records,
+                mark: Some(mark),
+                done: Some(Done::Tagged(tx, tag)),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// The client released a QoS 2 packet id; returns once that is committed.
+    pub async fn qos2_release(&self, client: &str, pkid: u16) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Qos2(Qos2Op::Release(
+                (client.to_string(), pkid),
+                reply,
+            )))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Forgets every QoS 2 marker of a client (it started a clean session).
+    pub async fn qos2_forget(&self, client: &str) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Qos2(Qos2Op::Forget(client.to_string())))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// The packet ids a client sent at QoS 2 and has not released.
+    pub async fn qos2_pending(&self, client: &str) -> Result<Vec<u16>, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Qos2(Qos2Op::Pending(client.to_string(), reply)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Changes the bounds while running (`max_bytes`, `max_age`,
     /// `full_policy`); the file, `path` and `synchronous` stay.
     pub async fn set_limits(&self, cfg: &StoreConfig) -> Result<(), StoreError> {
@@ -257,6 +329,7 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
+                mark: None,
                 done: None,
             })
             .await

@@ -9,7 +9,7 @@ use rusqlite::Transaction;
 use tokio::sync::mpsc;
 
 use super::db::{self, Db, Depth};
-use super::{Appended, Command, Limits, QueueStats, Shared, StoreError};
+use super::{Appended, Command, Limits, Qos2Op, QueueStats, Shared, StoreError};
 use crate::config::FullPolicy;
 use crate::record::now_ms;
 
@@ -171,6 +171,16 @@ pub(crate) fn run(
                 Command::LastId { sink, reply } => {
                     let _ = reply.send(db.last_id(&sink).map_err(|e| db::explain(db.path(), e)));
                 }
+                Command::Qos2(Qos2Op::Release(_, reply)) => {
+                    let _ = reply.send(result.clone());
+                }
+                Command::Qos2(Qos2Op::Pending(client, reply)) => {
+                    let _ = reply.send(
+                        db.qos2_pending(&client)
+                            .map_err(|e| db::explain(db.path(), e)),
+                    );
+                }
+                Command::Qos2(Qos2Op::Forget(_)) => {}
                 Command::Delete { .. }
                 | Command::DeadLetter { .. }
                 | Command::Expire
@@ -197,7 +207,7 @@ fn apply(
     let now = now_ms();
     for cmd in group {
         match cmd {
-            Command::Append { records, .. } => {
+            Command::Append { records, mark, .. } => {
                 let mut outcome = Appended::default();
                 for r in records {
                     let size = r.stored_size();
@@ -212,6 +222,9 @@ fn apply(
                     if !woken.contains(&r.sink) {
                         woken.push(r.sink.clone());
                     }
+                }
+                if let (Some((client, pkid)), true) = (mark, outcome.stored > 0) {
+                    db::qos2_mark(tx, client, *pkid, now)?;
                 }
                 outcomes.push(outcome);
             }
@@ -235,7 +248,14 @@ fn apply(
                 tracing::info!(max_bytes = l.max_bytes, max_age_ms = l.max_age_ms, policy = ?l.policy, "outbox bounds changed");
                 state.limits = *l;
             }
-            Command::Fetch { .. } | Command::LastId { .. } | Command::Stop => {}
+            Command::Qos2(Qos2Op::Release((client, pkid), _)) => {
+                db::qos2_release(tx, client, *pkid)?
+            }
+            Command::Qos2(Qos2Op::Forget(client)) => db::qos2_forget(tx, client)?,
+            Command::Fetch { .. }
+            | Command::LastId { .. }
+            | Command::Qos2(Qos2Op::Pending(..))
+            | Command::Stop => {}
         }
     }
     for (sink, n) in &drops.0 {

@@ -8,8 +8,10 @@
 mod common;
 
 mod bad_input;
+mod conformance;
 mod crash;
 mod data_path;
+mod hostile;
 mod layout;
 mod local_pubsub;
 mod mtls;

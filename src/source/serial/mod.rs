@@ -30,7 +30,7 @@ use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::serial::{FlowControl, Parity, Protocol, SerialConfig, SlaveConfig};
-use crate::source::broker::LocalBroker;
+use crate::source::broker::Broker;
 use crate::source::Ingest;
 use crate::stats::{self, PortStats};
 use crate::topic::DeviceTopics;
@@ -60,7 +60,7 @@ pub enum ControlKind {
 pub fn spawn(
     ports: &[SerialConfig],
     ingest: Ingest,
-    local: LocalBroker,
+    local: Broker,
     topics: DeviceTopics,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,

@@ -8,6 +8,7 @@
 //!   writes, stopped with SIGTERM or SIGKILL;
 //! - [`clients`]: LAN publishers and subscribers on outpost's broker;
 //! - [`pty`]: serial sensors on real pseudo-terminals;
+//! - [`raw`]: a raw MQTT client that sends exactly what a test says;
 //! - [`sqlite`]: the outbox file read from outside;
 //! - [`world`]: the preamble most tests share (upstream, temp dir, port,
 //!   config header, start), folded into one builder.
@@ -20,6 +21,7 @@ mod clients;
 mod collector;
 mod process;
 mod pty;
+mod raw;
 mod sqlite;
 mod upstream;
 mod world;
@@ -31,6 +33,7 @@ pub use binary::*;
 pub use clients::*;
 pub use collector::*;
 pub use pty::*;
+pub use raw::*;
 pub use sqlite::*;
 pub use upstream::*;
 pub use world::*;

@@ -1,17 +1,15 @@
-//! The front's TLS listener: sensors on an untrusted LAN connect with MQTT
-//! over TLS, optionally presenting a certificate from a local CA (mutual
-//! TLS). After the handshake a connection is the same as a plain one.
+//! The TLS listener: sensors on an untrusted LAN connect with MQTT over
+//! TLS, optionally presenting a certificate from a local CA (mutual TLS).
+//! After the handshake a connection is the same as a plain one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rumqttc::tokio_rustls::rustls;
 use rumqttc::tokio_rustls::TlsAcceptor;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{connection, Front};
+use super::{conn, Inner};
 use crate::config::BrokerTlsConfig;
 use crate::pki;
 
@@ -52,41 +50,16 @@ pub fn acceptor(cfg: &BrokerTlsConfig) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Accepts TLS sensors until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    front: Arc<Front>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (front, acceptor, shutdown) = (front.clone(), acceptor.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        handshake_then_relay(stream, peer, acceptor, front, shutdown).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a TLS sensor connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
-async fn handshake_then_relay(
+/// The handshake, then the MQTT connection over it.
+pub(super) async fn run(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    front: Arc<Front>,
-    shutdown: CancellationToken,
+    inner: Arc<Inner>,
+    stop: CancellationToken,
 ) {
-    let tls = match tokio::time::timeout(front.connect_timeout, acceptor.accept(stream)).await {
+    let timeout = inner.settings.connect_timeout;
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             // A port probe, or a client that gave up: nothing to report.
@@ -111,8 +84,5 @@ async fn handshake_then_relay(
     {
         tracing::debug!(%peer, client_cn = %cn, "TLS sensor presented a certificate");
     }
-    let (rx, tx) = tokio::io::split(tls);
-    if let Err(e) = connection(rx, tx, peer, &front, shutdown).await {
-        tracing::debug!(%peer, error = %e, "TLS sensor connection ended");
-    }
+    conn::run(tls, peer, inner, stop).await;
 }

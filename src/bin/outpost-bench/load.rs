@@ -1,0 +1,236 @@
+//! The load: QoS 1 publishers, the upstream collector that times every
+//! arrival, and idle clients.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// One arrival upstream: end-to-end latency (µs), `device/seq`, when.
+pub type Arrival = (u64, String, Instant);
+
+/// A subscriber on the upstream that records every arrival.
+pub struct Collector {
+    pub arrivals: Arc<Mutex<Vec<Arrival>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    pub async fn start(port: u16, filter: &str, id: &str) -> anyhow::Result<Collector> {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_inflight(1000)
+            .set_clean_session(false);
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let arrivals = Arc::new(Mutex::new(Vec::<Arrival>::new()));
+        let sink = arrivals.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let now = now_us();
+                        let at = Instant::now();
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&p.payload).unwrap_or_default();
+                        // outpost's envelope, or the sensor's own payload.
+                        let values = if v.get("values").is_some() {
+                            &v["values"]
+                        } else {
+                            &v
+                        };
+                        let device = p.topic.split('/').nth(1).unwrap_or_default().to_string();
+                        for one in values
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_else(|| vec![values.clone()])
+                        {
+                            let sent = one["sent_us"].as_u64().unwrap_or(now);
+                            let key = format!("{device}/{}", one["seq"]);
+                            if let Ok(mut a) = sink.lock() {
+                                a.push((now.saturating_sub(sent), key, at));
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("upstream subscription")??;
+        Ok(Collector { arrivals, task })
+    }
+
+    pub fn count(&self) -> usize {
+        self.arrivals.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Waits until `n` arrived, or nothing new came for `quiet`.
+    pub async fn wait(&self, n: usize, quiet: Duration) {
+        let mut last = (0, Instant::now());
+        loop {
+            let c = self.count();
+            if c != last.0 {
+                last = (c, Instant::now());
+            }
+            if c >= n || last.1.elapsed() > quiet {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Publishes `n` readings at QoS 1 on `bench/dev{p}/telemetry`, paced or
+/// as fast as acknowledgements allow; returns each publish-to-PUBACK
+/// latency (ms).
+pub async fn publisher(
+    port: u16,
+    p: usize,
+    n: usize,
+    pad: usize,
+    pace: Option<Duration>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut opts = MqttOptions::new(
+        format!("bench-pub-{p}-{:08x}", fastrand::u32(..)),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 200);
+    let padding = "x".repeat(pad);
+    let feeder = tokio::spawn(async move {
+        let mut tick = pace.map(|p| {
+            let mut t = tokio::time::interval(p);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        for seq in 0..n {
+            if let Some(t) = tick.as_mut() {
+                t.tick().await;
+            }
+            let payload = format!(
+                "{{\"seq\":{seq},\"sent_us\":{},\"pad\":\"{padding}\"}}",
+                now_us()
+            );
+            let topic = format!("bench/dev{p}/telemetry");
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        client
+    });
+    let mut sent_at: HashMap<u16, Instant> = HashMap::new();
+    let mut lat = Vec::with_capacity(n);
+    while lat.len() < n {
+        match events.poll().await {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                sent_at.insert(pkid, Instant::now());
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(t) = sent_at.remove(&ack.pkid) {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => bail!("publisher {p}: {e}"),
+        }
+    }
+    let client = feeder.await?;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    Ok(lat)
+}
+
+/// `publishers` × `messages` readings at a total `rate` (0: flat out);
+/// returns every PUBACK latency and how long it took.
+pub async fn publish_all(
+    port: u16,
+    publishers: usize,
+    messages: usize,
+    pad: usize,
+    rate: u64,
+) -> anyhow::Result<(Vec<f64>, Duration)> {
+    let start = Instant::now();
+    let pace = (rate > 0).then(|| Duration::from_secs_f64(publishers as f64 / rate as f64));
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        tasks.push(tokio::spawn(publisher(port, p, messages, pad, pace)));
+    }
+    let mut lat = Vec::with_capacity(publishers * messages);
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok((lat, start.elapsed()))
+}
+
+/// `n` clients that connect (MQTT 3.1.1) and stay idle. Returns their
+/// sockets and how long connecting all of them took.
+pub async fn idle_clients(
+    port: u16,
+    n: usize,
+) -> anyhow::Result<(Vec<tokio::net::TcpStream>, Duration)> {
+    let start = Instant::now();
+    // A hundred handshakes at a time: a thousand at once overflow the
+    // kernel's listen backlog, and the retransmitted SYNs would measure
+    // the kernel, not the broker.
+    let gate = Arc::new(tokio::sync::Semaphore::new(100));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _turn = gate.acquire_owned().await?;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let id = format!("idle-{i:06}");
+            let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58];
+            body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            body.extend_from_slice(id.as_bytes());
+            let mut packet = vec![0x10, body.len() as u8];
+            packet.extend_from_slice(&body);
+            s.write_all(&packet).await?;
+            let mut ack = [0u8; 4];
+            s.read_exact(&mut ack).await?;
+            if ack[3] != 0 {
+                bail!("client {i} refused with {:#04x}", ack[3]);
+            }
+            Ok::<_, anyhow::Error>(s)
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok((out, start.elapsed()))
+}

@@ -1,0 +1,470 @@
+//! outpost-bench: the real binary measured end to end, beside a Mosquitto
+//! bridge (`persistence true`, `autosave_interval 1`, `topic bench/# out 1`)
+//! measured in the same run, with a private upstream mosquitto for both.
+//!
+//! One command prints every row with its ratio to the baseline:
+//! - the disk's own fsync latency (p50/p99), in the state directory;
+//! - bytes written to storage per reading at a paced low rate (the broker
+//!   process's `/proc/PID/io` `write_bytes`);
+//! - PUBACK and end-to-end latency p99 at a paced rate;
+//! - delivered readings/s, CPU-seconds per reading and bytes per reading
+//!   flat out;
+//! - the drain rate of a backlog queued during an outage;
+//! - RSS per idle connected client and the time to connect them all.
+//!
+//! Paced phases run before the flat-out ones, so the write-back of an
+//! earlier phase does not pollute their latency tails. Every phase starts
+//! fresh processes. Build with `cargo build --release --bins`.
+
+mod load;
+mod procs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use load::Collector;
+use procs::{free_port, Proc, ScratchDir};
+
+#[derive(Parser, Debug)]
+#[command(about = "Measure outpost end to end beside a Mosquitto bridge, in the same run")]
+struct Args {
+    /// Phases to run, in this order: low, paced, flat, drain, idle.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "low,paced,flat,drain,idle"
+    )]
+    phases: Vec<String>,
+    /// What to measure: `outpost`, `bridge` (the baseline), `old` (the
+    /// binary given with --old).
+    #[arg(long, value_delimiter = ',', default_value = "outpost,bridge")]
+    targets: Vec<String>,
+    /// Another outpost binary to measure beside this one (e.g. a release
+    /// from before a change).
+    #[arg(long)]
+    old: Option<PathBuf>,
+    /// Other brokers for the idle-client phase: NAME=PATH, a binary that
+    /// takes its port as its first argument.
+    #[arg(long)]
+    candidate: Vec<String>,
+    /// Low-rate phase: readings per second and seconds.
+    #[arg(long, default_value_t = 20)]
+    low_rate: u64,
+    #[arg(long, default_value_t = 15)]
+    low_secs: u64,
+    /// Paced phase: readings per second and seconds.
+    #[arg(long, default_value_t = 200)]
+    paced_rate: u64,
+    #[arg(long, default_value_t = 15)]
+    paced_secs: u64,
+    /// Flat-out phase: publishers and readings each.
+    #[arg(long, default_value_t = 50)]
+    publishers: usize,
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Readings queued during the outage of the drain phase.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Clients of the idle phase.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Payload padding in bytes (the reading is about 60 bytes more).
+    #[arg(long, default_value_t = 50)]
+    pad: usize,
+    /// outpost's `store.synchronous`: full or normal.
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+    /// Extra keys for outpost's `[sink.up]` (e.g. `format = "batch"`).
+    #[arg(long, default_value = "")]
+    sink: String,
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A broker under measurement, fresh for every phase.
+struct Running {
+    dir: ScratchDir,
+    upstream: Option<Proc>,
+    up_port: u16,
+    broker: Proc,
+    port: u16,
+    /// Where its readings arrive upstream.
+    filter: &'static str,
+}
+
+impl Running {
+    fn start(args: &Args, target: &str, outpost: &Path, persist: bool) -> anyhow::Result<Running> {
+        let dir = ScratchDir::new(target)?;
+        let up_port = free_port()?;
+        let upstream = procs::upstream(dir.path(), up_port, persist)?;
+        let port = free_port()?;
+        let (broker, filter) = match target {
+            "bridge" => (procs::bridge(dir.path(), port, up_port)?, "bench/#"),
+            "outpost" | "old" => {
+                let bin = if target == "old" {
+                    args.old
+                        .clone()
+                        .context("--old PATH names the other binary")?
+                } else {
+                    outpost.to_path_buf()
+                };
+                let sink = if target == "old" {
+                    ""
+                } else {
+                    args.sink.as_str()
+                };
+                (
+                    procs::outpost(&bin, dir.path(), port, up_port, &args.synchronous, sink)?,
+                    "up/#",
+                )
+            }
+            other => bail!("unknown target `{other}` (outpost, bridge, old)"),
+        };
+        Ok(Running {
+            dir,
+            upstream: Some(upstream),
+            up_port,
+            broker,
+            port,
+            filter,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.broker.pid()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Row {
+    figure: String,
+    values: Vec<(String, Option<f64>)>,
+    unit: &'static str,
+    /// Higher is better (for the ratio's direction note).
+    higher_better: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let outpost = std::env::current_exe()?.with_file_name("outpost");
+    if !outpost.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build --release --bins`",
+            outpost.display()
+        );
+    }
+    if std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        bail!("mosquitto is not installed: apt-get install -y mosquitto");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let probe = ScratchDir::new("fsync")?;
+    let (f50, f99) = procs::fsync_latency(probe.path(), 300)?;
+    println!(
+        "outpost-bench: readings of ~{} B at QoS 1, outpost synchronous = {}, disk fsync p50 {f50:.2} ms / p99 {f99:.2} ms (4 KiB + fdatasync, {})",
+        args.pad + 60,
+        args.synchronous,
+        probe.path().parent().map(|p| p.display().to_string()).unwrap_or_default()
+    );
+    for phase in &args.phases {
+        let mut phase_rows: Vec<Row> = Vec::new();
+        for target in &args.targets {
+            let got = rt
+                .block_on(run_phase(&args, phase, target, &outpost))
+                .with_context(|| format!("phase {phase}, {target}"))?;
+            for (i, (figure, unit, higher_better, value)) in got.into_iter().enumerate() {
+                if phase_rows.len() <= i {
+                    phase_rows.push(Row {
+                        figure,
+                        unit,
+                        higher_better,
+                        ..Row::default()
+                    });
+                }
+                phase_rows[i].values.push((target.clone(), value));
+            }
+        }
+        if phase == "idle" {
+            for c in &args.candidate {
+                let (name, path) = c.split_once('=').context("--candidate takes NAME=PATH")?;
+                let got = rt.block_on(idle_candidate(&args, PathBuf::from(path)))?;
+                for (i, v) in got.into_iter().enumerate() {
+                    if let Some(r) = phase_rows.get_mut(i) {
+                        r.values.push((name.to_string(), v));
+                    }
+                }
+            }
+        }
+        for r in &phase_rows {
+            print_row(r);
+        }
+    }
+    Ok(())
+}
+
+fn print_row(r: &Row) {
+    let base = r
+        .values
+        .iter()
+        .find(|(t, _)| t == "bridge")
+        .and_then(|(_, v)| *v);
+    let cells: Vec<String> = r
+        .values
+        .iter()
+        .map(|(t, v)| match v {
+            Some(x) => format!("{t} {}", fmt(*x)),
+            None => format!("{t} n/a"),
+        })
+        .collect();
+    let ratio = r
+        .values
+        .iter()
+        .find(|(t, _)| t == "outpost")
+        .and_then(|(_, v)| *v)
+        .zip(base)
+        .filter(|(_, b)| *b > 0.0)
+        .map(|(o, b)| format!("  outpost/bridge {:.2}x", o / b))
+        .unwrap_or_default();
+    let better = if r.higher_better {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
+    println!(
+        "{:<48} {} {}{ratio}  ({better})",
+        r.figure,
+        cells.join(" | "),
+        r.unit
+    );
+}
+
+fn fmt(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+type Measured = Vec<(String, &'static str, bool, Option<f64>)>;
+
+async fn run_phase(
+    args: &Args,
+    phase: &str,
+    target: &str,
+    outpost: &Path,
+) -> anyhow::Result<Measured> {
+    let r = Running::start(args, target, outpost, phase == "drain")?;
+    let collector_id = format!("bench-collector-{:08x}", fastrand::u32(..));
+    let col = Collector::start(r.up_port, r.filter, &collector_id).await?;
+    // Let a bridge connect upstream before measuring.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    match phase {
+        "low" | "paced" => {
+            let (rate, secs) = if phase == "low" {
+                (args.low_rate, args.low_secs)
+            } else {
+                (args.paced_rate, args.paced_secs)
+            };
+            let publishers = (rate as usize).clamp(1, 20);
+            let each = (rate * secs) as usize / publishers;
+            let total = each * publishers;
+            let w0 = procs::write_bytes(r.pid());
+            let (mut acks, _) = load::publish_all(r.port, publishers, each, args.pad, rate).await?;
+            col.wait(total, Duration::from_secs(10)).await;
+            // The last deletes (outpost) and the next autosave (bridge).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let written = procs::write_bytes(r.pid()).saturating_sub(w0);
+            let mut e2e: Vec<f64> = col
+                .arrivals
+                .lock()
+                .map(|a| a.iter().map(|(us, _, _)| *us as f64 / 1000.0).collect())
+                .unwrap_or_default();
+            acks.sort_by(f64::total_cmp);
+            e2e.sort_by(f64::total_cmp);
+            let lost = total.saturating_sub(unique(&col));
+            if lost > 0 {
+                eprintln!("{target}: {lost} of {total} readings never arrived");
+            }
+            Ok(if phase == "low" {
+                vec![(
+                    format!("bytes written per reading, {rate}/s"),
+                    "B",
+                    false,
+                    Some(written as f64 / total as f64),
+                )]
+            } else {
+                vec![
+                    (
+                        format!("PUBACK p99, {rate}/s"),
+                        "ms",
+                        false,
+                        Some(percentile(&acks, 0.99)),
+                    ),
+                    (
+                        format!("end-to-end p99, {rate}/s"),
+                        "ms",
+                        false,
+                        Some(percentile(&e2e, 0.99)),
+                    ),
+                ]
+            })
+        }
+        "flat" => {
+            let total = args.publishers * args.messages;
+            let (w0, c0) = (procs::write_bytes(r.pid()), procs::cpu_secs(r.pid()));
+            let start = Instant::now();
+            load::publish_all(r.port, args.publishers, args.messages, args.pad, 0).await?;
+            col.wait(total, Duration::from_secs(15)).await;
+            let secs = last_arrival(&col).map_or(start.elapsed(), |t| t.duration_since(start));
+            let cpu = procs::cpu_secs(r.pid()) - c0;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let written = procs::write_bytes(r.pid()).saturating_sub(w0);
+            let got = unique(&col);
+            if got < total {
+                eprintln!(
+                    "{target}: {} of {total} readings never arrived",
+                    total - got
+                );
+            }
+            Ok(vec![
+                (
+                    format!(
+                        "delivered readings/s, {}x{} flat out",
+                        args.publishers, args.messages
+                    ),
+                    "/s",
+                    true,
+                    Some(got as f64 / secs.as_secs_f64()),
+                ),
+                (
+                    "CPU-seconds per 1000 readings, flat out".into(),
+                    "s",
+                    false,
+                    Some(cpu / got.max(1) as f64 * 1000.0),
+                ),
+                (
+                    "bytes written per reading, flat out".into(),
+                    "B",
+                    false,
+                    Some(written as f64 / total as f64),
+                ),
+            ])
+        }
+        "drain" => {
+            drop(col);
+            // The cloud goes away (keeping the collector's session); the
+            // backlog queues.
+            let mut r = r;
+            if let Some(up) = r.upstream.take() {
+                procs::stop_gracefully(up);
+            }
+            let publishers = 20;
+            let each = args.backlog / publishers;
+            load::publish_all(r.port, publishers, each, args.pad, 0).await?;
+            let total = each * publishers;
+            // The cloud comes back.
+            r.upstream = Some(procs::upstream(r.dir.path(), r.up_port, true)?);
+            let col = Collector::start(r.up_port, r.filter, &collector_id).await?;
+            col.wait(total, Duration::from_secs(20)).await;
+            let times: Vec<Instant> = col
+                .arrivals
+                .lock()
+                .map(|a| a.iter().map(|(_, _, t)| *t).collect())
+                .unwrap_or_default();
+            let (first, last) = (times.iter().min().copied(), times.iter().max().copied());
+            let got = unique(&col);
+            if got < total {
+                eprintln!(
+                    "{target}: {} of {total} backlog readings never arrived",
+                    total - got
+                );
+            }
+            let rate = first
+                .zip(last)
+                .map(|(a, b)| b.duration_since(a).as_secs_f64())
+                .filter(|s| *s > 0.0)
+                .map(|s| got as f64 / s);
+            Ok(vec![(
+                format!("backlog drain, {total} queued in an outage"),
+                "/s",
+                true,
+                rate,
+            )])
+        }
+        "idle" => {
+            drop(col);
+            let before = procs::rss_kib(r.pid());
+            let (clients, took) = load::idle_clients(r.port, args.idle).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = procs::rss_kib(r.pid());
+            drop(clients);
+            Ok(vec![
+                (
+                    format!("RSS per idle client ({} clients)", args.idle),
+                    "KB",
+                    false,
+                    Some(after.saturating_sub(before) as f64 * 1.024 / args.idle as f64),
+                ),
+                (
+                    format!("time to connect {} clients", args.idle),
+                    "s",
+                    false,
+                    Some(took.as_secs_f64()),
+                ),
+            ])
+        }
+        other => bail!("unknown phase `{other}` (low, paced, flat, drain, idle)"),
+    }
+}
+
+async fn idle_candidate(args: &Args, cmd: PathBuf) -> anyhow::Result<Vec<Option<f64>>> {
+    let port = free_port()?;
+    let p = procs::candidate(&cmd, port)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = procs::rss_kib(p.pid());
+    let (clients, took) = load::idle_clients(port, args.idle).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = procs::rss_kib(p.pid());
+    drop(clients);
+    Ok(vec![
+        Some(after.saturating_sub(before) as f64 * 1.024 / args.idle as f64),
+        Some(took.as_secs_f64()),
+    ])
+}
+
+/// Distinct readings that arrived.
+fn unique(col: &Collector) -> usize {
+    col.arrivals
+        .lock()
+        .map(|a| {
+            a.iter()
+                .map(|(_, k, _)| k.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        })
+        .unwrap_or(0)
+}
+
+fn last_arrival(col: &Collector) -> Option<Instant> {
+    col.arrivals
+        .lock()
+        .ok()
+        .and_then(|a| a.iter().map(|(_, _, t)| *t).max())
+}

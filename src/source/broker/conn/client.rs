@@ -1,0 +1,424 @@
+//! A connected client: the loop that reads its packets, writes what the
+//! broker has for it, and ends the connection the way the protocol says.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::RECEIVE_MAX;
+use crate::source::broker::codec::props::{self, Value};
+use crate::source::broker::codec::{
+    self, Ack, Disconnect, Packet, Props, Publish, SubAck, Subscribe, UnsubAck, V5,
+};
+use crate::source::broker::gate::AckGate;
+use crate::source::broker::io::{Conn, IoError, Stream};
+use crate::source::broker::session::Out;
+use crate::source::broker::trie::Subscriber;
+use crate::source::broker::{Inner, Slot};
+use crate::store::Tagged;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(super) enum End {
+    /// DISCONNECT from the client (normal: no will; MQTT 5 0x04: with will).
+    Disconnect { will: bool },
+    /// The network connection broke, or the keep-alive ran out.
+    Lost(String),
+    /// The client broke the protocol.
+    Violation(String),
+    /// Another connection took the client id.
+    TakenOver,
+    /// The broker stops or restarts.
+    Server,
+}
+
+/// A connected client.
+pub(super) struct Client {
+    pub(super) inner: Arc<Inner>,
+    pub(super) peer: SocketAddr,
+    pub(super) level: u8,
+    pub(super) id: Arc<str>,
+    pub(super) conn_id: u64,
+    pub(super) wake: Arc<Notify>,
+    pub(super) kick: Arc<Notify>,
+    pub(super) keep_alive: Duration,
+    /// MQTT 5 topic aliases the client set.
+    pub(super) aliases: HashMap<u16, String>,
+    pub(super) gate: AckGate,
+    /// Commit outcomes of held acknowledgements; made at the first one, so
+    /// a client that never publishes a routed reading costs nothing here.
+    pub(super) commits: Option<(
+        mpsc::UnboundedSender<Tagged>,
+        mpsc::UnboundedReceiver<Tagged>,
+    )>,
+    pub(super) next_commit: u64,
+    /// QoS 2 ids whose marker is in the outbox.
+    pub(super) stored_qos2: HashSet<u16>,
+    /// Holds one of `max_connections` (none for outpost's own probes).
+    pub(super) _slot: Option<Slot>,
+}
+
+/// What a packet did to the connection.
+pub(super) type Handled = Result<(), End>;
+
+impl Client {
+    pub(super) fn v5(&self) -> bool {
+        self.level == V5
+    }
+
+    pub(super) fn who(&self) -> Subscriber {
+        Subscriber::Client(self.id.clone())
+    }
+
+    /// Ends for a protocol violation; MQTT 5 clients are told why.
+    pub(super) fn violation<S: Stream>(&self, conn: &mut Conn<S>, code: u8, why: &str) -> End {
+        if self.v5() {
+            conn.queue(
+                &Packet::Disconnect(Disconnect {
+                    code,
+                    props: Props::default(),
+                }),
+                V5,
+            );
+        }
+        End::Violation(why.to_string())
+    }
+
+    pub(super) async fn serve<S: Stream>(
+        &mut self,
+        conn: &mut Conn<S>,
+        stop: &CancellationToken,
+    ) -> End {
+        let mut deadline = self.next_deadline();
+        loop {
+            // Everything already buffered, then what that produced.
+            loop {
+                match conn.buffered() {
+                    Ok(Some(frame)) => {
+                        deadline = self.next_deadline();
+                        if let Err(end) = self.handle(conn, &frame).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.violation(conn, e.reason(), &e.to_string()),
+                }
+                // A client far ahead of its acknowledgements waits.
+                if self.gate.held() >= usize::from(RECEIVE_MAX) {
+                    break;
+                }
+            }
+            if let Err(e) = conn.flush().await {
+                return End::Lost(e.to_string());
+            }
+            let reading = self.gate.held() < usize::from(RECEIVE_MAX);
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    if self.v5() {
+                        conn.queue(&Packet::Disconnect(Disconnect { code: 0x8B, props: Props::default() }), V5);
+                    }
+                    return End::Server;
+                }
+                _ = self.kick.notified() => {
+                    if self.v5() {
+                        conn.queue(&Packet::Disconnect(Disconnect { code: 0x8E, props: Props::default() }), V5);
+                    }
+                    return End::TakenOver;
+                }
+                r = conn.fill(), if reading => match r {
+                    Ok(true) => {}
+                    Ok(false) => return End::Lost("closed by the client".into()),
+                    Err(IoError::Codec(e)) => return self.violation(conn, e.reason(), &e.to_string()),
+                    Err(e) => return End::Lost(e.to_string()),
+                },
+                Some((tag, outcome)) = next_commit(&mut self.commits) => {
+                    match outcome {
+                        Ok(done) => {
+                            self.inner.ingest.count(&done);
+                            self.gate.committed(tag);
+                            self.release(conn);
+                        }
+                        Err(e) => {
+                            // Not stored: no acknowledgement. Closing makes
+                            // the client send the reading again.
+                            tracing::error!(peer = %self.peer, client_id = %self.id, error = %e,
+                                "reading not stored; closing the client's connection so it resends");
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                }
+                _ = self.wake.notified() => self.write_pending(conn),
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    return End::Lost("keep-alive timeout".into());
+                }
+            }
+        }
+    }
+
+    /// 1.5 keep-alives after the last packet; none for keep-alive 0.
+    fn next_deadline(&self) -> Option<Instant> {
+        (!self.keep_alive.is_zero()).then(|| Instant::now() + self.keep_alive.mul_f32(1.5))
+    }
+
+    pub(super) fn release<S: Stream>(&mut self, conn: &mut Conn<S>) {
+        for ack in self.gate.release() {
+            conn.queue_raw(&ack);
+        }
+    }
+
+    pub(super) fn encoded(&self, p: &Packet) -> Bytes {
+        let mut b = BytesMut::new();
+        codec::encode(p, self.level, &mut b);
+        b.freeze()
+    }
+
+    /// Whatever the broker has for this client now.
+    fn write_pending<S: Stream>(&mut self, conn: &mut Conn<S>) {
+        let outs = self.inner.core().outgoing(&self.id, self.conn_id);
+        for out in outs {
+            self.write_out(conn, out);
+        }
+    }
+
+    pub(super) fn write_out<S: Stream>(&mut self, conn: &mut Conn<S>, out: Out) {
+        match out {
+            Out::PubRel(pkid) => {
+                let p = Packet::PubRel(Ack::ok(pkid));
+                conn.queue(&p, self.level);
+            }
+            Out::Publish {
+                pkid,
+                delivery,
+                dup,
+            } => {
+                let mut props = if self.v5() {
+                    delivery.msg.props.clone()
+                } else {
+                    Props::default()
+                };
+                if self.v5() {
+                    for id in &delivery.sub_ids {
+                        props.set(props::SUBSCRIPTION_ID, Value::Var(*id));
+                    }
+                    if let Some(exp) = delivery.msg.expires {
+                        let left = exp.saturating_duration_since(Instant::now()).as_secs();
+                        props.set(
+                            props::MESSAGE_EXPIRY,
+                            Value::U32(u32::try_from(left).unwrap_or(u32::MAX)),
+                        );
+                    }
+                }
+                let p = Packet::Publish(Publish {
+                    dup,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    topic: delivery.msg.topic.to_string(),
+                    pkid,
+                    payload: delivery.msg.payload.clone(),
+                    props,
+                });
+                let bytes = self.encoded(&p);
+                let too_large = self
+                    .inner
+                    .core()
+                    .max_packet(&self.id)
+                    .is_some_and(|m| bytes.len() > m as usize);
+                if too_large {
+                    // MQTT 5: a packet larger than the client takes is
+                    // discarded as if it had been sent and acknowledged.
+                    if pkid != 0 {
+                        self.inner.core().acked(&self.id, pkid);
+                    }
+                    return;
+                }
+                conn.queue_raw(&bytes);
+            }
+        }
+    }
+
+    async fn handle<S: Stream>(&mut self, conn: &mut Conn<S>, frame: &[u8]) -> Handled {
+        let packet = match codec::decode(frame, self.level) {
+            Ok(p) => p,
+            Err(e) => return Err(self.violation(conn, e.reason(), &e.to_string())),
+        };
+        match packet {
+            Packet::Publish(p) => self.publish(conn, p).await,
+            Packet::PubAck(a) | Packet::PubComp(a) => {
+                self.inner.core().acked(&self.id, a.pkid);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                if a.code >= 0x80 {
+                    // MQTT 5: the client refused it; the exchange ends here.
+                    self.inner.core().acked(&self.id, a.pkid);
+                } else if self.inner.core().received(&self.id, a.pkid) {
+                    conn.queue(&Packet::PubRel(Ack::ok(a.pkid)), self.level);
+                } else if self.v5() {
+                    let mut rel = Ack::ok(a.pkid);
+                    rel.code = 0x92; // packet identifier not found
+                    conn.queue(&Packet::PubRel(rel), V5);
+                }
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                self.pubrel(a.pkid).await;
+                self.release(conn);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.subscribe(conn, s),
+            Packet::Unsubscribe(u) => {
+                let codes = self.inner.core().unsubscribe(&self.who(), &u.filters);
+                let ack = Packet::UnsubAck(UnsubAck {
+                    pkid: u.pkid,
+                    codes,
+                    props: Props::default(),
+                });
+                conn.queue(&ack, self.level);
+                Ok(())
+            }
+            Packet::PingReq => {
+                conn.queue(&Packet::PingResp, self.level);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if self.v5() {
+                    if let Some(n) = d.props.u32(props::SESSION_EXPIRY) {
+                        if n > 0 && !self.inner.core().persistent(&self.id) {
+                            return Err(self.violation(
+                                conn,
+                                0x82,
+                                "DISCONNECT sets a session expiry the CONNECT did not have",
+                            ));
+                        }
+                    }
+                }
+                Err(End::Disconnect {
+                    will: self.v5() && d.code == 0x04,
+                })
+            }
+            Packet::Connect(_) => Err(self.violation(conn, 0x82, "a second CONNECT")),
+            Packet::Auth(_) => {
+                Err(self.violation(conn, 0x82, "AUTH without an authentication method"))
+            }
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                let why = format!("{} is a packet only a server sends", other.name());
+                Err(self.violation(conn, 0x82, &why))
+            }
+        }
+    }
+}
+
+impl Client {
+    fn subscribe<S: Stream>(&mut self, conn: &mut Conn<S>, s: Subscribe) -> Handled {
+        if !self.v5() {
+            if let Some((_, Err(why))) = s.filters.iter().find(|(_, r)| r.is_err()) {
+                // 3.1.1: a malformed topic filter closes the connection.
+                return Err(self.violation(conn, 0x81, why));
+            }
+        }
+        let valid: Vec<(String, codec::SubOpts)> = s
+            .filters
+            .iter()
+            .filter_map(|(f, r)| r.ok().map(|o| (f.clone(), o)))
+            .collect();
+        let sub_id = s.props.u32(props::SUBSCRIPTION_ID);
+        let mut granted = self
+            .inner
+            .core()
+            .subscribe(&self.who(), &valid, sub_id)
+            .into_iter();
+        let codes = s
+            .filters
+            .iter()
+            .map(|(_, r)| match r {
+                Ok(_) => granted.next().unwrap_or(0x80),
+                Err(_) => 0x8F,
+            })
+            .collect();
+        let ack = Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            codes,
+            props: Props::default(),
+        });
+        conn.queue(&ack, self.level);
+        Ok(())
+    }
+
+    /// After the connection: the session is left (with its will when the
+    /// end was not a plain DISCONNECT), acknowledgements still owed for
+    /// committed readings go out.
+    pub(super) async fn finish<S: Stream>(&mut self, conn: &mut Conn<S>, end: End) {
+        let with_will = match &end {
+            End::Disconnect { will } => *will,
+            End::Lost(_) | End::Violation(_) => true,
+            End::TakenOver | End::Server => false,
+        };
+        match &end {
+            End::Violation(why) => self.inner.note_violation(self.peer, &self.id, why),
+            End::Lost(why) => {
+                tracing::debug!(peer = %self.peer, client_id = %self.id, reason = %why, "client connection lost")
+            }
+            _ => {
+                tracing::debug!(peer = %self.peer, client_id = %self.id, end = ?end, "client disconnected")
+            }
+        }
+        // Readings already handed to the outbox: wait (bounded) for their
+        // commits, so the acknowledgements that can still go, go.
+        if !matches!(end, End::Lost(_)) {
+            let until = Instant::now() + Duration::from_secs(2);
+            while self.gate.awaiting_commit() > 0 && Instant::now() < until {
+                match tokio::time::timeout_at(until, next_commit(&mut self.commits)).await {
+                    Ok(Some((tag, Ok(done)))) => {
+                        self.inner.ingest.count(&done);
+                        self.gate.committed(tag);
+                    }
+                    _ => break,
+                }
+            }
+            self.release(conn);
+        }
+        let _ = conn.flush().await;
+        let will = self.inner.core().leave(&self.id, self.conn_id, with_will);
+        if let Some(w) = will {
+            self.inner.publish_will(self.id.clone(), self.conn_id, w);
+        }
+    }
+}
+
+async fn next_commit(
+    commits: &mut Option<(
+        mpsc::UnboundedSender<Tagged>,
+        mpsc::UnboundedReceiver<Tagged>,
+    )>,
+) -> Option<Tagged> {
+    match commits {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Client {
+    /// Where the outbox reports commits of held acknowledgements.
+    pub(super) fn commit_sender(&mut self) -> mpsc::UnboundedSender<Tagged> {
+        self.commits
+            .get_or_insert_with(mpsc::unbounded_channel)
+            .0
+            .clone()
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,678 @@
+//! The broker's state behind one lock: sessions, subscriptions, retained
+//! messages and outpost's own in-process clients. Every operation is
+//! synchronous and short; connections hold the lock only to hand a packet's
+//! effect in or to take what to send out, never across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::codec::SubOpts;
+use super::retain::{Retained, Stored};
+use super::session::{Delivery, Inflight, Live, Message, Out, PendingWill, Session};
+use super::trie::{Match, Sub, Subscriber, Trie};
+
+/// The bounds that keep state per client and in total small.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_subscriptions_per_client: usize,
+    pub max_subscriptions: usize,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    /// Messages in flight to one client.
+    pub max_inflight: u16,
+    /// Offline persistent sessions kept at most (the oldest go first).
+    pub max_offline_sessions: usize,
+    /// How long an MQTT 3.1.1 persistent session is kept offline.
+    pub persistent_expiry: Duration,
+    pub max_retained: usize,
+    pub max_retained_bytes: usize,
+}
+
+impl Limits {
+    /// The bounds configured in `[broker]`.
+    pub fn of(cfg: &crate::config::BrokerConfig) -> Limits {
+        let bytes = |b: crate::units::ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
+        Limits {
+            max_subscriptions_per_client: cfg.max_subscriptions_per_client,
+            max_subscriptions: cfg.max_subscriptions,
+            max_queued_messages: cfg.max_queued_messages,
+            max_queued_bytes: bytes(cfg.max_queued_bytes),
+            max_inflight: cfg.max_inflight,
+            max_offline_sessions: cfg.max_offline_sessions,
+            persistent_expiry: cfg.persistent_session_expiry.0,
+            max_retained: cfg.max_retained,
+            max_retained_bytes: bytes(cfg.max_retained_bytes),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_subscriptions_per_client: 100,
+            max_subscriptions: 10_000,
+            max_queued_messages: 1000,
+            max_queued_bytes: 1 << 20,
+            max_inflight: 20,
+            max_offline_sessions: 1000,
+            persistent_expiry: Duration::from_secs(86_400),
+            max_retained: 1000,
+            max_retained_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A message for one of outpost's own clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMessage {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub retain: bool,
+}
+
+struct Internal {
+    tx: mpsc::Sender<LocalMessage>,
+    subs: Vec<String>,
+}
+
+/// What a CONNECT asks of the session store.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub client_id: Arc<str>,
+    pub level: u8,
+    pub clean: bool,
+    /// Keep the session this long after the connection ends (`None`: not
+    /// at all; 3.1.1 persistent sessions get `persistent_expiry`).
+    pub expiry: Option<Duration>,
+    pub receive_max: u16,
+    pub max_packet: Option<u32>,
+    pub will: Option<PendingWill>,
+}
+
+/// The session a connection got.
+pub struct Joined {
+    pub conn_id: u64,
+    pub wake: Arc<Notify>,
+    pub kick: Arc<Notify>,
+    pub session_present: bool,
+    /// What was in flight to the client before, sent again first.
+    pub resend: Vec<Out>,
+}
+
+/// Counters and sizes, for status and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    pub sessions: usize,
+    pub connected: usize,
+    pub subscriptions: usize,
+    pub retained: usize,
+    pub retained_bytes: usize,
+    pub queued: usize,
+    pub dropped: u64,
+    pub retained_refused: u64,
+}
+
+pub struct Core {
+    limits: Limits,
+    sessions: HashMap<Arc<str>, Session>,
+    internal: HashMap<u64, Internal>,
+    trie: Trie,
+    retained: Retained,
+    next_id: u64,
+    /// Round-robin position for shared subscriptions.
+    rr: usize,
+    dropped: u64,
+    retained_refused: u64,
+}
+
+/// SUBACK codes.
+pub const GRANTED_QOS: [u8; 3] = [0x00, 0x01, 0x02];
+pub const SUB_QUOTA_EXCEEDED: u8 = 0x97;
+pub const SUB_FAILURE_311: u8 = 0x80;
+
+impl Core {
+    pub fn new(limits: Limits) -> Core {
+        let retained = Retained::new(limits.max_retained, limits.max_retained_bytes);
+        Core {
+            limits,
+            sessions: HashMap::new(),
+            internal: HashMap::new(),
+            trie: Trie::default(),
+            retained,
+            next_id: 0,
+            rr: 0,
+            dropped: 0,
+            retained_refused: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn stats(&self) -> CoreStats {
+        CoreStats {
+            sessions: self.sessions.len(),
+            connected: self.sessions.values().filter(|s| s.connected()).count(),
+            subscriptions: self.trie.len(),
+            retained: self.retained.len(),
+            retained_bytes: self.retained.bytes(),
+            queued: self.sessions.values().map(|s| s.queue.len()).sum(),
+            dropped: self.dropped + self.sessions.values().map(|s| s.dropped).sum::<u64>(),
+            retained_refused: self.retained_refused,
+        }
+    }
+
+    /// A connection takes the client id: the connection that held it (if
+    /// any) is kicked; the session is resumed or started fresh.
+    pub fn join(&mut self, j: Join) -> Joined {
+        let conn_id = self.id();
+        let wake = Arc::new(Notify::new());
+        let kick = Arc::new(Notify::new());
+        if j.clean {
+            if let Some(old) = self.sessions.remove(&j.client_id) {
+                if let Some(live) = &old.live {
+                    live.kick.notify_one();
+                }
+                self.drop_subs(&Subscriber::Client(j.client_id.clone()), &old);
+            }
+        }
+        // A session that was kept (offline, or taken over from a live
+        // connection) is present for a client that did not ask for a
+        // clean one.
+        let session_present = !j.clean && self.sessions.contains_key(&j.client_id);
+        let session = self
+            .sessions
+            .entry(j.client_id.clone())
+            .or_insert_with(|| Session::new(j.level));
+        if let Some(old) = session.live.take() {
+            old.kick.notify_one();
+        }
+        session.level = j.level;
+        session.persistent = j.expiry.is_some_and(|d| !d.is_zero());
+        session.expiry = j.expiry;
+        session.disconnected_at = None;
+        session.receive_max = j.receive_max.clamp(1, self.limits.max_inflight.max(1));
+        session.max_packet = j.max_packet;
+        session.will = j.will;
+        session.live = Some(Live {
+            id: conn_id,
+            wake: wake.clone(),
+            kick: kick.clone(),
+        });
+        let resend = if session_present {
+            session.resend()
+        } else {
+            Vec::new()
+        };
+        if !session.queue.is_empty() {
+            wake.notify_one();
+        }
+        Joined {
+            conn_id,
+            wake,
+            kick,
+            session_present,
+            resend,
+        }
+    }
+
+    /// The connection `conn_id` of `client` ended. Returns its will when it
+    /// is to be published (`with_will`), with the will delay. A session that
+    /// is not persistent goes.
+    pub fn leave(
+        &mut self,
+        client: &Arc<str>,
+        conn_id: u64,
+        with_will: bool,
+    ) -> Option<PendingWill> {
+        let session = self.sessions.get_mut(client)?;
+        if session.live.as_ref().map(|l| l.id) != Some(conn_id) {
+            // Taken over: the session belongs to the newer connection.
+            return None;
+        }
+        session.live = None;
+        let will = session.will.take().filter(|_| with_will);
+        if session.persistent {
+            session.disconnected_at = Some(Instant::now());
+            self.bound_offline();
+        } else if let Some(old) = self.sessions.remove(client) {
+            self.drop_subs(&Subscriber::Client(client.clone()), &old);
+        }
+        will
+    }
+
+    /// Is `client` connected again (or still) since `conn_id` left? A
+    /// delayed will is then not published.
+    pub fn reconnected(&self, client: &Arc<str>, conn_id: u64) -> bool {
+        self.sessions
+            .get(client)
+            .and_then(|s| s.live.as_ref())
+            .is_some_and(|l| l.id != conn_id)
+    }
+
+    fn drop_subs(&mut self, who: &Subscriber, s: &Session) {
+        for filter in s.subs.keys() {
+            self.trie.remove(filter, who);
+        }
+    }
+
+    /// At most `max_offline_sessions` offline sessions: the longest
+    /// offline go first.
+    fn bound_offline(&mut self) {
+        let offline: Vec<(Instant, Arc<str>)> = self
+            .sessions
+            .iter()
+            .filter_map(|(k, s)| s.disconnected_at.map(|t| (t, k.clone())))
+            .collect();
+        if offline.len() <= self.limits.max_offline_sessions {
+            return;
+        }
+        let mut offline = offline;
+        offline.sort();
+        let excess = offline.len() - self.limits.max_offline_sessions;
+        for (_, k) in offline.into_iter().take(excess) {
+            if let Some(s) = self.sessions.remove(&k) {
+                self.drop_subs(&Subscriber::Client(k.clone()), &s);
+            }
+        }
+    }
+
+    /// Removes offline sessions past their expiry and expired queued
+    /// messages.
+    pub fn sweep(&mut self, now: Instant) {
+        let persistent_expiry = self.limits.persistent_expiry;
+        let expired: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.disconnected_at.is_some_and(|t| {
+                    let keep = s.expiry.unwrap_or(persistent_expiry);
+                    now.saturating_duration_since(t) >= keep
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some(s) = self.sessions.remove(&k) {
+                self.drop_subs(&Subscriber::Client(k.clone()), &s);
+            }
+        }
+        for s in self.sessions.values_mut() {
+            let before = s.queue.len();
+            s.queue.retain(|d| !d.msg.expired(now));
+            if s.queue.len() != before {
+                s.queued_bytes = s.queue.iter().map(|d| d.msg.size()).sum();
+            }
+        }
+    }
+
+    /// Delivers a message to every matching subscription, and keeps it if
+    /// it is retained. Returns how many subscribers got it.
+    pub fn publish(&mut self, msg: Arc<Message>) -> usize {
+        if msg.retain && self.retained.store(&msg) == Stored::Full {
+            self.retained_refused = self.retained_refused.saturating_add(1);
+        }
+        let mut plain: BTreeMap<Subscriber, Vec<Sub>> = BTreeMap::new();
+        let mut delivered = 0;
+        for m in self.trie.matches(&msg.topic) {
+            match m {
+                Match::Plain(who, sub) => plain.entry(who).or_default().push(sub),
+                Match::Group(members) => {
+                    if let Some((who, sub)) = self.pick(&members) {
+                        delivered += usize::from(self.deliver(&who, &[sub], &msg));
+                    }
+                }
+            }
+        }
+        for (who, subs) in plain {
+            delivered += usize::from(self.deliver(&who, &subs, &msg));
+        }
+        delivered
+    }
+
+    /// One member of a shared group: round robin, connected members first.
+    fn pick(&mut self, members: &[(Subscriber, Sub)]) -> Option<(Subscriber, Sub)> {
+        if members.is_empty() {
+            return None;
+        }
+        self.rr = self.rr.wrapping_add(1);
+        let n = members.len();
+        let online = |w: &Subscriber| match w {
+            Subscriber::Client(c) => self.sessions.get(c).is_some_and(Session::connected),
+            Subscriber::Internal(_) => true,
+        };
+        (0..n)
+            .map(|i| &members[(self.rr + i) % n])
+            .find(|(w, _)| online(w))
+            .or_else(|| members.get(self.rr % n))
+            .cloned()
+    }
+
+    /// Hands a message to one subscriber. MQTT 3.1.1 clients get one copy
+    /// for all their matching subscriptions (at the highest QoS); MQTT 5
+    /// clients one per subscription, each with its identifier (as
+    /// Mosquitto does).
+    fn deliver(&mut self, who: &Subscriber, subs: &[Sub], msg: &Arc<Message>) -> bool {
+        let subs: Vec<Sub> = subs
+            .iter()
+            .copied()
+            .filter(|s| !(s.opts.no_local && msg.from.as_ref() == Some(who)))
+            .collect();
+        if subs.is_empty() {
+            return false;
+        }
+        let delivery = |s: &Sub, qos: u8, ids: Vec<u32>| Delivery {
+            msg: msg.clone(),
+            qos: msg.qos.min(qos),
+            retain: s.opts.retain_as_published && msg.retain,
+            sub_ids: ids,
+        };
+        match who {
+            Subscriber::Internal(id) => {
+                let Some(i) = self.internal.get(id) else {
+                    return false;
+                };
+                let m = LocalMessage {
+                    topic: msg.topic.to_string(),
+                    payload: msg.payload.clone(),
+                    retain: false,
+                };
+                if i.tx.try_send(m).is_err() {
+                    self.dropped = self.dropped.saturating_add(1);
+                    return false;
+                }
+                true
+            }
+            Subscriber::Client(c) => {
+                let (max_q, max_b) = (
+                    self.limits.max_queued_messages,
+                    self.limits.max_queued_bytes,
+                );
+                let Some(s) = self.sessions.get_mut(c) else {
+                    return false;
+                };
+                let deliveries: Vec<Delivery> = if s.level == super::codec::V5 {
+                    subs.iter()
+                        .map(|sub| delivery(sub, sub.opts.qos, sub.id.into_iter().collect()))
+                        .collect()
+                } else {
+                    let best = subs.iter().map(|s| s.opts.qos).max().unwrap_or(0);
+                    let first = subs.first().copied().unwrap_or(Sub {
+                        opts: SubOpts::default(),
+                        id: None,
+                    });
+                    vec![delivery(&first, best, Vec::new())]
+                };
+                let mut any = false;
+                for d in deliveries {
+                    // QoS 0 is not kept for a client that is away.
+                    if d.qos == 0 && !s.connected() {
+                        continue;
+                    }
+                    any |= s.enqueue(d, max_q, max_b);
+                }
+                any
+            }
+        }
+    }
+
+    /// Subscribes `who` to each filter (already checked to be valid).
+    /// Returns the SUBACK code per filter; retained messages matching a
+    /// new subscription are queued for the subscriber.
+    pub fn subscribe(
+        &mut self,
+        who: &Subscriber,
+        filters: &[(String, SubOpts)],
+        sub_id: Option<u32>,
+    ) -> Vec<u8> {
+        let mut codes = Vec::with_capacity(filters.len());
+        for (filter, opts) in filters {
+            let sub = Sub {
+                opts: *opts,
+                id: sub_id,
+            };
+            let existing = match who {
+                Subscriber::Client(c) => self
+                    .sessions
+                    .get(c)
+                    .map(|s| (s.subs.contains_key(filter), s.subs.len(), s.level)),
+                Subscriber::Internal(i) => self
+                    .internal
+                    .get(i)
+                    .map(|x| (x.subs.contains(filter), x.subs.len(), super::codec::V5)),
+            };
+            let Some((had, count, level)) = existing else {
+                codes.push(SUB_FAILURE_311);
+                continue;
+            };
+            let quota = if level == super::codec::V5 {
+                SUB_QUOTA_EXCEEDED
+            } else {
+                SUB_FAILURE_311
+            };
+            let internal = matches!(who, Subscriber::Internal(_));
+            if !had
+                && !internal
+                && (count >= self.limits.max_subscriptions_per_client
+                    || self.trie.len() >= self.limits.max_subscriptions)
+            {
+                codes.push(quota);
+                continue;
+            }
+            self.trie.insert(filter, who.clone(), sub);
+            match who {
+                Subscriber::Client(c) => {
+                    if let Some(s) = self.sessions.get_mut(c) {
+                        s.subs.insert(filter.clone(), sub);
+                    }
+                }
+                Subscriber::Internal(i) => {
+                    if let Some(x) = self.internal.get_mut(i) {
+                        if !had {
+                            x.subs.push(filter.clone());
+                        }
+                    }
+                }
+            }
+            codes.push(GRANTED_QOS[usize::from(opts.qos.min(2))]);
+            let send_retained = match opts.retain_handling {
+                0 => true,
+                1 => !had,
+                _ => false,
+            };
+            let shared = filter.starts_with("$share/");
+            if send_retained && !shared {
+                for m in self.retained.matching(filter) {
+                    self.deliver_retained(who, &sub, &m);
+                }
+            }
+        }
+        codes
+    }
+
+    /// A retained message sent because of a new subscription: RETAIN set.
+    fn deliver_retained(&mut self, who: &Subscriber, sub: &Sub, m: &Arc<Message>) {
+        let d = Delivery {
+            msg: m.clone(),
+            qos: m.qos.min(sub.opts.qos),
+            retain: true,
+            sub_ids: sub.id.into_iter().collect(),
+        };
+        let (max_q, max_b) = (
+            self.limits.max_queued_messages,
+            self.limits.max_queued_bytes,
+        );
+        match who {
+            Subscriber::Client(c) => {
+                if let Some(s) = self.sessions.get_mut(c) {
+                    s.enqueue(d, max_q, max_b);
+                }
+            }
+            Subscriber::Internal(i) => {
+                if let Some(x) = self.internal.get(i) {
+                    let _ = x.tx.try_send(LocalMessage {
+                        topic: m.topic.to_string(),
+                        payload: m.payload.clone(),
+                        retain: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// UNSUBACK codes (MQTT 5: 0x00 success, 0x11 no subscription existed).
+    pub fn unsubscribe(&mut self, who: &Subscriber, filters: &[String]) -> Vec<u8> {
+        filters
+            .iter()
+            .map(|f| {
+                let removed = self.trie.remove(f, who);
+                match who {
+                    Subscriber::Client(c) => {
+                        if let Some(s) = self.sessions.get_mut(c) {
+                            s.subs.remove(f);
+                        }
+                    }
+                    Subscriber::Internal(i) => {
+                        if let Some(x) = self.internal.get_mut(i) {
+                            x.subs.retain(|s| s != f);
+                        }
+                    }
+                }
+                if removed {
+                    0x00
+                } else {
+                    0x11
+                }
+            })
+            .collect()
+    }
+
+    /// What connection `conn_id` of `client` may write now.
+    pub fn outgoing(&mut self, client: &Arc<str>, conn_id: u64) -> Vec<Out> {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return Vec::new();
+        };
+        if s.live.as_ref().map(|l| l.id) != Some(conn_id) {
+            return Vec::new();
+        }
+        let window = usize::from(s.receive_max);
+        s.take(window, Instant::now())
+    }
+
+    /// The client acknowledged `pkid` (PUBACK, or PUBCOMP); more may go.
+    pub fn acked(&mut self, client: &Arc<str>, pkid: u16) {
+        if let Some(s) = self.sessions.get_mut(client) {
+            s.inflight.remove(&pkid);
+            if let Some(live) = &s.live {
+                if !s.queue.is_empty() {
+                    live.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// PUBREC for a QoS 2 message to the client: true if a PUBREL is owed.
+    pub fn received(&mut self, client: &Arc<str>, pkid: u16) -> bool {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return false;
+        };
+        match s.inflight.get_mut(&pkid) {
+            Some(f @ Inflight::Sent(_)) => {
+                *f = Inflight::Released;
+                true
+            }
+            Some(Inflight::Released) => true,
+            None => false,
+        }
+    }
+
+    /// Marks an incoming QoS 2 packet id unreleased; false if it already
+    /// was (a resend: not to be delivered or stored again).
+    pub fn qos2_begin(&mut self, client: &Arc<str>, pkid: u16) -> bool {
+        self.sessions
+            .get_mut(client)
+            .is_some_and(|s| s.qos2_in.insert(pkid))
+    }
+
+    /// The client released an incoming QoS 2 packet id (PUBREL).
+    pub fn qos2_end(&mut self, client: &Arc<str>, pkid: u16) {
+        if let Some(s) = self.sessions.get_mut(client) {
+            s.qos2_in.remove(&pkid);
+        }
+    }
+
+    /// Unreleased QoS 2 ids recorded before (a crash), for a new session.
+    pub fn qos2_restore(&mut self, client: &Arc<str>, ids: &[u16]) {
+        if let Some(s) = self.sessions.get_mut(client) {
+            s.qos2_in.extend(ids.iter().copied());
+        }
+    }
+
+    /// One of outpost's own clients; its messages arrive on `tx`.
+    pub fn add_internal(&mut self, tx: mpsc::Sender<LocalMessage>) -> u64 {
+        let id = self.id();
+        self.internal.insert(
+            id,
+            Internal {
+                tx,
+                subs: Vec::new(),
+            },
+        );
+        id
+    }
+
+    pub fn remove_internal(&mut self, id: u64) {
+        if let Some(i) = self.internal.remove(&id) {
+            for f in i.subs {
+                self.trie.remove(&f, &Subscriber::Internal(id));
+            }
+        }
+    }
+
+    /// A fresh state after a failure: every session and retained message
+    /// goes (their connections are told to end); outpost's own clients
+    /// keep their subscriptions.
+    pub fn reset(&mut self) {
+        for s in self.sessions.values() {
+            if let Some(l) = &s.live {
+                l.kick.notify_one();
+            }
+        }
+        self.sessions.clear();
+        self.retained.clear();
+        self.trie = Trie::default();
+        let opts = SubOpts {
+            qos: 1,
+            ..SubOpts::default()
+        };
+        for (id, i) in &self.internal {
+            for f in &i.subs {
+                self.trie
+                    .insert(f, Subscriber::Internal(*id), Sub { opts, id: None });
+            }
+        }
+    }
+
+    /// Is `client`'s session kept after its connection ends?
+    pub fn persistent(&self, client: &Arc<str>) -> bool {
+        self.sessions.get(client).is_some_and(|s| s.persistent)
+    }
+
+    /// The largest packet `client` takes, if it said.
+    pub fn max_packet(&self, client: &Arc<str>) -> Option<u32> {
+        self.sessions.get(client).and_then(|s| s.max_packet)
+    }
+}
+
+#[cfg(test)]
+mod tests;

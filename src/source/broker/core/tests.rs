@@ -1,0 +1,170 @@
+use super::*;
+use crate::source::broker::codec::{V311, V5};
+
+fn join(core: &mut Core, id: &str, level: u8, clean: bool) -> Joined {
+    core.join(Join {
+        client_id: Arc::from(id),
+        level,
+        clean,
+        expiry: (!clean).then_some(Duration::from_secs(3600)),
+        receive_max: 10,
+        max_packet: None,
+        will: None,
+    })
+}
+
+fn opts(qos: u8) -> SubOpts {
+    SubOpts {
+        qos,
+        ..SubOpts::default()
+    }
+}
+
+fn client(id: &str) -> Subscriber {
+    Subscriber::Client(Arc::from(id))
+}
+
+fn msg(topic: &str, qos: u8, retain: bool) -> Arc<Message> {
+    Arc::new(Message::new(topic, b"x".to_vec().into(), qos, retain))
+}
+
+#[test]
+fn a_persistent_session_keeps_subscriptions_and_queues_while_away() {
+    let mut core = Core::new(Limits::default());
+    let j = join(&mut core, "s1", V311, false);
+    assert!(!j.session_present);
+    assert_eq!(
+        core.subscribe(&client("s1"), &[("a/#".into(), opts(1))], None),
+        [1]
+    );
+    core.leave(&Arc::from("s1"), j.conn_id, false);
+    assert_eq!(core.publish(msg("a/b", 1, false)), 1, "queued while away");
+    assert_eq!(core.publish(msg("a/c", 0, false)), 0, "QoS 0 is not kept");
+    let j2 = join(&mut core, "s1", V311, false);
+    assert!(j2.session_present);
+    let out = core.outgoing(&Arc::from("s1"), j2.conn_id);
+    assert_eq!(out.len(), 1);
+    // A clean connect throws the session away, subscriptions included.
+    let j3 = join(&mut core, "s1", V311, true);
+    assert!(!j3.session_present);
+    assert_eq!(core.stats().subscriptions, 0);
+}
+
+#[test]
+fn a_takeover_kicks_the_old_connection_and_its_leave_is_ignored() {
+    let mut core = Core::new(Limits::default());
+    let a = join(&mut core, "dup", V311, true);
+    let b = join(&mut core, "dup", V5, true);
+    assert_ne!(a.conn_id, b.conn_id);
+    // The old connection ends after the takeover: the new one is unharmed.
+    assert!(core.leave(&Arc::from("dup"), a.conn_id, true).is_none());
+    assert_eq!(core.stats().connected, 1);
+    assert!(core.reconnected(&Arc::from("dup"), a.conn_id));
+}
+
+#[test]
+fn overlapping_subscriptions_give_311_one_copy_and_5_one_per_subscription() {
+    let mut core = Core::new(Limits::default());
+    let a = join(&mut core, "v4", V311, true);
+    let b = join(&mut core, "v5", V5, true);
+    for who in ["v4", "v5"] {
+        core.subscribe(
+            &client(who),
+            &[("a/#".into(), opts(0)), ("a/+".into(), opts(1))],
+            None,
+        );
+    }
+    core.publish(msg("a/b", 1, false));
+    let four = core.outgoing(&Arc::from("v4"), a.conn_id);
+    let five = core.outgoing(&Arc::from("v5"), b.conn_id);
+    assert_eq!(four.len(), 1);
+    assert!(matches!(&four[0], Out::Publish { delivery, .. } if delivery.qos == 1));
+    assert_eq!(five.len(), 2);
+}
+
+#[test]
+fn subscriptions_are_bounded_per_client_and_in_total() {
+    let limits = Limits {
+        max_subscriptions_per_client: 2,
+        max_subscriptions: 3,
+        ..Limits::default()
+    };
+    let mut core = Core::new(limits);
+    join(&mut core, "a", V5, true);
+    join(&mut core, "b", V311, true);
+    let f = |s: &str| (s.to_string(), opts(0));
+    assert_eq!(
+        core.subscribe(&client("a"), &[f("1"), f("2"), f("3")], None),
+        [0, 0, SUB_QUOTA_EXCEEDED]
+    );
+    assert_eq!(
+        core.subscribe(&client("b"), &[f("x"), f("y")], None),
+        [0, SUB_FAILURE_311]
+    );
+    // Subscribing again to a filter it has is not a new one.
+    assert_eq!(core.subscribe(&client("a"), &[f("1")], None), [0]);
+}
+
+#[test]
+fn retained_messages_reach_new_subscribers_with_retain_set() {
+    let mut core = Core::new(Limits::default());
+    core.publish(msg("r/1", 1, true));
+    let j = join(&mut core, "late", V311, true);
+    core.subscribe(&client("late"), &[("r/#".into(), opts(1))], None);
+    let out = core.outgoing(&Arc::from("late"), j.conn_id);
+    assert!(matches!(&out[0], Out::Publish { delivery, .. } if delivery.retain));
+    // Forwarded live, RETAIN is cleared (no retain-as-published).
+    core.publish(msg("r/1", 1, true));
+    let out = core.outgoing(&Arc::from("late"), j.conn_id);
+    assert!(matches!(&out[0], Out::Publish { delivery, .. } if !delivery.retain));
+}
+
+#[test]
+fn a_shared_group_member_alone_with_an_unacked_message_can_leave_and_return() {
+    // The case that panicked rumqttd's router ("group must exists").
+    let mut core = Core::new(Limits::default());
+    let j = join(&mut core, "g1", V5, false);
+    core.subscribe(&client("g1"), &[("$share/g/s/+".into(), opts(1))], None);
+    core.publish(msg("s/1", 1, false));
+    assert_eq!(core.outgoing(&Arc::from("g1"), j.conn_id).len(), 1);
+    core.leave(&Arc::from("g1"), j.conn_id, false);
+    core.publish(msg("s/2", 1, false));
+    let j2 = join(&mut core, "g1", V5, false);
+    assert_eq!(j2.resend.len(), 1, "the unacked one again");
+    assert_eq!(core.outgoing(&Arc::from("g1"), j2.conn_id).len(), 1);
+    core.unsubscribe(&client("g1"), &["$share/g/s/+".into()]);
+    assert_eq!(core.publish(msg("s/3", 1, false)), 0);
+}
+
+#[test]
+fn offline_sessions_are_bounded_and_expire() {
+    let limits = Limits {
+        max_offline_sessions: 2,
+        ..Limits::default()
+    };
+    let mut core = Core::new(limits);
+    for i in 0..5 {
+        let id = format!("c{i}");
+        let j = join(&mut core, &id, V311, false);
+        core.leave(&Arc::from(id.as_str()), j.conn_id, false);
+    }
+    assert_eq!(core.stats().sessions, 2);
+    core.sweep(Instant::now() + Duration::from_secs(7200));
+    assert_eq!(core.stats().sessions, 0);
+}
+
+#[test]
+fn internal_clients_get_messages_and_leave_nothing_behind() {
+    let mut core = Core::new(Limits::default());
+    let (tx, mut rx) = mpsc::channel(4);
+    let id = core.add_internal(tx);
+    core.subscribe(
+        &Subscriber::Internal(id),
+        &[("d/+/rpc".into(), opts(1))],
+        None,
+    );
+    core.publish(msg("d/x/rpc", 1, false));
+    assert_eq!(rx.try_recv().map(|m| m.topic).ok(), Some("d/x/rpc".into()));
+    core.remove_internal(id);
+    assert_eq!(core.stats().subscriptions, 0);
+}

@@ -1,0 +1,450 @@
+//! The local MQTT broker LAN sensors and actuators connect to: MQTT 3.1.1
+//! and 5 on every listener, owned by outpost.
+//!
+//! It replaced the embedded rumqttd (see the README's design notes for the
+//! measurements): every packet is decoded strictly here anyway, the PUBACK
+//! of a routed reading must wait for the outbox, and no LAN client may be
+//! able to break the broker for the others. So the broker is small and
+//! outpost's own:
+//!
+//! - [`codec`]: the packets, decoded by the specifications' rules;
+//! - `conn`: one client connection (CONNECT first, then strict checks,
+//!   held acknowledgements, exactly-once QoS 2 into the outbox);
+//! - `core`: sessions, subscriptions (`trie`), retained messages
+//!   (`retain`), all bounded;
+//! - [`local`]: outpost's own in-process clients (downlink, serial, ...);
+//! - `probe`: the health probe, and restarting the broker in place when it
+//!   fails.
+
+pub mod codec;
+mod conn;
+mod core;
+mod gate;
+mod io;
+pub mod local;
+mod probe;
+mod retain;
+mod session;
+pub mod tls;
+mod trie;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use self::core::{CoreStats, Limits, LocalMessage};
+pub use local::LocalClient;
+pub use probe::{run, Health, Unhealthy};
+
+use self::core::Core;
+use self::session::PendingWill;
+use self::trie::Subscriber;
+use super::Ingest;
+use crate::config::BrokerConfig;
+use crate::stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr} for {what}: {source} (is another MQTT broker, e.g. mosquitto, running? change broker.{key})")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// What every connection is served with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest packet body a client may send (`broker.max_payload`).
+    pub max_body: usize,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub ack_after_commit: bool,
+    /// username → password, when logins are required.
+    pub users: Option<HashMap<String, String>>,
+}
+
+impl Settings {
+    pub fn of(cfg: &BrokerConfig) -> Settings {
+        Settings {
+            max_body: usize::try_from(cfg.max_payload.0).unwrap_or(usize::MAX),
+            connect_timeout: cfg.connect_timeout.0,
+            max_connections: cfg.max_connections,
+            ack_after_commit: cfg.ack_after_commit,
+            users: cfg.users.clone(),
+        }
+    }
+}
+
+/// Counters of the broker itself.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Restarts in place after a failed health probe.
+    pub restarts: AtomicU64,
+    /// CONNECTs refused (bad login, `max_connections`, bad id).
+    pub refused: AtomicU64,
+    /// Connections ended for breaking the protocol.
+    pub violations: AtomicU64,
+}
+
+/// One listening socket and how its connections start.
+pub struct Listener {
+    pub name: &'static str,
+    pub socket: Arc<TcpListener>,
+    pub tls: Option<rumqttc::tokio_rustls::TlsAcceptor>,
+}
+
+pub(crate) struct Inner {
+    core: Mutex<Core>,
+    settings: Settings,
+    ingest: Ingest,
+    /// outpost's own login (health probes), made per process.
+    internal_login: (String, String),
+    live: AtomicUsize,
+    pub(crate) stats: BrokerStats,
+    /// Connections of the current broker generation stop with this.
+    generation: Mutex<CancellationToken>,
+    logs: Mutex<LogLimiter>,
+    health: Arc<Health>,
+    /// Debug builds: a test asked for a fault (see `faults`).
+    #[cfg(debug_assertions)]
+    fault: std::sync::atomic::AtomicU8,
+}
+
+/// The broker; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+/// One of `max_connections`, given back when dropped.
+pub(crate) struct Slot(Arc<Inner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.0
+            .ingest
+            .stats()
+            .ingest
+            .clients
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Broker {
+    pub fn new(cfg: &BrokerConfig, limits: Limits, ingest: Ingest) -> Broker {
+        let internal_login = (
+            format!("outpost-internal-{:016x}", fastrand::u64(..)),
+            format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+        );
+        Broker {
+            inner: Arc::new(Inner {
+                core: Mutex::new(Core::new(limits)),
+                settings: Settings::of(cfg),
+                ingest,
+                internal_login,
+                live: AtomicUsize::new(0),
+                stats: BrokerStats::default(),
+                generation: Mutex::new(CancellationToken::new()),
+                logs: Mutex::new(LogLimiter::default()),
+                health: Arc::new(Health::default()),
+                #[cfg(debug_assertions)]
+                fault: std::sync::atomic::AtomicU8::new(0),
+            }),
+        }
+    }
+
+    /// Accepts on `listener` until `shutdown`.
+    async fn serve(self, listener: Arc<Listener>, shutdown: CancellationToken) {
+        loop {
+            #[cfg(debug_assertions)]
+            faults::accept_loop(&self.inner);
+            let accepted = tokio::select! {
+                a = listener.socket.accept() => a,
+                _ = shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let inner = self.inner.clone();
+                    // A clone, not a child token: no allocation per client.
+                    let stop = self.inner.generation();
+                    // Spawned apart: a plain client's task must not be
+                    // sized for TLS state.
+                    match listener.tls.clone() {
+                        None => tokio::spawn(conn::run(stream, peer, inner, stop)),
+                        Some(acceptor) => {
+                            tokio::spawn(tls::run(stream, peer, acceptor, inner, stop))
+                        }
+                    };
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(listener = listener.name, error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// A new in-process client of outpost's own (see [`local`]).
+    pub fn client(&self, capacity: usize) -> LocalClient {
+        LocalClient::new(self.inner.clone(), capacity)
+    }
+
+    /// Publishes on the local broker as outpost itself (not routed).
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) {
+        let msg = session::Message::new(topic, payload.into(), 1, retain);
+        self.inner.core().publish(Arc::new(msg));
+    }
+
+    pub fn stats(&self) -> CoreStats {
+        self.inner.core().stats()
+    }
+
+    pub fn counters(&self) -> &BrokerStats {
+        &self.inner.stats
+    }
+
+    /// How outpost's own probes log in.
+    pub fn internal_login(&self) -> (String, String) {
+        self.inner.internal_login.clone()
+    }
+
+    /// Ends every connection and starts a fresh broker state (sessions,
+    /// subscriptions and retained messages are in memory and go; readings
+    /// are in the outbox). LAN clients reconnect.
+    pub fn restart(&self, why: &str) {
+        stats::add(&self.inner.stats.restarts, 1);
+        tracing::error!(reason = %why, restarts = stats::get(&self.inner.stats.restarts),
+            "the local broker failed its health check; restarting it in place (clients reconnect; no reading is lost)");
+        let old = {
+            let mut g = self
+                .inner
+                .generation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *g, CancellationToken::new())
+        };
+        old.cancel();
+        self.inner.core().reset();
+        self.inner.core.clear_poison();
+    }
+
+    /// The broker's health as last checked, for status and the watchdog.
+    pub fn health(&self) -> &Health {
+        &self.inner.health
+    }
+}
+
+impl Inner {
+    /// The broker state. A panic while it was held (a bug) leaves it
+    /// poisoned; the health probe sees that and restarts the broker.
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn limits(&self) -> Limits {
+        self.core().limits().clone()
+    }
+
+    fn generation(&self) -> CancellationToken {
+        self.generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Debug builds: faults a test asked for.
+    fn fault_hook(&self, _client_id: &str) {
+        #[cfg(debug_assertions)]
+        faults::on_connect(self, _client_id);
+    }
+
+    fn is_internal(&self, c: &codec::Connect) -> bool {
+        let (user, pass) = &self.internal_login;
+        c.username.as_deref() == Some(user.as_str())
+            && c.password
+                .as_ref()
+                .is_some_and(|p| constant_time_eq(p, pass.as_bytes()))
+    }
+
+    fn login_ok(&self, c: &codec::Connect) -> bool {
+        let Some(users) = &self.settings.users else {
+            return true;
+        };
+        let (Some(user), Some(pass)) = (&c.username, &c.password) else {
+            return false;
+        };
+        users
+            .get(user)
+            .is_some_and(|expected| constant_time_eq(expected.as_bytes(), pass))
+    }
+
+    /// One of `max_connections`, if any is free.
+    fn take_slot(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.settings.max_connections;
+        let taken = self
+            .live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.ok().map(|_| {
+            stats::add(&self.ingest.stats().ingest.clients, 1);
+            Slot(self.clone())
+        })
+    }
+
+    /// A PUBLISH delivered to the local subscribers.
+    fn deliver(&self, topic: &str, p: &codec::Publish, from: Option<Subscriber>) {
+        let msg = conn::message(topic, p, from);
+        self.core().publish(Arc::new(msg));
+    }
+
+    /// A will: routed and stored like a reading, delivered locally, after
+    /// its delay unless the client is back by then.
+    fn publish_will(self: &Arc<Self>, client: Arc<str>, conn_id: u64, w: PendingWill) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            if !w.delay.is_zero() {
+                tokio::time::sleep(w.delay).await;
+                if inner.core().reconnected(&client, conn_id) {
+                    return;
+                }
+            }
+            let p = codec::Publish {
+                dup: false,
+                qos: w.will.qos,
+                retain: w.will.retain,
+                topic: w.will.topic.clone(),
+                pkid: 0,
+                payload: w.will.payload.clone(),
+                props: w.will.props.clone(),
+            };
+            let records = inner.ingest.route(&p.topic, &p.payload);
+            if !records.is_empty() {
+                let _ = inner.ingest.store(records).await;
+            }
+            inner.deliver(&w.will.topic, &p, Some(Subscriber::Client(client)));
+        });
+    }
+
+    fn note_violation(&self, peer: SocketAddr, client: &str, why: &str) {
+        stats::add(&self.stats.violations, 1);
+        self.log_limited(
+            format!("violation {peer}"),
+            |n| tracing::warn!(%peer, client_id = %client, reason = %why, count = n, "client disconnected: it broke the MQTT protocol"),
+        );
+    }
+
+    fn note_refused(&self, peer: SocketAddr, client: &str, why: &str) {
+        stats::add(&self.stats.refused, 1);
+        self.log_limited(
+            format!("refused {} {why}", peer.ip()),
+            |n| tracing::warn!(%peer, client_id = %client, reason = %why, count = n, "client refused"),
+        );
+    }
+
+    fn log_limited(&self, key: String, log: impl FnOnce(u64)) {
+        let due = self.logs.lock().unwrap_or_else(|p| p.into_inner()).due(key);
+        if let Some(n) = due {
+            log(n);
+        }
+    }
+}
+
+/// Faults the integration tests inject into a debug build (never in a
+/// release build): with `OUTPOST_TEST_FAULTS=1`, a client id
+/// `outpost-fault-poison` panics while holding the broker's state, and
+/// `outpost-fault-listener` ends the accept loop it came through, the way
+/// rumqttd's listeners died.
+#[cfg(debug_assertions)]
+mod faults {
+    use std::sync::atomic::Ordering;
+
+    use super::Inner;
+
+    const LISTENER: u8 = 1;
+
+    fn enabled() -> bool {
+        std::env::var_os("OUTPOST_TEST_FAULTS").is_some()
+    }
+
+    pub(super) fn on_connect(inner: &Inner, client_id: &str) {
+        if !enabled() {
+            return;
+        }
+        match client_id {
+            "outpost-fault-poison" => {
+                let _held = inner.core.lock();
+                panic!("test fault: a panic while the broker state is held");
+            }
+            "outpost-fault-listener" => inner.fault.store(LISTENER, Ordering::SeqCst),
+            _ => {}
+        }
+    }
+
+    pub(super) fn accept_loop(inner: &Inner) {
+        if enabled() && inner.fault.swap(0, Ordering::SeqCst) == LISTENER {
+            panic!("test fault: the accept loop ends");
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// At most one line per key per minute, with how many happened.
+#[derive(Default)]
+struct LogLimiter {
+    seen: HashMap<String, (tokio::time::Instant, u64)>,
+}
+
+impl LogLimiter {
+    /// Some(count) when a line is due for `key`.
+    fn due(&mut self, key: String) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self.seen.len() > 1024 {
+            self.seen
+                .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let e = self.seen.entry(key).or_insert((now, 0));
+        e.1 += 1;
+        if e.1 == 1 || now.duration_since(e.0) >= Duration::from_secs(60) {
+            let n = e.1;
+            *e = (now, 0);
+            return Some(n.max(1));
+        }
+        None
+    }
+}
+
+/// Binds a listener, with a clear error when the address is taken.
+pub async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    key: &'static str,
+) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind {
+            addr,
+            what,
+            key,
+            source,
+        })
+}

@@ -1,0 +1,286 @@
+//! A client's session: what outlives one connection when the client asks
+//! for it (clean session 0, or an MQTT 5 session expiry): subscriptions,
+//! messages queued for it, the messages in flight to it, the QoS 2 packet
+//! ids it has not released yet, and its will. Every part is bounded.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::codec::{Props, Will};
+use super::trie::{Sub, Subscriber};
+
+/// A message as the broker keeps it: shared by every subscriber it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 properties forwarded to subscribers (never a topic alias).
+    pub props: Props,
+    /// MQTT 5 message expiry.
+    pub expires: Option<Instant>,
+    /// Who published it (for MQTT 5's no-local option).
+    pub from: Option<Subscriber>,
+}
+
+impl Message {
+    pub fn new(topic: &str, payload: Bytes, qos: u8, retain: bool) -> Message {
+        Message {
+            topic: Arc::from(topic),
+            payload,
+            qos,
+            retain,
+            props: Props::default(),
+            expires: None,
+            from: None,
+        }
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|t| t <= now)
+    }
+
+    /// Bytes it holds, for the queue bounds.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
+/// A message on its way to one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// The QoS it goes with: the lower of the message's and the
+    /// subscription's.
+    pub qos: u8,
+    /// The RETAIN flag it goes with.
+    pub retain: bool,
+    /// MQTT 5 subscription identifiers of the matching subscriptions.
+    pub sub_ids: Vec<u32>,
+}
+
+/// A message sent to the client and not yet fully acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inflight {
+    /// Awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent(Delivery),
+    /// PUBREL sent, awaiting PUBCOMP.
+    Released,
+}
+
+/// What the connection writes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    Publish {
+        pkid: u16,
+        delivery: Delivery,
+        dup: bool,
+    },
+    PubRel(u16),
+}
+
+/// The live connection of a session.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub id: u64,
+    /// Woken when there is something to send.
+    pub wake: Arc<Notify>,
+    /// Woken when the connection must end (taken over, broker restarted).
+    pub kick: Arc<Notify>,
+}
+
+/// A will waiting for the connection to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWill {
+    pub will: Will,
+    pub delay: Duration,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub level: u8,
+    /// Kept after the connection ends.
+    pub persistent: bool,
+    /// How long a persistent session is kept after its connection ends.
+    pub expiry: Option<Duration>,
+    pub disconnected_at: Option<Instant>,
+    pub live: Option<Live>,
+    /// Filter → subscription, to clean up after the session.
+    pub subs: HashMap<String, Sub>,
+    pub queue: VecDeque<Delivery>,
+    pub queued_bytes: usize,
+    pub inflight: BTreeMap<u16, Inflight>,
+    next_pkid: u16,
+    /// QoS 2 packet ids received and not yet released (PUBREL).
+    pub qos2_in: HashSet<u16>,
+    pub will: Option<PendingWill>,
+    /// The client's receive maximum (MQTT 5; 3.1.1: the broker's window).
+    pub receive_max: u16,
+    /// The largest packet the client takes (MQTT 5).
+    pub max_packet: Option<u32>,
+    /// Messages not queued because the queue was full.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(level: u8) -> Session {
+        Session {
+            level,
+            persistent: false,
+            expiry: None,
+            disconnected_at: None,
+            live: None,
+            subs: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: BTreeMap::new(),
+            next_pkid: 0,
+            qos2_in: HashSet::new(),
+            will: None,
+            receive_max: 20,
+            max_packet: None,
+            dropped: 0,
+        }
+    }
+
+    /// A packet id not in flight.
+    pub fn next_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return Some(self.next_pkid);
+            }
+        }
+        None
+    }
+
+    /// Queues a delivery within the bounds; false if it was dropped.
+    pub fn enqueue(&mut self, d: Delivery, max_count: usize, max_bytes: usize) -> bool {
+        let size = d.msg.size();
+        if self.queue.len() >= max_count || self.queued_bytes.saturating_add(size) > max_bytes {
+            self.dropped = self.dropped.saturating_add(1);
+            return false;
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(d);
+        if let Some(live) = &self.live {
+            live.wake.notify_one();
+        }
+        true
+    }
+
+    /// The next deliveries to write, within the client's window; expired
+    /// messages are dropped on the way.
+    pub fn take(&mut self, window: usize, now: Instant) -> Vec<Out> {
+        let mut out = Vec::new();
+        while let Some(d) = self.queue.front() {
+            if d.qos > 0 && self.inflight.len() >= window {
+                break;
+            }
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.size());
+            if d.msg.expired(now) {
+                continue;
+            }
+            if d.qos == 0 {
+                out.push(Out::Publish {
+                    pkid: 0,
+                    delivery: d,
+                    dup: false,
+                });
+                continue;
+            }
+            let Some(pkid) = self.next_pkid() else {
+                self.queue.push_front(d);
+                break;
+            };
+            self.inflight.insert(pkid, Inflight::Sent(d.clone()));
+            out.push(Out::Publish {
+                pkid,
+                delivery: d,
+                dup: false,
+            });
+        }
+        out
+    }
+
+    /// Everything in flight again, after the client reconnected to this
+    /// session: unacknowledged publishes with DUP, and PUBRELs.
+    pub fn resend(&self) -> Vec<Out> {
+        self.inflight
+            .iter()
+            .map(|(pkid, f)| match f {
+                Inflight::Sent(d) => Out::Publish {
+                    pkid: *pkid,
+                    delivery: d.clone(),
+                    dup: true,
+                },
+                Inflight::Released => Out::PubRel(*pkid),
+            })
+            .collect()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.live.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(qos: u8, payload: &str) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message::new(
+                "t",
+                payload.as_bytes().to_vec().into(),
+                qos,
+                false,
+            )),
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_the_window_holds_back_qos1() {
+        let mut s = Session::new(4);
+        for i in 0..5 {
+            assert!(s.enqueue(d(1, &i.to_string()), 3, 1000) || i >= 3);
+        }
+        assert_eq!(s.queue.len(), 3);
+        assert_eq!(s.dropped, 2);
+        let out = s.take(2, Instant::now());
+        assert_eq!(out.len(), 2, "window of 2");
+        assert_eq!(s.inflight.len(), 2);
+        assert!(s.take(2, Instant::now()).is_empty());
+        s.inflight.clear();
+        assert_eq!(s.take(2, Instant::now()).len(), 1);
+        assert!(s.enqueue(d(0, "x"), 3, 1000));
+        assert!(!s.enqueue(d(0, &"y".repeat(2000)), 3, 1000), "byte bound");
+    }
+
+    #[test]
+    fn resend_marks_dup_and_keeps_pubrel() {
+        let mut s = Session::new(5);
+        s.enqueue(d(2, "a"), 10, 1000);
+        s.enqueue(d(1, "b"), 10, 1000);
+        let out = s.take(10, Instant::now());
+        let Out::Publish { pkid, .. } = out[0] else {
+            panic!()
+        };
+        s.inflight.insert(pkid, Inflight::Released);
+        let again = s.resend();
+        assert_eq!(again[0], Out::PubRel(pkid));
+        assert!(matches!(again[1], Out::Publish { dup: true, .. }));
+    }
+}
