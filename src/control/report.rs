@@ -143,6 +143,22 @@ impl Health {
             "local_clients".into(),
             json!(stats::get(&status.stats.ingest.clients)),
         );
+        if let Some(b) = &status.broker {
+            let c = b.counters();
+            let st = b.stats();
+            v.insert(
+                "broker_healthy".into(),
+                json!(b
+                    .health()
+                    .healthy
+                    .load(std::sync::atomic::Ordering::Relaxed)),
+            );
+            v.insert("broker_restarts".into(), json!(stats::get(&c.restarts)));
+            v.insert("broker_refused".into(), json!(stats::get(&c.refused)));
+            v.insert("broker_violations".into(), json!(stats::get(&c.violations)));
+            v.insert("broker_subscriptions".into(), json!(st.subscriptions));
+            v.insert("broker_retained".into(), json!(st.retained));
+        }
         v.insert("uptime_s".into(), json!(self.started.elapsed().as_secs()));
         if let Some(rss) = rss_bytes() {
             v.insert("rss_bytes".into(), json!(rss));

@@ -59,8 +59,8 @@ pub async fn run(health: Health, stats: Arc<Stats>, shutdown: CancellationToken)
     let watchdog = sd_notify::watchdog_enabled();
     let every = watchdog
         .map(|w| (w / 2).max(Duration::from_millis(10)))
-        .unwrap_or(Duration::from_secs(10))
-        .min(Duration::from_secs(10));
+        .unwrap_or(Duration::from_secs(5))
+        .min(Duration::from_secs(5));
     if let Some(w) = watchdog {
         tracing::info!(
             interval_ms = w.as_millis() as u64,
@@ -88,6 +88,19 @@ pub async fn run(health: Health, stats: Arc<Stats>, shutdown: CancellationToken)
             let line = status_line(&health.outbox, &stats);
             let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
             last_status = tokio::time::Instant::now();
+            release_memory();
         }
+    }
+}
+
+/// Gives the heap that bursts left free back to the OS. glibc keeps freed
+/// memory in its arenas; on a Pi with a few hundred MB, a burst of large
+/// messages would otherwise stay in RSS for good.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel; it
+    // takes no pointers and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

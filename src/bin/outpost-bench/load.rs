@@ -234,3 +234,95 @@ pub async fn idle_clients(
     }
     Ok((out, start.elapsed()))
 }
+
+/// A 3.1.1 client connected with a clean session.
+async fn connect_raw(port: u16, id: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    s.write_all(&packet).await?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await?;
+    if ack[3] != 0 {
+        bail!("{id} refused with {:#04x}", ack[3]);
+    }
+    Ok(s)
+}
+
+/// Memory for subscriptions: `clients` × `each` to distinct filters.
+/// Returns the RSS per subscription (bytes), and the RSS (KiB) still held
+/// once 1000 of the filters got a 10 KB message and every subscriber left,
+/// beyond what was held before.
+pub async fn subscriptions(
+    port: u16,
+    pid: u32,
+    clients: usize,
+    each: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use outpost::source::broker::codec::{self, Packet, Props, SubOpts, Subscribe, V311};
+    let encode = |p: &Packet| {
+        let mut b = bytes::BytesMut::new();
+        codec::encode(p, V311, &mut b);
+        b
+    };
+    let before = crate::procs::rss_kib(pid);
+    let mut socks = Vec::new();
+    for c in 0..clients {
+        let mut s = connect_raw(port, &format!("subs-{c:04}")).await?;
+        let filters = (0..each)
+            .map(|j| (format!("subs/{c}/{j}"), Ok(SubOpts::default())))
+            .collect();
+        s.write_all(&encode(&Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters,
+            props: Props::default(),
+        })))
+        .await?;
+        // SUBACK: 2 + 2 + one code per filter.
+        let mut suback = vec![0u8; 4 + each];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut suback))
+            .await
+            .context("SUBACK")??;
+        socks.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let subscribed = crate::procs::rss_kib(pid);
+    let per_sub = subscribed.saturating_sub(before) as f64 * 1024.0 / (clients * each) as f64;
+    let mut p = connect_raw(port, "subs-pub").await?;
+    let big = bytes::Bytes::from(vec![b'x'; 10_000]);
+    for c in 0..10.min(clients) {
+        for j in 0..100.min(each) {
+            p.write_all(&encode(&Packet::Publish(codec::Publish {
+                dup: false,
+                qos: 0,
+                retain: false,
+                topic: format!("subs/{c}/{j}"),
+                pkid: 0,
+                payload: big.clone(),
+                props: Props::default(),
+            })))
+            .await?;
+        }
+    }
+    // The subscribers read what came, then everyone leaves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in &mut socks {
+        let mut sink = vec![0u8; 1 << 16];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(5), s.read(&mut sink)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    drop(socks);
+    drop(p);
+    // Long enough for a broker's housekeeping to run.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let left = crate::procs::rss_kib(pid);
+    Ok((per_sub, left.saturating_sub(before) as f64 * 1.024))
+}

@@ -16,6 +16,7 @@
 //! earlier phase does not pollute their latency tails. Every phase starts
 //! fresh processes. Build with `cargo build --release --bins`.
 
+mod corpus;
 mod load;
 mod procs;
 
@@ -198,10 +199,10 @@ fn main() -> anyhow::Result<()> {
                 phase_rows[i].values.push((target.clone(), value));
             }
         }
-        if phase == "idle" {
+        if ["idle", "subs", "corpus"].contains(&phase.as_str()) {
             for c in &args.candidate {
                 let (name, path) = c.split_once('=').context("--candidate takes NAME=PATH")?;
-                let got = rt.block_on(idle_candidate(&args, PathBuf::from(path)))?;
+                let got = rt.block_on(on_candidate(&args, phase, PathBuf::from(path)))?;
                 for (i, v) in got.into_iter().enumerate() {
                     if let Some(r) = phase_rows.get_mut(i) {
                         r.values.push((name.to_string(), v));
@@ -408,12 +409,35 @@ async fn run_phase(
                 rate,
             )])
         }
-        "idle" => {
+        "idle" | "subs" | "corpus" => {
             drop(col);
-            let before = procs::rss_kib(r.pid());
-            let (clients, took) = load::idle_clients(r.port, args.idle).await?;
+            broker_only(args, phase, r.port, r.pid()).await
+        }
+        other => bail!("unknown phase `{other}` (low, paced, flat, drain, idle, subs, corpus)"),
+    }
+}
+
+/// The broker-only phases against another broker.
+async fn on_candidate(args: &Args, phase: &str, cmd: PathBuf) -> anyhow::Result<Vec<Option<f64>>> {
+    let port = free_port()?;
+    let p = procs::candidate(&cmd, port)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(broker_only(args, phase, port, p.pid())
+        .await?
+        .into_iter()
+        .map(|(_, _, _, v)| v)
+        .collect())
+}
+
+/// Phases that need only a broker (no upstream): idle clients, memory
+/// per subscription, the hostile corpus.
+async fn broker_only(args: &Args, phase: &str, port: u16, pid: u32) -> anyhow::Result<Measured> {
+    match phase {
+        "idle" => {
+            let before = procs::rss_kib(pid);
+            let (clients, took) = load::idle_clients(port, args.idle).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let after = procs::rss_kib(r.pid());
+            let after = procs::rss_kib(pid);
             drop(clients);
             Ok(vec![
                 (
@@ -430,23 +454,40 @@ async fn run_phase(
                 ),
             ])
         }
-        other => bail!("unknown phase `{other}` (low, paced, flat, drain, idle)"),
+        "subs" => {
+            let (per_sub, kept) = load::subscriptions(port, pid, 100, 100).await?;
+            Ok(vec![
+                (
+                    "RSS per subscription (100 clients x 100 filters)".into(),
+                    "B",
+                    false,
+                    Some(per_sub),
+                ),
+                (
+                    "RSS kept once 1000 filters got 10 KB and their subscribers left".into(),
+                    "KB",
+                    false,
+                    Some(kept),
+                ),
+            ])
+        }
+        "corpus" => {
+            let results = corpus::run(port).await;
+            let survived = results.iter().filter(|(_, ok)| *ok).count();
+            for (case, ok) in &results {
+                if !ok {
+                    eprintln!("  corpus: failed \"{case}\"");
+                }
+            }
+            Ok(vec![(
+                format!("hostile corpus cases survived (of {})", results.len()),
+                "",
+                true,
+                Some(survived as f64),
+            )])
+        }
+        other => bail!("`{other}` is not a broker-only phase"),
     }
-}
-
-async fn idle_candidate(args: &Args, cmd: PathBuf) -> anyhow::Result<Vec<Option<f64>>> {
-    let port = free_port()?;
-    let p = procs::candidate(&cmd, port)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = procs::rss_kib(p.pid());
-    let (clients, took) = load::idle_clients(port, args.idle).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = procs::rss_kib(p.pid());
-    drop(clients);
-    Ok(vec![
-        Some(after.saturating_sub(before) as f64 * 1.024 / args.idle as f64),
-        Some(took.as_secs_f64()),
-    ])
 }
 
 /// Distinct readings that arrived.
