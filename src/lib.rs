@@ -1,7 +1,7 @@
 //! outpost: an edge gateway daemon.
 //!
 //! ```text
-//!  LAN sensors ──MQTT──▶ source::front ──relay──▶ source::broker (rumqttd)
+//!  LAN sensors ──MQTT──▶ source::broker (outpost's own broker core)
 //!  UART sensors ───────▶ source::serial
 //!  platform uplinks ───▶ (from their sink)
 //!                              │ every reading through source::Ingest
@@ -20,7 +20,9 @@
 //!
 //! 1. leaf types: [`record`] (the record, its kind, the clock), [`topic`]
 //!    (filters, templates), [`units`] (sizes, durations, rates), [`net`]
-//!    (broker URLs, loopback ports), [`files`] (private state files);
+//!    (broker URLs, loopback ports), [`files`] (private state files),
+//!    [`throttle`] (log lines at most once a minute per key), [`recent`]
+//!    (maps by name that forget the least recent);
 //! 2. [`config`]: the TOML file, checked with every problem reported by
 //!    key path; [`pki`]: certificate chains and keys;
 //! 3. [`store`] (the durable outbox), [`route`] and [`stats`];
@@ -31,17 +33,31 @@
 //!    what outpost reports;
 //! 7. [`daemon`]: wiring, signals, systemd, logging, the status socket.
 
+// Input (packets, payloads, names, config, overlays, server answers)
+// reaches nearly every module: no unchecked arithmetic, indexing or
+// unwrap outside tests, so no input can panic outpost.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod files;
 pub mod net;
 pub mod pki;
+pub mod recent;
 pub mod record;
 pub mod route;
 pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod throttle;
 pub mod topic;
 pub mod units;

@@ -152,7 +152,7 @@ fn dead_letters(path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let loaded = config::load_full(path.as_deref())?;
+    let loaded = config::load_for_start(path.as_deref())?;
     outpost::daemon::logging::init(&loaded.config.log_level);
     tracing::info!(config = %loaded.source, state_dir = %loaded.config.state_dir.display(), "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -12,6 +12,28 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+/// Longest device name, in bytes.
+pub const MAX_DEVICE_NAME: usize = 256;
+
+/// Why `name` cannot be a device name anywhere, if it cannot: empty, longer
+/// than [`MAX_DEVICE_NAME`] bytes, or with control characters (NUL, line
+/// breaks), which no platform takes and no log shows honestly.
+pub fn device_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("an empty device name".into());
+    }
+    if name.len() > MAX_DEVICE_NAME {
+        return Some(format!(
+            "a device name of {} bytes (at most {MAX_DEVICE_NAME})",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Some("a device name with control characters (NUL, line breaks, ...)".into());
+    }
+    None
+}
+
 /// What a record is to its platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,7 +96,15 @@ pub struct Record {
 impl Record {
     /// What the record occupies in the outbox, for the `max_bytes` bound.
     pub fn stored_size(&self) -> u64 {
-        (self.payload.len() + self.device.len() + self.topic.len() + self.sink.len() + 48) as u64
+        [
+            self.payload.len(),
+            self.device.len(),
+            self.topic.len(),
+            self.sink.len(),
+            48,
+        ]
+        .iter()
+        .fold(0u64, |sum, n| sum.saturating_add(*n as u64))
     }
 }
 
@@ -83,6 +113,9 @@ impl Record {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub ts: Option<i64>,
+    /// The payload gave a numeric `ts`, usable or not (one that is not is
+    /// dropped from the values and the reading stamped at ingest).
+    pub ts_given: bool,
     pub values: Value,
 }
 
@@ -96,19 +129,21 @@ impl Reading {
         let Ok(value) = serde_json::from_slice::<Value>(payload) else {
             return Reading {
                 ts: None,
+                ts_given: false,
                 values: Value::String(String::from_utf8_lossy(payload).into_owned()),
             };
         };
         match value {
             Value::Object(mut obj) => {
-                let ts = obj.get("ts").and_then(as_millis);
-                if ts.is_none() {
+                // A `ts` that is not a number is a value like any other.
+                if !obj.get("ts").is_some_and(Value::is_number) {
                     return Reading {
                         ts: None,
+                        ts_given: false,
                         values: Value::Object(obj),
                     };
                 }
-                obj.remove("ts");
+                let ts = obj.remove("ts").as_ref().and_then(as_millis);
                 let values = match obj.remove("values") {
                     Some(v) if obj.is_empty() => v,
                     Some(v) => {
@@ -117,10 +152,15 @@ impl Reading {
                     }
                     None => Value::Object(obj),
                 };
-                Reading { ts, values }
+                Reading {
+                    ts,
+                    ts_given: true,
+                    values,
+                }
             }
             other => Reading {
                 ts: None,
+                ts_given: false,
                 values: other,
             },
         }
@@ -136,13 +176,31 @@ impl Reading {
     }
 }
 
-fn as_millis(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-            .filter(|ms| *ms >= 0),
-        _ => None,
+/// Unix time in seconds from 2001-09-09 (10 digits) up to 2286: read as
+/// seconds, the rest as milliseconds.
+const SECONDS_UP_TO: f64 = 1e10;
+const SECONDS_FROM: f64 = 1e9;
+
+/// A payload's `ts` in milliseconds: milliseconds as they are, 10-digit
+/// Unix seconds (with or without a fraction) converted. `None` when it is
+/// not a number that fits (negative, NaN, beyond i64). Whether the time is
+/// plausible is the router's question.
+pub fn as_millis(v: &Value) -> Option<i64> {
+    let Value::Number(n) = v else { return None };
+    let x = n.as_f64().filter(|f| f.is_finite())?;
+    let ms = if (SECONDS_FROM..SECONDS_UP_TO).contains(&x) {
+        x * 1000.0
+    } else {
+        x
+    };
+    // i64::MAX as f64 rounds up to 2^63, which does not fit.
+    if !(0.0..9.2e18).contains(&ms) {
+        return None;
+    }
+    // An integer given as such keeps every digit.
+    match n.as_i64() {
+        Some(i) if x == ms => Some(i),
+        _ => Some(ms.round() as i64),
     }
 }
 
@@ -177,6 +235,76 @@ mod tests {
         let r = Reading::parse(b"21.5 C \xff");
         assert_eq!(r.ts, None);
         assert_eq!(r.values, json!("21.5 C \u{fffd}"));
+    }
+
+    #[test]
+    fn seconds_are_converted_and_what_does_not_fit_is_not_a_ts() {
+        let ts = |t: &str| Reading::parse(format!("{{\"ts\":{t},\"v\":1}}").as_bytes()).ts;
+        assert_eq!(ts("1700000000"), Some(1_700_000_000_000));
+        assert_eq!(ts("1700000000.25"), Some(1_700_000_000_250));
+        assert_eq!(ts("1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(ts("9223372036854775807"), None);
+        assert_eq!(ts("1e30"), None);
+        // A numeric ts that does not fit is still the reading's time field:
+        // not kept among the values.
+        let r = Reading::parse(br#"{"ts":1e30,"v":1}"#);
+        assert!(r.ts_given && r.ts.is_none());
+        assert_eq!(r.values, json!({"v":1}));
+        assert_eq!(ts("-5"), None);
+        assert_eq!(ts("0"), Some(0), "a number, left to the router to judge");
+    }
+
+    #[test]
+    fn any_number_parses_without_panic() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..20_000 {
+            let v = match rng.u8(0..4) {
+                0 => Value::from(rng.i64(..)),
+                1 => Value::from(rng.u64(..)),
+                2 => Value::from(rng.f64() * 10f64.powi(rng.i32(-5..40))),
+                _ => Value::from(-rng.f64() * 1e20),
+            };
+            if let Some(ms) = as_millis(&v) {
+                assert!(ms >= 0, "{v} -> {ms}");
+            }
+        }
+    }
+
+    /// Property: any bytes parse (as JSON or as a string value), and what
+    /// parses re-encodes as an envelope, for random, broken, deep and
+    /// binary payloads.
+    #[test]
+    fn any_payload_parses_and_encodes() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pieces: [&[u8]; 10] = [
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"ts\":",
+            b"1e30",
+            b",",
+            b"\"",
+            b"\\",
+            b"\xff\xfe",
+        ];
+        for _ in 0..20_000 {
+            let mut p = Vec::new();
+            for _ in 0..rng.usize(0..40) {
+                if rng.bool() {
+                    p.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+                } else {
+                    p.push(rng.u8(..));
+                }
+            }
+            let r = Reading::parse(&p);
+            assert!(r.ts.map_or(true, |t| t >= 0));
+            assert!(serde_json::to_vec(&r.envelope(1, "d")).is_ok());
+        }
+        // 10,000 nested objects: past serde_json's depth limit, so a string.
+        let deep = format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+        let r = Reading::parse(deep.as_bytes());
+        assert!(r.values.is_string());
     }
 
     #[test]

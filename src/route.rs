@@ -1,17 +1,86 @@
-//! Routes: which local messages become records, for which sink and device.
+//! Routes: which local messages become records, for which sink and device,
+//! stamped with which time.
 //!
-//! A route is a topic filter (`sensors/+/telemetry`) bound to a sink. A message
-//! that matches no route is left to the local broker alone, so LAN pub/sub is
-//! untouched. The router also stamps measurement times: a payload's own `ts`
-//! is kept; otherwise the ingest time is used, nudged so that each device's
-//! stamps are strictly increasing (platforms keep one value per device, key
-//! and millisecond, so two readings stamped alike would overwrite each other).
+//! A route is a topic filter (`sensors/+/telemetry`) bound to a sink. A
+//! message that matches no route is left to the local broker alone, so LAN
+//! pub/sub is untouched.
+//!
+//! **Times.** A payload's own `ts` is kept when it is plausible: after
+//! 2000-01-01 and at most `max_ts_ahead` past the gateway clock (10-digit
+//! Unix seconds are converted to milliseconds). Anything else is stamped
+//! at ingest, and counted. An automatic stamp is the later of now and the
+//! device's last automatic stamp + 1 ms, so one device's stamps strictly
+//! increase (platforms keep one value per device, key and millisecond); a
+//! payload's ts never moves that clock.
+//!
+//! **Refusals.** A record that its sink could never send (a device name
+//! with control characters, a topic or payload its platform refuses) is
+//! refused here, at ingest, where the sensor can still be told; each sink
+//! says what it takes through an [`Admit`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::config::RouteConfig;
-use crate::record::{now_ms, Reading, Record, RecordKind};
+use crate::config::{ReadingsConfig, RouteConfig};
+use crate::recent::Recent;
+use crate::record::{device_name_problem, now_ms, Reading, Record, RecordKind};
 use crate::topic::TopicFilter;
+
+/// 2000-01-01T00:00:00Z in milliseconds: earlier times are not plausible.
+pub const EARLIEST_TS: i64 = 946_684_800_000;
+
+/// Devices whose last automatic stamp is remembered; beyond, the ones
+/// heard from least recently are forgotten.
+const MAX_DEVICES: usize = 10_000;
+
+/// Why a record is refused, and the MQTT 5 reason code that says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// 0x90 topic name invalid, 0x97 quota exceeded (too large), 0x99
+    /// payload format invalid.
+    pub code: u8,
+}
+
+impl Refusal {
+    pub fn topic(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            code: 0x90,
+        }
+    }
+
+    pub fn too_large(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            code: 0x97,
+        }
+    }
+
+    pub fn format(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            code: 0x99,
+        }
+    }
+}
+
+/// A sink's answer to "could you ever send this record?", asked at ingest
+/// (and again by the sink before it sends, for records queued before a
+/// limit or a template changed).
+pub trait Admit: Send + Sync {
+    fn admit(&self, record: &Record) -> Result<(), Refusal>;
+}
+
+/// What a message became.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub records: Vec<Record>,
+    /// Records their sink (or the rules for device names) refused.
+    pub refused: Vec<(Record, Refusal)>,
+    /// The payload's ts was not plausible and was replaced by the ingest time.
+    pub ts_replaced: bool,
+}
 
 #[derive(Debug, Clone)]
 enum DeviceFrom {
@@ -27,16 +96,80 @@ struct Route {
     kind: RecordKind,
 }
 
-/// Turns local messages into records. One per process; not shared.
-#[derive(Debug)]
+/// Turns local messages into records.
 pub struct Router {
     routes: Vec<Route>,
-    last_ts: HashMap<String, i64>,
+    /// device → last automatic stamp.
+    last_ts: Recent<i64>,
+    /// How far past the gateway clock a payload's ts may be.
+    max_ahead_ms: i64,
+    admits: HashMap<String, Arc<dyn Admit>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.routes)
+            .field("devices", &self.last_ts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), with `…` when
+/// cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s
+        .char_indices()
+        .take_while(|(i, c)| i.saturating_add(c.len_utf8()) <= max)
+        .map(|(_, c)| c)
+        .collect();
+    out.push('…');
+    out
+}
+
+/// Is `name` usable as a device name anywhere?
+pub fn check_device(name: &str) -> Result<(), Refusal> {
+    match device_name_problem(name) {
+        Some(why) => Err(Refusal::topic(why)),
+        None => Ok(()),
+    }
 }
 
 impl Router {
     /// Builds the router from checked route configs.
     pub fn new(configs: &[RouteConfig]) -> Result<Router, String> {
+        let mut r = Router {
+            routes: Vec::new(),
+            last_ts: Recent::new(MAX_DEVICES),
+            max_ahead_ms: 86_400_000,
+            admits: HashMap::new(),
+        };
+        r.reconfigure(configs)?;
+        Ok(r)
+    }
+
+    /// With the `[readings]` settings (how far past the gateway clock a
+    /// payload's ts may be).
+    pub fn with_readings(mut self, cfg: &ReadingsConfig) -> Router {
+        self.set_readings(cfg);
+        self
+    }
+
+    pub fn set_readings(&mut self, cfg: &ReadingsConfig) {
+        self.max_ahead_ms = i64::try_from(cfg.max_ts_ahead.0.as_millis()).unwrap_or(i64::MAX);
+    }
+
+    /// What `sink` takes (replaces what it took).
+    pub fn set_admit(&mut self, sink: &str, admit: Arc<dyn Admit>) {
+        self.admits.insert(sink.to_string(), admit);
+    }
+
+    /// Replaces the routes (a remote configuration change), keeping each
+    /// device's last stamp so stamps keep increasing.
+    pub fn reconfigure(&mut self, configs: &[RouteConfig]) -> Result<(), String> {
         let mut routes = Vec::with_capacity(configs.len());
         for c in configs {
             let filter = TopicFilter::parse(&c.topic)?;
@@ -51,17 +184,7 @@ impl Router {
                 kind: c.kind,
             });
         }
-        Ok(Router {
-            routes,
-            last_ts: HashMap::new(),
-        })
-    }
-
-    /// Replaces the routes (a remote configuration change), keeping each
-    /// device's last stamp so stamps keep increasing.
-    pub fn reconfigure(&mut self, configs: &[RouteConfig]) -> Result<(), String> {
-        let next = Router::new(configs)?;
-        self.routes = next.routes;
+        self.routes = routes;
         Ok(())
     }
 
@@ -70,71 +193,94 @@ impl Router {
         self.routes.iter().map(|r| r.filter.text()).collect()
     }
 
-    /// Does any route select this topic? Cheap; used to keep unrouted
-    /// messages off the store's path.
-    pub fn selects(&self, topic: &str) -> bool {
-        self.routes.iter().any(|r| r.filter.matches(topic))
+    /// Devices whose automatic stamps are remembered.
+    pub fn devices(&self) -> usize {
+        self.last_ts.len()
     }
 
-    /// The next automatic stamp for `device`: now, or just after the
-    /// device's last stamp, so that each device's stamps strictly increase.
+    /// The next automatic stamp for `device`.
     pub fn stamp(&mut self, device: &str) -> i64 {
         self.stamp_at(device, now_ms())
     }
 
     fn stamp_at(&mut self, device: &str, now: i64) -> i64 {
-        stamp(&mut self.last_ts, device, now)
+        let last = self.last_ts.entry(device, || i64::MIN);
+        let ts = now.max(last.saturating_add(1));
+        *last = ts;
+        ts
     }
 
-    /// The records a message becomes: one per sink whose route matches
-    /// (the first matching route per sink wins). Empty if no route matches.
-    pub fn route(&mut self, topic: &str, payload: &[u8]) -> Vec<Record> {
+    /// Is a payload's `ts` plausible at `now`?
+    fn plausible(&self, ts: i64, now: i64) -> bool {
+        ts >= EARLIEST_TS && ts <= now.saturating_add(self.max_ahead_ms)
+    }
+
+    /// What a message on `topic` becomes: one record per sink whose route
+    /// matches (the first matching route per sink wins), each admitted or
+    /// refused. Nothing when no route matches.
+    pub fn route(&mut self, topic: &str, payload: &[u8]) -> Routed {
         self.route_at(topic, payload, now_ms())
     }
 
-    fn route_at(&mut self, topic: &str, payload: &[u8], now: i64) -> Vec<Record> {
-        let mut out: Vec<Record> = Vec::new();
+    fn route_at(&mut self, topic: &str, payload: &[u8], now: i64) -> Routed {
+        let mut out = Routed::default();
         let mut reading: Option<Reading> = None;
-        for r in &self.routes {
-            if !r.filter.matches(topic) || out.iter().any(|o| o.sink == r.sink) {
+        let mut sinks: Vec<&str> = Vec::new();
+        let routes = std::mem::take(&mut self.routes);
+        for r in &routes {
+            if sinks.contains(&r.sink.as_str()) || !r.filter.matches(topic) {
                 continue;
             }
             let device = match &r.device {
                 DeviceFrom::Fixed(d) => d.clone(),
                 DeviceFrom::Level(l) => match topic.split('/').nth(*l) {
-                    Some(d) if !d.is_empty() => d.to_string(),
-                    _ => continue,
+                    Some(d) => d.to_string(),
+                    None => continue,
                 },
             };
+            sinks.push(&r.sink);
             let reading = reading.get_or_insert_with(|| Reading::parse(payload));
-            let ts = match reading.ts {
-                Some(ts) => {
-                    let last = self.last_ts.entry(device.clone()).or_insert(i64::MIN);
-                    *last = (*last).max(ts);
-                    ts
-                }
-                None => stamp(&mut self.last_ts, &device, now),
+            let given = reading.ts.filter(|t| self.plausible(*t, now));
+            out.ts_replaced |= reading.ts_given && given.is_none();
+            let named = check_device(&device);
+            let ts = match (given, &named) {
+                (Some(ts), _) => ts,
+                // A device that cannot be a device keeps no clock either.
+                (None, Err(_)) => now,
+                (None, Ok(())) => self.stamp_at(&device, now),
             };
-            out.push(Record {
+            // A name that cannot be one is kept short in the dead letters
+            // (the reason says how long it was; the payload is kept whole).
+            let (device, kept_topic) = match &named {
+                Ok(()) => (device, topic.to_string()),
+                Err(_) => (clip(&device, 64), clip(topic, 1024)),
+            };
+            let record = Record {
                 id: 0,
                 sink: r.sink.clone(),
                 device,
                 kind: r.kind,
                 ts,
-                topic: topic.to_string(),
+                topic: kept_topic,
                 payload: payload.to_vec(),
+            };
+            let verdict = named.and_then(|()| match self.admits.get(&r.sink) {
+                Some(a) => a.admit(&record),
+                None => Ok(()),
             });
+            match verdict {
+                Ok(()) => out.records.push(record),
+                Err(why) => out.refused.push((record, why)),
+            }
         }
+        self.routes = routes;
         out
     }
-}
 
-/// Now, or just after `device`'s last stamp.
-fn stamp(last_ts: &mut HashMap<String, i64>, device: &str, now: i64) -> i64 {
-    let last = last_ts.entry(device.to_string()).or_insert(i64::MIN);
-    let ts = now.max(last.saturating_add(1));
-    *last = ts;
-    ts
+    /// Does any route select this topic?
+    pub fn selects(&self, topic: &str) -> bool {
+        self.routes.iter().any(|r| r.filter.matches(topic))
+    }
 }
 
 #[cfg(test)]
@@ -151,24 +297,133 @@ mod tests {
         }
     }
 
+    const NOW: i64 = 1_795_000_000_000;
+
     #[test]
     fn stamps_are_strictly_increasing_per_device() {
         let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
-        let a = r.route_at("s/d1/t", b"{}", 1000);
-        let b = r.route_at("s/d1/t", b"{}", 1000);
-        let c = r.route_at("s/d2/t", b"{}", 1000);
-        assert_eq!(a[0].ts, 1000);
-        assert_eq!(b[0].ts, 1001);
-        assert_eq!(c[0].ts, 1000);
+        let a = r.route_at("s/d1/t", b"{}", NOW).records;
+        let b = r.route_at("s/d1/t", b"{}", NOW).records;
+        let c = r.route_at("s/d2/t", b"{}", NOW).records;
+        assert_eq!(a[0].ts, NOW);
+        assert_eq!(b[0].ts, NOW + 1);
+        assert_eq!(c[0].ts, NOW);
         assert_eq!(a[0].device, "d1");
     }
 
     #[test]
-    fn payload_ts_is_kept() {
+    fn a_plausible_payload_ts_is_kept_in_ms_or_seconds() {
         let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
-        let a = r.route_at("s/d1/t", br#"{"ts":42,"v":1}"#, 1000);
-        assert_eq!(a[0].ts, 42);
-        assert!(r.route_at("other", b"x", 1000).is_empty());
+        let ms = NOW - 5000;
+        let got = r.route_at("s/d/t", format!("{{\"ts\":{ms},\"v\":1}}").as_bytes(), NOW);
+        assert_eq!(got.records[0].ts, ms);
+        assert!(!got.ts_replaced);
+        let secs = r.route_at(
+            "s/d/t",
+            format!("{{\"ts\":{}.5,\"v\":1}}", ms / 1000).as_bytes(),
+            NOW,
+        );
+        assert_eq!(secs.records[0].ts, ms / 1000 * 1000 + 500);
+        assert!(r.route_at("other", b"x", NOW).records.is_empty());
+    }
+
+    #[test]
+    fn an_implausible_ts_is_replaced_and_never_moves_the_clock() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        for bad in [
+            "9223372036854775807",
+            "1e30",
+            "0",
+            "86400000",
+            "1826000000000",
+        ] {
+            let got = r.route_at("s/d/t", format!("{{\"ts\":{bad},\"v\":1}}").as_bytes(), NOW);
+            assert!(got.ts_replaced, "{bad}");
+            assert!(
+                got.records[0].ts >= NOW && got.records[0].ts < NOW + 10,
+                "{bad}"
+            );
+        }
+        // A year ahead and then an automatic stamp: the stamp is now-ish.
+        let year = NOW + 365 * 86_400_000;
+        r.route_at("s/e/t", format!("{{\"ts\":{year}}}").as_bytes(), NOW);
+        let next = r.route_at("s/e/t", b"{\"v\":2}", NOW).records;
+        assert!(next[0].ts < NOW + 10, "{}", next[0].ts);
+    }
+
+    /// Property: whatever ts a payload carries, a record is stamped with it
+    /// only when plausible, and the device's automatic clock is exactly
+    /// max(now, last automatic stamp + 1), never moved by a payload.
+    #[test]
+    fn no_payload_ts_moves_the_automatic_clock() {
+        let mut rng = fastrand::Rng::with_seed(15);
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        let mut last_auto = i64::MIN;
+        let mut now = NOW;
+        for _ in 0..20_000 {
+            now += rng.i64(0..3);
+            let ts = match rng.u8(0..6) {
+                0 => format!("{}", rng.i64(..)),
+                1 => format!("{}", rng.u64(..)),
+                2 => format!("{:e}", rng.f64() * 10f64.powi(rng.i32(0..40))),
+                3 => format!("{}.{}", rng.i64(1_000_000_000..9_999_999_999), rng.u16(..)),
+                4 => format!("{}", now + rng.i64(-86_400_000 * 400..86_400_000 * 400)),
+                _ => "\"soon\"".to_string(),
+            };
+            let given = r.route_at("s/d/t", format!("{{\"ts\":{ts},\"v\":1}}").as_bytes(), now);
+            let rec = &given.records[0];
+            assert!(
+                rec.ts >= EARLIEST_TS && rec.ts <= now + 86_400_000,
+                "ts {ts} gave {}",
+                rec.ts
+            );
+            // Stamped automatically: a ts that was replaced, or none at all.
+            if given.ts_replaced || ts.starts_with('"') {
+                last_auto = now.max(last_auto.saturating_add(1));
+                assert_eq!(rec.ts, last_auto, "ts {ts}");
+            }
+            let auto = r.route_at("s/d/t", b"{\"v\":2}", now).records[0].ts;
+            last_auto = now.max(last_auto.saturating_add(1));
+            assert_eq!(auto, last_auto, "after ts {ts}");
+        }
+    }
+
+    #[test]
+    fn bad_device_names_are_refused_with_a_topic_reason() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        for bad in ["a\0b", "line\nbreak", &"x".repeat(300)] {
+            let got = r.route_at(&format!("s/{bad}/t"), b"{}", NOW);
+            assert!(got.records.is_empty());
+            assert_eq!(got.refused[0].1.code, 0x90, "{bad:?}");
+        }
+        assert_eq!(r.devices(), 0, "refused names keep no clock");
+    }
+
+    #[test]
+    fn a_sinks_admission_refuses_what_it_could_never_send() {
+        struct NoNulls;
+        impl Admit for NoNulls {
+            fn admit(&self, r: &Record) -> Result<(), Refusal> {
+                if r.payload.windows(4).any(|w| w == b"null") {
+                    return Err(Refusal::format("a null value"));
+                }
+                Ok(())
+            }
+        }
+        let mut r = Router::new(&[route("s/+/t", "a"), route("s/+/t", "b")]).unwrap();
+        r.set_admit("a", Arc::new(NoNulls));
+        let got = r.route_at("s/d/t", b"{\"v\":null}", NOW);
+        assert_eq!(got.records.len(), 1, "sink b takes it");
+        assert_eq!(got.refused[0].0.sink, "a");
+    }
+
+    #[test]
+    fn the_device_map_is_bounded() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        for i in 0..(MAX_DEVICES + 5000) {
+            r.route_at(&format!("s/d{i}/t"), b"{}", NOW);
+        }
+        assert!(r.devices() <= MAX_DEVICES);
     }
 
     #[test]
@@ -179,7 +434,7 @@ mod tests {
             route("s/+/t", "b"),
         ])
         .unwrap();
-        let recs = r.route_at("s/d/t", b"1", 5);
+        let recs = r.route_at("s/d/t", b"1", NOW).records;
         let sinks: Vec<&str> = recs.iter().map(|r| r.sink.as_str()).collect();
         assert_eq!(sinks, ["a", "b"]);
     }

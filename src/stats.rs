@@ -11,6 +11,13 @@ pub struct IngestStats {
     pub accepted: AtomicU64,
     /// Records refused by a full outbox (`reject_new`) or a failed commit.
     pub refused: AtomicU64,
+    /// Records refused at ingest because their sink could never send them
+    /// (3.1.1 and serial: moved to the dead letters; MQTT 5: refused with a
+    /// reason code).
+    pub undeliverable: AtomicU64,
+    /// Readings whose own ts was not plausible and was replaced by the
+    /// ingest time.
+    pub ts_replaced: AtomicU64,
     /// Sensors connected to the front right now.
     pub clients: AtomicU64,
     /// The serial sources' local client is subscribed: RPC and attributes
@@ -29,6 +36,13 @@ pub struct SinkStats {
     pub undeliverable: AtomicU64,
     /// Readings of one device with the same ts and key (ThingsBoard keeps one).
     pub ts_clashes: AtomicU64,
+    /// Times one of the sink's tasks ended unexpectedly and was restarted.
+    pub restarts: AtomicU64,
+    /// Tasks of the sink that are running now (its session, its local side).
+    pub running: AtomicU64,
+    /// When a task of the sink last went down unexpectedly (ms since the
+    /// epoch; 0: never), for the watchdog.
+    pub down_since_ms: std::sync::atomic::AtomicI64,
 }
 
 /// All counters of one outpost process.

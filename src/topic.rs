@@ -17,7 +17,7 @@ impl TopicFilter {
         }
         let levels: Vec<String> = filter.split('/').map(str::to_string).collect();
         for (i, l) in levels.iter().enumerate() {
-            if l.contains('#') && (l != "#" || i + 1 != levels.len()) {
+            if l.contains('#') && (l != "#" || i != levels.len().saturating_sub(1)) {
                 return Err(format!(
                     "`{filter}`: `#` must be a whole level and the last one"
                 ));
@@ -100,6 +100,20 @@ impl Default for DeviceTopics {
 }
 
 /// Matches `topic` against a template; returns `{device}` and `{id}`.
+/// The `{placeholders}` of a template, in order, or why it is not one.
+pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some((_, after)) = rest.split_once('{') {
+        let (key, tail) = after
+            .split_once('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
+        out.push(key);
+        rest = tail;
+    }
+    Ok(out)
+}
+
 pub fn captures(template: &str, topic: &str) -> Option<(String, String)> {
     let t: Vec<&str> = template.split('/').collect();
     let l: Vec<&str> = topic.split('/').collect();

@@ -49,6 +49,28 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((num * mult as f64) as u64)
 }
 
+/// `d` from now on tokio's clock; a year from now if `d` cannot be added
+/// (a deadline that far is as good as none, and is no panic).
+pub fn deadline(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
+}
+
+/// The longest duration any setting takes: ten years. Anything longer is
+/// a typo, and would overflow the clock arithmetic it feeds.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+fn bounded(d: Duration, text: &dyn fmt::Display) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{text}` is longer than the 10 years a duration may be"
+        ));
+    }
+    Ok(d)
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (num, unit) = number_and_unit(text)
         .ok_or_else(|| format!("`{text}` is not a duration (try `30s`, `15m`, `7d`)"))?;
@@ -64,7 +86,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("`{text}` is longer than the 10 years a duration may be"))?;
+    bounded(d, &text)
 }
 
 /// Message-rate windows in ThingsBoard's `N:seconds` form
@@ -95,7 +119,8 @@ impl RateSpec {
             if n == 0 || secs == 0 {
                 return Err(format!("`{part}`: count and seconds must be above zero"));
             }
-            windows.push((n, Duration::from_secs(secs)));
+            let window = bounded(Duration::from_secs(secs), &part)?;
+            windows.push((n, window));
         }
         Ok(RateSpec { windows })
     }
@@ -146,12 +171,13 @@ impl<'de> Deserialize<'de> for Seconds {
                 )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
-                u64::try_from(v)
-                    .map(|s| Seconds(Duration::from_secs(s)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+                self.visit_u64(v)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
-                Ok(Seconds(Duration::from_secs(v)))
+                bounded(Duration::from_secs(v), &v)
+                    .map(Seconds)
+                    .map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
                 parse_duration(v).map(Seconds).map_err(E::custom)
@@ -195,5 +221,24 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn huge_durations_and_rate_windows_are_refused_not_a_panic() {
+        for text in ["99999999999999999999d", "11000000000", "3651d"] {
+            let err = parse_duration(text).expect_err(text);
+            assert!(err.contains("10 years"), "{err}");
+        }
+        assert!(parse_duration("1e30s").is_err());
+        let big: Result<Seconds, _> = toml::from_str::<toml::Table>("d = 9223372036854775807")
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t["d"]
+                    .clone()
+                    .try_into()
+                    .map_err(|e: toml::de::Error| e.to_string())
+            });
+        assert!(big.is_err());
+        assert!(RateSpec::parse("1:18446744073709551615").is_err());
     }
 }

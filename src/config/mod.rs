@@ -12,6 +12,7 @@
 //! never printed.
 
 pub mod broker;
+pub mod guard;
 pub mod ops;
 pub mod overlay;
 mod problem;
@@ -21,6 +22,7 @@ pub mod secret;
 pub mod serial;
 pub mod sink;
 pub mod store;
+pub mod stored;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +31,7 @@ use std::path::{Path, PathBuf};
 pub use broker::{BrokerConfig, BrokerTlsConfig};
 pub use ops::{HealthConfig, RemoteConfig};
 pub use problem::{ConfigError, Problem, Problems};
-pub use route::RouteConfig;
+pub use route::{ReadingsConfig, RouteConfig};
 pub use serial::SerialConfig;
 pub use sink::{
     MqttSinkConfig, PayloadFormat, ProvisionCredentials, SinkConfig, TbMode, ThethingsioSinkConfig,
@@ -57,6 +59,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub store: StoreConfig,
     pub routes: Vec<RouteConfig>,
+    pub readings: ReadingsConfig,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub serial: Vec<SerialConfig>,
     pub health: HealthConfig,
@@ -112,6 +115,14 @@ pub struct Loaded {
     pub overlay: overlay::Overlay,
     /// Why a stored overlay was not used (the file's config runs).
     pub overlay_error: Option<String>,
+    /// The file's config alone (what a remote change is checked against).
+    pub file: Config,
+    /// `overlay` is a change being tried, not yet confirmed.
+    pub trying: bool,
+    /// The last confirmed overlay (to go back to).
+    pub last_good: overlay::Overlay,
+    /// The last change that was set aside, and why.
+    pub rolled_back: Option<stored::Failed>,
 }
 
 impl Loaded {
@@ -128,6 +139,13 @@ impl Loaded {
             c.serial.len(),
             c.store_path().display()
         );
+        if let Some(f) = &self.rolled_back {
+            let _ = writeln!(
+                out,
+                "the last remote change was set aside (config_status = rolled_back): {}",
+                f.error
+            );
+        }
         if let Some(e) = &self.overlay_error {
             let _ = writeln!(out, "remote configuration (from ThingsBoard) NOT used: {e}");
             return out;
@@ -159,10 +177,21 @@ impl Loaded {
 }
 
 /// Loads the config (see [`load`]) and merges the remote overlay stored in
-/// its state directory. A stored overlay that no longer fits the file (the
-/// file changed since) is set aside with the reason, and the file's config
-/// runs.
+/// its state directory, to look at it (`check-config`, SIGHUP): nothing
+/// is written. A stored overlay that no longer fits the file (the file
+/// changed since) is set aside with the reason, and the file's config runs.
 pub fn load_full(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    load_stored(explicit, false)
+}
+
+/// [`load_full`] for a start: a remote change being tried is used once
+/// (and marked so), or set aside if an earlier start did not confirm it
+/// (see [`stored`]).
+pub fn load_for_start(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    load_stored(explicit, true)
+}
+
+fn load_stored(explicit: Option<&Path>, starting: bool) -> Result<Loaded, ConfigError> {
     let (base_config, source) = load(explicit)?;
     let text = match &source {
         Source::File(path) => std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -178,31 +207,93 @@ pub fn load_full(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
             toml::Value::String(LOCAL_STATE_DIR.to_string()),
         );
     }
+    let state_dir = base_config.state_dir.clone();
     let mut loaded = Loaded {
-        config: base_config,
+        config: base_config.clone(),
+        file: base_config,
         source,
         base,
         overlay: overlay::Overlay::default(),
         overlay_error: None,
+        trying: false,
+        last_good: overlay::Overlay::default(),
+        rolled_back: None,
     };
-    match overlay::Overlay::load(&loaded.config.state_dir) {
+    match overlay::Overlay::load(&state_dir) {
         Ok(o) if o.is_empty() => {}
-        Ok(o) => {
-            let merged = o
-                .merge(&loaded.base)
-                .map_err(|e| e.to_string())
-                .and_then(|t| parse_table(&t, "remote overlay").map_err(|e| e.to_string()));
-            match merged {
-                Ok(c) => {
-                    loaded.config = c;
-                    loaded.overlay = o;
-                }
-                Err(e) => loaded.overlay_error = Some(e),
+        Ok(o) => match loaded.with_overlay(&o) {
+            Ok(c) => {
+                loaded.config = c;
+                loaded.overlay = o.clone();
+                loaded.last_good = o;
             }
-        }
+            Err(e) => loaded.overlay_error = Some(e),
+        },
         Err(e) => loaded.overlay_error = Some(e),
     }
+    if starting {
+        loaded.take_trying();
+    }
+    loaded.rolled_back = stored::load_failed(&state_dir);
     Ok(loaded)
+}
+
+impl Loaded {
+    /// The file's config with `o` merged in, checked like the file and
+    /// against what a remote change may not do ([`guard`]).
+    pub fn with_overlay(&self, o: &overlay::Overlay) -> Result<Config, String> {
+        let table = o.merge(&self.base)?;
+        let c = parse_table(&table, "remote overlay").map_err(|e| e.to_string())?;
+        guard::remote_change(&self.file, &self.file, &c, &o.sources())?;
+        Ok(c)
+    }
+
+    /// Uses a remote change being tried, once; sets aside one that an
+    /// earlier start did not confirm, or that does not fit.
+    fn take_trying(&mut self) {
+        let dir = self.file.state_dir.clone();
+        let aside = |o: &overlay::Overlay, e: &str| {
+            if let Err(w) = stored::set_aside(&dir, o, e) {
+                eprintln!("outpost: {w}");
+            }
+        };
+        match stored::load_trying(&dir) {
+            None => {}
+            Some(Err(e)) => aside(&overlay::Overlay::default(), &e),
+            Some(Ok(t)) if t.started => aside(
+                &t.overlay,
+                "outpost stopped before this change was confirmed (it did not start, or crashed or lost power with it); the last good configuration runs",
+            ),
+            Some(Ok(t)) => match self.with_overlay(&t.overlay) {
+                Ok(c) => match stored::save_trying(&dir, &t.overlay, true) {
+                    Ok(()) => {
+                        self.config = c;
+                        self.overlay = t.overlay;
+                        self.trying = true;
+                    }
+                    Err(e) => aside(&t.overlay, &e),
+                },
+                Err(e) => aside(&t.overlay, &e),
+            },
+        }
+    }
+
+    /// The file's config alone, after the stored overlay stopped a start:
+    /// `error` says why, and is reported.
+    pub fn file_only(&self, error: String) -> Loaded {
+        Loaded {
+            config: self.file.clone(),
+            overlay: overlay::Overlay::default(),
+            overlay_error: Some(error.clone()),
+            trying: false,
+            last_good: overlay::Overlay::default(),
+            rolled_back: Some(stored::Failed {
+                overlay: self.overlay.clone(),
+                error,
+            }),
+            ..self.clone()
+        }
+    }
 }
 
 /// Loads the config named on the command line, else the system one, else the
@@ -238,6 +329,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "broker",
     "store",
     "route",
+    "readings",
     "sink",
     "serial",
     "health",
@@ -291,6 +383,8 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
     let health = section::<HealthConfig>(table, "health", &mut problems).unwrap_or_default();
     let remote = section::<RemoteConfig>(table, "remote", &mut problems).unwrap_or_default();
     let routes = array::<RouteConfig>(table, "route", "[[route]]", &mut problems);
+    let readings = section::<ReadingsConfig>(table, "readings", &mut problems).unwrap_or_default();
+    route::check_readings(&readings, &mut problems);
 
     let mut sinks = BTreeMap::new();
     match table.get("sink") {
@@ -317,7 +411,7 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
 
     broker::check(&broker, &mut problems);
     store::check(&store, &mut problems);
-    ops::check(&health, &mut problems);
+    ops::check(&health, &remote, &mut problems);
     for (i, r) in &routes {
         route::check(*i, r, &sinks, &mut problems);
     }
@@ -337,6 +431,7 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
         broker,
         store,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
+        readings,
         sinks,
         serial: serial.into_iter().map(|(_, s)| s).collect(),
         health,

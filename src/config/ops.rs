@@ -39,6 +39,9 @@ pub struct RemoteConfig {
     /// A changed sink that does not connect within this is rolled back.
     #[serde(default = "default_rollback_after")]
     pub rollback_after: Seconds,
+    /// May a remote change set file paths (inside the state directory)?
+    #[serde(default)]
+    pub allow_paths: bool,
 }
 
 fn default_true() -> bool {
@@ -53,12 +56,17 @@ impl Default for RemoteConfig {
         RemoteConfig {
             enabled: true,
             rollback_after: default_rollback_after(),
+            allow_paths: false,
         }
     }
 }
 
-pub(super) fn check(health: &HealthConfig, problems: &mut Vec<Problem>) {
-    if health.interval.0 < Duration::from_secs(1) {
-        problems.add("health.interval", "must be at least 1s");
+pub(super) fn check(health: &HealthConfig, remote: &RemoteConfig, problems: &mut Vec<Problem>) {
+    let day = Duration::from_secs(86_400);
+    if health.interval.0 < Duration::from_secs(1) || health.interval.0 > day {
+        problems.add("health.interval", "must be between 1s and 1d");
+    }
+    if remote.rollback_after.0 < Duration::from_secs(1) || remote.rollback_after.0 > day {
+        problems.add("remote.rollback_after", "must be between 1s and 1d");
     }
 }

@@ -12,6 +12,7 @@
 //! | `store` | `[store]` | key by key |
 //! | `sinks` | `[sink.NAME]` | key by key within each sink |
 //! | `health` | `[health]` | key by key |
+//! | `readings` | `[readings]` | key by key |
 //! | `log_level` | `log_level` | replaces |
 //!
 //! plus `config_version`, echoed back in the report. A section's value is
@@ -31,6 +32,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("store", "store"),
     ("sinks", "sink"),
     ("health", "health"),
+    ("readings", "readings"),
     ("log_level", "log_level"),
 ];
 
@@ -119,7 +121,11 @@ impl Overlay {
                 .unwrap_or(key);
             let value = to_toml(v).map_err(|e| format!("{attr}: {e}"))?;
             match (key.as_str(), out.get_mut(key), value) {
-                ("store" | "health", Some(toml::Value::Table(t)), toml::Value::Table(o)) => {
+                (
+                    "store" | "health" | "readings",
+                    Some(toml::Value::Table(t)),
+                    toml::Value::Table(o),
+                ) => {
                     t.extend(o);
                 }
                 ("sink", Some(toml::Value::Table(sinks)), toml::Value::Table(o)) => {
@@ -145,7 +151,7 @@ impl Overlay {
         let mut out = Vec::new();
         for (key, v) in &self.sections {
             match (key.as_str(), v) {
-                ("store" | "health", Value::Object(m)) => {
+                ("store" | "health" | "readings", Value::Object(m)) => {
                     out.extend(m.keys().map(|k| format!("{key}.{k}")))
                 }
                 ("sink", Value::Object(m)) => {
@@ -189,8 +195,10 @@ fn to_toml(v: &Value) -> Result<toml::Value, String> {
 /// A short, stable fingerprint of a JSON value (SHA-256, 16 hex digits).
 pub fn hash(v: &Value) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, v.to_string().as_bytes());
-    digest.as_ref()[..8]
+    digest
+        .as_ref()
         .iter()
+        .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
 }

@@ -1,4 +1,5 @@
-//! `[[route]]`: which local topics become records, for which sink.
+//! `[[route]]`: which local topics become records, for which sink;
+//! `[readings]`: how their times are taken.
 
 use std::collections::BTreeMap;
 
@@ -6,8 +7,11 @@ use serde::Deserialize;
 
 use super::problem::{Problem, Problems};
 use super::sink::SinkConfig;
-use crate::record::RecordKind;
+use std::time::Duration;
+
+use crate::record::{device_name_problem, RecordKind};
 use crate::topic::TopicFilter;
+use crate::units::Seconds;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +33,34 @@ pub struct RouteConfig {
 
 fn default_kind() -> RecordKind {
     RecordKind::Telemetry
+}
+
+/// `[readings]`: how readings are stamped.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsConfig {
+    /// A payload's own `ts` further ahead of the gateway clock than this is
+    /// not used (the reading is stamped at ingest, and counted).
+    #[serde(default = "default_max_ts_ahead")]
+    pub max_ts_ahead: Seconds,
+}
+
+fn default_max_ts_ahead() -> Seconds {
+    Seconds(Duration::from_secs(86_400))
+}
+
+impl Default for ReadingsConfig {
+    fn default() -> Self {
+        ReadingsConfig {
+            max_ts_ahead: default_max_ts_ahead(),
+        }
+    }
+}
+
+pub(super) fn check_readings(r: &ReadingsConfig, problems: &mut Vec<Problem>) {
+    if r.max_ts_ahead.0 > Duration::from_secs(365 * 86_400) {
+        problems.add("readings.max_ts_ahead", "must be at most 365d");
+    }
 }
 
 pub(super) fn check(
@@ -61,7 +93,11 @@ pub(super) fn check(
             at("device"),
             "set either `device` or `device_level`, not both",
         ),
-        (Some(d), None) if d.is_empty() => problems.add(at("device"), "must not be empty"),
+        (Some(d), None) => {
+            if let Some(why) = device_name_problem(d) {
+                problems.add(at("device"), format!("cannot be {why}"));
+            }
+        }
         (None, level) => {
             if let Some(f) = &filter {
                 if let Err(e) = f.device_level(level) {
@@ -74,6 +110,5 @@ pub(super) fn check(
                 }
             }
         }
-        _ => {}
     }
 }

@@ -394,7 +394,10 @@ pub fn check(ports: &[(usize, SerialConfig)], problems: &mut Vec<Problem>) {
                         message: "scale must be a non-zero number and offset a number".into(),
                     });
                 }
-                if r.address.checked_add(r.ty.width() - 1).is_none() {
+                if r.address
+                    .checked_add(r.ty.width().saturating_sub(1))
+                    .is_none()
+                {
                     problems.push(Problem {
                         path: format!("{at}.address"),
                         message: "the value runs past register 65535".into(),
@@ -416,17 +419,12 @@ fn check_topic_template(t: &str) -> Result<(), String> {
     if t.is_empty() || t.contains(['+', '#']) {
         return Err("must be a topic name without wildcards".into());
     }
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let close = after.find('}').ok_or("an unclosed `{`")?;
-        let key = &after[..close];
+    for key in crate::topic::placeholders(t)? {
         if key != "device" && key != "port" {
             return Err(format!(
                 "unknown placeholder `{{{key}}}` (known: {{device}}, {{port}})"
             ));
         }
-        rest = &after[close + 1..];
     }
     Ok(())
 }

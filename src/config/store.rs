@@ -41,6 +41,10 @@ pub struct StoreConfig {
     pub full_policy: FullPolicy,
     #[serde(default = "default_synchronous")]
     pub synchronous: Synchronous,
+    /// Bound on the dead letters (records a platform can never take); when
+    /// reached the oldest go, counted.
+    #[serde(default = "default_dead_letters_max_bytes")]
+    pub dead_letters_max_bytes: ByteSize,
 }
 
 fn default_store_path() -> PathBuf {
@@ -58,6 +62,9 @@ fn default_full_policy() -> FullPolicy {
 fn default_synchronous() -> Synchronous {
     Synchronous::Full
 }
+fn default_dead_letters_max_bytes() -> ByteSize {
+    ByteSize(16 << 20)
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -67,6 +74,7 @@ impl Default for StoreConfig {
             max_age: default_max_age(),
             full_policy: default_full_policy(),
             synchronous: default_synchronous(),
+            dead_letters_max_bytes: default_dead_letters_max_bytes(),
         }
     }
 }
@@ -75,7 +83,17 @@ pub(super) fn check(s: &StoreConfig, problems: &mut Vec<Problem>) {
     if s.max_bytes.0 < 4096 {
         problems.add("store.max_bytes", "must be at least 4 KiB");
     }
-    if s.max_age.0 < Duration::from_secs(1) {
-        problems.add("store.max_age", "must be at least 1s");
+    if s.max_bytes.0 > 1 << 40 {
+        problems.add("store.max_bytes", "must be at most 1 TiB");
+    }
+    if s.max_age.0 < Duration::from_secs(1) || s.max_age.0 > Duration::from_secs(10 * 365 * 86_400)
+    {
+        problems.add("store.max_age", "must be between 1s and 10 years");
+    }
+    if s.dead_letters_max_bytes.0 < 4096 || s.dead_letters_max_bytes.0 > 1 << 40 {
+        problems.add(
+            "store.dead_letters_max_bytes",
+            "must be between 4 KiB and 1 TiB",
+        );
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::sink::session::Inbox;
 use crate::sink::{Downlink, Reply, Upstream};
 use crate::source::broker::Broker;
 
@@ -22,6 +23,12 @@ const PENDING_RPC: usize = 256;
 /// Devices whose merged settings are kept; beyond, the least recently
 /// changed ones are forgotten (their retained message stays on the broker).
 const SETTINGS_KEPT: usize = 10_000;
+
+/// An hour from now: a deadline that is not due.
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(3600)).unwrap_or(now)
+}
 
 struct Pending {
     deadline: Instant,
@@ -34,10 +41,11 @@ pub async fn run(
     broker: Broker,
     response_filter: Option<String>,
     timeout: Duration,
-    mut commands: mpsc::Receiver<Downlink>,
+    commands: Inbox<Downlink>,
     replies: mpsc::Sender<Upstream>,
     shutdown: CancellationToken,
 ) {
+    let mut commands = commands.lock_owned().await;
     let mut client = broker.client(256);
     if let Some(filter) = &response_filter {
         if let Err(e) = client.subscribe(filter) {
@@ -52,13 +60,13 @@ pub async fn run(
             .values()
             .map(|p| p.deadline)
             .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            .unwrap_or_else(far_future);
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(Downlink::Publish { topic, payload }) => client.publish(&topic, payload, false),
                 Some(Downlink::Settings { topic, values }) => {
-                    changes += 1;
+                    changes = changes.wrapping_add(1);
                     let entry = settings.entry(topic.clone()).or_default();
                     entry.0 = changes;
                     entry.1.extend(values);
@@ -76,7 +84,8 @@ pub async fn run(
                         let _ = replies.send(Upstream::Publish(answer)).await;
                         continue;
                     }
-                    pending.insert(response_topic, Pending { deadline: Instant::now() + timeout, reply });
+                    let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far_future);
+                    pending.insert(response_topic, Pending { deadline, reply });
                     client.publish(&request_topic, request, false);
                 }
             },

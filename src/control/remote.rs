@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | `log_level` | the tracing filter is swapped |
 //! | routes | the router's routes are swapped |
+//! | `[readings]` | the router takes the new bound |
 //! | store bounds | the outbox writer takes the new bounds |
 //! | health interval | the next report uses it |
 //! | serial ports | the serial tasks are restarted |
@@ -35,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::report::{self, Health, Outcome};
 use super::status::StatusSource;
-use crate::config::overlay::{self, Overlay};
-use crate::config::{self, Config};
+use crate::config::overlay::Overlay;
+use crate::config::{self, guard, stored, Config};
 use crate::sink::{ControlEvent, Report};
 
 /// What applying a change did.
@@ -66,10 +67,16 @@ pub trait Applier: Send {
 pub struct Manager<A: Applier> {
     pub applier: A,
     pub base: toml::Table,
+    /// The file's config alone: what a change is checked against.
+    pub file: Config,
     pub config: Config,
     pub overlay: Overlay,
     /// The overlay to return to when a change breaks the uplink.
     pub last_good: Overlay,
+    /// This start runs a change being tried (see `config::stored`): it is
+    /// confirmed once every sink connected and stayed connected for
+    /// `remote.rollback_after`, else set aside.
+    pub trying: bool,
     pub status: StatusSource,
     pub store_path: PathBuf,
     pub shutdown: CancellationToken,
@@ -78,15 +85,30 @@ pub struct Manager<A: Applier> {
     pub outcome: Outcome,
 }
 
+/// A change applied and not yet confirmed: the sinks it restarted (with
+/// their connect count before) must be connected at `deadline`.
+struct Trial {
+    deadline: Instant,
+    sinks: Vec<(String, u64)>,
+    /// The change came with this start (it needed a restart).
+    at_start: bool,
+}
+
 impl<A: Applier> Manager<A> {
     /// Runs until shutdown: applies changes, reports, sends health.
     pub async fn run(mut self, mut events: mpsc::Receiver<ControlEvent>) {
         let mut health = Health::default();
-        let mut next_health = Instant::now() + self.config.health.interval.0;
+        let mut next_health = later(self.config.health.interval.0);
+        let mut trial = self.trying.then(|| Trial {
+            deadline: later(self.config.remote.rollback_after.0),
+            sinks: self.config.sinks.keys().map(|n| (n.clone(), 0)).collect(),
+            at_start: true,
+        });
         // No ThingsBoard sink: nothing arrives, and the loop only waits for
         // shutdown (the sinks the applier owns keep running).
         let mut open = true;
         loop {
+            let trial_due = trial.as_ref().map(|t| t.deadline);
             tokio::select! {
                 ev = events.recv(), if open => match ev {
                     None => open = false,
@@ -99,18 +121,35 @@ impl<A: Applier> Manager<A> {
                     }
                     Some(ControlEvent::Shared(shared)) => {
                         if self.config.remote.enabled {
-                            self.change(&shared).await;
+                            if let Some(t) = self.change(&shared).await {
+                                // A change on top of one still on trial:
+                                // both are tried together.
+                                let mut t = t;
+                                if let Some(old) = trial.take() {
+                                    t.sinks.extend(old.sinks);
+                                    t.at_start |= old.at_start;
+                                }
+                                trial = Some(t);
+                            }
                         } else {
                             tracing::info!("remote configuration is disabled (remote.enabled = false); ignoring shared attributes");
                         }
                         if self.restart.load(Ordering::SeqCst) {
                             self.shutdown.cancel();
                         }
-                        next_health = next_health.min(Instant::now() + self.config.health.interval.0);
+                        next_health = next_health.min(later(self.config.health.interval.0));
                     }
                 },
+                _ = tokio::time::sleep_until(trial_due.unwrap_or(next_health)), if trial_due.is_some() => {
+                    if let Some(t) = trial.take() {
+                        self.settle(t).await;
+                    }
+                    if self.restart.load(Ordering::SeqCst) {
+                        self.shutdown.cancel();
+                    }
+                }
                 _ = tokio::time::sleep_until(next_health) => {
-                    next_health = Instant::now() + self.config.health.interval.0;
+                    next_health = later(self.config.health.interval.0);
                     let values = health.values(&self.status, &self.config.state_dir, &self.store_path).await;
                     self.applier.report(Report::Telemetry { ts: crate::record::now_ms(), values });
                 }
@@ -125,69 +164,119 @@ impl<A: Applier> Manager<A> {
             .report(Report::Attributes(self.outcome.attributes()));
     }
 
-    /// One remote change: check, apply, persist, report.
-    async fn change(&mut self, shared: &Map<String, Value>) {
+    /// The file with `o` merged in, checked like the file and against what
+    /// a remote change may not do.
+    fn check(&self, o: &Overlay) -> Result<Config, String> {
+        let table = o.merge(&self.base)?;
+        let c = config::parse_table(&table, "remote configuration").map_err(|e| e.to_string())?;
+        guard::remote_change(&self.file, &self.config, &c, &o.sources())?;
+        Ok(c)
+    }
+
+    /// One remote change: check, keep as being tried, apply. Returns the
+    /// trial it is on when it restarted sinks; with nothing to wait for it
+    /// is confirmed at once.
+    async fn change(&mut self, shared: &Map<String, Value>) -> Option<Trial> {
         // A version alone changes nothing (and is what a broker that echoes
         // our own client attributes sends back).
         if shared.keys().all(|k| k == "config_version") {
-            return;
+            return None;
         }
         let next = match self.overlay.with_changes(shared) {
             Ok(o) => o,
-            Err(e) => return self.reject(shared, e),
+            Err(e) => {
+                self.reject(shared, e);
+                return None;
+            }
         };
         if next == self.overlay {
-            return;
+            return None;
         }
-        let checked = next.merge(&self.base).and_then(|t| {
-            config::parse_table(&t, "remote configuration").map_err(|e| e.to_string())
-        });
-        let config = match checked {
+        let config = match self.check(&next) {
             Ok(c) => c,
-            Err(e) => return self.reject(shared, e),
+            Err(e) => {
+                self.reject(shared, e);
+                return None;
+            }
         };
+        // Kept as being tried before it runs: if outpost dies with it, the
+        // next start sets it aside instead of running it again.
+        if let Err(e) = stored::save_trying(&self.config.state_dir, &next, false) {
+            self.reject(shared, format!("cannot keep the change to try it: {e}"));
+            return None;
+        }
         self.overlay = next;
         let applied = self.switch_to(config).await;
-        if let Err(e) = self.overlay.save(&self.config.state_dir) {
-            tracing::error!(error = %e, "cannot keep the remote configuration; it holds until restart");
+        tracing::info!(version = ?self.overlay.version, sections = ?self.overlay.sources(),
+            "remote configuration applied; on trial");
+        if self.restart.load(Ordering::SeqCst) {
+            // The next start tries it (and confirms or sets it aside).
+            return None;
         }
-        self.outcome = self.outcome_of("ok", None);
-        tracing::info!(version = ?self.overlay.version, hash = %self.outcome.hash,
-            sections = ?self.overlay.sources(), "remote configuration applied");
-        if applied.restarted.is_empty() || self.restart.load(Ordering::SeqCst) {
-            self.last_good = self.overlay.clone();
-            self.report_outcome();
+        if applied.restarted.is_empty() {
+            self.confirm();
+            return None;
+        }
+        Some(Trial {
+            deadline: later(self.config.remote.rollback_after.0),
+            sinks: applied.restarted,
+            at_start: false,
+        })
+    }
+
+    /// The trial's time is up: confirmed if every sink it restarted is
+    /// connected (and connected since the change), else rolled back.
+    async fn settle(&mut self, trial: Trial) {
+        let within = self.config.remote.rollback_after.0.as_secs();
+        let failing: Vec<&str> = trial
+            .sinks
+            .iter()
+            .filter(|(name, before)| {
+                *before == u64::MAX || !self.applier.connected_since(name, *before)
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if failing.is_empty() {
+            return self.confirm();
+        }
+        let error = format!(
+            "sink {} did not connect within {within}s with the new settings, or did not stay connected",
+            failing.join(", ")
+        );
+        tracing::error!(error = %error, "remote configuration broke the uplink; rolling back");
+        if let Err(e) = stored::set_aside(&self.config.state_dir, &self.overlay, &error) {
+            tracing::warn!(error = %e, "cannot record the change set aside");
+        }
+        let failed_version = self.overlay.version.clone();
+        if trial.at_start {
+            // It came with this start: the next one runs the last good
+            // configuration (and reports the roll-back).
+            self.restart.store(true, Ordering::SeqCst);
             return;
         }
-        // A changed sink must connect, or the change is undone.
-        match self.wait_connected(&applied.restarted).await {
-            Ok(()) => {
-                self.last_good = self.overlay.clone();
-                self.report_outcome();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "remote configuration broke the uplink; rolling back");
-                let good = self.last_good.clone();
-                let config = good
-                    .merge(&self.base)
-                    .ok()
-                    .and_then(|t| config::parse_table(&t, "last working configuration").ok());
-                let failed_version = self.overlay.version.clone();
-                self.overlay = good;
-                if let Some(c) = config {
-                    self.switch_to(c).await;
-                }
-                if let Err(e) = self.overlay.save(&self.config.state_dir) {
-                    tracing::error!(error = %e, "cannot keep the rolled-back configuration");
-                }
-                let mut outcome = self.outcome_of("rolled_back", Some(e));
-                outcome.version = failed_version;
-                self.outcome = outcome;
-                // Reported once the restored sink connects (Connected) and
-                // right away if it already has.
-                self.report_outcome();
-            }
+        let good = self.last_good.clone();
+        let config = self.check(&good).ok();
+        self.overlay = good;
+        if let Some(c) = config {
+            self.switch_to(c).await;
         }
+        let mut outcome = self.outcome_of("rolled_back", Some(error));
+        outcome.version = failed_version;
+        self.outcome = outcome;
+        // Reported once the restored sink connects (Connected) and right
+        // away if it already has.
+        self.report_outcome();
+    }
+
+    /// The running overlay holds: it is the last good one from now on.
+    fn confirm(&mut self) {
+        if let Err(e) = stored::promote(&self.config.state_dir, &self.overlay) {
+            tracing::error!(error = %e, "cannot keep the remote configuration; it holds until restart");
+        }
+        self.last_good = self.overlay.clone();
+        self.outcome = self.outcome_of("ok", None);
+        tracing::info!(version = ?self.overlay.version, hash = %self.outcome.hash, "remote configuration confirmed");
+        self.report_outcome();
     }
 
     /// Applies `next` and makes it the running config.
@@ -211,38 +300,16 @@ impl<A: Applier> Manager<A> {
         self.report_outcome();
     }
 
-    fn outcome_of(&self, status: &'static str, error: Option<String>) -> Outcome {
-        Outcome {
-            version: self.overlay.version.clone().filter(|v| !v.is_null()),
-            hash: overlay::hash(&serde_json::to_value(&self.overlay.sections).unwrap_or_default()),
-            status,
-            error,
-        }
+    /// The outcome of the running overlay.
+    pub fn outcome_of(&self, status: &'static str, error: Option<String>) -> Outcome {
+        Outcome::of(&self.overlay, status, error)
     }
+}
 
-    async fn wait_connected(&self, sinks: &[(String, u64)]) -> Result<(), String> {
-        let within = self.config.remote.rollback_after.0;
-        let until = Instant::now() + within;
-        loop {
-            let pending: Vec<&str> = sinks
-                .iter()
-                .filter(|(name, before)| !self.applier.connected_since(name, *before))
-                .map(|(n, _)| n.as_str())
-                .collect();
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= until {
-                return Err(format!(
-                    "sink {} did not connect within {}s with the new settings",
-                    pending.join(", "),
-                    within.as_secs()
-                ));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = self.shutdown.cancelled() => return Ok(()),
-            }
-        }
-    }
+/// `d` from now, or an hour if that cannot be told.
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(3600)))
+        .unwrap_or(now)
 }

@@ -21,6 +21,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome for `overlay`.
+    pub fn of(
+        overlay: &crate::config::overlay::Overlay,
+        status: &'static str,
+        error: Option<String>,
+    ) -> Outcome {
+        Outcome {
+            version: overlay.version.clone().filter(|v| !v.is_null()),
+            hash: crate::config::overlay::hash(
+                &serde_json::to_value(&overlay.sections).unwrap_or_default(),
+            ),
+            status,
+            error,
+        }
+    }
+
     /// The client attributes reporting it.
     pub fn attributes(&self) -> Map<String, Value> {
         let mut m = Map::new();
@@ -86,10 +102,10 @@ impl Health {
         let mut v = Map::new();
         let queues = status.outbox.stats();
         let now_ms = crate::record::now_ms();
-        let mut queued_total = 0;
+        let mut queued_total: u64 = 0;
         for (name, s) in &status.stats.sinks {
             let q = queues.get(name).copied().unwrap_or_default();
-            queued_total += q.depth.records;
+            queued_total = queued_total.saturating_add(q.depth.records);
             v.insert(format!("queued_{name}"), json!(q.depth.records));
             v.insert(format!("dropped_{name}"), json!(q.dropped));
             v.insert(format!("delivered_{name}"), json!(stats::get(&s.delivered)));
@@ -100,7 +116,7 @@ impl Health {
             let oldest = match status.outbox.fetch(name, 0, 1).await {
                 Ok(r) => r
                     .first()
-                    .map(|r| (now_ms - r.ts).max(0) / 1000)
+                    .map(|r| now_ms.saturating_sub(r.ts).max(0) / 1000)
                     .unwrap_or(0),
                 Err(_) => 0,
             };
@@ -139,6 +155,24 @@ impl Health {
             "refused".into(),
             json!(stats::get(&status.stats.ingest.refused)),
         );
+        v.insert(
+            "undeliverable".into(),
+            json!(stats::get(&status.stats.ingest.undeliverable)),
+        );
+        v.insert(
+            "ts_replaced".into(),
+            json!(stats::get(&status.stats.ingest.ts_replaced)),
+        );
+        let dead = status.outbox.dead_stats();
+        v.insert("dead_letters".into(), json!(dead.count));
+        v.insert("dead_letters_dropped".into(), json!(dead.dropped));
+        let restarts: u64 = status
+            .stats
+            .sinks
+            .values()
+            .map(|s| stats::get(&s.restarts))
+            .sum();
+        v.insert("sink_restarts".into(), json!(restarts));
         v.insert(
             "local_clients".into(),
             json!(stats::get(&status.stats.ingest.clients)),
@@ -186,9 +220,14 @@ impl Health {
     fn cpu_percent(&mut self) -> Option<f64> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         // Fields after the command name (which may hold spaces).
-        let rest = &stat[stat.rfind(')')? + 2..];
+        let (_, rest) = stat.rsplit_once(')')?;
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // utime and stime: fields 14 and 15, the 12th and 13th after the name.
+        let ticks = f
+            .get(11)?
+            .parse::<u64>()
+            .ok()?
+            .saturating_add(f.get(12)?.parse::<u64>().ok()?);
         let now = Instant::now();
         let last = self.last_cpu.replace((ticks, now));
         let (t0, at) = last?;
@@ -205,10 +244,10 @@ impl Health {
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    Some(pages.saturating_mul(4096))
 }
 
 fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
 }

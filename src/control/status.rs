@@ -21,6 +21,7 @@ pub struct StatusSource {
 impl StatusSource {
     pub fn snapshot(&self) -> Value {
         let queues = self.outbox.stats();
+        let dead = self.outbox.dead_stats();
         let sinks: serde_json::Map<String, Value> = self
             .stats
             .sinks
@@ -31,11 +32,15 @@ impl StatusSource {
                     name.clone(),
                     json!({
                         "connected": s.connected.load(std::sync::atomic::Ordering::Relaxed),
+                        "connects": stats::get(&s.connects),
                         "queued": q.depth.records,
                         "queued_bytes": q.depth.bytes,
                         "dropped": q.dropped,
                         "delivered": stats::get(&s.delivered),
+                        "undeliverable": stats::get(&s.undeliverable),
                         "ts_clashes": stats::get(&s.ts_clashes),
+                        "restarts": stats::get(&s.restarts),
+                        "tasks_running": stats::get(&s.running),
                     }),
                 )
             })
@@ -94,6 +99,13 @@ impl StatusSource {
             "pid": std::process::id(),
             "accepted": stats::get(&self.stats.ingest.accepted),
             "refused": stats::get(&self.stats.ingest.refused),
+            "undeliverable": stats::get(&self.stats.ingest.undeliverable),
+            "ts_replaced": stats::get(&self.stats.ingest.ts_replaced),
+            "dead_letters": {
+                "count": dead.count,
+                "bytes": dead.bytes,
+                "dropped": dead.dropped,
+            },
             "sinks": sinks,
             "serial": serial,
             "serial_control": self.stats.ingest.serial_control.load(std::sync::atomic::Ordering::Relaxed),
@@ -107,11 +119,19 @@ pub fn render(v: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "outpost {} (pid {}): {} accepted, {} refused",
+        "outpost {} (pid {}): {} accepted, {} refused (outbox full), {} undeliverable, {} with an implausible ts restamped",
         v["version"].as_str().unwrap_or("?"),
         v["pid"],
         v["accepted"],
-        v["refused"]
+        v["refused"],
+        v["undeliverable"],
+        v["ts_replaced"]
+    );
+    let d = &v["dead_letters"];
+    let _ = writeln!(
+        out,
+        "  dead letters: {} ({} bytes), {} dropped to stay within store.dead_letters_max_bytes",
+        d["count"], d["bytes"], d["dropped"]
     );
     if let Some(b) = v["broker"].as_object() {
         let state = if b["healthy"] == true {
@@ -133,9 +153,16 @@ pub fn render(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  sink {name}: {state}, {} queued ({} bytes), {} delivered, {} dropped",
-            s["queued"], s["queued_bytes"], s["delivered"], s["dropped"]
+            "  sink {name}: {state}, {} queued ({} bytes), {} delivered, {} dropped, {} undeliverable",
+            s["queued"], s["queued_bytes"], s["delivered"], s["dropped"], s["undeliverable"]
         );
+        if s["restarts"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                out,
+                "    its tasks stopped unexpectedly and were restarted {} time(s) (see the log)",
+                s["restarts"]
+            );
+        }
     }
     for (name, p) in v["serial"].as_object().into_iter().flatten() {
         let state = if p["open"] == true {

@@ -9,7 +9,10 @@
 //!   poisoned lock, or one held forever, fails this);
 //! - the **local broker** is healthy: its own supervisor's last check
 //!   passed (every plain listener answers CONNECT with CONNACK, a publish
-//!   comes back through it), and its state can be taken now.
+//!   comes back through it), and its state can be taken now;
+//! - **every sink's tasks run**: a task that stopped is restarted by its
+//!   supervisor within a minute; one that stays down for
+//!   [`SINK_DOWN_LIMIT`] means the supervisor cannot bring it back.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, TryLockError};
@@ -17,8 +20,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::record::now_ms;
 use crate::route::Router;
 use crate::source::broker::Broker;
+use crate::stats::Stats;
 use crate::store::Outbox;
 
 /// Which part failed, and how.
@@ -34,7 +39,12 @@ pub enum Unhealthy {
     RouterPoisoned,
     #[error("the local broker is unhealthy: {0}")]
     Broker(String),
+    #[error("a task of sink {sink} has been down for {secs} s")]
+    SinkDown { sink: String, secs: i64 },
 }
+
+/// How long a sink's task may stay down before outpost counts as unhealthy.
+pub const SINK_DOWN_LIMIT: Duration = Duration::from_secs(300);
 
 /// What the watchdog checks.
 #[derive(Clone)]
@@ -42,6 +52,7 @@ pub struct Health {
     pub outbox: Outbox,
     pub router: Option<Arc<Mutex<Router>>>,
     pub broker: Option<Broker>,
+    pub stats: Option<Arc<Stats>>,
 }
 
 impl Health {
@@ -54,6 +65,9 @@ impl Health {
         }
         if let Some(router) = &self.router {
             router_lockable(router, within).await?;
+        }
+        if let Some(stats) = &self.stats {
+            sinks_up(stats, now_ms())?;
         }
         if let Some(broker) = &self.broker {
             if !broker.health().healthy.load(Ordering::Relaxed) {
@@ -75,9 +89,26 @@ impl Health {
     }
 }
 
+/// Fails if a sink's task has been down longer than [`SINK_DOWN_LIMIT`].
+fn sinks_up(stats: &Stats, now: i64) -> Result<(), Unhealthy> {
+    let limit = i64::try_from(SINK_DOWN_LIMIT.as_millis()).unwrap_or(i64::MAX);
+    for (name, s) in &stats.sinks {
+        let since = s.down_since_ms.load(Ordering::Relaxed);
+        if since > 0 && now.saturating_sub(since) > limit {
+            return Err(Unhealthy::SinkDown {
+                sink: name.clone(),
+                secs: now.saturating_sub(since) / 1000,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Tries the lock without blocking a thread on it, until `within` passes.
 async fn router_lockable(router: &Mutex<Router>, within: Duration) -> Result<(), Unhealthy> {
-    let deadline = Instant::now() + within;
+    let deadline = Instant::now()
+        .checked_add(within)
+        .unwrap_or_else(Instant::now);
     loop {
         // The guard (if any) is dropped at the end of this statement, before
         // any await.
@@ -109,6 +140,7 @@ mod tests {
             max_age: Seconds(Duration::from_secs(3600)),
             full_policy: FullPolicy::DropOldest,
             synchronous: Synchronous::Normal,
+            ..StoreConfig::default()
         };
         let (outbox, _writer) = Outbox::open(dir.join("o.db"), &cfg, &["up".into()]).expect("open");
         outbox
@@ -122,6 +154,7 @@ mod tests {
             outbox: outbox(dir.path()),
             router: Some(router.clone()),
             broker: None,
+            stats: None,
         };
         assert_eq!(health.check(Duration::from_millis(200)).await, Ok(()));
         // A routing thread that takes the lock and never lets go.
@@ -143,6 +176,22 @@ mod tests {
         assert_eq!(health.check(Duration::from_millis(200)).await, Ok(()));
     }
 
+    #[test]
+    fn a_sink_task_down_past_the_limit_is_unhealthy() {
+        let stats = Stats::new(&["up".to_string()]);
+        assert_eq!(sinks_up(&stats, 1_000_000_000), Ok(()));
+        let s = &stats.sinks["up"];
+        s.down_since_ms.store(1_000_000_000, Ordering::Relaxed);
+        assert_eq!(sinks_up(&stats, 1_000_000_000 + 60_000), Ok(()));
+        assert_eq!(
+            sinks_up(&stats, 1_000_000_000 + 301_000),
+            Err(Unhealthy::SinkDown {
+                sink: "up".into(),
+                secs: 301
+            })
+        );
+    }
+
     #[tokio::test]
     async fn a_poisoned_router_lock_is_unhealthy() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -157,6 +206,7 @@ mod tests {
             outbox: outbox(dir.path()),
             router: Some(router),
             broker: None,
+            stats: None,
         };
         assert_eq!(
             health.check(Duration::from_millis(200)).await,

@@ -102,17 +102,21 @@ impl Applier for Live {
                 tracing::warn!(error = %e, "cannot change the log level");
             }
         }
-        if format!("{:?}", next.routes) != format!("{:?}", cur.routes) {
+        let routes_changed = format!("{:?}", next.routes) != format!("{:?}", cur.routes);
+        if routes_changed || next.readings != cur.readings {
             let mut r = self
                 .ctx
                 .ingest
                 .router()
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            match r.reconfigure(&next.routes) {
-                Ok(()) => tracing::info!(routes = next.routes.len(), "routes changed"),
-                Err(e) => tracing::error!(error = %e, "cannot change the routes"),
+            if routes_changed {
+                match r.reconfigure(&next.routes) {
+                    Ok(()) => tracing::info!(routes = next.routes.len(), "routes changed"),
+                    Err(e) => tracing::error!(error = %e, "cannot change the routes"),
+                }
             }
+            r.set_readings(&next.readings);
         }
         if format!("{:?}", next.store) != format!("{:?}", cur.store) {
             let same_file = next.store.path == cur.store.path

@@ -58,7 +58,52 @@ pub enum Exit {
 
 /// Runs outpost until SIGTERM or SIGINT (or a SIGHUP with a valid config,
 /// read again from `config_path`, or a remote change that needs a restart).
+///
+/// A stored remote overlay cannot keep outpost from starting: if the start
+/// fails with a change being tried, that change is set aside and the last
+/// good overlay runs; if it fails with the last good one, the file's config
+/// runs. Either way `config_status = rolled_back` reports the error.
 pub async fn run(
+    mut loaded: crate::config::Loaded,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<Exit, DaemonError> {
+    loop {
+        let e = match run_once(loaded.clone(), config_path.clone()).await {
+            Ok(exit) => return Ok(exit),
+            Err(e) => e,
+        };
+        let error = format!("outpost did not start with it: {e}");
+        if loaded.trying {
+            tracing::error!(error = %e, "the remote change being tried stopped the start; setting it aside and starting on the last good configuration");
+            let dir = loaded.file.state_dir.clone();
+            if let Err(w) = crate::config::stored::set_aside(&dir, &loaded.overlay, &error) {
+                tracing::warn!(error = %w, "cannot record the change set aside");
+            }
+            let failed = crate::config::stored::Failed {
+                overlay: loaded.overlay.clone(),
+                error,
+            };
+            let good = loaded.last_good.clone();
+            loaded = match loaded.with_overlay(&good) {
+                Ok(config) if !good.is_empty() => crate::config::Loaded {
+                    config,
+                    overlay: good,
+                    trying: false,
+                    ..loaded
+                },
+                _ => loaded.file_only(failed.error.clone()),
+            };
+            loaded.rolled_back = Some(failed);
+        } else if !loaded.overlay.is_empty() {
+            tracing::error!(error = %e, "the stored remote configuration stopped the start; starting on the file's configuration alone");
+            loaded = loaded.file_only(error);
+        } else {
+            return Err(e);
+        }
+    }
+}
+
+async fn run_once(
     loaded: crate::config::Loaded,
     config_path: Option<std::path::PathBuf>,
 ) -> Result<Exit, DaemonError> {
@@ -79,11 +124,15 @@ pub async fn run(
 /// Runs outpost on `config` (no remote overlay) until `shutdown`.
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let loaded = crate::config::Loaded {
-        config,
+        config: config.clone(),
+        file: config,
         source: crate::config::Source::BuiltIn,
         base: toml::Table::new(),
         overlay: Default::default(),
         overlay_error: None,
+        trying: false,
+        last_good: Default::default(),
+        rolled_back: None,
     };
     run_loaded(loaded, shutdown, Default::default()).await
 }
@@ -109,7 +158,9 @@ async fn run_loaded(
     tracing::info!(path = %store_path.display(), queued, synchronous = ?config.store.synchronous, "outbox open");
 
     let mut tasks = JoinSet::new();
-    let router = Router::new(&config.routes).map_err(DaemonError::Setup)?;
+    let router = Router::new(&config.routes)
+        .map_err(DaemonError::Setup)?
+        .with_readings(&config.readings);
     let ingest = Ingest::new(router, outbox.clone(), stats.clone());
     let local = start_broker(&config, &ingest, &shutdown, &mut tasks).await?;
     let serial_stop = shutdown.child_token();
@@ -159,7 +210,20 @@ async fn run_loaded(
         if remote_sink.as_ref() == Some(name) {
             sink_ctx.remote = Some(remote_tx.clone());
         }
-        let handle = sinks::spawn(&sink_ctx, name, sink, &shutdown)?;
+        let handle = match sinks::spawn(&sink_ctx, name, sink, &shutdown) {
+            Ok(h) => h,
+            Err(e) => {
+                // Nothing outlives a failed start: the next attempt binds
+                // the same ports and opens the same outbox.
+                shutdown.cancel();
+                for (_, h) in running {
+                    sinks::SinkHandle::stop(h).await;
+                }
+                serial_tasks.shutdown().await;
+                tasks.shutdown().await;
+                return Err(e);
+            }
+        };
         running.insert(name.clone(), handle);
     }
     let live = live::Live {
@@ -172,22 +236,26 @@ async fn run_loaded(
         shutdown: shutdown.clone(),
         remote_sink,
     };
+    // What is reported until a change arrives: the last change set aside,
+    // if it was, else the last good overlay (a change on trial is reported
+    // once it is confirmed).
+    let outcome = match &loaded.rolled_back {
+        Some(f) => Outcome::of(&f.overlay, "rolled_back", Some(f.error.clone())),
+        None => Outcome::of(&loaded.last_good, "ok", None),
+    };
     let manager = Manager {
         applier: live,
         base: loaded.base,
+        file: loaded.file,
         config: config.clone(),
         overlay: loaded.overlay.clone(),
-        last_good: loaded.overlay,
+        last_good: loaded.last_good,
+        trying: loaded.trying,
         status: status.clone(),
         store_path: store_path.clone(),
         shutdown: shutdown.clone(),
         restart,
-        outcome: Outcome {
-            version: None,
-            hash: String::new(),
-            status: "ok",
-            error: None,
-        },
+        outcome,
     };
     drop(remote_tx);
     tasks.spawn(manager.run(remote_rx));
@@ -203,6 +271,7 @@ async fn run_loaded(
             outbox: outbox.clone(),
             router: Some(ingest.router().clone()),
             broker: Some(local.clone()),
+            stats: Some(stats.clone()),
         },
         stats.clone(),
         shutdown.clone(),
@@ -283,7 +352,10 @@ async fn start_broker(
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {
-    let every = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let every = max_age
+        .checked_div(4)
+        .unwrap_or_default()
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {

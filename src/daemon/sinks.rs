@@ -2,27 +2,39 @@
 //! platforms with a downlink, its client on the local broker. Each sink runs
 //! under its own cancellation token, a child of the daemon's, so a remote
 //! configuration change can restart one sink and leave the rest running.
+//!
+//! Every task of a sink is supervised: if it ends while outpost is not
+//! stopping (a panic, a lost channel), it is built again from the config
+//! and restarted after a backoff (1 s doubling to 1 min), counted in the
+//! sink's `restarts`. Its records stay queued meanwhile; the channels the
+//! other parts hold stay open.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
 use crate::config::SinkConfig;
 use crate::control::downlink;
+use crate::record::now_ms;
 use crate::sink::mqtt::MqttEncoder;
-use crate::sink::session::{self, SessionIo, Uplink};
+use crate::sink::session::{self, inbox, Backoff, SessionIo, Uplink};
 use crate::sink::thethingsio::{self, Thethingsio};
 use crate::sink::thingsboard::{self, provision, Thingsboard};
 use crate::sink::thingspeak::Thingspeak;
 use crate::sink::ttn::{self, Ttn};
-use crate::sink::{Agent, ControlEvent, Upstream};
+use crate::sink::{Agent, ControlEvent, Platform, Upstream};
 use crate::source::broker::Broker;
 use crate::source::Ingest;
+use crate::stats::{self, SinkStats};
 use crate::topic::{filter_of, DeviceTopics};
 
 /// What every sink is built from.
@@ -58,6 +70,12 @@ impl SinkHandle {
     }
 }
 
+/// One run of one task of a sink.
+type Run = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Builds a run of a task; called again to restart it.
+type Make = Box<dyn FnMut() -> Result<Run, DaemonError> + Send>;
+
 /// Starts sink `name`. Fails only on what must stop startup (a bad URL or
 /// CA file); certificate and provisioning problems keep just this sink
 /// waiting, with its records queued.
@@ -68,114 +86,79 @@ pub fn spawn(
     parent: &CancellationToken,
 ) -> Result<SinkHandle, DaemonError> {
     let cancel = parent.child_token();
-    let outbox = ctx.ingest.outbox().clone();
-    let sink_stats = ctx
+    let stats = ctx
         .ingest
         .stats()
         .sinks
         .get(name)
         .cloned()
         .unwrap_or_default();
-    let mut handle = SinkHandle {
-        cancel: cancel.clone(),
-        tasks: Vec::new(),
-        upstream: None,
-    };
-    match sink {
-        SinkConfig::Mqtt(m) => {
-            let settings = MqttEncoder::settings(m);
-            session::client_identity(name, &settings);
-            let uplink = Uplink::new(name, &settings, MqttEncoder::new(m), outbox, sink_stats)?;
-            handle.tasks.push(tokio::spawn(uplink.run(cancel)));
+    let mut upstream = None;
+    let parts = match sink {
+        SinkConfig::Mqtt(_) | SinkConfig::Thingspeak(_) => {
+            vec![(
+                "session",
+                uplink(ctx, name, sink, SessionIo::default(), None, &cancel),
+            )]
         }
         SinkConfig::Ttn(t) => {
-            let known = ttn::Known::default();
-            let uplink = Uplink::new(
-                name,
-                &Ttn::settings(t),
-                Ttn::new(t, known.clone()),
-                outbox,
-                sink_stats,
-            )?
-            .with_io(SessionIo {
+            let known = ttn::known();
+            let io = SessionIo {
                 ingest: Some(ctx.ingest.clone()),
                 ..SessionIo::default()
-            });
+            };
+            let session = uplink(ctx, name, sink, io, Some(known.clone()), &cancel);
+            let mut parts = vec![("session", session)];
             if t.rpc {
-                handle.tasks.push(tokio::spawn(ttn::rpc_bridge(
-                    ctx.local.clone(),
-                    ctx.topics.clone(),
-                    t.downlink_topic.clone(),
-                    known,
-                    ctx.ingest.clone(),
-                    cancel.clone(),
-                )));
+                let (ctx, t, cancel) = (ctx.clone(), t.clone(), cancel.clone());
+                let make: Make = Box::new(move || {
+                    Ok(Box::pin(ttn::rpc_bridge(
+                        ctx.local.clone(),
+                        ctx.topics.clone(),
+                        t.downlink_topic.clone(),
+                        known.clone(),
+                        ctx.ingest.clone(),
+                        cancel.clone(),
+                    )))
+                });
+                parts.push(("rpc", make));
             }
-            handle.tasks.push(tokio::spawn(uplink.run(cancel)));
+            parts
         }
-        SinkConfig::Thethingsio(t) => {
+        SinkConfig::Thethingsio(_) => {
             // Realtime updates go out on the local broker.
-            let (local_tx, local_rx) = mpsc::channel(256);
-            let (replies_tx, replies) = mpsc::channel(1);
-            handle.tasks.push(tokio::spawn(downlink::run(
-                ctx.local.clone(),
+            let (local_tx, local_rx) = inbox(256);
+            let (replies_tx, replies) = inbox(1);
+            let local = local_side(
+                ctx,
                 None,
                 Duration::from_secs(10),
                 local_rx,
                 replies_tx,
-                cancel.clone(),
-            )));
-            // The token comes from the config, an earlier activation, or an
-            // activation now; ingest runs meanwhile and records queue.
-            let (name, t, state_dir) = (name.to_string(), t.clone(), ctx.state_dir.clone());
-            handle.tasks.push(tokio::spawn(async move {
-                let Some(token) = thethingsio::thing_token(&name, &t, &state_dir, &cancel).await
-                else {
-                    return;
-                };
-                let platform = Thethingsio::new(&name, &t, &token);
-                let io = SessionIo {
-                    local: Some(local_tx),
-                    upstream: Some(replies),
-                    ..SessionIo::default()
-                };
-                match Uplink::new(
-                    &name,
-                    &Thethingsio::settings(&t),
-                    platform,
-                    outbox,
-                    sink_stats,
-                ) {
-                    Ok(u) => u.with_io(io).run(cancel).await,
-                    Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
-                }
-            }));
-        }
-        SinkConfig::Thingspeak(t) => {
-            let uplink = Uplink::new(
-                name,
-                &Thingspeak::settings(t),
-                Thingspeak::new(t),
-                outbox,
-                sink_stats,
-            )?
-            .with_rate_limit(&Thingspeak::rate(t));
-            handle.tasks.push(tokio::spawn(uplink.run(cancel)));
+                &cancel,
+            );
+            let io = SessionIo {
+                local: Some(local_tx),
+                upstream: Some(replies),
+                ..SessionIo::default()
+            };
+            vec![
+                ("local", local),
+                ("session", uplink(ctx, name, sink, io, None, &cancel)),
+            ]
         }
         SinkConfig::Thingsboard(t) => {
-            let platform =
-                Thingsboard::new(name, t, sink_stats.clone()).with_remote(ctx.remote.is_some());
-            let (local_tx, local_rx) = mpsc::channel(256);
-            let (upstream_tx, upstream_rx) = mpsc::channel(256);
-            handle.tasks.push(tokio::spawn(downlink::run(
-                ctx.local.clone(),
+            let (local_tx, local_rx) = inbox(256);
+            let (upstream_tx, upstream_rx) = inbox(256);
+            let local = local_side(
+                ctx,
                 Some(filter_of(&t.rpc_response_topic)),
                 t.rpc_timeout.0,
                 local_rx,
                 upstream_tx.clone(),
-                cancel.clone(),
-            )));
-            handle.upstream = Some(upstream_tx);
+                &cancel,
+            );
+            upstream = Some(upstream_tx);
             let io = SessionIo {
                 local: Some(local_tx),
                 upstream: Some(upstream_rx),
@@ -183,38 +166,214 @@ pub fn spawn(
                 agent: Some(ctx.agent.clone()),
                 control: ctx.remote.clone(),
             };
-            let base = Thingsboard::settings(t);
-            if t.provision_device_key.is_none() {
-                let platform = platform.with_identity(session::client_identity(name, &base));
-                let uplink = Uplink::new(name, &base, platform, outbox, sink_stats)?
-                    .with_io(io)
-                    .with_rate_limit(&thingsboard::initial_rate(t));
-                handle.tasks.push(tokio::spawn(uplink.run(cancel)));
-            } else {
-                // Credentials come from provisioning (stored, or asked for
-                // now); ingest runs meanwhile and records queue.
-                let (name, t, state_dir) = (name.to_string(), t.clone(), ctx.state_dir.clone());
-                handle.tasks.push(tokio::spawn(async move {
-                    let Some(creds) =
-                        provision::credentials(&name, &t, &base, &state_dir, &cancel).await
-                    else {
-                        return;
-                    };
-                    let settings = creds.apply(base);
-                    let platform =
-                        platform.with_identity(session::client_identity(&name, &settings));
-                    match Uplink::new(&name, &settings, platform, outbox, sink_stats) {
-                        Ok(u) => {
-                            u.with_io(io)
-                                .with_rate_limit(&thingsboard::initial_rate(&t))
-                                .run(cancel)
-                                .await
-                        }
-                        Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
-                    }
-                }));
+            vec![
+                ("local", local),
+                ("session", uplink(ctx, name, sink, io, None, &cancel)),
+            ]
+        }
+    };
+    let mut tasks = Vec::with_capacity(parts.len());
+    for (part, mut make) in parts {
+        // The first build runs now: what stops startup stops it here.
+        let first = make()?;
+        tasks.push(tokio::spawn(supervise(
+            name.to_string(),
+            part,
+            stats.clone(),
+            cancel.clone(),
+            first,
+            make,
+        )));
+    }
+    Ok(SinkHandle {
+        cancel,
+        tasks,
+        upstream,
+    })
+}
+
+/// Runs a task of sink `sink`, and again whenever it ends while the sink
+/// is not stopping.
+async fn supervise(
+    sink: String,
+    part: &'static str,
+    stats: Arc<SinkStats>,
+    cancel: CancellationToken,
+    first: Run,
+    mut make: Make,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut next = Some(first);
+    loop {
+        if let Some(run) = next.take() {
+            stats.running.fetch_add(1, Ordering::Relaxed);
+            stats.down_since_ms.store(0, Ordering::Relaxed);
+            let started = Instant::now();
+            let outcome = tokio::spawn(run).await;
+            stats.running.fetch_sub(1, Ordering::Relaxed);
+            if cancel.is_cancelled() {
+                return;
+            }
+            stats.down_since_ms.store(now_ms(), Ordering::Relaxed);
+            stats::add(&stats.restarts, 1);
+            if started.elapsed() > Duration::from_secs(600) {
+                backoff.reset();
+            }
+            let why = match outcome {
+                Ok(()) => "it ended".to_string(),
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => panic_text(panic.as_ref()),
+                    Err(e) => e.to_string(),
+                },
+            };
+            tracing::error!(sink = %sink, part, reason = %why, restarts = stats::get(&stats.restarts),
+                "a task of this sink stopped unexpectedly; restarting it (its records stay queued)");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = cancel.cancelled() => return,
+        }
+        match make() {
+            Ok(run) => next = Some(run),
+            Err(e) => {
+                tracing::error!(sink = %sink, part, error = %e, "cannot restart a task of this sink; trying again")
             }
         }
     }
-    Ok(handle)
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("panicked: {text}")
+}
+
+/// The local side of a downlink: outpost's client on the local broker.
+fn local_side(
+    ctx: &SinkCtx,
+    response_filter: Option<String>,
+    timeout: Duration,
+    commands: session::Inbox<crate::sink::Downlink>,
+    replies: mpsc::Sender<Upstream>,
+    cancel: &CancellationToken,
+) -> Make {
+    let (broker, cancel) = (ctx.local.clone(), cancel.clone());
+    Box::new(move || {
+        Ok(Box::pin(downlink::run(
+            broker.clone(),
+            response_filter.clone(),
+            timeout,
+            commands.clone(),
+            replies.clone(),
+            cancel.clone(),
+        )))
+    })
+}
+
+/// The uplink session of a sink. Each build registers what the sink
+/// admits with ingest. `known`: the LoRaWAN devices a TTN sink shares with
+/// its RPC bridge.
+fn uplink(
+    ctx: &SinkCtx,
+    name: &str,
+    sink: &SinkConfig,
+    io: SessionIo,
+    known: Option<ttn::Known>,
+    cancel: &CancellationToken,
+) -> Make {
+    let (ctx, name, sink, cancel) = (ctx.clone(), name.to_string(), sink.clone(), cancel.clone());
+    Box::new(move || {
+        let outbox = ctx.ingest.outbox().clone();
+        let stats = ctx
+            .ingest
+            .stats()
+            .sinks
+            .get(&name)
+            .cloned()
+            .unwrap_or_default();
+        let run: Run = match &sink {
+            SinkConfig::Mqtt(m) => {
+                let settings = MqttEncoder::settings(m);
+                session::client_identity(&name, &settings);
+                let platform = MqttEncoder::new(m);
+                ctx.ingest.set_admit(&name, platform.admission());
+                let u = Uplink::new(&name, &settings, platform, outbox, stats)?;
+                Box::pin(u.run(cancel.clone()))
+            }
+            SinkConfig::Thingspeak(t) => {
+                let platform = Thingspeak::new(t);
+                ctx.ingest.set_admit(&name, platform.admission());
+                let u = Uplink::new(&name, &Thingspeak::settings(t), platform, outbox, stats)?
+                    .with_rate_limit(&Thingspeak::rate(t));
+                Box::pin(u.run(cancel.clone()))
+            }
+            SinkConfig::Thethingsio(t) => {
+                // What it takes does not depend on the thing token.
+                ctx.ingest
+                    .set_admit(&name, Thethingsio::new(&name, t, "").admission());
+                let (name, t, io) = (name.clone(), t.clone(), io.clone());
+                let (state_dir, cancel) = (ctx.state_dir.clone(), cancel.clone());
+                // The token comes from the config, an earlier activation, or
+                // an activation now; ingest runs meanwhile and records queue.
+                Box::pin(async move {
+                    let Some(token) =
+                        thethingsio::thing_token(&name, &t, &state_dir, &cancel).await
+                    else {
+                        return;
+                    };
+                    let platform = Thethingsio::new(&name, &t, &token);
+                    match Uplink::new(&name, &Thethingsio::settings(&t), platform, outbox, stats) {
+                        Ok(u) => u.with_io(io).run(cancel).await,
+                        Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
+                    }
+                })
+            }
+            SinkConfig::Thingsboard(t) => {
+                let platform = Thingsboard::new(&name, t, stats.clone())
+                    .with_remote(io.control.is_some())
+                    .with_state_dir(&ctx.state_dir);
+                ctx.ingest.set_admit(&name, platform.admission());
+                let base = Thingsboard::settings(t);
+                let rate = thingsboard::initial_rate(t);
+                if t.provision_device_key.is_none() {
+                    let platform = platform.with_identity(session::client_identity(&name, &base));
+                    let u = Uplink::new(&name, &base, platform, outbox, stats)?
+                        .with_io(io.clone())
+                        .with_rate_limit(&rate);
+                    Box::pin(u.run(cancel.clone()))
+                } else {
+                    // Credentials come from provisioning (stored, or asked
+                    // for now); ingest runs meanwhile and records queue.
+                    let (name, t, io) = (name.clone(), t.clone(), io.clone());
+                    let (state_dir, cancel) = (ctx.state_dir.clone(), cancel.clone());
+                    Box::pin(async move {
+                        let Some(creds) =
+                            provision::credentials(&name, &t, &base, &state_dir, &cancel).await
+                        else {
+                            return;
+                        };
+                        let settings = creds.apply(base);
+                        let platform =
+                            platform.with_identity(session::client_identity(&name, &settings));
+                        match Uplink::new(&name, &settings, platform, outbox, stats) {
+                            Ok(u) => u.with_io(io).with_rate_limit(&rate).run(cancel).await,
+                            Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
+                        }
+                    })
+                }
+            }
+            SinkConfig::Ttn(t) => {
+                let known = known.clone().unwrap_or_else(ttn::known);
+                let platform = Ttn::new(t, known);
+                ctx.ingest.set_admit(&name, platform.admission());
+                let u = Uplink::new(&name, &Ttn::settings(t), platform, outbox, stats)?
+                    .with_io(io.clone());
+                Box::pin(u.run(cancel.clone()))
+            }
+        };
+        Ok(run)
+    })
 }

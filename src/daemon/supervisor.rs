@@ -46,11 +46,20 @@ fn status_line(outbox: &Outbox, stats: &Stats) -> String {
         .values()
         .filter(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed))
         .count();
-    format!(
+    let restarts: u64 = stats
+        .sinks
+        .values()
+        .map(|s| crate::stats::get(&s.restarts))
+        .sum();
+    let mut line = format!(
         "queued={queued} sinks connected={connected}/{} accepted={}",
         stats.sinks.len(),
         crate::stats::get(&stats.ingest.accepted)
-    )
+    );
+    if restarts > 0 {
+        line.push_str(&format!(" sink task restarts={restarts}"));
+    }
+    line
 }
 
 /// Sends STATUS= every few seconds and, when systemd asked for a watchdog,
@@ -58,7 +67,11 @@ fn status_line(outbox: &Outbox, stats: &Stats) -> String {
 pub async fn run(health: Health, stats: Arc<Stats>, shutdown: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled();
     let every = watchdog
-        .map(|w| (w / 2).max(Duration::from_millis(10)))
+        .map(|w| {
+            w.checked_div(2)
+                .unwrap_or_default()
+                .max(Duration::from_millis(10))
+        })
         .unwrap_or(Duration::from_secs(5))
         .min(Duration::from_secs(5));
     if let Some(w) = watchdog {
@@ -68,7 +81,8 @@ pub async fn run(health: Health, stats: Arc<Stats>, shutdown: CancellationToken)
         );
     }
     let mut tick = tokio::time::interval(every);
-    let mut last_status = tokio::time::Instant::now() - Duration::from_secs(60);
+    let now = tokio::time::Instant::now();
+    let mut last_status = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
     loop {
         tokio::select! {
             _ = tick.tick() => {}

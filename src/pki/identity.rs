@@ -43,7 +43,12 @@ pub fn check_at(
     let chain = read_certs(chain_path)?;
     let (key, key_text) = read_key(key_path)?;
     let parsed = parse_all(chain_path, &chain)?;
-    let leaf = &parsed[0];
+    let Some(leaf) = parsed.first() else {
+        return Err(PkiError::Pem {
+            path: chain_path.to_path_buf(),
+            detail: "no certificate in the file".into(),
+        });
+    };
     let cn = cn_of(leaf);
 
     let pair = rcgen::KeyPair::from_pem(&key_text).map_err(|e| PkiError::Pem {
@@ -78,7 +83,11 @@ pub fn check_at(
     let identity = Identity {
         issuer_cn: name_cn(leaf.issuer()),
         not_after: rfc3339(validity.not_after.timestamp()),
-        days_left: (validity.not_after.timestamp() - now.unix_timestamp()) / 86_400,
+        days_left: validity
+            .not_after
+            .timestamp()
+            .saturating_sub(now.unix_timestamp())
+            / 86_400,
         chain_len: parsed.len(),
         cn,
     };
@@ -100,7 +109,10 @@ pub(crate) fn parse_all<'a>(
                 .map(|(_, c)| c)
                 .map_err(|e| PkiError::Pem {
                     path: path.to_path_buf(),
-                    detail: format!("certificate {} is not valid X.509: {e}", i + 1),
+                    detail: format!(
+                        "certificate {} is not valid X.509: {e}",
+                        i.saturating_add(1)
+                    ),
                 })
         })
         .collect()
@@ -109,13 +121,13 @@ pub(crate) fn parse_all<'a>(
 /// Each certificate is signed by the next one (1-based in messages).
 pub(crate) fn check_order(path: &Path, certs: &[X509Certificate<'_>]) -> Result<(), PkiError> {
     for (i, pair) in certs.windows(2).enumerate() {
-        let (cert, next) = (&pair[0], &pair[1]);
+        let [cert, next] = pair else { continue };
         if cert.issuer() != next.subject()
             || cert.verify_signature(Some(next.public_key())).is_err()
         {
             return Err(PkiError::ChainOrder {
                 path: path.to_path_buf(),
-                index: i + 1,
+                index: i.saturating_add(1),
                 cn: cn_of(cert),
                 next_cn: cn_of(next),
             });

@@ -25,7 +25,12 @@ pub fn inspect(path: &Path, root: Option<&Path>, key: Option<&Path>) -> Result<R
     let mut out = String::new();
     let mut ok = true;
     for (i, c) in certs.iter().enumerate() {
-        let _ = writeln!(out, "certificate {} of {}", i + 1, certs.len());
+        let _ = writeln!(
+            out,
+            "certificate {} of {}",
+            i.saturating_add(1),
+            certs.len()
+        );
         let _ = writeln!(out, "  subject:  {}", c.subject());
         let _ = writeln!(out, "  issuer:   {}", c.issuer());
         let _ = writeln!(out, "  CN:       {}", cn_of(c));
@@ -36,12 +41,12 @@ pub fn inspect(path: &Path, root: Option<&Path>, key: Option<&Path>) -> Result<R
         );
         let state = if to < now {
             ok = false;
-            format!("EXPIRED {} day(s) ago", (now - to) / 86_400)
+            format!("EXPIRED {} day(s) ago", now.saturating_sub(to) / 86_400)
         } else if from > now {
             ok = false;
             "NOT YET VALID".to_string()
         } else {
-            format!("{} day(s) left", (to - now) / 86_400)
+            format!("{} day(s) left", to.saturating_sub(now) / 86_400)
         };
         let _ = writeln!(
             out,
@@ -72,8 +77,8 @@ pub fn inspect(path: &Path, root: Option<&Path>, key: Option<&Path>) -> Result<R
     if let Some(root_path) = root {
         let root_ders = read_certs(root_path)?;
         let roots = parse_all(root_path, &root_ders)?;
-        let last = &certs[certs.len() - 1];
-        if roots.iter().any(|r| signed_by_root(last, r)) {
+        let last = certs.last();
+        if last.is_some_and(|last| roots.iter().any(|r| signed_by_root(last, r))) {
             let _ = writeln!(out, "verified against {}: ok", root_path.display());
         } else {
             ok = false;
@@ -81,7 +86,7 @@ pub fn inspect(path: &Path, root: Option<&Path>, key: Option<&Path>) -> Result<R
                 out,
                 "verified against {}: FAILED (the last certificate, CN={}, is not signed by that root)",
                 root_path.display(),
-                cn_of(last)
+                last.map(cn_of).unwrap_or_default()
             );
         }
     }
@@ -91,8 +96,11 @@ pub fn inspect(path: &Path, root: Option<&Path>, key: Option<&Path>) -> Result<R
             source,
         })?;
         let matches = rcgen::KeyPair::from_pem(&text)
-            .map(|k| k.public_key_raw() == certs[0].public_key().subject_public_key.data.as_ref())
-            .unwrap_or(false);
+            .ok()
+            .zip(certs.first())
+            .is_some_and(|(k, leaf)| {
+                k.public_key_raw() == leaf.public_key().subject_public_key.data.as_ref()
+            });
         ok &= matches;
         let _ = writeln!(
             out,
@@ -118,10 +126,12 @@ fn sans(c: &X509Certificate<'_>) -> Vec<String> {
         .map(|n| match n {
             GeneralName::DNSName(d) => format!("DNS:{d}"),
             GeneralName::IPAddress(b) => match b.len() {
-                4 => format!("IP:{}", std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+                4 => match <[u8; 4]>::try_from(*b) {
+                    Ok(a) => format!("IP:{}", std::net::Ipv4Addr::from(a)),
+                    Err(_) => "IP:?".into(),
+                },
                 16 => {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(b);
+                    let a = <[u8; 16]>::try_from(*b).unwrap_or_default();
                     format!("IP:{}", std::net::Ipv6Addr::from(a))
                 }
                 _ => "IP:?".into(),

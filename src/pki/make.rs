@@ -66,9 +66,24 @@ impl Spec {
         p.distinguished_name
             .push(DnType::CommonName, self.cn.clone());
         let now = OffsetDateTime::now_utc();
-        let not_after = self.not_after.unwrap_or(now + Duration::days(self.days));
+        let later = self
+            .days
+            .checked_mul(86_400)
+            .map(Duration::seconds)
+            .and_then(|d| now.checked_add(d))
+            .ok_or_else(|| {
+                PkiError::Make(format!(
+                    "{} days from now is past any date a certificate can hold",
+                    self.days
+                ))
+            })?;
+        let not_after = self.not_after.unwrap_or(later);
         p.not_after = not_after;
-        p.not_before = (now - Duration::minutes(5)).min(not_after - Duration::days(1));
+        let five_minutes_ago = now.checked_sub(Duration::minutes(5)).unwrap_or(now);
+        let day_before_end = not_after
+            .checked_sub(Duration::days(1))
+            .unwrap_or(not_after);
+        p.not_before = five_minutes_ago.min(day_before_end);
         let mut serial = [0u8; 16];
         for b in serial.iter_mut() {
             *b = fastrand::u8(..);
@@ -177,10 +192,11 @@ fn first_pem_cert(pem: &str) -> Result<String, PkiError> {
         .find("-----BEGIN CERTIFICATE-----")
         .ok_or_else(|| PkiError::Make("no certificate in the CA certificate file".into()))?;
     let end_marker = "-----END CERTIFICATE-----";
-    let end = pem[start..]
-        .find(end_marker)
+    let (_, from_start) = pem.split_at(start);
+    let (block, _) = from_start
+        .split_once(end_marker)
         .ok_or_else(|| PkiError::Make("the CA certificate's PEM block is not closed".into()))?;
-    Ok(pem[start..start + end + end_marker.len()].to_string() + "\n")
+    Ok(format!("{block}{end_marker}\n"))
 }
 
 /// Every `CERTIFICATE` block of a PEM text, each ending in a newline.
@@ -189,10 +205,10 @@ pub fn pem_certs(pem: &str) -> String {
     let mut rest = pem;
     while let Ok(block) = first_pem_cert(rest) {
         out.push_str(&block);
-        let Some(at) = rest.find("-----END CERTIFICATE-----") else {
+        let Some((_, after)) = rest.split_once("-----END CERTIFICATE-----") else {
             break;
         };
-        rest = &rest[at + "-----END CERTIFICATE-----".len()..];
+        rest = after;
     }
     out
 }

@@ -39,7 +39,7 @@ pub enum PkiError {
     Pem { path: PathBuf, detail: String },
     #[error("{}: the private key does not belong to the first certificate (CN={cn}); the first certificate in the chain file must be the leaf made for this key", path.display())]
     KeyMismatch { path: PathBuf, cn: String },
-    #[error("{}: certificate {index} (CN={cn}) is not signed by certificate {next} (CN={next_cn}): the chain must go leaf, intermediate(s), [root], each signed by the next", path.display(), next = index + 1)]
+    #[error("{}: certificate {index} (CN={cn}) is not signed by certificate {next} (CN={next_cn}): the chain must go leaf, intermediate(s), [root], each signed by the next", path.display(), next = index.saturating_add(1))]
     ChainOrder {
         path: PathBuf,
         index: usize,

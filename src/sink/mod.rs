@@ -22,9 +22,40 @@ pub mod ttn;
 
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
 use crate::record::Record;
+use crate::route::{Admit, Refusal};
 
 pub use session::{Settings, Uplink};
+
+/// Bytes a PUBLISH needs beyond its topic and payload: the fixed header
+/// (at most 5), the topic's length (2) and the packet id (2).
+pub const PUBLISH_OVERHEAD: usize = 9;
+
+/// Can a publish on `topic` with `payload` bytes go to a broker that takes
+/// packets of at most `max_packet` bytes?
+pub fn check_publish(topic: &str, payload: usize, max_packet: usize) -> Result<(), Refusal> {
+    // The topic is not quoted: a platform may carry a secret in it.
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        return Err(Refusal::topic(
+            "the upstream topic is not a topic name (empty, or with a wildcard or NUL)",
+        ));
+    }
+    if topic.len() > usize::from(u16::MAX) {
+        return Err(Refusal::topic("an upstream topic longer than 65535 bytes"));
+    }
+    let size = topic
+        .len()
+        .saturating_add(payload)
+        .saturating_add(PUBLISH_OVERHEAD);
+    if size > max_packet {
+        return Err(Refusal::too_large(format!(
+            "{size} bytes as sent upstream: larger than the platform's packet limit of {max_packet} bytes"
+        )));
+    }
+    Ok(())
+}
 
 /// One MQTT PUBLISH to send upstream and the outbox rows it carries. The rows
 /// are deleted when the broker acknowledges the publish.
@@ -150,11 +181,10 @@ pub trait Platform: Send + 'static {
         false
     }
 
-    /// Can the platform ever take this record? A record it cannot is moved
-    /// to the dead letters instead of blocking the queue.
-    fn validate(&self, _record: &Record) -> Result<(), String> {
-        Ok(())
-    }
+    /// What the platform can ever take, asked at ingest (a record it
+    /// cannot is refused there) and again before sending (a record queued
+    /// before a limit or a template changed goes to the dead letters).
+    fn admission(&self) -> Arc<dyn Admit>;
 
     /// Encodes records, in outbox order, into publishes. Every record's id
     /// must appear in exactly one returned publish (or the record is never

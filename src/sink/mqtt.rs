@@ -1,15 +1,20 @@
 //! The generic MQTT sink: any broker, topics from a template, payloads as an
 //! envelope that carries the measurement time (or the sensor's bytes as-is).
 
+use std::sync::Arc;
+
 use crate::config::{MqttSinkConfig, PayloadFormat};
 use crate::record::{Reading, Record};
+use crate::route::{Admit, Refusal};
 
 use super::session::Settings;
-use super::{Platform, Publish};
+use super::{check_publish, Platform, Publish};
 
+#[derive(Debug, Clone)]
 pub struct MqttEncoder {
     template: String,
     format: PayloadFormat,
+    max_packet: usize,
 }
 
 impl MqttEncoder {
@@ -17,6 +22,7 @@ impl MqttEncoder {
         MqttEncoder {
             template: cfg.topic.clone(),
             format: cfg.format,
+            max_packet: usize::try_from(cfg.max_packet_size.0).unwrap_or(usize::MAX),
         }
     }
 
@@ -40,6 +46,23 @@ pub fn render_topic(template: &str, r: &Record) -> String {
 impl Platform for MqttEncoder {
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
         records.iter().map(|r| self.encode_one(r)).collect()
+    }
+
+    fn admission(&self) -> Arc<dyn Admit> {
+        Arc::new(self.clone())
+    }
+}
+
+/// A record goes if its topic (from the template) is a topic name and its
+/// encoded payload fits the packet limit.
+impl Admit for MqttEncoder {
+    fn admit(&self, r: &Record) -> Result<(), Refusal> {
+        let p = self.encode_one(r);
+        check_publish(&p.topic, p.payload.len(), self.max_packet).map_err(|mut why| {
+            let topic: String = p.topic.chars().take(80).collect();
+            why.reason = format!("{}: `{topic}`", why.reason);
+            why
+        })
     }
 }
 

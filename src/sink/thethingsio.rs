@@ -14,6 +14,7 @@
 //! Realtime updates of the thing are relayed to a local topic.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
@@ -25,6 +26,7 @@ use super::{Action, Downlink, Platform, Publish, SessionStart};
 use crate::config::ThethingsioSinkConfig;
 use crate::net::BrokerUrl;
 use crate::record::{Reading, Record};
+use crate::route::{Admit, Refusal};
 
 pub struct Thethingsio {
     topic: String,
@@ -86,6 +88,44 @@ fn valid_key(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// A reading goes if its keys are thethings.iO keys, its values are not
+/// null, and its entries fit one message.
+struct ThethingsioAdmit {
+    max_payload: usize,
+}
+
+impl Admit for ThethingsioAdmit {
+    fn admit(&self, r: &Record) -> Result<(), Refusal> {
+        let entries = Thethingsio::entries(r);
+        for e in &entries {
+            let key = e["key"].as_str().unwrap_or_default();
+            let shown: String = key.chars().take(64).collect();
+            if !valid_key(key) {
+                return Err(Refusal::format(format!(
+                    "key `{shown}`: thethings.iO keys use only letters, digits, `.`, `-` and `_`"
+                )));
+            }
+            if e["value"].is_null() {
+                return Err(Refusal::format(format!("key `{shown}` has a null value")));
+            }
+        }
+        let size = entries
+            .iter()
+            .map(|e| e.to_string().len().saturating_add(1))
+            .fold(ENVELOPE, usize::saturating_add);
+        if size > self.max_payload {
+            return Err(Refusal::too_large(format!(
+                "{size} bytes as a thethings.iO message: larger than its limit of {} bytes",
+                self.max_payload
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `{"values":[` … `]}`.
+const ENVELOPE: usize = 16;
+
 impl Platform for Thethingsio {
     fn session_start(&mut self) -> SessionStart {
         SessionStart {
@@ -94,34 +134,28 @@ impl Platform for Thethingsio {
         }
     }
 
-    fn validate(&self, r: &Record) -> Result<(), String> {
-        for e in Self::entries(r) {
-            let key = e["key"].as_str().unwrap_or_default();
-            if !valid_key(key) {
-                return Err(format!(
-                    "key `{key}`: thethings.iO keys use only letters, digits, `.`, `-` and `_`"
-                ));
-            }
-            if e["value"].is_null() {
-                return Err(format!("key `{key}` has a null value"));
-            }
-        }
-        Ok(())
+    fn admission(&self) -> Arc<dyn Admit> {
+        Arc::new(ThethingsioAdmit {
+            max_payload: self.max_payload,
+        })
     }
 
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
         let mut out = Vec::new();
         let mut values = Vec::new();
         let mut ids = Vec::new();
-        let mut size = 16;
+        let mut size = ENVELOPE;
         for r in records {
             let entries = Self::entries(r);
-            let add: usize = entries.iter().map(|e| e.to_string().len() + 1).sum();
-            if !ids.is_empty() && size + add > self.max_payload {
+            let add = entries
+                .iter()
+                .map(|e| e.to_string().len().saturating_add(1))
+                .fold(0, usize::saturating_add);
+            if !ids.is_empty() && size.saturating_add(add) > self.max_payload {
                 out.push(self.publish(std::mem::take(&mut values), std::mem::take(&mut ids)));
-                size = 16;
+                size = ENVELOPE;
             }
-            size += add;
+            size = size.saturating_add(add);
             values.extend(entries);
             ids.push(r.id);
         }
@@ -180,10 +214,11 @@ pub async fn thing_token(
     let mut last_error = None;
     loop {
         if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Some(t) = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["thingToken"].as_str().map(str::to_string))
-            {
+            if let Some(t) = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+                v.get("thingToken")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }) {
                 tracing::info!(sink, "using the thing token stored by activation");
                 return Some(t);
             }
@@ -249,11 +284,16 @@ async fn activate(cfg: &ThethingsioSinkConfig) -> Result<String, String> {
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == channel => {
                     let v: Value = serde_json::from_slice(&p.payload)
                         .map_err(|e| format!("unreadable activation answer: {e}"))?;
-                    if let Some(t) = v["thingToken"].as_str().filter(|t| !t.is_empty()) {
+                    if let Some(t) = v
+                        .get("thingToken")
+                        .and_then(Value::as_str)
+                        .filter(|t| !t.is_empty())
+                    {
                         return Ok(t.to_string());
                     }
-                    let msg = v["message"]
-                        .as_str()
+                    let msg = v
+                        .get("message")
+                        .and_then(Value::as_str)
                         .unwrap_or("no thingToken in the answer");
                     return Err(format!("thethings.iO refused the activation: {msg}"));
                 }
@@ -307,10 +347,13 @@ mod tests {
                 {"key": "door", "value": "open", "datetime": "20261118110645"},
             ]})
         );
-        let err = t
-            .validate(&rec(2, 0, r#"{"temp °C":1}"#))
+        let admit = t.admission();
+        let err = admit
+            .admit(&rec(2, 0, r#"{"temp °C":1}"#))
             .expect_err("bad key");
-        assert!(err.contains("key `temp °C`"), "{err}");
+        assert!(err.reason.contains("key `temp °C`"), "{}", err.reason);
+        let big = format!(r#"{{"v":"{}"}}"#, "x".repeat(70_000));
+        assert_eq!(admit.admit(&rec(3, 0, &big)).map_err(|e| e.code), Err(0x97));
         assert_eq!(
             t.topic_for_logs("v2/things/TOKEN"),
             "v2/things/<thing token>"

@@ -22,13 +22,15 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Platform, Publish, Ready};
+use super::{check_publish, Platform, Publish, Ready};
 use crate::config::sink::{Merge, PublishMode, Replay};
 use crate::config::ThingspeakSinkConfig;
 use crate::record::{Reading, Record};
+use crate::route::{Admit, Refusal};
 use crate::sink::session::Settings;
 use crate::units::RateSpec;
 
+#[derive(Debug, Clone)]
 pub struct Thingspeak {
     topic: String,
     /// `publish = "field"`: the single field's own topic.
@@ -59,8 +61,7 @@ impl Thingspeak {
         Settings::new(cfg.connection(), cfg.client_id.clone())
             .login(Some(cfg.username.clone()), Some(cfg.password.clone()))
             // 100 updates written and not yet confirmed by a ping answer;
-            // ThingSpeak takes messages up to 3000 bytes.
-            .window(100, 3000 + 64)
+            .window(100, MAX_MESSAGE + 64)
     }
 
     /// One update per interval.
@@ -85,15 +86,8 @@ impl Platform for Thingspeak {
         rumqttc::QoS::AtMostOnce
     }
 
-    fn validate(&self, r: &Record) -> Result<(), String> {
-        if self.mapped(r).is_empty() {
-            let keys: Vec<&str> = self.fields.keys().map(String::as_str).collect();
-            return Err(format!(
-                "no key of this reading is mapped to a ThingSpeak field (mapped: {})",
-                keys.join(", ")
-            ));
-        }
-        Ok(())
+    fn admission(&self) -> std::sync::Arc<dyn Admit> {
+        std::sync::Arc::new(self.clone())
     }
 
     fn ready(&self, next: &[&Record], now_ms: i64) -> Ready {
@@ -102,17 +96,45 @@ impl Platform for Thingspeak {
         };
         let end = first.ts.saturating_add(self.interval_ms);
         if now_ms < end {
-            return Ready::WaitMs((end - now_ms) as u64);
+            return Ready::WaitMs(u64::try_from(end.saturating_sub(now_ms)).unwrap_or(0));
         }
         let until = match self.replay {
             Replay::All => end,
             // Everything already closed goes as one update.
-            Replay::LatestOnly => end.max(now_ms - self.interval_ms),
+            Replay::LatestOnly => end.max(now_ms.saturating_sub(self.interval_ms)),
         };
         Ready::Count(next.iter().take_while(|r| r.ts < until).count().max(1))
     }
 
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
+        self.build(records)
+    }
+}
+
+/// A reading goes if a key of it is mapped to a field and its update fits
+/// ThingSpeak's 3000 bytes.
+impl Admit for Thingspeak {
+    fn admit(&self, r: &Record) -> Result<(), Refusal> {
+        if self.mapped(r).is_empty() {
+            let keys: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+            return Err(Refusal::format(format!(
+                "no key of this reading is mapped to a ThingSpeak field (mapped: {})",
+                keys.join(", ")
+            )));
+        }
+        for p in self.build(std::slice::from_ref(r)) {
+            check_publish(&p.topic, p.payload.len(), MAX_MESSAGE + 64)?;
+        }
+        Ok(())
+    }
+}
+
+/// ThingSpeak takes messages up to this many bytes.
+const MAX_MESSAGE: usize = 3000;
+
+impl Thingspeak {
+    /// One update (the interval's readings merged) per call.
+    fn build(&self, records: &[Record]) -> Vec<Publish> {
         if records.is_empty() {
             return Vec::new();
         }
@@ -300,7 +322,13 @@ fields = {{ temp = "field1", hum = "field2", note = "status" }}"#
         assert!(body("min").starts_with("field1=20&"), "{}", body("min"));
         assert!(body("max").starts_with("field1=23&"), "{}", body("max"));
         let ts = Thingspeak::new(&cfg("latest", "all"));
-        assert!(ts.validate(&rec(9, 0, json!({"other": 1}))).is_err());
-        assert!(ts.validate(&rec(9, 0, json!({"hum": 1}))).is_ok());
+        assert!(ts.admit(&rec(9, 0, json!({"other": 1}))).is_err());
+        assert!(ts.admit(&rec(9, 0, json!({"hum": 1}))).is_ok());
+        let long = "y".repeat(4000);
+        assert_eq!(
+            ts.admit(&rec(9, 0, json!({ "note": long })))
+                .map_err(|e| e.code),
+            Err(0x97)
+        );
     }
 }

@@ -20,7 +20,6 @@
 //! `{app}` is `{application id}@{tenant id}`, or the application id alone on
 //! The Things Stack Open Source.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -30,14 +29,24 @@ use crate::source::broker::Broker;
 use crate::source::Ingest;
 use crate::topic::{captures, fill, DeviceTopics};
 
-/// LoRaWAN devices seen on this application.
-pub type Known = Arc<Mutex<HashSet<String>>>;
+/// LoRaWAN devices seen on this application (the most recent ones).
+pub type Known = Arc<Mutex<Recent<()>>>;
+
+/// LoRaWAN devices remembered per application.
+pub const MAX_KNOWN: usize = 10_000;
+
+/// A fresh, empty [`Known`].
+pub fn known() -> Known {
+    Arc::new(Mutex::new(Recent::new(MAX_KNOWN)))
+}
 use serde_json::{json, Map, Value};
 
 use super::session::Settings;
-use super::{Action, Platform, Publish, SessionStart};
+use super::{check_publish, Action, Platform, Publish, SessionStart};
 use crate::config::TtnSinkConfig;
+use crate::recent::Recent;
 use crate::record::{Reading, Record};
+use crate::route::{Admit, Refusal};
 
 pub struct Ttn {
     /// `app1@ttn` or `app1`.
@@ -76,7 +85,7 @@ impl Ttn {
             format!("outpost-{:08x}", fastrand::u32(..)),
         )
         .login(Some(app_id(cfg)), Some(cfg.api_key.clone()))
-        .window(100, 256 * 1024)
+        .window(100, MAX_PACKET)
     }
 
     /// `v3/{app}/devices/{device}/{event}` → (device, event).
@@ -192,18 +201,55 @@ pub fn downlink(payload: &[u8]) -> Result<(Value, bool), String> {
     Ok((Value::Object(d), replace))
 }
 
+/// `"BE EF"` → `[0xBE, 0xEF]`; whitespace between digits is ignored.
 fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
-    let clean: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if clean.len() % 2 != 0 {
+    let digits: Vec<char> = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if digits.len() % 2 != 0 {
         return Err("payload_hex has an odd number of digits".into());
     }
-    (0..clean.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&clean[i..i + 2], 16)
-                .map_err(|_| format!("payload_hex `{s}` is not hexadecimal"))
+    let shown: String = s.chars().take(64).collect();
+    digits
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => match (hi.to_digit(16), lo.to_digit(16)) {
+                (Some(hi), Some(lo)) => u8::try_from(hi << 4 | lo).ok(),
+                _ => None,
+            },
+            _ => None,
         })
+        .map(|b| b.ok_or_else(|| format!("payload_hex `{shown}` is not hexadecimal")))
         .collect()
+}
+
+/// A downlink request goes if it is valid and its device id can be a
+/// topic level; its message fits the session's packet limit.
+struct TtnAdmit {
+    app: String,
+}
+
+impl Admit for TtnAdmit {
+    fn admit(&self, r: &Record) -> Result<(), Refusal> {
+        if r.device.contains(['/', '+', '#']) {
+            return Err(Refusal::topic(
+                "a LoRaWAN device id with `/`, `+` or `#` cannot be a topic level",
+            ));
+        }
+        let (d, replace) = downlink(&r.payload).map_err(Refusal::format)?;
+        let p = downlink_publish(&self.app, r, &d, replace);
+        check_publish(&p.topic, p.payload.len(), MAX_PACKET)
+    }
+}
+
+/// The session's packet limit.
+const MAX_PACKET: usize = 256 * 1024;
+
+fn downlink_publish(app: &str, r: &Record, d: &Value, replace: bool) -> Publish {
+    let verb = if replace { "replace" } else { "push" };
+    Publish {
+        topic: format!("v3/{app}/devices/{}/down/{verb}", r.device),
+        payload: json!({ "downlinks": [d] }).to_string().into_bytes(),
+        ids: vec![r.id],
+    }
 }
 
 impl Platform for Ttn {
@@ -224,8 +270,10 @@ impl Platform for Ttn {
         }
     }
 
-    fn validate(&self, r: &Record) -> Result<(), String> {
-        downlink(&r.payload).map(|_| ())
+    fn admission(&self) -> Arc<dyn Admit> {
+        Arc::new(TtnAdmit {
+            app: self.app.clone(),
+        })
     }
 
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
@@ -233,12 +281,7 @@ impl Platform for Ttn {
             .iter()
             .filter_map(|r| {
                 let (d, replace) = downlink(&r.payload).ok()?;
-                let verb = if replace { "replace" } else { "push" };
-                Some(Publish {
-                    topic: format!("v3/{}/devices/{}/down/{verb}", self.app, r.device),
-                    payload: json!({ "downlinks": [d] }).to_string().into_bytes(),
-                    ids: vec![r.id],
-                })
+                Some(downlink_publish(&self.app, r, &d, replace))
             })
             .collect()
     }
@@ -252,7 +295,7 @@ impl Platform for Ttn {
             return Vec::new();
         };
         if let Ok(mut k) = self.known.lock() {
-            k.insert(device.to_string());
+            k.entry(device, || ());
         }
         let (local, reading) = if event == "up" {
             let Some((ts, values)) = uplink_reading(&msg) else {
@@ -313,7 +356,7 @@ pub async fn rpc_bridge(
         let Some((device, id)) = captures(&topics.rpc_request, &m.topic) else {
             continue;
         };
-        if !known.lock().map(|k| k.contains(&device)).unwrap_or(false) {
+        if !known.lock().is_ok_and(|k| k.contains(&device)) {
             continue;
         }
         let request: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
@@ -323,7 +366,7 @@ pub async fn rpc_bridge(
             Ok((d, _)) => {
                 let topic = downlink_topic.replace("{device}", &device);
                 match ingest.submit(&topic, &body).await {
-                    Ok(n) if n > 0 => json!({"queued": true, "f_port": d["f_port"]}),
+                    Ok(n) if n > 0 => json!({"queued": true, "f_port": d.get("f_port")}),
                     Ok(_) => json!({"error": format!("no route takes {topic} to this sink")}),
                     Err(e) => json!({"error": e.to_string()}),
                 }
@@ -376,6 +419,11 @@ mod tests {
         assert!(downlink(br#"{"f_port":1,"payload_hex":"XYZ"}"#)
             .unwrap_err()
             .contains("odd number"));
+        // Not ASCII: refused with the reason, never a panic.
+        for hex in ["é0", "0é", "ééé", "€€", "0\u{0}"] {
+            let req = json!({"f_port": 1, "payload_hex": hex}).to_string();
+            assert!(downlink(req.as_bytes()).is_err(), "{hex}");
+        }
         assert!(downlink(br#"{"f_port":1,"payload_base64":"!!"}"#)
             .unwrap_err()
             .contains("not base64"));

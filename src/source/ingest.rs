@@ -1,8 +1,13 @@
-//! The one way into the outbox: every source (the MQTT front, serial ports,
-//! readings a platform sends down, the rumqttd link) hands what it hears to
-//! an [`Ingest`], which routes it, stamps it and stores it, and counts what
-//! was accepted or refused. A source that holds an acknowledgement until the
-//! commit uses [`Ingest::store_held`]; the others [`Ingest::store`].
+//! The one way into the outbox: every source (the local broker, serial
+//! ports, readings a platform sends down) hands what it hears to an
+//! [`Ingest`], which routes it, stamps it, checks it against what each sink
+//! can send, stores it, and counts what was accepted or refused.
+//!
+//! A record its sink could never send is refused here, at ingest, where
+//! the sensor can still be told: an MQTT 5 client gets the PUBACK reason
+//! code and nothing is stored; for a 3.1.1 client or a serial port, which
+//! cannot be told, it goes straight to the dead letters with the reason
+//! (and the sensor gets its PUBACK, so it does not resend it forever).
 
 use std::sync::{Arc, Mutex};
 
@@ -10,9 +15,10 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::record::Record;
-use crate::route::Router;
+use crate::route::{Admit, Refusal, Routed, Router};
 use crate::stats::{self, Stats};
-use crate::store::{Appended, Outbox, StoreError, Tagged};
+use crate::store::{Appended, Outbox, Qos2Mark, StoreError, Tagged};
+use crate::throttle::Throttle;
 
 /// Router, outbox and counters, shared by every source. Cheap to clone.
 #[derive(Clone)]
@@ -20,6 +26,7 @@ pub struct Ingest {
     router: Arc<Mutex<Router>>,
     outbox: Outbox,
     stats: Arc<Stats>,
+    logs: Arc<Mutex<Throttle>>,
 }
 
 impl Ingest {
@@ -28,6 +35,7 @@ impl Ingest {
             router: Arc::new(Mutex::new(router)),
             outbox,
             stats,
+            logs: Arc::new(Mutex::new(Throttle::default())),
         }
     }
 
@@ -54,37 +62,85 @@ impl Ingest {
         }
     }
 
-    /// The records a message on `topic` becomes; empty if no route selects it.
-    pub fn route(&self, topic: &str, payload: &[u8]) -> Vec<Record> {
-        self.with_router(|r| r.route(topic, payload))
+    /// What `sink` takes, from now on.
+    pub fn set_admit(&self, sink: &str, admit: Arc<dyn Admit>) {
+        self.with_router(|r| r.set_admit(sink, admit));
     }
 
-    /// Stores records without waiting for the commit (nothing to hold).
-    pub async fn store(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        let n = records.len() as u64;
-        self.outbox.submit(records).await?;
-        stats::add(&self.stats.ingest.accepted, n);
+    /// What a message on `topic` becomes: the records to store, and the
+    /// ones refused. Empty if no route selects it.
+    pub fn route(&self, topic: &str, payload: &[u8]) -> Routed {
+        let routed = self.with_router(|r| r.route(topic, payload));
+        if routed.ts_replaced {
+            stats::add(&self.stats.ingest.ts_replaced, 1);
+        }
+        routed
+    }
+
+    /// Counts and logs (once per device and reason a minute) refused records.
+    pub fn note_refused(&self, refused: &[(Record, Refusal)], told: bool) {
+        if refused.is_empty() {
+            return;
+        }
+        stats::add(&self.stats.ingest.undeliverable, refused.len() as u64);
+        for (r, why) in refused {
+            if let Some(sink) = self.stats.sinks.get(&r.sink) {
+                stats::add(&sink.undeliverable, 1);
+            }
+            let key = format!("{}\u{0}{}\u{0}{}", r.sink, r.device, why.reason);
+            let due = self.logs.lock().ok().and_then(|mut l| l.due(&key));
+            if let Some(count) = due {
+                let device: String = r.device.chars().take(64).collect();
+                if told {
+                    tracing::warn!(sink = %r.sink, device = %device, reason = %why.reason, code = why.code, count,
+                        "reading refused at ingest: its sink could never send it (the MQTT 5 client was told)");
+                } else {
+                    tracing::warn!(sink = %r.sink, device = %device, reason = %why.reason, count,
+                        "reading its sink could never send: moved to the dead letters (see `outpost dead-letters`)");
+                }
+            }
+        }
+    }
+
+    /// Stores a routed message that needs no acknowledgement: its records
+    /// queued, its refused ones in the dead letters.
+    pub async fn store(&self, routed: Routed) -> Result<(), StoreError> {
+        self.store_held(routed, None, None).await
+    }
+
+    /// [`Ingest::store`], with the commit's outcome sent on `done` (tagged)
+    /// so the caller can hold an acknowledgement until then, and an
+    /// incoming QoS 2 packet id recorded in the same transaction. Hand the
+    /// outcome to [`Ingest::count`].
+    pub async fn store_held(
+        &self,
+        routed: Routed,
+        mark: Option<Qos2Mark>,
+        done: Option<(mpsc::UnboundedSender<Tagged>, u64)>,
+    ) -> Result<(), StoreError> {
+        self.note_refused(&routed.refused, false);
+        let held = done.is_some();
+        let n = routed.records.len() as u64;
+        let dead = routed
+            .refused
+            .into_iter()
+            .map(|(r, why)| (r, why.reason))
+            .collect();
+        self.outbox
+            .append_with_dead(routed.records, dead, mark, done)
+            .await?;
+        if !held {
+            stats::add(&self.stats.ingest.accepted, n);
+        }
         Ok(())
     }
 
-    /// [`Ingest::store`] from a blocking thread.
+    /// [`Ingest::store`] from a blocking thread (records only).
     pub fn store_blocking(&self, records: Vec<Record>) -> Result<(), StoreError> {
         let n = records.len() as u64;
         self.outbox.submit_blocking(records)?;
         stats::add(&self.stats.ingest.accepted, n);
         Ok(())
-    }
-
-    /// Stores records; the commit outcome arrives on `tx` tagged `tag`, so
-    /// the caller can hold an acknowledgement until then. Hand the outcome
-    /// to [`Ingest::count`].
-    pub async fn store_held(
-        &self,
-        records: Vec<Record>,
-        tx: mpsc::UnboundedSender<Tagged>,
-        tag: u64,
-    ) -> Result<(), StoreError> {
-        self.outbox.append_tagged(records, tx, tag).await
     }
 
     /// Counts a held append's outcome.
@@ -96,10 +152,10 @@ impl Ingest {
     /// Routes and stores one message that needs no acknowledgement (a
     /// platform's uplink). Returns how many records it became.
     pub async fn submit(&self, topic: &str, payload: &[u8]) -> Result<usize, StoreError> {
-        let records = self.route(topic, payload);
-        let n = records.len();
-        if n > 0 {
-            self.store(records).await?;
+        let routed = self.route(topic, payload);
+        let n = routed.records.len();
+        if n > 0 || !routed.refused.is_empty() {
+            self.store(routed).await?;
         }
         Ok(n)
     }
@@ -113,16 +169,16 @@ impl Ingest {
         device: &str,
         values: Map<String, Value>,
     ) -> Result<Vec<u8>, StoreError> {
-        let (payload, records) = self.with_router(|r| {
+        let (payload, routed) = self.with_router(|r| {
             let mut body = Map::new();
             body.insert("ts".into(), Value::from(r.stamp(device)));
             body.insert("values".into(), Value::Object(values));
             let payload = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
-            let records = r.route(topic, &payload);
-            (payload, records)
+            let routed = r.route(topic, &payload);
+            (payload, routed)
         });
-        if !records.is_empty() {
-            self.store(records).await?;
+        if !routed.records.is_empty() || !routed.refused.is_empty() {
+            self.store(routed).await?;
         }
         Ok(payload)
     }

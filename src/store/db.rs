@@ -308,6 +308,27 @@ impl Db {
     }
 }
 
+impl Db {
+    /// (count, bytes) of the dead letters.
+    pub fn dead_size(&self) -> rusqlite::Result<(u64, u64)> {
+        self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(device) + LENGTH(topic) + 48), 0) FROM dead_letters",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+        )
+    }
+}
+
+/// Removes the oldest dead letter; returns its size if there was one.
+pub fn drop_oldest_dead(tx: &Transaction<'_>) -> rusqlite::Result<Option<u64>> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM dead_letters WHERE id = (SELECT MIN(id) FROM dead_letters)
+         RETURNING LENGTH(payload) + LENGTH(device) + LENGTH(topic) + 48",
+    )?;
+    stmt.query_row([], |r| r.get::<_, i64>(0).map(|n| n.max(0) as u64))
+        .optional()
+}
+
 /// A record moved aside because its platform can never take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

@@ -112,6 +112,9 @@ impl Done {
 pub(crate) enum Command {
     Append {
         records: Vec<Record>,
+        /// Records refused at ingest: straight to the dead letters, with
+        /// the reason, in the same transaction.
+        dead: Vec<(Record, String)>,
         /// An incoming QoS 2 packet id recorded with the records, in the
         /// same transaction (see [`Qos2Mark`]).
         mark: Option<Qos2Mark>,
@@ -149,6 +152,7 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     notify: HashMap<String, Arc<Notify>>,
     stats: Mutex<BTreeMap<String, QueueStats>>,
+    dead: Mutex<DeadStats>,
 }
 
 /// A cheap, cloneable handle to the outbox.
@@ -176,16 +180,27 @@ pub struct Limits {
     pub max_bytes: u64,
     pub max_age_ms: i64,
     pub policy: FullPolicy,
+    pub dead_max_bytes: u64,
 }
 
 impl Limits {
     pub fn of(cfg: &StoreConfig) -> Limits {
         Limits {
             max_bytes: cfg.max_bytes.0,
-            max_age_ms: cfg.max_age.0.as_millis().min(i64::MAX as u128) as i64,
+            max_age_ms: i64::try_from(cfg.max_age.0.as_millis()).unwrap_or(i64::MAX),
             policy: cfg.full_policy,
+            dead_max_bytes: cfg.dead_letters_max_bytes.0,
         }
     }
+}
+
+/// The dead letters, as of the last commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadStats {
+    pub count: u64,
+    pub bytes: u64,
+    /// Dead letters removed to stay within `dead_letters_max_bytes`.
+    pub dropped: u64,
 }
 
 impl Outbox {
@@ -206,6 +221,7 @@ impl Outbox {
         let shared = Arc::new(Shared {
             notify,
             stats: Mutex::new(BTreeMap::new()),
+            dead: Mutex::new(DeadStats::default()),
         });
         let (tx, rx) = mpsc::channel(64 * 1024);
         let state = writer::State::load(&db, limits)?;
@@ -227,6 +243,7 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
+                dead: Vec::new(),
                 mark: None,
                 done: Some(Done::Once(done)),
             })
@@ -235,12 +252,34 @@ impl Outbox {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Appends records, and records refused at ingest straight to the dead
+    /// letters, in one transaction; the outcome arrives on `tx` with `tag`
+    /// (to hold an acknowledgement until then), or nowhere.
+    pub async fn append_with_dead(
+        &self,
+        records: Vec<Record>,
+        dead: Vec<(Record, String)>,
+        mark: Option<Qos2Mark>,
+        done: Option<(mpsc::UnboundedSender<Tagged>, u64)>,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Append {
+                records,
+                dead,
+                mark,
+                done: done.map(|(tx, tag)| Done::Tagged(tx, tag)),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Appends records from a blocking thread without waiting for the commit
     /// (the caller has no acknowledgement to hold).
     pub fn submit_blocking(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.tx
             .blocking_send(Command::Append {
                 records,
+                dead: Vec::new(),
                 mark: None,
                 done: None,
             })
@@ -257,6 +296,7 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
+                dead: Vec::new(),
                 mark: None,
                 done: Some(Done::Tagged(tx, tag)),
             })
@@ -276,6 +316,7 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
+                dead: Vec::new(),
                 mark: Some(mark),
                 done: Some(Done::Tagged(tx, tag)),
             })
@@ -329,6 +370,7 @@ impl Outbox {
         self.tx
             .send(Command::Append {
                 records,
+                dead: Vec::new(),
                 mark: None,
                 done: None,
             })
@@ -416,6 +458,14 @@ impl Outbox {
     /// Woken whenever new records for `sink` are committed.
     pub fn notifier(&self, sink: &str) -> Option<Arc<Notify>> {
         self.shared.notify.get(sink).cloned()
+    }
+
+    /// The dead letters, as of the last commit.
+    pub fn dead_stats(&self) -> DeadStats {
+        match self.shared.dead.lock() {
+            Ok(s) => *s,
+            Err(p) => *p.into_inner(),
+        }
     }
 
     /// Queue depth and drop counts per sink, as of the last commit.

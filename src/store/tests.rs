@@ -12,6 +12,7 @@ fn cfg(max_bytes: u64, policy: FullPolicy) -> StoreConfig {
         max_age: Seconds(Duration::from_secs(3600)),
         full_policy: policy,
         synchronous: Synchronous::Normal,
+        ..StoreConfig::default()
     }
 }
 

@@ -9,7 +9,7 @@ use rusqlite::Transaction;
 use tokio::sync::mpsc;
 
 use super::db::{self, Db, Depth};
-use super::{Appended, Command, Limits, Qos2Op, QueueStats, Shared, StoreError};
+use super::{Appended, Command, DeadStats, Limits, Qos2Op, QueueStats, Shared, StoreError};
 use crate::config::FullPolicy;
 use crate::record::now_ms;
 
@@ -26,6 +26,7 @@ pub(crate) struct State {
     depths: HashMap<String, Depth>,
     dropped: HashMap<String, u64>,
     total_bytes: u64,
+    dead: DeadStats,
 }
 
 impl State {
@@ -38,11 +39,24 @@ impl State {
             .map(|((sink, _), v)| (sink, v))
             .collect();
         let total_bytes = depths.values().map(|d| d.bytes).sum();
+        let (count, bytes) = db.dead_size().map_err(|e| db::explain(db.path(), e))?;
+        let dead_dropped = db
+            .counters()
+            .map_err(|e| db::explain(db.path(), e))?
+            .into_iter()
+            .filter(|((_, name), _)| name == "dead_dropped")
+            .map(|(_, v)| v)
+            .sum();
         Ok(State {
             limits,
             depths,
             dropped,
             total_bytes,
+            dead: DeadStats {
+                count,
+                bytes,
+                dropped: dead_dropped,
+            },
         })
     }
 
@@ -65,13 +79,45 @@ impl State {
             Ok(mut s) => *s = view,
             Err(p) => *p.into_inner() = view,
         }
+        match shared.dead.lock() {
+            Ok(mut d) => *d = self.dead,
+            Err(p) => *p.into_inner() = self.dead,
+        }
+    }
+
+    /// A record moved to the dead letters; the oldest go beyond the bound.
+    fn dead_added(&mut self, tx: &Transaction<'_>, size: u64) -> rusqlite::Result<()> {
+        self.dead.count = self.dead.count.saturating_add(1);
+        self.dead.bytes = self.dead.bytes.saturating_add(size);
+        let mut dropped: u64 = 0;
+        while self.dead.bytes > self.limits.dead_max_bytes {
+            match db::drop_oldest_dead(tx)? {
+                Some(n) => {
+                    self.dead.bytes = self.dead.bytes.saturating_sub(n);
+                    self.dead.count = self.dead.count.saturating_sub(1);
+                    dropped = dropped.saturating_add(1);
+                }
+                None => {
+                    self.dead = DeadStats {
+                        dropped: self.dead.dropped,
+                        ..DeadStats::default()
+                    };
+                    break;
+                }
+            }
+        }
+        if dropped > 0 {
+            self.dead.dropped = self.dead.dropped.saturating_add(dropped);
+            db::add_counter(tx, "", "dead_dropped", dropped)?;
+        }
+        Ok(())
     }
 
     fn added(&mut self, sink: &str, size: u64) {
         let d = self.depths.entry(sink.to_string()).or_default();
-        d.records += 1;
-        d.bytes += size;
-        self.total_bytes += size;
+        d.records = d.records.saturating_add(1);
+        d.bytes = d.bytes.saturating_add(size);
+        self.total_bytes = self.total_bytes.saturating_add(size);
     }
 
     fn removed(&mut self, sink: &str, size: u64) {
@@ -89,7 +135,8 @@ struct Drops(BTreeMap<String, u64>);
 
 impl Drops {
     fn add(&mut self, sink: &str, n: u64) {
-        *self.0.entry(sink.to_string()).or_default() += n;
+        let e = self.0.entry(sink.to_string()).or_default();
+        *e = e.saturating_add(n);
     }
 }
 
@@ -100,6 +147,8 @@ pub(crate) fn run(
     mut state: State,
 ) {
     let mut log = DropLog::default();
+    // A full disk fails every commit: one line a minute says so.
+    let mut failures = crate::throttle::Throttle::default();
     let mut stop = false;
     while let Some(first) = rx.blocking_recv() {
         let mut group = Vec::with_capacity(64);
@@ -136,7 +185,10 @@ pub(crate) fn run(
 
         if let Err(e) = &result {
             state = before;
-            tracing::error!(error = %e, commands = group.len(), "outbox commit failed; nothing in this group was stored");
+            if let Some(count) = failures.due("commit") {
+                tracing::error!(error = %e, commands = group.len(), failed_commits = count,
+                    "outbox commit failed; nothing in this group was stored (readings are refused until commits work again)");
+            }
         } else {
             state.publish(&shared);
             for sink in woken {
@@ -207,18 +259,32 @@ fn apply(
     let now = now_ms();
     for cmd in group {
         match cmd {
-            Command::Append { records, mark, .. } => {
+            Command::Append {
+                records,
+                dead,
+                mark,
+                ..
+            } => {
                 let mut outcome = Appended::default();
+                for (r, reason) in dead {
+                    // Through the queue table, so its id is never reused.
+                    let size = r.stored_size();
+                    let id = db::insert(tx, r, size, now)?;
+                    if db::dead_letter(tx, id, reason, now)?.is_some() {
+                        db::add_counter(tx, &r.sink, "dead_lettered", 1)?;
+                        state.dead_added(tx, size)?;
+                    }
+                }
                 for r in records {
                     let size = r.stored_size();
                     if !make_room(tx, state, drops, size)? {
                         drops.add(&r.sink, 1);
-                        outcome.rejected += 1;
+                        outcome.rejected = outcome.rejected.saturating_add(1);
                         continue;
                     }
                     db::insert(tx, r, size, now)?;
                     state.added(&r.sink, size);
-                    outcome.stored += 1;
+                    outcome.stored = outcome.stored.saturating_add(1);
                     if !woken.contains(&r.sink) {
                         woken.push(r.sink.clone());
                     }
@@ -240,6 +306,7 @@ fn apply(
                     if let Some((sink, size)) = db::dead_letter(tx, *id, reason, now)? {
                         state.removed(&sink, size);
                         db::add_counter(tx, &sink, "dead_lettered", 1)?;
+                        state.dead_added(tx, size)?;
                     }
                 }
             }
@@ -260,7 +327,8 @@ fn apply(
     }
     for (sink, n) in &drops.0 {
         db::add_counter(tx, sink, "dropped", *n)?;
-        *state.dropped.entry(sink.clone()).or_default() += n;
+        let e = state.dropped.entry(sink.clone()).or_default();
+        *e = e.saturating_add(*n);
     }
     Ok(())
 }
@@ -277,19 +345,19 @@ fn make_room(
     if size > max {
         return Ok(false);
     }
-    if state.total_bytes + size <= max {
+    if state.total_bytes.saturating_add(size) <= max {
         return Ok(true);
     }
     if state.limits.policy == FullPolicy::RejectNew {
         return Ok(false);
     }
-    while state.total_bytes + size > max {
+    while state.total_bytes.saturating_add(size) > max {
         let rows = db::oldest(tx, EVICT_STEP)?;
         if rows.is_empty() {
             break;
         }
         for (id, sink, row_size, _) in rows {
-            if state.total_bytes + size <= max {
+            if state.total_bytes.saturating_add(size) <= max {
                 break;
             }
             if db::delete(tx, id)?.is_some() {
@@ -298,7 +366,7 @@ fn make_room(
             }
         }
     }
-    Ok(state.total_bytes + size <= max)
+    Ok(state.total_bytes.saturating_add(size) <= max)
 }
 
 fn expire(
@@ -310,7 +378,7 @@ fn expire(
     let cutoff = now.saturating_sub(state.limits.max_age_ms);
     loop {
         let rows = db::oldest(tx, EVICT_STEP)?;
-        let mut removed = 0;
+        let mut removed: u64 = 0;
         for (id, sink, size, ingested_at) in &rows {
             if *ingested_at >= cutoff {
                 return Ok(());
@@ -318,7 +386,7 @@ fn expire(
             if db::delete(tx, *id)?.is_some() {
                 state.removed(sink, *size);
                 drops.add(sink, 1);
-                removed += 1;
+                removed = removed.saturating_add(1);
             }
         }
         if rows.len() < EVICT_STEP || removed == 0 {
@@ -338,7 +406,8 @@ struct DropLog {
 impl DropLog {
     fn note(&mut self, drops: &Drops, limits: &Limits) {
         for (sink, n) in &drops.0 {
-            *self.pending.entry(sink.clone()).or_default() += n;
+            let e = self.pending.entry(sink.clone()).or_default();
+            *e = e.saturating_add(*n);
         }
         if self.pending.is_empty() {
             return;

@@ -273,6 +273,26 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
             let mut s = hello(port, &h("s").persistent(), "s back", &mut seen).await;
             observe("s back", &mut s, &mut seen).await;
         }
+        "wildcard_publish" => {
+            // A sensor that puts a wildcard where its device name goes: a
+            // subscriber on the topic's filter sees nothing, the
+            // publisher's connection ends.
+            let mut s = hello(port, &h("s"), "s", &mut seen).await;
+            s.subscribe(&t("+/telemetry"), 1).await;
+            let mut p = hello(port, &h("p"), "p", &mut seen).await;
+            p.send(&Packet::Publish(outpost::source::broker::codec::Publish {
+                dup: false,
+                qos: 1,
+                retain: false,
+                topic: t("+/telemetry"),
+                pkid: 1,
+                payload: Bytes::from_static(b"{}"),
+                props: Props::default(),
+            }))
+            .await;
+            observe("p", &mut p, &mut seen).await;
+            observe("s", &mut s, &mut seen).await;
+        }
         "qos2_resend" => {
             let mut s = hello(port, &h("s"), "s", &mut seen).await;
             s.subscribe(&t("q2"), 2).await;
@@ -342,6 +362,7 @@ const SCENARIOS: &[&str] = &[
     "redelivery",
     "qos2_resend",
     "message_properties",
+    "wildcard_publish",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
+use outpost::source::broker::codec::{Props, V5};
 
 fn mosquitto_pub(port: u16, topic: &str, payload: &str) -> std::process::Output {
     require("mosquitto_pub", "mosquitto-clients");
@@ -256,17 +257,40 @@ async fn a_full_store_with_drop_oldest_keeps_the_newest_and_counts_the_dropped()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_store_with_reject_new_keeps_the_oldest() {
+async fn a_full_store_with_reject_new_keeps_the_oldest_and_acknowledges_nothing_it_refused() {
     let mut w = World::new("");
     let col = w.collect("site1/#").await;
     w.up.stop();
     let store = "max_bytes = \"4 KiB\"\nfull_policy = \"reject_new\"";
     let op = w.start(&w.site().mqtt(store, ""));
 
-    fill_store(&op, w.port, 200).await;
+    // A 3.1.1 sensor cannot be told: the first reading not stored closes
+    // its connection without a PUBACK, so it keeps the reading.
+    let msgs = readings(1, 200).remove("dev-0").unwrap_or_default();
+    let acked = publish_all(w.port, "filler", msgs).await as i64;
     let kept = op.queued();
     assert!(kept > 0 && kept < 200, "kept {kept}");
-    assert_eq!(counter(&op.outbox(), "up", "dropped"), 200 - kept);
+    assert!(acked <= kept, "{acked} acknowledged, {kept} stored");
+    assert!(
+        wait_until(Duration::from_secs(5), || op
+            .log_text()
+            .contains("closing so the client sends again")),
+        "{}",
+        op.log_text()
+    );
+    // MQTT 5 is told: PUBACK 0x97 (quota exceeded), nothing stored.
+    let (mut c5, _) = Raw::connected(w.port, &Hello::new(V5, "filler5")).await;
+    let code = c5
+        .publish(
+            "sensors/dev-5/telemetry",
+            b"{\"seq\":0}",
+            1,
+            false,
+            Props::default(),
+        )
+        .await;
+    assert_eq!(code, Ok(0x97));
+    assert_eq!(op.queued(), kept);
 
     w.up.restart();
     assert!(col.wait_for(kept as usize, Duration::from_secs(30)).await >= kept as usize);
@@ -277,5 +301,25 @@ async fn a_full_store_with_reject_new_keeps_the_oldest() {
         first_arrivals(&got),
         (0..kept as u64).collect::<Vec<_>>(),
         "the oldest {kept} readings are kept"
+    );
+    // Room again: the same sensor's reading is taken.
+    assert_eq!(
+        c5.publish(
+            "sensors/dev-5/telemetry",
+            b"{\"seq\":1}",
+            1,
+            false,
+            Props::default()
+        )
+        .await,
+        Ok(0)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || col
+            .all()
+            .iter()
+            .any(|s| s.topic.contains("dev-5"))),
+        "{}",
+        op.log_text()
     );
 }

@@ -14,94 +14,6 @@ use outpost::source::broker::codec::{
 
 use crate::common::*;
 
-/// outpost's memory bound during these tests.
-const RSS_BOUND_KIB: u64 = 64 * 1024;
-
-/// An outpost with the default test route and a collector upstream.
-pub struct Site {
-    pub w: World,
-    pub col: Collector,
-    pub op: Outpost,
-    canaries: usize,
-}
-
-impl Site {
-    pub async fn start(broker_extra: &str) -> Site {
-        Site::start_with_env(broker_extra, &[]).await
-    }
-
-    pub async fn start_with_env(broker_extra: &str, env: &[(&str, &str)]) -> Site {
-        let w = World::new("");
-        let col = w.collect("site1/#").await;
-        let text = w
-            .site()
-            .mqtt("", "")
-            .replace("[broker]\n", &format!("[broker]\n{broker_extra}\n"));
-        let op = w.start_with_env(&text, env);
-        Site {
-            w,
-            col,
-            op,
-            canaries: 0,
-        }
-    }
-
-    fn broker_status(&self) -> serde_json::Value {
-        self.op.status_json()["broker"].clone()
-    }
-
-    /// A 3.1.1 and an MQTT 5 sensor connect, publish at QoS 1, get their
-    /// PUBACK, and both readings arrive upstream; the broker needed no
-    /// restart; memory is bounded.
-    pub async fn canary(&mut self) {
-        self.canaries += 1;
-        let n = self.canaries;
-        for level in [V311, V5] {
-            let device = format!("canary{level}-{n}");
-            let (mut c, _) = Raw::connected(self.w.port, &Hello::new(level, &device)).await;
-            let code = c
-                .publish(
-                    &format!("sensors/{device}/telemetry"),
-                    format!("{{\"canary\":{n}}}").as_bytes(),
-                    1,
-                    false,
-                    Props::default(),
-                )
-                .await;
-            assert_eq!(code, Ok(0), "canary {device}: PUBACK");
-            c.disconnect().await;
-            let arrived = wait_until(Duration::from_secs(10), || {
-                self.col.all().iter().any(|s| s.topic.contains(&device))
-            });
-            assert!(
-                arrived,
-                "canary {device} never arrived upstream:\n{}",
-                self.op.log_text()
-            );
-        }
-        assert!(self.op.alive(), "outpost exited:\n{}", self.op.log_text());
-        let b = self.broker_status();
-        assert_eq!(b["restarts"], 0, "the broker needed a restart: {b}");
-        let rss = self.op.rss_kib();
-        assert!(rss < RSS_BOUND_KIB, "outpost uses {rss} KiB");
-    }
-
-    /// No reading of `device` reached upstream.
-    pub fn never_arrived(&self, device: &str) {
-        let seen: Vec<String> = self
-            .col
-            .all()
-            .iter()
-            .filter(|s| s.topic.contains(device))
-            .map(|s| s.topic.clone())
-            .collect();
-        assert!(
-            seen.is_empty(),
-            "{device} was stored and forwarded: {seen:?}"
-        );
-    }
-}
-
 fn publish(topic: &str, payload: &[u8], qos: u8, pkid: u16, props: Props) -> Packet {
     Packet::Publish(Publish {
         dup: false,
@@ -125,7 +37,7 @@ fn user_props() -> Props {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_properties_reach_a_311_subscriber_that_then_reconnects() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     let (mut sub, _) = Raw::connected(s.w.port, &Hello::new(V311, "sub-311")).await;
     assert!(matches!(
         sub.subscribe("t/props", 1).await,
@@ -163,7 +75,7 @@ async fn mqtt5_properties_reach_a_311_subscriber_that_then_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ids_with_slashes_and_wildcards_sent_twice_take_over_cleanly() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     for level in [V311, V5] {
         for id in ["a/b", "+", "#", "$SYS", "x/+/#", "site/1/sensor"] {
             let (mut first, _) = Raw::connected(s.w.port, &Hello::new(level, id)).await;
@@ -185,7 +97,7 @@ async fn client_ids_with_slashes_and_wildcards_sent_twice_take_over_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_refused_at_max_connections_gets_a_connack_and_retries() {
-    let mut s = Site::start("max_connections = 3").await;
+    let mut s = Watched::broker("max_connections = 3").await;
     let mut held = Vec::new();
     for i in 0..3 {
         held.push(
@@ -215,7 +127,7 @@ async fn a_client_refused_at_max_connections_gets_a_connack_and_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_only_packets_from_a_client_end_that_connection_alone() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     let server_packets = [
         Packet::ConnAck(ConnAck {
             session_present: false,
@@ -257,7 +169,7 @@ async fn server_only_packets_from_a_client_end_that_connection_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloned_firmware_311_and_5_fight_over_one_client_id() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     let until = std::time::Instant::now() + Duration::from_secs(5);
     let mut kept = Vec::new();
     let mut round = 0u32;
@@ -297,7 +209,7 @@ async fn cloned_firmware_311_and_5_fight_over_one_client_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_client_alone_in_a_shared_group_leaves_with_a_message_unacked() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     for level in [V5, V311] {
         let id = format!("shared-{level}");
         let hello = Hello::new(level, &id).persistent();
@@ -345,7 +257,7 @@ async fn a_persistent_client_alone_in_a_shared_group_leaves_with_a_message_unack
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_zero_and_any_utf8_client_id_are_accepted() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     for level in [V311, V5] {
         let mut h = Hello::new(level, "gewächshaus/7 #1");
         h.keep_alive = 0;
@@ -376,7 +288,7 @@ async fn keep_alive_zero_and_any_utf8_client_id_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_from_a_refused_session_or_a_broken_packet_is_stored() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     // An unknown protocol level with a PUBLISH in the same segment.
     let mut r = Raw::open(s.w.port, V311).await;
     let mut bytes = vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 10, 0, 0];
@@ -433,7 +345,7 @@ async fn nothing_from_a_refused_session_or_a_broken_packet_is_stored() {
                 1,
                 Props::default(),
             ),
-            0x90,
+            0x82,
         ),
     ];
     for (p, code) in cases {
@@ -470,7 +382,7 @@ async fn nothing_from_a_refused_session_or_a_broken_packet_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_resend_with_dup_is_stored_once_even_across_a_crash() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     // Readings stay in the outbox, where they can be counted.
     s.w.up.stop();
     let outbox = s.op.outbox();
@@ -544,7 +456,7 @@ async fn a_qos2_resend_with_dup_is_stored_once_even_across_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_filters_close_311_and_get_0x8f_in_5() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     for bad in ["a/#/b", "a+/b", ""] {
         let (mut c, _) = Raw::connected(s.w.port, &Hello::new(V311, "filters")).await;
         let opts = SubOpts {
@@ -592,7 +504,7 @@ async fn malformed_filters_close_311_and_get_0x8f_in_5() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_under_many_filters_topics_and_subscriptions() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     // 30 filters with a subscriber each, 3 MB of messages through each.
     let mut subs = Vec::new();
     for i in 0..30 {
@@ -667,7 +579,7 @@ async fn memory_stays_bounded_under_many_filters_topics_and_subscriptions() {
 /// connections, for a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_packet_sequences_break_nothing() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     let mut rng = fastrand::Rng::with_seed(0x0057_1ce5);
     let until = std::time::Instant::now() + Duration::from_secs(6);
     let mut connections = 0;
@@ -770,7 +682,7 @@ fn random_packet(rng: &mut fastrand::Rng, level: u8) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_broker_is_restarted_in_place_within_seconds() {
-    let s = Site::start_with_env("", &[("OUTPOST_TEST_FAULTS", "1")]).await;
+    let s = Watched::broker_with_env("", &[("OUTPOST_TEST_FAULTS", "1")]).await;
     for (fault, what) in [
         (
             "outpost-fault-poison",
@@ -827,7 +739,7 @@ async fn a_broken_broker_is_restarted_in_place_within_seconds() {
 /// unacknowledged, and 3.1.1 and 5 clients fighting over one client id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_311_and_5_traffic_runs_with_zero_broker_failures() {
-    let mut s = Site::start("").await;
+    let mut s = Watched::broker("").await;
     let port = s.w.port;
     let secs = Duration::from_secs(6);
     let mut tasks = Vec::new();

@@ -11,6 +11,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("units", 0),
     ("net", 0),
     ("files", 0),
+    ("throttle", 0),
+    ("recent", 0),
     ("config", 1),
     ("pki", 1),
     ("store", 2),

@@ -1,5 +1,5 @@
-//! outpost's integration tests: real brokers (Debian's mosquitto, the
-//! embedded rumqttd), the real `outpost` binary, real PTYs and real
+//! outpost's integration tests: real brokers (Debian's mosquitto and
+//! outpost's own), the real `outpost` binary, real PTYs and real
 //! certificates. One test binary with a module per area, so that the
 //! test build links once instead of once per file.
 //!
@@ -11,6 +11,7 @@ mod bad_input;
 mod conformance;
 mod crash;
 mod data_path;
+mod hardening;
 mod hostile;
 mod layout;
 mod local_pubsub;
@@ -18,6 +19,7 @@ mod mtls;
 mod provision;
 mod reload;
 mod remote;
+mod remote_guard;
 mod serial;
 mod systemd;
 mod thethingsio;

@@ -9,7 +9,7 @@ use crate::common::*;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-fn tb_config(site: &Site, extra: &str) -> String {
+pub fn tb_config(site: &Site, extra: &str) -> String {
     format!(
         r#"{header}
 [remote]
@@ -37,14 +37,14 @@ reconnect_max = "500ms"
 
 /// The platform's side: publishes shared attributes to the device and
 /// collects what the device sends.
-struct Platform {
+pub struct Platform {
     client: rumqttc::AsyncClient,
     attributes: Collector,
     telemetry: Collector,
 }
 
 impl Platform {
-    async fn start(up: &Upstream) -> Platform {
+    pub async fn start(up: &Upstream) -> Platform {
         let (client, _rx) = subscriber(
             up.port,
             &format!("tb-{}", fastrand::u32(..)),
@@ -60,7 +60,7 @@ impl Platform {
 
     /// Waits for outpost's connect report: from then on it is subscribed
     /// to its shared attributes (it subscribes before it reports).
-    fn wait_connected(&self, op: &Outpost) {
+    pub fn wait_connected(&self, op: &Outpost) {
         assert!(
             wait_until(Duration::from_secs(10), || self
                 .attributes
@@ -72,7 +72,7 @@ impl Platform {
         );
     }
 
-    async fn set_shared(&self, values: Value) {
+    pub async fn set_shared(&self, values: Value) {
         self.client
             .publish(
                 "v1/devices/me/attributes",
@@ -85,7 +85,7 @@ impl Platform {
     }
 
     /// The device's report for `version`, within 15 s.
-    async fn report(&self, version: Value) -> Value {
+    pub async fn report(&self, version: Value) -> Value {
         for _ in 0..150 {
             if let Some(r) = self
                 .attributes
@@ -109,7 +109,7 @@ impl Platform {
     }
 
     /// Readings (not health) that reached the platform: their values.
-    fn readings(&self) -> Vec<Value> {
+    pub fn readings(&self) -> Vec<Value> {
         let mut out = Vec::new();
         for s in self.telemetry.all() {
             match s.json() {
@@ -121,7 +121,7 @@ impl Platform {
         out
     }
 
-    fn health(&self) -> Vec<Value> {
+    pub fn health(&self) -> Vec<Value> {
         self.telemetry
             .all()
             .iter()
@@ -297,11 +297,19 @@ async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
     let log = op.log_text();
     assert!(log.contains("rolling back"), "{log}");
     assert!(!log.contains("gw-token"), "the token is never logged");
-    let kept = std::fs::read_to_string(w.path().join("remote-config.json")).expect("overlay");
+    // Never made the last good configuration; kept aside with its reason.
+    let kept = std::fs::read_to_string(w.path().join("remote-config.json")).unwrap_or_default();
     assert!(
         !kept.contains(&dead.to_string()),
-        "the broken overlay is not kept: {kept}"
+        "the broken overlay is not the last good one: {kept}"
     );
+    let aside = std::fs::read_to_string(w.path().join("remote-config.failed.json"))
+        .expect("the change set aside");
+    assert!(
+        aside.contains(&dead.to_string()) && aside.contains("did not connect"),
+        "{aside}"
+    );
+    assert!(!w.path().join("remote-config.trying.json").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,14 +245,21 @@ fn check_connection(at: &dyn Fn(&str) -> String, c: &Connection<'_>, problems: &
     if let Err(e) = BrokerUrl::parse(c.url) {
         problems.add(at("url"), e);
     }
-    if c.keep_alive < Duration::from_secs(1) {
-        problems.add(at("keep_alive"), "must be at least 1s");
+    // MQTT carries the keep-alive as 16-bit seconds.
+    if c.keep_alive < Duration::from_secs(1) || c.keep_alive > Duration::from_secs(65_535) {
+        problems.add(at("keep_alive"), "must be between 1s and 65535s");
     }
     if c.reconnect_min > c.reconnect_max || c.reconnect_min.is_zero() {
         problems.add(
             at("reconnect_min"),
             "must be above zero and at most reconnect_max",
         );
+    }
+    if c.reconnect_max > Duration::from_secs(86_400) {
+        problems.add(at("reconnect_max"), "must be at most 1d");
+    }
+    if c.shutdown_grace > Duration::from_secs(600) {
+        problems.add(at("shutdown_grace"), "must be at most 10m");
     }
 }
 
@@ -285,19 +292,12 @@ const TEMPLATE_KEYS: &[&str] = &["device", "kind", "sink", "topic"];
 
 /// Checks an upstream topic template's `{placeholders}`.
 pub fn check_template(t: &str) -> Result<(), String> {
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed `{{` in `{t}`"))?;
-        let key = &after[..close];
+    for key in crate::topic::placeholders(t)? {
         if !TEMPLATE_KEYS.contains(&key) {
             return Err(format!(
                 "unknown placeholder `{{{key}}}` (known: {{device}}, {{kind}}, {{sink}}, {{topic}})"
             ));
         }
-        rest = &after[close + 1..];
     }
     if t.is_empty() || t.contains('+') || t.contains('#') {
         return Err("must be a non-empty topic name without wildcards".into());

@@ -178,4 +178,11 @@ pub(super) fn check(
     if t.max_payload_size.0 < 1024 || t.max_payload_size.0 > 256 << 20 {
         problems.add(at("max_payload_size"), "must be between 1 KiB and 256 MiB");
     }
+    let hour = std::time::Duration::from_secs(3600);
+    if t.rpc_timeout.0.is_zero() || t.rpc_timeout.0 > hour {
+        problems.add(at("rpc_timeout"), "must be above zero and at most 1h");
+    }
+    if t.provision_timeout.0.is_zero() || t.provision_timeout.0 > hour {
+        problems.add(at("provision_timeout"), "must be above zero and at most 1h");
+    }
 }

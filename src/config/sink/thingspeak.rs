@@ -100,6 +100,12 @@ pub(super) fn check(
     t: &ThingspeakSinkConfig,
     problems: &mut Vec<Problem>,
 ) {
+    let interval = t.interval.0;
+    if interval < std::time::Duration::from_secs(1)
+        || interval > std::time::Duration::from_secs(86_400)
+    {
+        problems.add(at("interval"), "must be between 1s and 1d");
+    }
     if t.fields.is_empty() {
         problems.add(
             at("fields"),

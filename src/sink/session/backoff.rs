@@ -27,7 +27,7 @@ impl Backoff {
     /// The wait before the next attempt; doubles each call up to the maximum.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         jitter(base)
     }
 
@@ -39,7 +39,7 @@ impl Backoff {
 }
 
 fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+    Duration::try_from_secs_f64(d.as_secs_f64() * (0.75 + fastrand::f64() * 0.5)).unwrap_or(d)
 }
 #[cfg(test)]
 mod tests {

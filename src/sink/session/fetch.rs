@@ -25,7 +25,12 @@ impl<E: Platform> Uplink<E> {
             Vec::new()
         } else {
             self.outbox
-                .fetch_range(&self.name, flight.cursor, split.floor + 1, limit)
+                .fetch_range(
+                    &self.name,
+                    flight.cursor,
+                    split.floor.saturating_add(1),
+                    limit,
+                )
                 .await?
         };
         split.backlog_done |= backlog.len() < limit;

@@ -69,7 +69,14 @@ impl Flight {
     }
 
     pub(super) fn len(&self) -> usize {
-        self.awaiting_pkid.len() + self.in_flight.len() + self.written.len() + self.pinged.len()
+        [
+            self.awaiting_pkid.len(),
+            self.in_flight.len(),
+            self.written.len(),
+            self.pinged.len(),
+        ]
+        .iter()
+        .fold(0, |sum, n| sum.saturating_add(*n))
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -97,7 +104,7 @@ impl Flight {
     pub(super) fn take(&mut self, n: usize) -> Vec<Record> {
         let live = self.fetched_live.len().min(n);
         let mut out: Vec<Record> = self.fetched_live.drain(..live).collect();
-        let rest = self.fetched.len().min(n - live);
+        let rest = self.fetched.len().min(n.saturating_sub(live));
         out.extend(self.fetched.drain(..rest));
         out
     }

@@ -44,12 +44,17 @@ use flight::{Flight, LiveSplit};
 use poison::SessionLog;
 use tls::Mtls;
 
-use super::{Action, Agent, ControlEvent, Downlink, Platform, Publish, Ready, SinkError, Upstream};
+use super::{
+    check_publish, Action, Agent, ControlEvent, Downlink, Platform, Publish, Ready, SinkError,
+    Upstream,
+};
 use crate::net::BrokerUrl;
 use crate::record::{now_ms, Record};
+use crate::route::Admit;
 use crate::source::Ingest;
 use crate::stats::{self, SinkStats};
 use crate::store::Outbox;
+use crate::throttle::Throttle;
 use crate::units::RateSpec;
 
 /// rumqttc's request channel: the window plus what one encode call may add
@@ -62,14 +67,24 @@ const ENCODE_BATCH: usize = 256;
 /// Records encoded at once while a rate limit paces a backlog.
 const LIVE_BATCH: usize = 32;
 
+/// A receiving end that outlives the task using it: a sink task that is
+/// restarted takes it up again.
+pub type Inbox<T> = Arc<tokio::sync::Mutex<mpsc::Receiver<T>>>;
+
+/// A channel whose receiving end is an [`Inbox`].
+pub fn inbox<T>(capacity: usize) -> (mpsc::Sender<T>, Inbox<T>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
 /// Where a session's platform actions go besides the cloud: all optional,
 /// a plain MQTT sink has none of them.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct SessionIo {
     /// Commands for the local devices (settings, RPC, publishes).
     pub local: Option<mpsc::Sender<Downlink>>,
     /// What goes up besides records: local replies, reports.
-    pub upstream: Option<mpsc::Receiver<Upstream>>,
+    pub upstream: Option<Inbox<Upstream>>,
     /// Readings the platform sends (uplinks) are routed and stored here.
     pub ingest: Option<Ingest>,
     /// outpost's own RPC methods.
@@ -88,9 +103,16 @@ pub struct Uplink<E: Platform> {
     grace: Duration,
     backoff: Backoff,
     encoder: E,
+    /// What the platform can take; a record that no longer passes (a
+    /// limit or template changed since it was queued) is moved aside.
+    admit: Arc<dyn Admit>,
+    /// Dead-letter lines, at most one a minute per reason.
+    logs: Throttle,
     outbox: Outbox,
     stats: Arc<SinkStats>,
     io: SessionIo,
+    /// `io.upstream`, taken while the session runs.
+    upstream: Option<tokio::sync::OwnedMutexGuard<mpsc::Receiver<Upstream>>>,
     /// The platform's message rate limits, obeyed for every publish.
     rate: RateLimit,
     /// What the current (or last) connection did, for poison detection.
@@ -156,10 +178,13 @@ impl<E: Platform> Uplink<E> {
             max_packet: cfg.max_packet,
             grace: cfg.grace,
             backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
+            admit: encoder.admission(),
+            logs: Throttle::default(),
             encoder,
             outbox,
             stats,
             io: SessionIo::default(),
+            upstream: None,
             rate: RateLimit::none(),
             session: SessionLog::default(),
             suspect: None,
@@ -186,6 +211,9 @@ impl<E: Platform> Uplink<E> {
             tracing::error!(sink = %self.name, "no outbox queue for this sink");
             return;
         };
+        if let Some(inbox) = self.io.upstream.clone() {
+            self.upstream = Some(inbox.lock_owned().await);
+        }
         loop {
             if let Err(delay) = self.load_client_cert() {
                 tokio::select! {
@@ -359,7 +387,8 @@ impl<E: Platform> Uplink<E> {
                 return End::Shutdown;
             }
             let can_take_more = draining.is_none() && flight.has_room();
-            let deadline = draining.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let deadline =
+                draining.unwrap_or_else(|| crate::units::deadline(Duration::from_secs(86_400)));
             let unblock = flight.blocked_until;
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -374,7 +403,7 @@ impl<E: Platform> Uplink<E> {
                         if let Some(ids) = flight.on_event(&ev) {
                             let n = ids.len() as u64;
                             if !ids.is_empty() {
-                                self.session.acks += 1;
+                                self.session.acks = self.session.acks.saturating_add(1);
                                 self.suspect = None;
                                 self.careful = self.careful.saturating_sub(1);
                             }
@@ -387,7 +416,7 @@ impl<E: Platform> Uplink<E> {
                     Some(Err(e)) => return End::Failed(Box::new(e)),
                     None => return End::Failed(Box::new(ConnectionError::RequestsDone)),
                 },
-                Some(up) = next_upstream(&mut self.io.upstream) => {
+                Some(up) = next_upstream(&mut self.upstream) => {
                     let publish = match up {
                         Upstream::Publish(p) => Some(p),
                         Upstream::Report(r) => self.encoder.report(r),
@@ -405,7 +434,7 @@ impl<E: Platform> Uplink<E> {
                 _ = tokio::time::sleep_until(unblock.unwrap_or(deadline)), if unblock.is_some() && draining.is_none() => {}
                 _ = shutdown.cancelled(), if draining.is_none() => {
                     tracing::info!(sink = %self.name, in_flight = flight.len(), "stopping: waiting for in-flight acknowledgements");
-                    draining = Some(Instant::now() + self.grace);
+                    draining = Some(crate::units::deadline(self.grace));
                 }
                 _ = tokio::time::sleep_until(deadline), if draining.is_some() => {
                     tracing::warn!(sink = %self.name, in_flight = flight.len(), "stopping before every publish was acknowledged; those records stay queued and are resent on the next start");
@@ -456,23 +485,32 @@ impl<E: Platform> Uplink<E> {
                 Ready::Count(n) => n.clamp(1, batch),
                 Ready::WaitMs(ms) => {
                     // Bring in what else is queued, so the wait merges it.
-                    if flight.more && flight.fetched.len() + flight.fetched_live.len() < batch {
+                    if flight.more
+                        && flight
+                            .fetched
+                            .len()
+                            .saturating_add(flight.fetched_live.len())
+                            < batch
+                    {
                         if let Err(e) = self.refill(flight).await {
                             tracing::error!(sink = %self.name, error = %e, "cannot read the outbox");
                             return Err(End::Shutdown);
                         }
                     }
-                    flight.blocked_until = Some(Instant::now() + Duration::from_millis(ms.max(1)));
+                    flight.blocked_until =
+                        Instant::now().checked_add(Duration::from_millis(ms.max(1)));
                     return Ok(());
                 }
             };
             let mut records: Vec<Record> = Vec::with_capacity(batch);
             for r in flight.take(batch) {
-                match self.encoder.validate(&r) {
+                match self.admit.admit(&r) {
                     Ok(()) => records.push(r),
-                    Err(why) => self.refuse(r.id, &r.device, why).await,
+                    Err(why) => self.refuse(r.id, &r.device, why.reason).await,
                 }
             }
+            #[cfg(debug_assertions)]
+            fault(&records);
             for publish in self.encoder.encode(&records) {
                 self.send(client, flight, publish).await?;
             }
@@ -487,8 +525,10 @@ impl<E: Platform> Uplink<E> {
         flight: &mut Flight,
         publish: Publish,
     ) -> Result<(), End> {
-        if publish.topic.len() + publish.payload.len() + 8 > self.max_packet {
-            self.undeliverable(publish).await;
+        if let Err(why) = check_publish(&publish.topic, publish.payload.len(), self.max_packet) {
+            // Never handed to the client: a publish it refuses would end
+            // every session at the same record.
+            self.undeliverable(publish, why).await;
             return Ok(());
         }
         flight.outgoing.push_back(publish);
@@ -537,8 +577,25 @@ impl<E: Platform> Uplink<E> {
     }
 }
 
+/// A fault the integration tests inject into a debug build (never in a
+/// release build): with `OUTPOST_TEST_FAULTS=1`, the first record of device
+/// `outpost-fault-sink` panics the session, once per process.
+#[cfg(debug_assertions)]
+fn fault(records: &[Record]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if std::env::var_os("OUTPOST_TEST_FAULTS").is_some()
+        && records.iter().any(|r| r.device == "outpost-fault-sink")
+        && !DONE.swap(true, Ordering::SeqCst)
+    {
+        panic!("test fault: the sink session panics");
+    }
+}
+
 /// The next publish or report for upstream, if any side sends them.
-async fn next_upstream(upstream: &mut Option<mpsc::Receiver<Upstream>>) -> Option<Upstream> {
+async fn next_upstream(
+    upstream: &mut Option<tokio::sync::OwnedMutexGuard<mpsc::Receiver<Upstream>>>,
+) -> Option<Upstream> {
     match upstream {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -9,6 +9,10 @@ use tokio::time::Instant;
 
 use crate::units::RateSpec;
 
+/// Send times remembered at most. A window allowing more messages than
+/// this is treated as allowing this many more after each send leaves it.
+const MAX_REMEMBERED: usize = 100_000;
+
 #[derive(Debug, Clone, Default)]
 pub struct RateLimit {
     /// (messages, window), strictest windows included.
@@ -54,7 +58,12 @@ impl RateLimit {
                 .count();
             if recent >= *n {
                 // The window frees up when the n-th most recent send leaves it.
-                let free = self.sent.get(self.sent.len() - *n).map_or(now, |t| *t + *d);
+                let nth = self.sent.len().saturating_sub(*n);
+                let free = self
+                    .sent
+                    .get(nth)
+                    .and_then(|t| t.checked_add(*d))
+                    .unwrap_or(now);
                 at = Some(at.map_or(free, |a| a.max(free)));
             }
         }
@@ -64,6 +73,19 @@ impl RateLimit {
     pub fn record(&mut self, now: Instant) {
         if self.is_limited() {
             self.sent.push_back(now);
+            // Only the n-th most recent send matters for a window of n: a
+            // server that allows a billion messages an hour costs no more
+            // memory than the largest n (capped) of the rest.
+            let keep = self
+                .windows
+                .iter()
+                .map(|(n, _)| *n)
+                .max()
+                .unwrap_or(0)
+                .min(MAX_REMEMBERED);
+            while self.sent.len() > keep {
+                self.sent.pop_front();
+            }
         }
     }
 }
@@ -88,5 +110,18 @@ mod tests {
         }
         // Five in ten seconds: the next one waits for the first to age out.
         assert_eq!(r.next_allowed(t1), Some(t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_huge_server_limit_costs_bounded_memory_and_no_overflow() {
+        let mut r = RateLimit::new(&RateSpec {
+            windows: vec![(usize::MAX, Duration::from_secs(315_360_000))],
+        });
+        let t0 = Instant::now();
+        for _ in 0..200_000 {
+            r.record(t0);
+        }
+        assert!(r.sent.len() <= MAX_REMEMBERED);
+        assert_eq!(r.next_allowed(t0), None);
     }
 }

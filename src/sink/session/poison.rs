@@ -6,6 +6,7 @@
 //! behind it moves on.
 
 use super::Uplink;
+use crate::route::Refusal;
 use crate::sink::{Platform, Publish};
 use crate::stats;
 
@@ -27,31 +28,34 @@ pub(super) struct SessionLog {
 }
 
 impl<E: Platform> Uplink<E> {
-    /// A record the platform says it cannot take (its `validate`).
+    /// A queued record the platform can no longer take (a limit or a
+    /// template changed since it was queued).
     pub(super) async fn refuse(&mut self, id: i64, device: &str, why: String) {
-        tracing::error!(sink = %self.name, record = id, device = %device, reason = %why, "record the platform cannot take: moved to the dead letters");
         stats::add(&self.stats.undeliverable, 1);
+        if let Some(count) = self.logs.due(&why) {
+            let device: String = device.chars().take(64).collect();
+            tracing::warn!(sink = %self.name, record = id, device = %device, reason = %why, count,
+                "queued record the platform can no longer take: moved to the dead letters (see `outpost dead-letters`)");
+        }
         let _ = self.outbox.dead_letter(vec![id], why).await;
     }
 
-    /// A record that can never fit the upstream packet limit would block its
-    /// queue forever; it is removed, counted and logged instead.
-    pub(super) async fn undeliverable(&mut self, p: Publish) {
+    /// A publish that cannot go upstream (its topic is not a topic name, or
+    /// it is larger than the packet limit) would block its queue forever;
+    /// its records go to the dead letters instead. One that carries no
+    /// records (a reply) is dropped.
+    pub(super) async fn undeliverable(&mut self, p: Publish, why: Refusal) {
         let topic = self.encoder.topic_for_logs(&p.topic);
-        tracing::error!(
-            sink = %self.name,
-            topic = %topic,
-            bytes = p.payload.len(),
-            max_packet_size = self.max_packet,
-            "record larger than the upstream packet limit: moved to the dead letters (raise max_packet_size if the platform allows)"
-        );
+        let topic: String = topic.chars().take(128).collect();
+        let reason = format!("{} (on {topic})", why.reason);
+        if let Some(count) = self.logs.due(&why.reason) {
+            tracing::warn!(sink = %self.name, topic = %topic, records = p.ids.len(), reason = %why.reason, count,
+                "publish the upstream cannot take: its records moved to the dead letters (see `outpost dead-letters`)");
+        }
+        if p.ids.is_empty() {
+            return;
+        }
         stats::add(&self.stats.undeliverable, p.ids.len() as u64);
-        let reason = format!(
-            "{} bytes on {}: larger than the upstream packet limit of {} bytes",
-            p.payload.len(),
-            topic,
-            self.max_packet
-        );
         let _ = self.outbox.dead_letter(p.ids, reason).await;
     }
 
@@ -66,7 +70,7 @@ impl<E: Platform> Uplink<E> {
         };
         let Some(&first) = head.first() else { return };
         let count = match self.suspect {
-            Some((id, n)) if id == first => n + 1,
+            Some((id, n)) if id == first => n.saturating_add(1),
             _ => 1,
         };
         self.suspect = Some((first, count));

@@ -45,7 +45,7 @@ impl Entry {
         serde_json::to_vec(&self.json())
             .map(|v| v.len())
             .unwrap_or(0)
-            + 1
+            .saturating_add(1)
     }
 }
 
@@ -77,7 +77,7 @@ impl Batcher {
         if self.devices.iter().any(|(d, _)| d == device) {
             0
         } else {
-            device.len() + 6
+            device.len().saturating_add(6)
         }
     }
 
@@ -156,9 +156,9 @@ pub(super) fn telemetry(
             }
             merged.ids.push(r.id);
             let grown = merged.size().saturating_sub(e.size());
-            if size + grown <= limit {
+            if size.saturating_add(grown) <= limit {
                 *e = merged;
-                batch.size += grown;
+                batch.size = batch.size.saturating_add(grown);
                 clashes.extend(clashed.into_iter().map(|k| (r.device.clone(), r.ts, k)));
                 continue;
             }
@@ -169,12 +169,12 @@ pub(super) fn telemetry(
             values,
             ids: vec![r.id],
         };
-        let mut cost = entry.size() + batch.device_cost(&dev_key);
-        if batch.size + cost > batch.limit && !batch.devices.is_empty() {
+        let mut cost = entry.size().saturating_add(batch.device_cost(&dev_key));
+        if batch.size.saturating_add(cost) > batch.limit && !batch.devices.is_empty() {
             batch.flush();
-            cost = entry.size() + batch.device_cost(&dev_key);
+            cost = entry.size().saturating_add(batch.device_cost(&dev_key));
         }
-        batch.size += cost;
+        batch.size = batch.size.saturating_add(cost);
         match batch.devices.iter_mut().find(|(d, _)| *d == dev_key) {
             Some((_, entries)) => entries.push(entry),
             None => batch.devices.push((dev_key, vec![entry])),
@@ -193,11 +193,15 @@ pub(super) fn attributes(
 ) -> Vec<Publish> {
     let mut out = Vec::new();
     let mut attrs: Vec<(String, Map<String, Value>, Vec<i64>)> = Vec::new();
-    let mut size = 2;
+    let mut size: usize = 2;
     for r in records.iter().filter(|r| r.kind == RecordKind::Attributes) {
         let values = key_values(&r.payload);
-        let cost = serde_json::to_vec(&values).map(|v| v.len()).unwrap_or(0) + r.device.len() + 6;
-        if size + cost > max_payload && !attrs.is_empty() {
+        let cost = serde_json::to_vec(&values)
+            .map(|v| v.len())
+            .unwrap_or(0)
+            .saturating_add(r.device.len())
+            .saturating_add(6);
+        if size.saturating_add(cost) > max_payload && !attrs.is_empty() {
             out.push(attributes_publish(
                 topic,
                 gateway,
@@ -205,7 +209,7 @@ pub(super) fn attributes(
             ));
             size = 2;
         }
-        size += cost;
+        size = size.saturating_add(cost);
         let dev_key = if gateway {
             r.device.clone()
         } else {

@@ -25,11 +25,19 @@ pub fn initial_rate(cfg: &ThingsboardSinkConfig) -> RateSpec {
     }
 }
 
+/// The next id of one of outpost's own requests, after `last`: far from the
+/// small ids ThingsBoard gives server-side RPC (1e9 and up, cycling).
+pub(super) fn next_request_id(last: u64) -> u64 {
+    last.wrapping_add(1)
+        .wrapping_rem(1_000_000)
+        .wrapping_add(1_000_000_000)
+}
+
 impl Thingsboard {
     /// This session's `getSessionLimits` request, with an id far from the
     /// small ids ThingsBoard gives server-side RPC.
     pub(super) fn ask_limits(&mut self) -> Publish {
-        self.limits_request = 1_000_000_000 + (self.limits_request + 1) % 1_000_000;
+        self.limits_request = next_request_id(self.limits_request);
         Publish {
             topic: format!("v1/devices/me/rpc/request/{}", self.limits_request),
             payload: br#"{"method":"getSessionLimits","params":{}}"#.to_vec(),
@@ -41,9 +49,7 @@ impl Thingsboard {
     pub(super) fn session_limits(&mut self, v: &Value) -> Action {
         let gateway = self.mode == TbMode::Gateway;
         if let Some(max) = v["maxPayloadSize"].as_u64() {
-            self.max_payload = usize::try_from(max)
-                .unwrap_or(usize::MAX)
-                .min(self.configured_payload);
+            self.limit.learn(max);
         }
         let max_inflight = v["maxInflightMessages"]
             .as_u64()
@@ -66,7 +72,7 @@ impl Thingsboard {
         };
         tracing::info!(
             sink = %self.sink,
-            max_payload = self.max_payload,
+            max_payload = self.limit.get(),
             max_inflight = ?max_inflight,
             "ThingsBoard session limits received"
         );

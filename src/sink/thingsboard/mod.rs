@@ -8,19 +8,21 @@
 //! [`remote`] (outpost's own attributes and reports), [`provision`]
 //! (self-provisioning of credentials).
 
+mod admit;
 mod encode;
 mod limits;
 pub mod provision;
 mod remote;
 mod rpc;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::ConnectReturnCode;
 use serde_json::{Map, Value};
 
+pub use admit::{PayloadLimit, TbAdmit};
 pub use limits::initial_rate;
 
 use super::session::Settings;
@@ -28,34 +30,39 @@ use super::{Action, Downlink, Platform, Publish, Report, SessionStart};
 use crate::config::{TbMode, ThingsboardSinkConfig};
 use crate::pki::identity::Identity;
 use crate::record::{Record, RecordKind};
+use crate::route::Admit;
 use crate::stats::{self, SinkStats};
 use crate::topic::{fill, DeviceTopics};
-use encode::key_values;
 
 /// Bytes kept free in each PUBLISH for the topic and MQTT framing.
 const FRAMING: usize = 64;
+
+/// Children remembered as announced on one connection.
+const MAX_CONNECTED: usize = 10_000;
 
 pub struct Thingsboard {
     sink: String,
     mode: TbMode,
     short_topics: bool,
     device_type: String,
-    max_payload: usize,
-    /// Gateway mode: children announced with `v1/gateway/connect` on this connection.
+    /// The payload limit: configured, lowered by the server's answer.
+    limit: PayloadLimit,
+    /// Gateway mode: children announced with `v1/gateway/connect` on this
+    /// connection (forgotten beyond [`MAX_CONNECTED`]; announcing again is
+    /// harmless).
     connected: HashSet<String>,
     stats: Arc<SinkStats>,
     last_clash_log: Option<Instant>,
     topics: DeviceTopics,
     device_name: String,
-    /// The configured ceiling for batches.
-    configured_payload: usize,
     /// Rate limits fixed by the config (the server's answer is then ignored).
     fixed_rate: bool,
     /// Id of this session's `getSessionLimits` request.
     limits_request: u64,
     /// Client-side RPC relayed for local devices: upstream id → local
-    /// response topic.
-    client_rpc: HashMap<u64, String>,
+    /// response topic. Ids only grow, so the oldest go first beyond
+    /// [`rpc::MAX_PENDING`].
+    client_rpc: BTreeMap<u64, String>,
     next_rpc: u64,
     /// The client certificate presented (mTLS), reported on each connect.
     identity: Option<Identity>,
@@ -72,16 +79,15 @@ impl Thingsboard {
             mode: cfg.mode,
             short_topics: cfg.short_topics,
             device_type: cfg.device_type.clone(),
-            max_payload: cfg.max_payload_size.0 as usize,
+            limit: PayloadLimit::new(cfg.max_payload_size.0 as usize, None),
             connected: HashSet::new(),
             stats,
             last_clash_log: None,
             topics: cfg.device_topics(),
             device_name: cfg.device_name.clone(),
-            configured_payload: cfg.max_payload_size.0 as usize,
             fixed_rate: cfg.rate_limits.is_some(),
             limits_request: 0,
-            client_rpc: HashMap::new(),
+            client_rpc: BTreeMap::new(),
             next_rpc: 0,
             identity: None,
             remote: false,
@@ -93,6 +99,15 @@ impl Thingsboard {
     /// for them on each connect and hands them, and their updates, on.
     pub fn with_remote(mut self, remote: bool) -> Self {
         self.remote = remote;
+        self
+    }
+
+    /// Keeps the server's payload limit in `state_dir` for the next start
+    /// (and starts from the one kept there).
+    pub fn with_state_dir(mut self, state_dir: &std::path::Path) -> Self {
+        let file = state_dir.join("limits").join(format!("{}.json", self.sink));
+        let configured = self.limit.configured();
+        self.limit = PayloadLimit::new(configured, Some(file));
         self
     }
 
@@ -112,7 +127,10 @@ impl Thingsboard {
         Settings::new(cfg.connection(), client_id)
             .login(username, password)
             .client_cert(cfg.cert_file.as_ref(), cfg.key_file.as_ref())
-            .window(cfg.inflight, cfg.max_payload_size.0 as usize + FRAMING)
+            .window(
+                cfg.inflight,
+                (cfg.max_payload_size.0 as usize).saturating_add(FRAMING),
+            )
     }
 
     fn topic(&self, kind: RecordKind) -> &'static str {
@@ -148,8 +166,12 @@ impl Thingsboard {
     /// Shared attributes for a child device (gateway API).
     fn child_attributes(&self, payload: &[u8]) -> Result<Vec<Action>, String> {
         let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-        let device = v["device"].as_str().ok_or("no `device`")?.to_string();
-        let Value::Object(values) = v["data"].clone() else {
+        let device = v
+            .get("device")
+            .and_then(Value::as_str)
+            .ok_or("no `device`")?
+            .to_string();
+        let Value::Object(values) = v.get("data").cloned().unwrap_or_default() else {
             return Err("no `data` object".to_string());
         };
         Ok(vec![Action::Local(Downlink::Settings {
@@ -235,18 +257,8 @@ impl Platform for Thingsboard {
         true
     }
 
-    /// ThingsBoard takes string keys with string, boolean, number or JSON
-    /// values; it refuses null values and empty keys.
-    fn validate(&self, r: &Record) -> Result<(), String> {
-        for (k, v) in key_values(&r.payload) {
-            if k.is_empty() {
-                return Err("empty key (ThingsBoard needs a non-empty string key)".into());
-            }
-            if v.is_null() {
-                return Err(format!("key `{k}` has a null value (ThingsBoard takes strings, booleans, numbers or JSON)"));
-            }
-        }
-        Ok(())
+    fn admission(&self) -> Arc<dyn Admit> {
+        Arc::new(TbAdmit::new(self.mode, self.limit.clone()))
     }
 
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
@@ -254,6 +266,9 @@ impl Platform for Thingsboard {
         let mut out = Vec::new();
         if gateway {
             for r in records {
+                if self.connected.len() >= MAX_CONNECTED {
+                    self.connected.clear();
+                }
                 if self.connected.insert(r.device.clone()) {
                     let mut m = Map::new();
                     m.insert("device".into(), Value::from(r.device.clone()));
@@ -266,7 +281,7 @@ impl Platform for Thingsboard {
             records,
             self.topic(RecordKind::Telemetry),
             gateway,
-            self.max_payload,
+            self.limit.get(),
         );
         out.extend(telemetry);
         for (device, ts, key) in clashes {
@@ -276,7 +291,7 @@ impl Platform for Thingsboard {
             records,
             self.topic(RecordKind::Attributes),
             gateway,
-            self.max_payload,
+            self.limit.get(),
         ));
         self.encode_requests(records, &mut out);
         out

@@ -113,8 +113,8 @@ pub fn stored(state_dir: &Path, sink: &str) -> Result<Option<Credentials>, Provi
             path.display()
         ))
     })?;
-    let s = |k: &str| v[k].as_str().map(str::to_string);
-    let creds = match v["credentialsType"].as_str() {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let creds = match v.get("credentialsType").and_then(Value::as_str) {
         Some("ACCESS_TOKEN") => s("token").map(Credentials::AccessToken),
         Some("MQTT_BASIC") => match (s("clientId"), s("username"), s("password")) {
             (Some(client_id), Some(username), Some(password)) => Some(Credentials::MqttBasic {
@@ -202,7 +202,7 @@ fn random_secret() -> String {
     (0..24)
         .map(|_| {
             let alphabet = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-            alphabet[fastrand::usize(..alphabet.len())] as char
+            fastrand::choice(alphabet.iter()).map_or('x', |b| char::from(*b))
         })
         .collect()
 }
@@ -225,7 +225,7 @@ async fn provision(
     let mut basic = None;
     match cfg.provision_credentials {
         ProvisionCredentials::AccessToken => {
-            request["credentialsType"] = json!("ACCESS_TOKEN");
+            set(&mut request, "credentialsType", json!("ACCESS_TOKEN"));
         }
         ProvisionCredentials::MqttBasic => {
             let (client_id, username, password) = (
@@ -233,10 +233,10 @@ async fn provision(
                 device.clone(),
                 random_secret(),
             );
-            request["credentialsType"] = json!("MQTT_BASIC");
-            request["clientId"] = json!(client_id);
-            request["username"] = json!(username);
-            request["password"] = json!(password);
+            set(&mut request, "credentialsType", json!("MQTT_BASIC"));
+            set(&mut request, "clientId", json!(client_id));
+            set(&mut request, "username", json!(username));
+            set(&mut request, "password", json!(password));
             basic = Some((client_id, username, password));
         }
         ProvisionCredentials::X509Certificate => {
@@ -251,8 +251,8 @@ async fn provision(
                     ca: None,
                 },
             )?;
-            request["credentialsType"] = json!("X509_CERTIFICATE");
-            request["hash"] = json!(cert);
+            set(&mut request, "credentialsType", json!("X509_CERTIFICATE"));
+            set(&mut request, "hash", json!(cert));
             x509 = Some((cert, key));
         }
     }
@@ -260,13 +260,15 @@ async fn provision(
         "asking ThingsBoard to provision this device");
     let answer = exchange(base, &request, cfg.provision_timeout.0).await?;
 
-    let status = answer["status"]
-        .as_str()
-        .or_else(|| answer["provisionDeviceStatus"].as_str())
+    let status = answer
+        .get("status")
+        .and_then(Value::as_str)
+        .or_else(|| answer.get("provisionDeviceStatus").and_then(Value::as_str))
         .unwrap_or_default();
     if status != "SUCCESS" {
-        let msg = answer["errorMsg"]
-            .as_str()
+        let msg = answer
+            .get("errorMsg")
+            .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| format!("status {status:?}"));
         return Err(ProvisionError::Refused(msg));
@@ -278,7 +280,7 @@ async fn provision(
         source,
     })?;
     let record_path = record_path(state_dir, sink);
-    let value = &answer["credentialsValue"];
+    let value = answer.get("credentialsValue").unwrap_or(&Value::Null);
     let (record, creds) = match cfg.provision_credentials {
         ProvisionCredentials::AccessToken => {
             let token = value
@@ -392,6 +394,13 @@ async fn exchange(
     // Let the DISCONNECT go out.
     let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
     answer
+}
+
+/// `request[key] = value` for the request object built here.
+fn set(request: &mut Value, key: &str, value: Value) {
+    if let Some(m) = request.as_object_mut() {
+        m.insert(key.to_string(), value);
+    }
 }
 
 #[cfg(test)]

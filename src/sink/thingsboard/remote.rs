@@ -27,7 +27,7 @@ impl Thingsboard {
 
     /// This session's request for outpost's own shared attributes.
     pub(super) fn ask_remote(&mut self) -> Publish {
-        self.attr_request = 1_000_000_000 + (self.attr_request + 1) % 1_000_000;
+        self.attr_request = super::limits::next_request_id(self.attr_request);
         Publish::control(
             format!("v1/devices/me/attributes/request/{}", self.attr_request),
             &serde_json::json!({"sharedKeys": overlay::attribute_names().join(",")}),
@@ -56,7 +56,11 @@ impl Thingsboard {
             &id.not_after,
             &time::format_description::well_known::Rfc3339,
         )
-        .map(|t| (t - time::OffsetDateTime::now_utc()).whole_days())
+        .map(|t| {
+            t.unix_timestamp()
+                .saturating_sub(time::OffsetDateTime::now_utc().unix_timestamp())
+                / 86_400
+        })
         .unwrap_or(id.days_left);
         let attrs = serde_json::json!({
             "certificateCN": id.cn,

@@ -15,6 +15,10 @@ use crate::record::{Record, RecordKind};
 use crate::sink::{Action, Downlink, Publish};
 use crate::topic::fill;
 
+/// Client-side RPCs awaiting their answer from ThingsBoard; beyond, the
+/// oldest are forgotten (their answer, if it ever comes, is dropped).
+pub(super) const MAX_PENDING: usize = 1024;
+
 impl Thingsboard {
     /// A device's claim, and its client-side RPC with a fresh upstream id
     /// (devices number their requests independently).
@@ -36,12 +40,15 @@ impl Thingsboard {
                     out.push(p);
                 }
                 RecordKind::Rpc => {
-                    self.next_rpc = self.next_rpc % 999_999_999 + 1;
+                    self.next_rpc = self.next_rpc.wrapping_rem(999_999_999).wrapping_add(1);
                     let response = match r.topic.rsplit_once("/request/") {
                         Some((head, id)) => format!("{head}/response/{id}"),
                         None => format!("{}/response", r.topic),
                     };
                     self.client_rpc.insert(self.next_rpc, response);
+                    while self.client_rpc.len() > MAX_PENDING {
+                        self.client_rpc.pop_first();
+                    }
                     let topic = format!("{}/{}", self.topic(RecordKind::Rpc), self.next_rpc);
                     let mut p = Publish::control(topic, &Value::Object(key_values(&r.payload)));
                     p.ids = vec![r.id];
@@ -73,14 +80,18 @@ impl Thingsboard {
             .parse::<u64>()
             .is_ok_and(|n| self.client_rpc.contains_key(&n));
         let request: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
-        if ours || request["method"] == "getSessionLimits" {
+        if ours || request.get("method").and_then(Value::as_str) == Some("getSessionLimits") {
             return Vec::new();
         }
-        let method = request["method"].as_str().unwrap_or_default().to_string();
+        let method = request
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let topic = format!("v1/devices/me/rpc/response/{id}");
         vec![Action::Own {
             method,
-            params: request["params"].clone(),
+            params: request.get("params").cloned().unwrap_or_default(),
             reply: Box::new(move |answer| Publish::control(topic, &answer)),
         }]
     }
@@ -88,8 +99,12 @@ impl Thingsboard {
     /// Server-side RPC on the gateway API, for a child device.
     pub(super) fn gateway_rpc(&self, payload: &[u8]) -> Result<Action, String> {
         let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-        let device = v["device"].as_str().ok_or("no `device`")?.to_string();
-        let data = &v["data"];
+        let device = v
+            .get("device")
+            .and_then(Value::as_str)
+            .ok_or("no `device`")?
+            .to_string();
+        let data = v.get("data").unwrap_or(&Value::Null);
         let id = match &data["id"] {
             Value::Number(n) => n.to_string(),
             Value::String(s) => s.clone(),
@@ -117,6 +132,7 @@ impl Thingsboard {
 
 /// `{"device":..,"id":..,"data":..}` is a reply; requests carry `data.method`.
 pub(super) fn is_reply(payload: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(payload)
-        .is_ok_and(|v| v.get("id").is_some() && v["data"].get("method").is_none())
+    serde_json::from_slice::<Value>(payload).is_ok_and(|v| {
+        v.get("id").is_some() && v.get("data").and_then(|d| d.get("method")).is_none()
+    })
 }

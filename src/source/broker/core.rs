@@ -155,7 +155,7 @@ impl Core {
     }
 
     fn id(&mut self) -> u64 {
-        self.next_id += 1;
+        self.next_id = self.next_id.saturating_add(1);
         self.next_id
     }
 
@@ -167,7 +167,11 @@ impl Core {
             retained: self.retained.len(),
             retained_bytes: self.retained.bytes(),
             queued: self.sessions.values().map(|s| s.queue.len()).sum(),
-            dropped: self.dropped + self.sessions.values().map(|s| s.dropped).sum::<u64>(),
+            dropped: self
+                .sessions
+                .values()
+                .map(|s| s.dropped)
+                .fold(self.dropped, u64::saturating_add),
             retained_refused: self.retained_refused,
         }
     }
@@ -279,7 +283,9 @@ impl Core {
         }
         let mut offline = offline;
         offline.sort();
-        let excess = offline.len() - self.limits.max_offline_sessions;
+        let excess = offline
+            .len()
+            .saturating_sub(self.limits.max_offline_sessions);
         for (_, k) in offline.into_iter().take(excess) {
             if let Some(s) = self.sessions.remove(&k) {
                 self.drop_subs(&Subscriber::Client(k.clone()), &s);
@@ -323,19 +329,20 @@ impl Core {
             self.retained_refused = self.retained_refused.saturating_add(1);
         }
         let mut plain: BTreeMap<Subscriber, Vec<Sub>> = BTreeMap::new();
-        let mut delivered = 0;
+        let mut delivered: usize = 0;
         for m in self.trie.matches(&msg.topic) {
             match m {
                 Match::Plain(who, sub) => plain.entry(who).or_default().push(sub),
                 Match::Group(members) => {
                     if let Some((who, sub)) = self.pick(&members) {
-                        delivered += usize::from(self.deliver(&who, &[sub], &msg));
+                        delivered =
+                            delivered.saturating_add(usize::from(self.deliver(&who, &[sub], &msg)));
                     }
                 }
             }
         }
         for (who, subs) in plain {
-            delivered += usize::from(self.deliver(&who, &subs, &msg));
+            delivered = delivered.saturating_add(usize::from(self.deliver(&who, &subs, &msg)));
         }
         delivered
     }
@@ -351,10 +358,13 @@ impl Core {
             Subscriber::Client(c) => self.sessions.get(c).is_some_and(Session::connected),
             Subscriber::Internal(_) => true,
         };
-        (0..n)
-            .map(|i| &members[(self.rr + i) % n])
+        // Round robin from `rr`, skipping members that are offline.
+        let start = self.rr.checked_rem(n).unwrap_or(0);
+        let (tail, head) = members.split_at(start);
+        head.iter()
+            .chain(tail.iter())
             .find(|(w, _)| online(w))
-            .or_else(|| members.get(self.rr % n))
+            .or_else(|| head.first())
             .cloned()
     }
 
@@ -484,7 +494,12 @@ impl Core {
                     }
                 }
             }
-            codes.push(GRANTED_QOS[usize::from(opts.qos.min(2))]);
+            codes.push(
+                GRANTED_QOS
+                    .get(usize::from(opts.qos))
+                    .copied()
+                    .unwrap_or(0x80),
+            );
             let send_retained = match opts.retain_handling {
                 0 => true,
                 1 => !had,

@@ -13,6 +13,9 @@ struct Held {
     commit: Option<u64>,
     committed: bool,
     ack: Bytes,
+    /// The PUBLISH it acknowledges (packet id, QoS), when it is a PUBACK or
+    /// PUBREC.
+    of: Option<(u16, u8)>,
 }
 
 #[derive(Debug, Default)]
@@ -28,7 +31,35 @@ impl AckGate {
             commit,
             committed: false,
             ack,
+            of: None,
         });
+    }
+
+    /// [`AckGate::push`] for the PUBACK or PUBREC of PUBLISH `pkid`.
+    pub fn push_ack(&mut self, ack: Bytes, commit: Option<u64>, pkid: u16, qos: u8) {
+        self.queue.push_back(Held {
+            commit,
+            committed: false,
+            ack,
+            of: Some((pkid, qos)),
+        });
+    }
+
+    /// The PUBLISH whose acknowledgement waits for `commit`.
+    pub fn held_ack(&self, commit: u64) -> Option<(u16, u8)> {
+        self.queue
+            .iter()
+            .find(|h| h.commit == Some(commit))
+            .and_then(|h| h.of)
+    }
+
+    /// The acknowledgement waiting for `commit` goes out as `ack` instead,
+    /// without waiting any more.
+    pub fn replace(&mut self, commit: u64, ack: Bytes) {
+        if let Some(h) = self.queue.iter_mut().find(|h| h.commit == Some(commit)) {
+            h.ack = ack;
+            h.committed = true;
+        }
     }
 
     /// The outbox committed `commit`.

@@ -84,7 +84,7 @@ impl<S: Stream> Conn<S> {
             }
             self.stream.ready().await?;
         }
-        if self.rbuf.capacity() - self.rbuf.len() < READ_STEP {
+        if self.rbuf.capacity().saturating_sub(self.rbuf.len()) < READ_STEP {
             self.rbuf.reserve(READ_STEP);
         }
         let n = self.stream.read_buf(&mut self.rbuf).await?;

@@ -297,7 +297,7 @@ impl Inner {
         let taken = self
             .live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
+                (n < max).then(|| n.saturating_add(1))
             });
         taken.ok().map(|_| {
             stats::add(&self.ingest.stats().ingest.clients, 1);
@@ -331,11 +331,19 @@ impl Inner {
                 payload: w.will.payload.clone(),
                 props: w.will.props.clone(),
             };
-            let records = inner.ingest.route(&p.topic, &p.payload);
-            if !records.is_empty() {
-                let _ = inner.ingest.store(records).await;
+            let routed = inner.ingest.route(&p.topic, &p.payload);
+            if !routed.records.is_empty() || !routed.refused.is_empty() {
+                let _ = inner.ingest.store(routed).await;
             }
             inner.deliver(&w.will.topic, &p, Some(Subscriber::Client(client)));
+        });
+    }
+
+    /// A commit failed (disk full, I/O error): said once a minute, at error
+    /// (a person has to free space or fix the disk).
+    fn note_store_failure(&self, e: &crate::store::StoreError) {
+        self.log_limited("store failure".into(), |n| {
+            tracing::error!(error = %e, count = n, "readings not stored: clients are refused (MQTT 5: 0x97) or disconnected until the outbox can write again");
         });
     }
 
@@ -423,7 +431,7 @@ impl LogLimiter {
                 .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
         }
         let e = self.seen.entry(key).or_insert((now, 0));
-        e.1 += 1;
+        e.1 = e.1.saturating_add(1);
         if e.1 == 1 || now.duration_since(e.0) >= Duration::from_secs(60) {
             let n = e.1;
             *e = (now, 0);

@@ -70,7 +70,7 @@ impl Broker {
     }
 
     async fn state_usable(&self, within: Duration) -> Result<(), Unhealthy> {
-        let deadline = Instant::now() + within;
+        let deadline = crate::units::deadline(within);
         loop {
             if self.inner.core.is_poisoned() {
                 return Err(Unhealthy::Poisoned);

@@ -27,7 +27,7 @@ pub enum Stored {
 }
 
 fn size(m: &Message) -> usize {
-    m.topic.len() + m.payload.len()
+    m.topic.len().saturating_add(m.payload.len())
 }
 
 impl Retained {

@@ -48,7 +48,7 @@ impl Message {
 
     /// Bytes it holds, for the queue bounds.
     pub fn size(&self) -> usize {
-        self.topic.len() + self.payload.len()
+        self.topic.len().saturating_add(self.payload.len())
     }
 }
 
@@ -167,7 +167,7 @@ impl Session {
             self.dropped = self.dropped.saturating_add(1);
             return false;
         }
-        self.queued_bytes += size;
+        self.queued_bytes = self.queued_bytes.saturating_add(size);
         self.queue.push_back(d);
         if let Some(live) = &self.live {
             live.wake.notify_one();

@@ -97,7 +97,7 @@ impl Trie {
             }
         };
         if new {
-            self.count += 1;
+            self.count = self.count.saturating_add(1);
         }
         new
     }
@@ -169,11 +169,11 @@ fn collect(node: &Node, levels: &[&str], depth: usize, dollar: bool, out: &mut V
         None => emit(node, out),
         Some((first, rest)) => {
             if let Some(child) = node.children.get(*first) {
-                collect(child, rest, depth + 1, dollar, out);
+                collect(child, rest, depth.saturating_add(1), dollar, out);
             }
             if wild_ok {
                 if let Some(plus) = node.children.get("+") {
-                    collect(plus, rest, depth + 1, dollar, out);
+                    collect(plus, rest, depth.saturating_add(1), dollar, out);
                 }
             }
         }

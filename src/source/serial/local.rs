@@ -99,7 +99,11 @@ fn rpc(
         }
         (Ok(req), Some(port)) => (req, port),
     };
-    let method = req["method"].as_str().unwrap_or_default().to_string();
+    let method = req
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let params = req.get("params").cloned().unwrap_or(Value::Null);
     let (reply, answer) = oneshot::channel();
     let sent = port.try_send(Control {

@@ -26,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::units::deadline;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
@@ -215,8 +217,8 @@ async fn run_port(
             }
         }
         // Wait before reopening; requests meanwhile get a clear answer.
-        let until = Instant::now() + delay;
-        delay = (delay * 2).min(cfg.reopen_max.0);
+        let until = deadline(delay);
+        delay = delay.saturating_mul(2).min(cfg.reopen_max.0);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
@@ -244,14 +246,14 @@ struct GarbageLog {
 
 impl GarbageLog {
     fn note(&mut self, port: &str, why: &Garbage, line: &[u8]) {
-        self.since += 1;
+        self.since = self.since.saturating_add(1);
         if self
             .last
             .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
         {
             return;
         }
-        let sample: String = String::from_utf8_lossy(&line[..line.len().min(64)])
+        let sample: String = String::from_utf8_lossy(line.get(..64).unwrap_or(line))
             .chars()
             .map(|c| if c.is_control() { '.' } else { c })
             .collect();
@@ -288,7 +290,7 @@ async fn run_lines(
                     Ok(n) => n,
                     Err(e) => return End::Lost(e.to_string()),
                 };
-                for frame in framer.push(&buf[..n]) {
+                for frame in framer.push(buf.get(..n).unwrap_or_default()) {
                     let line = match frame {
                         Frame::Line(l) => l,
                         Frame::TooLong => {
@@ -343,7 +345,7 @@ async fn run_lines(
                         if cfg.reply_timeout.0.is_zero() {
                             let _ = reply.send(Ok(serde_json::json!({ "written": true })));
                         } else {
-                            awaiting = Some((Instant::now() + cfg.reply_timeout.0, reply));
+                            awaiting = Some((crate::units::deadline(cfg.reply_timeout.0), reply));
                         }
                     }
                     ControlKind::Attributes(changed) => {
@@ -390,14 +392,13 @@ async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
 fn render(template: &str, params: &Value) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
+    while let Some((before, after)) = rest.split_once('{') {
+        out.push_str(before);
+        let Some((key, tail)) = after.split_once('}') else {
+            out.push('{');
+            out.push_str(after);
             return Ok(out);
         };
-        let key = &after[..close];
         let value = if key == "params" {
             Some(params)
         } else {
@@ -408,7 +409,7 @@ fn render(template: &str, params: &Value) -> Result<String, String> {
             Some(v) => out.push_str(&v.to_string()),
             None => return Err(format!("the command needs params.{key}")),
         }
-        rest = &after[close + 1..];
+        rest = tail;
     }
     out.push_str(rest);
     if out.contains(['\n', '\r']) {
@@ -435,15 +436,19 @@ async fn run_modbus(
             .enumerate()
             .min_by_key(|(_, t)| **t)
             .map(|(i, t)| (i, *t))
-            .unwrap_or((0, start + Duration::from_secs(3600)));
+            .unwrap_or((0, deadline(Duration::from_secs(3600))));
         tokio::select! {
             _ = tokio::time::sleep_until(at) => {
-                let slave = &cfg.slave[next];
+                let (Some(slave), Some(when), Some(failing)) =
+                    (cfg.slave.get(next), due.get_mut(next), failing.get_mut(next))
+                else {
+                    return End::Shutdown;
+                };
                 let slave_stats = stats.slave(slave.id);
                 stats::add(&slave_stats.polls, 1);
                 let (values, failure) = modbus::poll(&mut ctx, slave).await;
                 let now = Instant::now();
-                due[next] = (due[next] + slave.interval.0).max(now);
+                *when = when.checked_add(slave.interval.0).unwrap_or(now).max(now);
                 match &failure {
                     None => {}
                     Some(Outcome::Timeout) => stats::add(&slave_stats.timeouts, 1),
@@ -451,7 +456,7 @@ async fn run_modbus(
                     Some(Outcome::PortError(e)) => return End::Lost(e.clone()),
                     Some(Outcome::Ok(())) => {}
                 }
-                note_slave(&cfg.name, slave, &failure, &mut failing[next]);
+                note_slave(&cfg.name, slave, &failure, failing);
                 if !values.is_empty() && emitter.emit(&slave.device, values).await.is_err() {
                     return End::Shutdown;
                 }

@@ -90,7 +90,9 @@ pub async fn write(
 ) -> Result<(), String> {
     let request = match encode(r, value)? {
         Encoded::Bit(b) => Request::WriteSingleCoil(r.address, b),
-        Encoded::Words(w) if w.len() == 1 => Request::WriteSingleRegister(r.address, w[0]),
+        Encoded::Words(w) if w.len() == 1 => {
+            Request::WriteSingleRegister(r.address, w.first().copied().unwrap_or_default())
+        }
         Encoded::Words(w) => Request::WriteMultipleRegisters(r.address, w.into()),
     };
     ctx.set_slave(Slave(slave.id));

@@ -11,7 +11,9 @@
 //! - [`raw`]: a raw MQTT client that sends exactly what a test says;
 //! - [`sqlite`]: the outbox file read from outside;
 //! - [`world`]: the preamble most tests share (upstream, temp dir, port,
-//!   config header, start), folded into one builder.
+//!   config header, start), folded into one builder;
+//! - [`watched`]: an outpost watched by an upstream collector, with the
+//!   canary that proves it still serves everyone after a hostile case.
 //!
 //! Every process is killed when its handle drops, and every wait is bounded.
 #![allow(dead_code)]
@@ -24,6 +26,7 @@ mod pty;
 mod raw;
 mod sqlite;
 mod upstream;
+mod watched;
 mod world;
 
 use std::net::TcpStream;
@@ -32,10 +35,12 @@ use std::time::{Duration, Instant};
 pub use binary::*;
 pub use clients::*;
 pub use collector::*;
+pub use process::wait_exit;
 pub use pty::*;
 pub use raw::*;
 pub use sqlite::*;
 pub use upstream::*;
+pub use watched::*;
 pub use world::*;
 
 /// Fails (never skips) when a tool the tests need is missing.

@@ -15,7 +15,7 @@ fn split(frame: &[u8]) -> Result<(u8, u8, &[u8]), CodecError> {
         remaining_length(frame)?.ok_or(CodecError::Malformed("packet ends early"))?;
     let first = *frame.first().ok_or(CodecError::Malformed("empty packet"))?;
     let body = frame
-        .get(header..header + len)
+        .get(header..header.saturating_add(len))
         .ok_or(CodecError::Malformed("packet ends early"))?;
     Ok((first >> 4, first & 0x0f, body))
 }

@@ -222,9 +222,9 @@ pub fn split_frame(src: &mut BytesMut, max_body: usize) -> Result<Option<Bytes>,
             max: max_body,
         });
     }
-    let total = header + len;
+    let total = header.saturating_add(len);
     if src.len() < total {
-        src.reserve(total - src.len());
+        src.reserve(total.saturating_sub(src.len()));
         return Ok(None);
     }
     Ok(Some(src.split_to(total).freeze()))
@@ -256,7 +256,7 @@ pub fn check_filter(filter: &str) -> Result<(), &'static str> {
     }
     let levels: Vec<&str> = inner.split('/').collect();
     for (i, l) in levels.iter().enumerate() {
-        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+        if l.contains('#') && (*l != "#" || i != levels.len().saturating_sub(1)) {
             return Err("`#` must be a whole level and the last one");
         }
         if l.contains('+') && *l != "+" {

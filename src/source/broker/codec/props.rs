@@ -201,18 +201,18 @@ impl Props {
         self.0
             .iter()
             .map(|(id, v)| {
-                varint_len(u32::from(*id))
-                    + match v {
-                        Value::Byte(_) => 1,
-                        Value::U16(_) => 2,
-                        Value::U32(_) => 4,
-                        Value::Var(n) => varint_len(*n),
-                        Value::Str(s) => 2 + s.len(),
-                        Value::Bin(b) => 2 + b.len(),
-                        Value::Pair(k, v) => 4 + k.len() + v.len(),
-                    }
+                let value = match v {
+                    Value::Byte(_) => 1,
+                    Value::U16(_) => 2,
+                    Value::U32(_) => 4,
+                    Value::Var(n) => varint_len(*n),
+                    Value::Str(s) => s.len().saturating_add(2),
+                    Value::Bin(b) => b.len().saturating_add(2),
+                    Value::Pair(k, v) => k.len().saturating_add(v.len()).saturating_add(4),
+                };
+                varint_len(u32::from(*id)).saturating_add(value)
             })
-            .sum()
+            .fold(0, usize::saturating_add)
     }
 
     /// Writes the length prefix and the list.

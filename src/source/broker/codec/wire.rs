@@ -59,9 +59,9 @@ impl<'a> Reader<'a> {
     /// A variable byte integer (at most 4 bytes, at most 268,435,455).
     pub fn varint(&mut self) -> Result<u32, CodecError> {
         let mut v: u32 = 0;
-        for i in 0..4 {
+        for shift in [0u32, 7, 14, 21] {
             let b = self.u8()?;
-            v |= u32::from(b & 0x7f) << (7 * i);
+            v |= u32::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 return Ok(v);
             }
@@ -132,13 +132,14 @@ pub fn put_binary(out: &mut BytesMut, b: &[u8]) {
 /// are in; an error if the length field itself is malformed.
 pub fn remaining_length(src: &[u8]) -> Result<Option<(usize, usize)>, CodecError> {
     let mut len = 0usize;
-    for i in 0..4 {
-        let Some(&b) = src.get(1 + i) else {
+    for (at, shift) in [(1usize, 0u32), (2, 7), (3, 14), (4, 21)] {
+        let Some(&b) = src.get(at) else {
             return Ok(None);
         };
-        len |= usize::from(b & 0x7f) << (7 * i);
+        len |= usize::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
-            return Ok(Some((len, 2 + i)));
+            // The fixed header: the type byte and `at` length bytes.
+            return Ok(Some((len, at.saturating_add(1))));
         }
     }
     Err(CodecError::Malformed(

@@ -9,6 +9,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
+
+use crate::units::deadline;
 use tokio_util::sync::CancellationToken;
 
 use super::RECEIVE_MAX;
@@ -21,6 +23,7 @@ use crate::source::broker::io::{Conn, IoError, Stream};
 use crate::source::broker::session::Out;
 use crate::source::broker::trie::Subscriber;
 use crate::source::broker::{Inner, Slot};
+use crate::stats;
 use crate::store::Tagged;
 
 /// Why a connection ended.
@@ -138,19 +141,25 @@ impl Client {
                     Err(e) => return End::Lost(e.to_string()),
                 },
                 Some((tag, outcome)) = next_commit(&mut self.commits) => {
-                    match outcome {
+                    let result = match outcome {
                         Ok(done) => {
                             self.inner.ingest.count(&done);
-                            self.gate.committed(tag);
-                            self.release(conn);
+                            if done.rejected > 0 {
+                                self.not_stored(tag, "the outbox is full (store.full_policy = \"reject_new\")")
+                            } else {
+                                self.gate.committed(tag);
+                                Ok(())
+                            }
                         }
                         Err(e) => {
-                            // Not stored: no acknowledgement. Closing makes
-                            // the client send the reading again.
-                            tracing::error!(peer = %self.peer, client_id = %self.id, error = %e,
-                                "reading not stored; closing the client's connection so it resends");
-                            return End::Lost(e.to_string());
+                            stats::add(&self.inner.ingest.stats().ingest.refused, 1);
+                            self.inner.note_store_failure(&e);
+                            self.not_stored(tag, &e.to_string())
                         }
+                    };
+                    self.release(conn);
+                    if let Err(end) = result {
+                        return end;
                     }
                 }
                 _ = self.wake.notified() => self.write_pending(conn),
@@ -163,7 +172,12 @@ impl Client {
 
     /// 1.5 keep-alives after the last packet; none for keep-alive 0.
     fn next_deadline(&self) -> Option<Instant> {
-        (!self.keep_alive.is_zero()).then(|| Instant::now() + self.keep_alive.mul_f32(1.5))
+        (!self.keep_alive.is_zero()).then(|| {
+            deadline(
+                self.keep_alive
+                    .saturating_add(self.keep_alive.checked_div(2).unwrap_or_default()),
+            )
+        })
     }
 
     pub(super) fn release<S: Stream>(&mut self, conn: &mut Conn<S>) {
@@ -374,13 +388,14 @@ impl Client {
         // Readings already handed to the outbox: wait (bounded) for their
         // commits, so the acknowledgements that can still go, go.
         if !matches!(end, End::Lost(_)) {
-            let until = Instant::now() + Duration::from_secs(2);
+            let until = deadline(Duration::from_secs(2));
             while self.gate.awaiting_commit() > 0 && Instant::now() < until {
                 match tokio::time::timeout_at(until, next_commit(&mut self.commits)).await {
-                    Ok(Some((tag, Ok(done)))) => {
+                    Ok(Some((tag, Ok(done)))) if done.rejected == 0 => {
                         self.inner.ingest.count(&done);
                         self.gate.committed(tag);
                     }
+                    // Not stored: nothing more is acknowledged.
                     _ => break,
                 }
             }

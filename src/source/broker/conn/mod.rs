@@ -96,16 +96,20 @@ where
 /// The protocol level a CONNECT says it is, even when it is broken.
 fn claimed_level(frame: &[u8]) -> u8 {
     // fixed header (2..5 bytes), then a 2-byte length and the name.
-    let header = 1 + frame
+    let header = frame
         .iter()
         .skip(1)
         .take(4)
         .position(|b| b & 0x80 == 0)
-        .map_or(1, |p| p + 1);
-    let name_len = frame
-        .get(header..header + 2)
-        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-    frame.get(header + 2 + name_len).copied().unwrap_or(V311)
+        .map_or(2, |p| p.saturating_add(2));
+    let name_len = match frame.get(header..header.saturating_add(2)) {
+        Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])),
+        _ => 0,
+    };
+    frame
+        .get(header.saturating_add(2).saturating_add(name_len))
+        .copied()
+        .unwrap_or(V311)
 }
 
 fn connack(code: u8, props: Props) -> Packet {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::units::deadline;
 
 use super::client::{Client, End};
 use super::{RECEIVE_MAX, TOPIC_ALIAS_MAX};
@@ -28,7 +28,7 @@ impl Client {
             self.gate.push(comp, None);
             return;
         }
-        self.next_commit += 1;
+        self.next_commit = self.next_commit.saturating_add(1);
         let tag = self.next_commit;
         self.gate.push(comp, Some(tag));
         let (outbox, tx, client) = (
@@ -69,26 +69,56 @@ impl Client {
         }
     }
 
-    /// Queues the acknowledgement of `p` with a reason code (MQTT 5), at
-    /// once or after `commit`.
-    fn ack(&mut self, p: &Publish, code: u8, commit: Option<u64>) {
-        let mut a = Ack::ok(p.pkid);
+    /// The acknowledgement of a QoS `qos` PUBLISH `pkid`, with a reason
+    /// code for MQTT 5.
+    pub(super) fn ack_bytes(&self, pkid: u16, qos: u8, code: u8) -> bytes::Bytes {
+        let mut a = Ack::ok(pkid);
         if self.v5() {
             a.code = code;
         }
-        let packet = if p.qos == 2 {
+        let packet = if qos == 2 {
             Packet::PubRec(a)
         } else {
             Packet::PubAck(a)
         };
-        let bytes = self.encoded(&packet);
-        self.gate.push(bytes, commit);
+        self.encoded(&packet)
+    }
+
+    /// Queues the acknowledgement of `p` with a reason code (MQTT 5), at
+    /// once or after `commit`.
+    fn ack(&mut self, p: &Publish, code: u8, commit: Option<u64>) {
+        let bytes = self.ack_bytes(p.pkid, p.qos, code);
+        self.gate.push_ack(bytes, commit, p.pkid, p.qos);
+    }
+
+    /// A held acknowledgement whose readings were not stored (the outbox is
+    /// full under `reject_new`, or the disk is): no PUBACK says they were.
+    /// MQTT 5 is told 0x97 (quota exceeded); a 3.1.1 client's connection is
+    /// closed, so it keeps the readings and sends them again.
+    pub(super) fn not_stored(&mut self, tag: u64, why: &str) -> Result<(), End> {
+        let Some((pkid, qos)) = self.gate.held_ack(tag) else {
+            return Ok(());
+        };
+        if qos == 2 {
+            self.inner.core().qos2_end(&self.id, pkid);
+            self.stored_qos2.remove(&pkid);
+        }
+        if !self.v5() {
+            return Err(End::Lost(format!(
+                "{why}: closing so the client sends again"
+            )));
+        }
+        let refused = self.ack_bytes(pkid, qos, 0x97);
+        self.gate.replace(tag, refused);
+        Ok(())
     }
 
     pub(super) async fn publish<S: Stream>(&mut self, conn: &mut Conn<S>, p: Publish) -> Handled {
         let topic = self.topic_of(conn, &p)?;
         if !codec::valid_topic_name(&topic) {
-            return Err(self.violation(conn, 0x90, "a topic name with a wildcard"));
+            // MQTT-3.3.2-2: a protocol error (0x90 is for names well formed but
+            // not accepted), as mosquitto answers too.
+            return Err(self.violation(conn, 0x82, "a topic name with a wildcard"));
         }
         if p.qos > 0 && self.gate.held() >= usize::from(RECEIVE_MAX) && self.v5() {
             return Err(self.violation(
@@ -117,31 +147,48 @@ impl Client {
             }
             return Ok(());
         }
-        let records = self.inner.ingest.route(&topic, &p.payload);
+        let routed = self.inner.ingest.route(&topic, &p.payload);
+        if self.v5() {
+            if let Some((_, why)) = routed.refused.first() {
+                // MQTT 5 can be told: refused as a whole with the reason,
+                // nothing stored or relayed.
+                let code = why.code;
+                self.inner.ingest.note_refused(&routed.refused, true);
+                if p.qos > 0 {
+                    self.ack(&p, code, None);
+                    self.release(conn);
+                }
+                if p.qos == 2 {
+                    self.inner.core().qos2_end(&self.id, p.pkid);
+                }
+                return Ok(());
+            }
+        }
         self.inner.deliver(&topic, &p, Some(self.who()));
-        let hold = !records.is_empty() && self.inner.settings.ack_after_commit && p.qos > 0;
+        let storing = !routed.records.is_empty() || !routed.refused.is_empty();
+        let hold = storing && self.inner.settings.ack_after_commit && p.qos > 0;
         if !hold {
-            if !records.is_empty() && self.inner.ingest.store(records).await.is_err() {
+            if storing && self.inner.ingest.store(routed).await.is_err() {
                 return Err(End::Server);
             }
             if p.qos > 0 {
                 self.ack(&p, 0, None);
             }
         } else {
-            self.next_commit += 1;
+            self.next_commit = self.next_commit.saturating_add(1);
             let tag = self.next_commit;
             let tx = self.commit_sender();
-            let stored = if p.qos == 2 {
+            let mark = (p.qos == 2 && !routed.records.is_empty()).then(|| {
                 self.stored_qos2.insert(p.pkid);
-                self.inner
-                    .ingest
-                    .outbox()
-                    .append_marked(records, (self.id.to_string(), p.pkid), tx, tag)
-                    .await
-            } else {
-                self.inner.ingest.store_held(records, tx, tag).await
-            };
-            if stored.is_err() {
+                (self.id.to_string(), p.pkid)
+            });
+            if self
+                .inner
+                .ingest
+                .store_held(routed, mark, Some((tx, tag)))
+                .await
+                .is_err()
+            {
                 return Err(End::Server);
             }
             self.ack(&p, 0, Some(tag));
@@ -172,7 +219,7 @@ pub fn message(topic: &str, p: &Publish, from: Option<Subscriber>) -> Message {
         expires: p
             .props
             .u32(props::MESSAGE_EXPIRY)
-            .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+            .map(|s| deadline(Duration::from_secs(u64::from(s)))),
         from,
     }
 }

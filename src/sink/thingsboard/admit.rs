@@ -1,0 +1,196 @@
+//! What ThingsBoard takes, checked at ingest: string keys that are not
+//! empty, values that are not null, a child device name it can store, and
+//! a message no larger than the server's payload limit as last known.
+//!
+//! The limit is the smaller of `max_payload_size` and the server's
+//! `maxPayloadSize`. The server's answer is kept in the state directory
+//! (`limits/<sink>.json`), so after a restart readings are checked against
+//! what the server said in the last session, before it says it again.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::encode::{self, key_values};
+use crate::config::TbMode;
+use crate::record::{Record, RecordKind};
+use crate::route::{Admit, Refusal};
+
+/// ThingsBoard keeps device names of at most this many characters.
+pub const MAX_DEVICE_NAME: usize = 255;
+
+/// The payload limit shared by the sink (which learns it) and ingest
+/// (which checks against it), and the file that keeps the server's answer.
+#[derive(Debug, Clone)]
+pub struct PayloadLimit {
+    current: Arc<AtomicUsize>,
+    configured: usize,
+    file: Option<PathBuf>,
+}
+
+impl PayloadLimit {
+    /// The configured limit, lowered by what the server said in an earlier
+    /// session if `file` holds it.
+    pub fn new(configured: usize, file: Option<PathBuf>) -> PayloadLimit {
+        let known = file
+            .as_deref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("max_payload").and_then(Value::as_u64))
+            .and_then(|n| usize::try_from(n).ok());
+        let start = known.map_or(configured, |n| n.clamp(1, configured));
+        PayloadLimit {
+            current: Arc::new(AtomicUsize::new(start)),
+            configured,
+            file,
+        }
+    }
+
+    pub fn configured(&self) -> usize {
+        self.configured
+    }
+
+    pub fn get(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// The server's `maxPayloadSize`: used from now on (never above the
+    /// configured limit) and kept for the next start.
+    pub fn learn(&self, server: u64) -> usize {
+        let n = usize::try_from(server)
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.configured);
+        self.current.store(n, Ordering::Relaxed);
+        if let Some(file) = &self.file {
+            let body = serde_json::json!({ "max_payload": server });
+            if let Err(e) = crate::files::write_private(file, body.to_string().as_bytes()) {
+                tracing::warn!(file = %file.display(), error = %e, "cannot keep the server's payload limit for the next start");
+            }
+        }
+        n
+    }
+}
+
+/// The check itself; cheap to clone, shared with ingest.
+#[derive(Debug, Clone)]
+pub struct TbAdmit {
+    pub(super) gateway: bool,
+    pub(super) limit: PayloadLimit,
+}
+
+impl TbAdmit {
+    pub fn new(mode: TbMode, limit: PayloadLimit) -> TbAdmit {
+        TbAdmit {
+            gateway: mode == TbMode::Gateway,
+            limit,
+        }
+    }
+
+    /// The bytes this record alone makes as a ThingsBoard message.
+    fn encoded_size(&self, r: &Record) -> usize {
+        let one = std::slice::from_ref(r);
+        let publishes = match r.kind {
+            RecordKind::Telemetry => encode::telemetry(one, "t", self.gateway, usize::MAX).0,
+            RecordKind::Attributes => encode::attributes(one, "a", self.gateway, usize::MAX),
+            // A claim or an RPC request carries its values as one object.
+            RecordKind::Claim | RecordKind::Rpc => {
+                let body = Value::Object(key_values(&r.payload)).to_string();
+                let device = if self.gateway {
+                    r.device.len().saturating_add(6)
+                } else {
+                    0
+                };
+                return body.len().saturating_add(device);
+            }
+        };
+        publishes.iter().map(|p| p.payload.len()).sum()
+    }
+}
+
+impl Admit for TbAdmit {
+    fn admit(&self, r: &Record) -> Result<(), Refusal> {
+        for (k, v) in key_values(&r.payload) {
+            if k.is_empty() {
+                return Err(Refusal::format(
+                    "an empty key (ThingsBoard needs a non-empty string key)",
+                ));
+            }
+            if v.is_null() {
+                let k: String = k.chars().take(64).collect();
+                return Err(Refusal::format(format!(
+                    "key `{k}` has a null value (ThingsBoard takes strings, booleans, numbers or JSON)"
+                )));
+            }
+        }
+        if self.gateway && r.device.chars().count() > MAX_DEVICE_NAME {
+            return Err(Refusal::topic(format!(
+                "a device name of {} characters: ThingsBoard keeps at most {MAX_DEVICE_NAME}",
+                r.device.chars().count()
+            )));
+        }
+        let limit = self.limit.get();
+        let size = self.encoded_size(r);
+        if size > limit {
+            return Err(Refusal::too_large(format!(
+                "{size} bytes as a ThingsBoard message: larger than its payload limit of {limit} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(device: &str, payload: &[u8]) -> Record {
+        Record {
+            id: 1,
+            sink: "tb".into(),
+            device: device.into(),
+            kind: RecordKind::Telemetry,
+            ts: 1_795_000_000_000,
+            topic: String::new(),
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn keys_values_names_and_size_are_checked() {
+        let a = TbAdmit::new(TbMode::Gateway, PayloadLimit::new(1024, None));
+        assert!(a.admit(&rec("d", br#"{"t":1}"#)).is_ok());
+        assert_eq!(
+            a.admit(&rec("d", br#"{"":1}"#)).map_err(|e| e.code),
+            Err(0x99)
+        );
+        assert_eq!(
+            a.admit(&rec("d", br#"{"t":null}"#)).map_err(|e| e.code),
+            Err(0x99)
+        );
+        assert_eq!(
+            a.admit(&rec(&"n".repeat(256), b"1")).map_err(|e| e.code),
+            Err(0x90)
+        );
+        // 900 quotes become 1800 escaped bytes: over 1 KiB once encoded.
+        let quotes = format!("\"{}\"", "\\\"".repeat(900));
+        let err = a
+            .admit(&rec("d", quotes.as_bytes()))
+            .expect_err("too large");
+        assert_eq!(err.code, 0x97);
+        assert!(err.reason.contains("1024"), "{}", err.reason);
+    }
+
+    #[test]
+    fn the_server_limit_is_kept_for_the_next_start_and_never_raises_the_configured_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("limits").join("tb.json");
+        let limit = PayloadLimit::new(65536, Some(file.clone()));
+        assert_eq!(limit.get(), 65536);
+        assert_eq!(limit.learn(2048), 2048);
+        assert_eq!(PayloadLimit::new(65536, Some(file.clone())).get(), 2048);
+        assert_eq!(PayloadLimit::new(1024, Some(file.clone())).get(), 1024);
+        assert_eq!(limit.learn(1 << 40), 65536);
+    }
+}
