@@ -22,7 +22,8 @@
 //!    (filters, templates), [`units`] (sizes, durations, rates), [`net`]
 //!    (broker URLs, loopback ports), [`files`] (private state files),
 //!    [`throttle`] (log lines at most once a minute per key), [`recent`]
-//!    (maps by name that forget the least recent);
+//!    (maps by name that forget the least recent), [`access`] (Mosquitto's
+//!    password and ACL files);
 //! 2. [`config`]: the TOML file, checked with every problem reported by
 //!    key path; [`pki`]: certificate chains and keys;
 //! 3. [`store`] (the durable outbox), [`route`] and [`stats`];
@@ -45,6 +46,7 @@
     )
 )]
 
+pub mod access;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -44,6 +44,17 @@ enum Command {
         #[command(subcommand)]
         command: outpost::pki::cli::CertCommand,
     },
+    /// Add a user to a local-broker password file, or change its password
+    /// (Mosquitto's format: the file works with mosquitto_passwd and
+    /// Mosquitto too). Asks for the password unless --password-stdin.
+    Passwd {
+        /// The password file (made if missing; see broker.password_file).
+        file: PathBuf,
+        user: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// List records a platform can never take, moved out of the queue.
     DeadLetters {
         #[arg(long, short)]
@@ -67,6 +78,17 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("outpost cert: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Passwd {
+            file,
+            user,
+            password_stdin,
+        } => match outpost::access::cli::passwd(&file, &user, password_stdin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost passwd: {e}");
                 ExitCode::FAILURE
             }
         },

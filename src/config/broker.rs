@@ -1,7 +1,7 @@
-//! `[broker]`: the local MQTT broker LAN sensors connect to, and
+//! `[broker]`: the local MQTT broker LAN sensors connect to, who may use
+//! it (Mosquitto's `password_file`, `acl_file` and `allow_anonymous`), and
 //! `[broker.tls]`, its TLS listener.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,9 +34,23 @@ pub struct BrokerConfig {
     /// Time a new connection has to send its CONNECT.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Seconds,
-    /// Optional username → password table. When set, every client must log in.
+    /// Users and their password hashes, as `mosquitto_passwd` (or
+    /// `outpost passwd`) writes them. When set, every client logs in.
     #[serde(default)]
-    pub users: Option<HashMap<String, String>>,
+    pub password_file: Option<PathBuf>,
+    /// Who may read and write which topics, in Mosquitto's ACL format.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
+    /// Clients without a username: allowed when nothing asks for a login;
+    /// with `password_file` set, only if this is `true`. A listener on a
+    /// non-loopback address without logins or client certificates needs
+    /// it set to `true` explicitly.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// The plaintext table of earlier versions, refused with a pointer to
+    /// `password_file`.
+    #[serde(default)]
+    pub users: Option<toml::Table>,
     /// A TLS listener for sensors on an untrusted LAN (`[broker.tls]`).
     #[serde(default)]
     pub tls: Option<BrokerTlsConfig>,
@@ -82,6 +96,10 @@ pub struct BrokerTlsConfig {
     /// Sensors must present a certificate issued by a CA in this file.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// The certificate's CN is the client's username (for the ACL, `%u`),
+    /// and no password is asked.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
 }
 
 fn default_tls_listen() -> SocketAddr {
@@ -140,6 +158,9 @@ impl Default for BrokerConfig {
             max_connections: default_max_connections(),
             max_payload: default_max_payload(),
             connect_timeout: default_connect_timeout(),
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
             users: None,
             tls: None,
             max_subscriptions_per_client: default_max_subscriptions_per_client(),
@@ -155,7 +176,66 @@ impl Default for BrokerConfig {
     }
 }
 
+impl BrokerConfig {
+    /// Are clients without a username let in?
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
+    }
+}
+
+/// Who may log in and what they may do: the password file, the ACL file,
+/// and Mosquitto 2.0's rule that a listener others can reach asks for a
+/// login unless told otherwise.
+fn check_access(b: &BrokerConfig, problems: &mut Vec<Problem>) {
+    if b.users.is_some() {
+        problems.add(
+            "broker.users",
+            "plaintext passwords are not taken any more: put the users in a password file (`outpost passwd FILE USER`, or Mosquitto's `mosquitto_passwd`) and set broker.password_file",
+        );
+    }
+    if let Some(p) = &b.password_file {
+        if let Err(e) = crate::access::PasswordFile::load(p) {
+            problems.add("broker.password_file", e.to_string());
+        }
+    }
+    if let Some(p) = &b.acl_file {
+        if let Err(e) = crate::access::Acl::load(p) {
+            problems.add("broker.acl_file", e.to_string());
+        }
+    }
+    if let Some(t) = &b.tls {
+        if t.use_identity_as_username && t.client_ca_file.is_none() {
+            problems.add(
+                "broker.tls.use_identity_as_username",
+                "needs client certificates: set broker.tls.client_ca_file",
+            );
+        }
+    }
+    if b.password_file.is_some() || b.allow_anonymous == Some(true) {
+        return;
+    }
+    let mut open = vec![("broker.listen", b.listen)];
+    open.extend(b.listen_v5.map(|a| ("broker.listen_v5", a)));
+    open.extend(
+        b.tls
+            .iter()
+            .filter(|t| t.client_ca_file.is_none())
+            .map(|t| ("broker.tls.listen", t.listen)),
+    );
+    for (key, addr) in open {
+        if !addr.ip().is_loopback() {
+            problems.add(
+                key,
+                format!(
+                    "{addr} accepts clients from the network without a login: set broker.password_file (see `outpost passwd`), or broker.allow_anonymous = true to let anyone in"
+                ),
+            );
+        }
+    }
+}
+
 pub(super) fn check(b: &BrokerConfig, problems: &mut Vec<Problem>) {
+    check_access(b, problems);
     if b.max_connections == 0 {
         problems.add("broker.max_connections", "must be at least 1");
     }
@@ -213,5 +293,38 @@ pub(super) fn check(b: &BrokerConfig, problems: &mut Vec<Problem>) {
             "broker.persistent_session_expiry",
             "must be between 1s and 365d",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let b: BrokerConfig = toml::from_str(text).expect("toml");
+        let mut p = Vec::new();
+        check(&b, &mut p);
+        p.into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_listener_others_can_reach_needs_a_login_or_an_explicit_yes() {
+        let p = problems("listen = \"0.0.0.0:1883\"");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("broker.listen: 0.0.0.0:1883 accepts clients"),
+            "{p:?}"
+        );
+        assert!(p[0].contains("broker.allow_anonymous = true"));
+        assert!(problems("listen = \"0.0.0.0:1883\"\nallow_anonymous = true").is_empty());
+        assert!(problems("listen = \"127.0.0.1:1883\"").is_empty());
+        // TLS with client certificates is a login.
+        let tls = "[tls]\nlisten = \"0.0.0.0:8883\"\ncert_file = \"c\"\nkey_file = \"k\"";
+        assert_eq!(problems(tls).len(), 1);
+        assert!(problems(&format!("{tls}\nclient_ca_file = \"ca\"")).is_empty());
+        let old = problems("[users]\nsensor1 = \"pw\"");
+        assert!(old[0].contains("outpost passwd"), "{old:?}");
     }
 }

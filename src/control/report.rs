@@ -190,6 +190,7 @@ impl Health {
             v.insert("broker_restarts".into(), json!(stats::get(&c.restarts)));
             v.insert("broker_refused".into(), json!(stats::get(&c.refused)));
             v.insert("broker_violations".into(), json!(stats::get(&c.violations)));
+            v.insert("broker_denied".into(), json!(stats::get(&c.denied)));
             v.insert("broker_subscriptions".into(), json!(st.subscriptions));
             v.insert("broker_retained".into(), json!(st.retained));
         }

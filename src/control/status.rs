@@ -84,6 +84,7 @@ impl StatusSource {
                 "restarts": stats::get(&c.restarts),
                 "refused": stats::get(&c.refused),
                 "violations": stats::get(&c.violations),
+                "denied": stats::get(&c.denied),
                 "sessions": st.sessions,
                 "connected": st.connected,
                 "subscriptions": st.subscriptions,
@@ -141,8 +142,8 @@ pub fn render(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  local broker: {state}, {} clients, {} subscriptions, {} retained, {} restarts, {} refused, {} protocol violations",
-            b["connected"], b["subscriptions"], b["retained"], b["restarts"], b["refused"], b["violations"]
+            "  local broker: {state}, {} clients, {} subscriptions, {} retained, {} restarts, {} refused, {} protocol violations, {} denied by the ACL",
+            b["connected"], b["subscriptions"], b["retained"], b["restarts"], b["refused"], b["violations"], b["denied"]
         );
     }
     for (name, s) in v["sinks"].as_object().into_iter().flatten() {

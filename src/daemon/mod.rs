@@ -108,10 +108,12 @@ async fn run_once(
     config_path: Option<std::path::PathBuf>,
 ) -> Result<Exit, DaemonError> {
     let shutdown = CancellationToken::new();
-    let reload = signals::spawn(shutdown.clone(), config_path)
+    let broker = Arc::new(std::sync::OnceLock::new());
+    let running = format!("{:?}", loaded.file);
+    let reload = signals::spawn(shutdown.clone(), config_path, running, broker.clone())
         .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
     let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    run_loaded(loaded, shutdown, restart.clone()).await?;
+    run_loaded(loaded, shutdown, restart.clone(), broker).await?;
     Ok(
         if reload.requested() || restart.load(std::sync::atomic::Ordering::SeqCst) {
             Exit::Reload
@@ -134,13 +136,14 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         last_good: Default::default(),
         rolled_back: None,
     };
-    run_loaded(loaded, shutdown, Default::default()).await
+    run_loaded(loaded, shutdown, Default::default(), Default::default()).await
 }
 
 async fn run_loaded(
     loaded: crate::config::Loaded,
     shutdown: CancellationToken,
     restart: Arc<std::sync::atomic::AtomicBool>,
+    broker_cell: Arc<std::sync::OnceLock<Broker>>,
 ) -> Result<(), DaemonError> {
     let config = loaded.config;
     if let Some(e) = &loaded.overlay_error {
@@ -163,6 +166,7 @@ async fn run_loaded(
         .with_readings(&config.readings);
     let ingest = Ingest::new(router, outbox.clone(), stats.clone());
     let local = start_broker(&config, &ingest, &shutdown, &mut tasks).await?;
+    let _ = broker_cell.set(local.clone());
     let serial_stop = shutdown.child_token();
     let mut serial_tasks = JoinSet::new();
     source::serial::spawn(
@@ -327,6 +331,7 @@ async fn start_broker(
             name,
             socket: Arc::new(socket),
             tls: None,
+            use_identity: false,
         });
     }
     if let Some(t) = &b.tls {
@@ -337,6 +342,7 @@ async fn start_broker(
             name: "mqtt-tls",
             socket: Arc::new(socket),
             tls: Some(acceptor),
+            use_identity: t.use_identity_as_username,
         });
     }
     if !b.ack_after_commit {
@@ -345,7 +351,11 @@ async fn start_broker(
              a crash loses those acknowledged in the last moments"
         );
     }
-    let broker = Broker::new(b, broker::Limits::of(b), ingest.clone());
+    let auth = broker::Auth::load(b).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    if b.password_file.is_some() || b.acl_file.is_some() {
+        tracing::info!(access = %auth.describe(), "local broker logins and ACL loaded");
+    }
+    let broker = Broker::new(b, broker::Limits::of(b), ingest.clone(), auth);
     tasks.spawn(broker::run(broker.clone(), listeners, shutdown.clone()));
     tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = b.ack_after_commit, "local broker listening");
     Ok(broker)

@@ -1,13 +1,17 @@
 //! Signals. SIGTERM (systemd stop) and SIGINT (Ctrl-C): stop gracefully.
-//! SIGHUP: check the config file again; if it is valid, stop gracefully and
-//! ask for a restart in place (the caller re-executes outpost, same PID, so
-//! systemd and scripts see one process). Every reading is in the outbox, so
-//! nothing is lost across it; LAN clients reconnect. An invalid file is
-//! rejected with every problem logged, and the running config stays.
+//! SIGHUP: check the config file again. If it is unchanged, read the local
+//! broker's password and ACL files again, in place, as Mosquitto does:
+//! connected clients stay, new logins and every later message follow the
+//! new files. If it changed and is valid, stop gracefully and ask for a
+//! restart in place (the caller re-executes outpost, same PID, so systemd
+//! and scripts see one process); every reading is in the outbox, so nothing
+//! is lost across it and LAN clients reconnect. An invalid file, or a
+//! password or ACL file with a problem, is rejected with every problem
+//! logged, and the running config stays.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -22,9 +26,14 @@ impl ReloadRequest {
     }
 }
 
+/// `running`: the file config in force (as its debug text), to tell a
+/// changed file from an unchanged one; `broker`: the local broker, once it
+/// runs.
 pub fn spawn(
     shutdown: CancellationToken,
     config_path: Option<PathBuf>,
+    running: String,
+    broker: Arc<OnceLock<crate::source::broker::Broker>>,
 ) -> std::io::Result<ReloadRequest> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -43,9 +52,16 @@ pub fn spawn(
                     break;
                 }
                 _ = hup.recv() => {
-                    match crate::config::load_full(config_path.as_deref()).map(|l| (l.config, l.source)) {
-                        Ok((_, source)) => {
-                            tracing::info!(signal = "SIGHUP", config = %source, "config is valid: restarting in place to apply it");
+                    match crate::config::load_full(config_path.as_deref()) {
+                        Ok(l) if format!("{:?}", l.file) == running => {
+                            match broker.get().map(|b| b.reload_access()) {
+                                Some(Ok(what)) => tracing::info!(signal = "SIGHUP", access = %what, "config unchanged: the broker's password and ACL files are read again"),
+                                Some(Err(e)) => tracing::error!(signal = "SIGHUP", error = %e, "the broker's password or ACL file has a problem; the running rules stay"),
+                                None => tracing::warn!(signal = "SIGHUP", "the broker is not running yet; nothing to reload"),
+                            }
+                        }
+                        Ok(l) => {
+                            tracing::info!(signal = "SIGHUP", config = %l.source, "config is valid: restarting in place to apply it");
                             flag.0.store(true, Ordering::SeqCst);
                             break;
                         }

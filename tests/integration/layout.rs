@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("files", 0),
     ("throttle", 0),
     ("recent", 0),
+    ("access", 0),
     ("config", 1),
     ("pki", 1),
     ("store", 2),

@@ -389,6 +389,37 @@ fn sensor_tls(ca: &Path, identity: Option<(&Path, &Path)>) -> rumqttc::TlsConfig
     rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config))
 }
 
+/// A site's own CA in `d`, a gateway leaf for 127.0.0.1 in `d/gw` and a
+/// sensor leaf with CN `sensor` in `d/s1`. Returns the CA certificate.
+fn local_pki(d: &Path, ca_cn: &str, sensor: &str) -> std::path::PathBuf {
+    cert(&["ca", "--cn", ca_cn, "--out-dir", s(d)]);
+    let file = ca_cn.replace(' ', "_");
+    let (ca, ca_key) = (d.join(format!("{file}.pem")), d.join(format!("{file}.key")));
+    for (sub, cn, san) in [
+        ("gw", "outpost-gw", Some("127.0.0.1")),
+        ("s1", sensor, None),
+    ] {
+        let out = d.join(sub);
+        std::fs::create_dir(&out).expect("mkdir");
+        let mut args = vec![
+            "issue",
+            "--ca-cert",
+            s(&ca),
+            "--ca-key",
+            s(&ca_key),
+            "--cn",
+            cn,
+            "--out-dir",
+            s(&out),
+        ];
+        if let Some(san) = san {
+            args.extend(["--san", san]);
+        }
+        cert(&args);
+    }
+    ca
+}
+
 /// Connects over TLS and publishes one QoS 1 reading; `Ok` once PUBACKed.
 async fn tls_publish(
     port: u16,
@@ -429,30 +460,7 @@ async fn the_local_tls_listener_takes_sensors_with_a_local_ca_certificate_and_re
     // sensors' certificates come from it.
     let local = tempfile::tempdir().expect("tempdir");
     let d = local.path();
-    cert(&["ca", "--cn", "Greenhouse CA", "--out-dir", s(d)]);
-    let (ca, ca_key) = (d.join("Greenhouse_CA.pem"), d.join("Greenhouse_CA.key"));
-    for (sub, cn, san) in [
-        ("gw", "outpost-gw", Some("127.0.0.1")),
-        ("s1", "sensor-1", None),
-    ] {
-        let out = d.join(sub);
-        std::fs::create_dir(&out).expect("mkdir");
-        let mut args = vec![
-            "issue",
-            "--ca-cert",
-            s(&ca),
-            "--ca-key",
-            s(&ca_key),
-            "--cn",
-            cn,
-            "--out-dir",
-            s(&out),
-        ];
-        if let Some(san) = san {
-            args.extend(["--san", san]);
-        }
-        cert(&args);
-    }
+    let ca = local_pki(d, "Greenhouse CA", "sensor-1");
     let rogue = rogue_leaf("sensor-1");
 
     let w = World::new("");
@@ -583,4 +591,52 @@ key_file = "{}"
     // Within 30 days: a warning in the log too.
     assert!(op.log_text().contains("expires soon"), "{}", op.log_text());
     assert!(up.log().contains("u'gw-0042'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_cn_is_the_username_for_the_acl() {
+    let local = tempfile::tempdir().expect("tempdir");
+    let d = local.path();
+    let ca = local_pki(d, "Site CA", "sensor7");
+    let acl = d.join("acl");
+    std::fs::write(&acl, "pattern write sensors/%u/telemetry\n").expect("acl");
+    let w = World::new("");
+    let col = w.collect("site1/#").await;
+    let tls_port = free_port();
+    let text = w.site().mqtt("", "").replace(
+        "max_payload = \"16 KiB\"",
+        &format!(
+            "max_payload = \"16 KiB\"\nacl_file = \"{}\"\n\n[broker.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nuse_identity_as_username = true",
+            acl.display(),
+            d.join("gw/chain.pem").display(),
+            d.join("gw/outpost-gw.key").display(),
+            ca.display()
+        ),
+    );
+    let op = w.start(&text);
+    assert!(
+        wait_port(tls_port, Duration::from_secs(10)),
+        "{}",
+        op.log_text()
+    );
+    let identity = || {
+        sensor_tls(
+            &ca,
+            Some((&d.join("s1/chain.pem"), &d.join("s1/sensor7.key"))),
+        )
+    };
+    // Its own topic: allowed. Another's, with the same certificate (3.1.1
+    // is acknowledged, as Mosquitto does, and nothing goes anywhere).
+    tls_publish(tls_port, "sensor7", identity(), "{\"t\":7}")
+        .await
+        .expect("sensor7 publishes as itself");
+    tls_publish(tls_port, "sensor8", identity(), "{\"t\":8}")
+        .await
+        .expect("acknowledged");
+    assert_eq!(col.wait_for(1, Duration::from_secs(10)).await, 1);
+    col.settle(Duration::from_millis(300), Duration::from_secs(2))
+        .await;
+    let topics: Vec<String> = col.all().iter().map(|m| m.topic.clone()).collect();
+    assert_eq!(topics, ["site1/sensor7/telemetry"], "{}", op.log_text());
+    assert!(op.log_text().contains("publish not allowed by the ACL"));
 }

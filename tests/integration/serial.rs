@@ -331,10 +331,32 @@ attributes = {{ speed = "SPEED {{value}}" }}
         "no SPEED line: {:?}",
         got.lock().map(|l| l.clone())
     );
+    // A value with a line break is not written: it would be a second
+    // command. The next good value is.
+    for speed in [json!("1\nREBOOT"), json!("2\rREBOOT"), json!(900)] {
+        client
+            .publish(
+                "devices/pump-1/attributes",
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                serde_json::to_vec(&json!({ "speed": speed })).expect("json"),
+            )
+            .await
+            .expect("publish");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || got
+            .lock()
+            .map(|l| l.contains(&"SPEED 900".to_string()))
+            .unwrap_or(false)),
+        "no SPEED 900 line: {:?}",
+        got.lock().map(|l| l.clone())
+    );
     assert_eq!(
         got.lock().map(|l| l.clone()).unwrap_or_default(),
-        ["INTERVAL 30", "STOP", "SPEED 1200"]
+        ["INTERVAL 30", "STOP", "SPEED 1200", "SPEED 900"]
     );
+    assert!(op.log_text().contains("its value has a line break"));
 }
 
 /// Registers of the simulated slaves: (slave, table, address) → word.

@@ -3,17 +3,21 @@
 //! synchronous and short; connections hold the lock only to hand a packet's
 //! effect in or to take what to send out, never across an await.
 
-use std::collections::{BTreeMap, HashMap};
+mod deliver;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::auth;
 use super::codec::SubOpts;
-use super::retain::{Retained, Stored};
-use super::session::{Delivery, Inflight, Live, Message, Out, PendingWill, Session};
-use super::trie::{Match, Sub, Subscriber, Trie};
+use super::retain::Retained;
+use super::session::{Inflight, Live, Out, PendingWill, Session};
+use super::trie::{Sub, Subscriber, Trie};
+use crate::access::{Access, Acl};
 
 /// The bounds that keep state per client and in total small.
 #[derive(Debug, Clone)]
@@ -91,6 +95,8 @@ pub struct Join {
     pub receive_max: u16,
     pub max_packet: Option<u32>,
     pub will: Option<PendingWill>,
+    /// Who the client logged in as (for the ACL).
+    pub username: Option<Arc<str>>,
 }
 
 /// The session a connection got.
@@ -127,6 +133,8 @@ pub struct Core {
     rr: usize,
     dropped: u64,
     retained_refused: u64,
+    /// Who may read what; `None`: everyone everything.
+    acl: Option<Arc<Acl>>,
 }
 
 /// SUBACK codes.
@@ -135,7 +143,7 @@ pub const SUB_QUOTA_EXCEEDED: u8 = 0x97;
 pub const SUB_FAILURE_311: u8 = 0x80;
 
 impl Core {
-    pub fn new(limits: Limits) -> Core {
+    pub fn new(limits: Limits, acl: Option<Arc<Acl>>) -> Core {
         let retained = Retained::new(limits.max_retained, limits.max_retained_bytes);
         Core {
             limits,
@@ -147,7 +155,14 @@ impl Core {
             rr: 0,
             dropped: 0,
             retained_refused: 0,
+            acl,
         }
+    }
+
+    /// The ACL from now on (SIGHUP): every message delivered after this is
+    /// checked against it.
+    pub fn set_acl(&mut self, acl: Option<Arc<Acl>>) {
+        self.acl = acl;
     }
 
     pub fn limits(&self) -> &Limits {
@@ -208,6 +223,22 @@ impl Core {
         session.receive_max = j.receive_max.clamp(1, self.limits.max_inflight.max(1));
         session.max_packet = j.max_packet;
         session.will = j.will;
+        if session.username != j.username {
+            // A session taken over under another name keeps only what the
+            // new name may read.
+            session.username = j.username;
+            let acl = self.acl.clone();
+            let (user, id) = (session.username.clone(), j.client_id.clone());
+            session.queue.retain(|d| {
+                auth::may(
+                    acl.as_deref(),
+                    user.as_deref(),
+                    &id,
+                    &d.msg.topic,
+                    Access::Read,
+                )
+            });
+        }
         session.live = Some(Live {
             id: conn_id,
             wake: wake.clone(),
@@ -322,120 +353,6 @@ impl Core {
         }
     }
 
-    /// Delivers a message to every matching subscription, and keeps it if
-    /// it is retained. Returns how many subscribers got it.
-    pub fn publish(&mut self, msg: Arc<Message>) -> usize {
-        if msg.retain && self.retained.store(&msg) == Stored::Full {
-            self.retained_refused = self.retained_refused.saturating_add(1);
-        }
-        let mut plain: BTreeMap<Subscriber, Vec<Sub>> = BTreeMap::new();
-        let mut delivered: usize = 0;
-        for m in self.trie.matches(&msg.topic) {
-            match m {
-                Match::Plain(who, sub) => plain.entry(who).or_default().push(sub),
-                Match::Group(members) => {
-                    if let Some((who, sub)) = self.pick(&members) {
-                        delivered =
-                            delivered.saturating_add(usize::from(self.deliver(&who, &[sub], &msg)));
-                    }
-                }
-            }
-        }
-        for (who, subs) in plain {
-            delivered = delivered.saturating_add(usize::from(self.deliver(&who, &subs, &msg)));
-        }
-        delivered
-    }
-
-    /// One member of a shared group: round robin, connected members first.
-    fn pick(&mut self, members: &[(Subscriber, Sub)]) -> Option<(Subscriber, Sub)> {
-        if members.is_empty() {
-            return None;
-        }
-        self.rr = self.rr.wrapping_add(1);
-        let n = members.len();
-        let online = |w: &Subscriber| match w {
-            Subscriber::Client(c) => self.sessions.get(c).is_some_and(Session::connected),
-            Subscriber::Internal(_) => true,
-        };
-        // Round robin from `rr`, skipping members that are offline.
-        let start = self.rr.checked_rem(n).unwrap_or(0);
-        let (tail, head) = members.split_at(start);
-        head.iter()
-            .chain(tail.iter())
-            .find(|(w, _)| online(w))
-            .or_else(|| head.first())
-            .cloned()
-    }
-
-    /// Hands a message to one subscriber. MQTT 3.1.1 clients get one copy
-    /// for all their matching subscriptions (at the highest QoS); MQTT 5
-    /// clients one per subscription, each with its identifier (as
-    /// Mosquitto does).
-    fn deliver(&mut self, who: &Subscriber, subs: &[Sub], msg: &Arc<Message>) -> bool {
-        let subs: Vec<Sub> = subs
-            .iter()
-            .copied()
-            .filter(|s| !(s.opts.no_local && msg.from.as_ref() == Some(who)))
-            .collect();
-        if subs.is_empty() {
-            return false;
-        }
-        let delivery = |s: &Sub, qos: u8, ids: Vec<u32>| Delivery {
-            msg: msg.clone(),
-            qos: msg.qos.min(qos),
-            retain: s.opts.retain_as_published && msg.retain,
-            sub_ids: ids,
-        };
-        match who {
-            Subscriber::Internal(id) => {
-                let Some(i) = self.internal.get(id) else {
-                    return false;
-                };
-                let m = LocalMessage {
-                    topic: msg.topic.to_string(),
-                    payload: msg.payload.clone(),
-                    retain: false,
-                };
-                if i.tx.try_send(m).is_err() {
-                    self.dropped = self.dropped.saturating_add(1);
-                    return false;
-                }
-                true
-            }
-            Subscriber::Client(c) => {
-                let (max_q, max_b) = (
-                    self.limits.max_queued_messages,
-                    self.limits.max_queued_bytes,
-                );
-                let Some(s) = self.sessions.get_mut(c) else {
-                    return false;
-                };
-                let deliveries: Vec<Delivery> = if s.level == super::codec::V5 {
-                    subs.iter()
-                        .map(|sub| delivery(sub, sub.opts.qos, sub.id.into_iter().collect()))
-                        .collect()
-                } else {
-                    let best = subs.iter().map(|s| s.opts.qos).max().unwrap_or(0);
-                    let first = subs.first().copied().unwrap_or(Sub {
-                        opts: SubOpts::default(),
-                        id: None,
-                    });
-                    vec![delivery(&first, best, Vec::new())]
-                };
-                let mut any = false;
-                for d in deliveries {
-                    // QoS 0 is not kept for a client that is away.
-                    if d.qos == 0 && !s.connected() {
-                        continue;
-                    }
-                    any |= s.enqueue(d, max_q, max_b);
-                }
-                any
-            }
-        }
-    }
-
     /// Subscribes `who` to each filter (already checked to be valid).
     /// Returns the SUBACK code per filter; retained messages matching a
     /// new subscription are queued for the subscriber.
@@ -513,36 +430,6 @@ impl Core {
             }
         }
         codes
-    }
-
-    /// A retained message sent because of a new subscription: RETAIN set.
-    fn deliver_retained(&mut self, who: &Subscriber, sub: &Sub, m: &Arc<Message>) {
-        let d = Delivery {
-            msg: m.clone(),
-            qos: m.qos.min(sub.opts.qos),
-            retain: true,
-            sub_ids: sub.id.into_iter().collect(),
-        };
-        let (max_q, max_b) = (
-            self.limits.max_queued_messages,
-            self.limits.max_queued_bytes,
-        );
-        match who {
-            Subscriber::Client(c) => {
-                if let Some(s) = self.sessions.get_mut(c) {
-                    s.enqueue(d, max_q, max_b);
-                }
-            }
-            Subscriber::Internal(i) => {
-                if let Some(x) = self.internal.get(i) {
-                    let _ = x.tx.try_send(LocalMessage {
-                        topic: m.topic.to_string(),
-                        payload: m.payload.clone(),
-                        retain: true,
-                    });
-                }
-            }
-        }
     }
 
     /// UNSUBACK codes (MQTT 5: 0x00 success, 0x11 no subscription existed).

@@ -12,10 +12,12 @@
 //!   held acknowledgements, exactly-once QoS 2 into the outbox);
 //! - `core`: sessions, subscriptions (`trie`), retained messages
 //!   (`retain`), all bounded;
+//! - [`auth`]: logins and the ACL (Mosquitto's files), reloaded on SIGHUP;
 //! - [`local`]: outpost's own in-process clients (downlink, serial, ...);
 //! - `probe`: the health probe, and restarting the broker in place when it
 //!   fails.
 
+pub mod auth;
 pub mod codec;
 mod conn;
 mod core;
@@ -28,15 +30,15 @@ mod session;
 pub mod tls;
 mod trie;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use self::auth::Auth;
 pub use self::core::{CoreStats, Limits, LocalMessage};
 pub use local::LocalClient;
 pub use probe::{run, Health, Unhealthy};
@@ -47,6 +49,7 @@ use self::trie::Subscriber;
 use super::Ingest;
 use crate::config::BrokerConfig;
 use crate::stats;
+use crate::throttle::Throttle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -69,8 +72,6 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub ack_after_commit: bool,
-    /// username → password, when logins are required.
-    pub users: Option<HashMap<String, String>>,
 }
 
 impl Settings {
@@ -80,7 +81,6 @@ impl Settings {
             connect_timeout: cfg.connect_timeout.0,
             max_connections: cfg.max_connections,
             ack_after_commit: cfg.ack_after_commit,
-            users: cfg.users.clone(),
         }
     }
 }
@@ -94,6 +94,8 @@ pub struct BrokerStats {
     pub refused: AtomicU64,
     /// Connections ended for breaking the protocol.
     pub violations: AtomicU64,
+    /// Publishes and wills the ACL did not allow (dropped).
+    pub denied: AtomicU64,
 }
 
 /// One listening socket and how its connections start.
@@ -101,11 +103,15 @@ pub struct Listener {
     pub name: &'static str,
     pub socket: Arc<TcpListener>,
     pub tls: Option<rumqttc::tokio_rustls::TlsAcceptor>,
+    /// TLS: the client certificate's CN is the username.
+    pub use_identity: bool,
 }
 
 pub(crate) struct Inner {
     core: Mutex<Core>,
     settings: Settings,
+    /// Logins and ACL, swapped whole when SIGHUP reloads the files.
+    auth: RwLock<Arc<Auth>>,
     ingest: Ingest,
     /// outpost's own login (health probes), made per process.
     internal_login: (String, String),
@@ -113,7 +119,7 @@ pub(crate) struct Inner {
     pub(crate) stats: BrokerStats,
     /// Connections of the current broker generation stop with this.
     generation: Mutex<CancellationToken>,
-    logs: Mutex<LogLimiter>,
+    logs: Mutex<Throttle>,
     health: Arc<Health>,
     /// Debug builds: a test asked for a fault (see `faults`).
     #[cfg(debug_assertions)]
@@ -142,21 +148,22 @@ impl Drop for Slot {
 }
 
 impl Broker {
-    pub fn new(cfg: &BrokerConfig, limits: Limits, ingest: Ingest) -> Broker {
+    pub fn new(cfg: &BrokerConfig, limits: Limits, ingest: Ingest, auth: Auth) -> Broker {
         let internal_login = (
             format!("outpost-internal-{:016x}", fastrand::u64(..)),
             format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
         );
         Broker {
             inner: Arc::new(Inner {
-                core: Mutex::new(Core::new(limits)),
+                core: Mutex::new(Core::new(limits, auth.acl())),
                 settings: Settings::of(cfg),
+                auth: RwLock::new(Arc::new(auth)),
                 ingest,
                 internal_login,
                 live: AtomicUsize::new(0),
                 stats: BrokerStats::default(),
                 generation: Mutex::new(CancellationToken::new()),
-                logs: Mutex::new(LogLimiter::default()),
+                logs: Mutex::new(Throttle::default()),
                 health: Arc::new(Health::default()),
                 #[cfg(debug_assertions)]
                 fault: std::sync::atomic::AtomicU8::new(0),
@@ -182,10 +189,15 @@ impl Broker {
                     // Spawned apart: a plain client's task must not be
                     // sized for TLS state.
                     match listener.tls.clone() {
-                        None => tokio::spawn(conn::run(stream, peer, inner, stop)),
-                        Some(acceptor) => {
-                            tokio::spawn(tls::run(stream, peer, acceptor, inner, stop))
-                        }
+                        None => tokio::spawn(conn::run(stream, peer, None, inner, stop)),
+                        Some(acceptor) => tokio::spawn(tls::run(
+                            stream,
+                            peer,
+                            acceptor,
+                            listener.use_identity,
+                            inner,
+                            stop,
+                        )),
                     };
                 }
                 Err(e) => {
@@ -241,6 +253,17 @@ impl Broker {
         self.inner.core.clear_poison();
     }
 
+    /// Reads the password and ACL files again (SIGHUP): new logins and
+    /// every message from now on follow them; connected clients stay. A
+    /// file with a problem leaves the running rules in place.
+    pub fn reload_access(&self) -> Result<String, crate::access::FileError> {
+        let next = self.inner.auth().reload()?;
+        let what = next.describe();
+        self.inner.core().set_acl(next.acl());
+        *self.inner.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(what)
+    }
+
     /// The broker's health as last checked, for status and the watchdog.
     pub fn health(&self) -> &Health {
         &self.inner.health
@@ -276,19 +299,11 @@ impl Inner {
         c.username.as_deref() == Some(user.as_str())
             && c.password
                 .as_ref()
-                .is_some_and(|p| constant_time_eq(p, pass.as_bytes()))
+                .is_some_and(|p| crate::access::passwd::constant_time_eq(p, pass.as_bytes()))
     }
 
-    fn login_ok(&self, c: &codec::Connect) -> bool {
-        let Some(users) = &self.settings.users else {
-            return true;
-        };
-        let (Some(user), Some(pass)) = (&c.username, &c.password) else {
-            return false;
-        };
-        users
-            .get(user)
-            .is_some_and(|expected| constant_time_eq(expected.as_bytes(), pass))
+    fn auth(&self) -> Arc<Auth> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// One of `max_connections`, if any is free.
@@ -313,7 +328,13 @@ impl Inner {
 
     /// A will: routed and stored like a reading, delivered locally, after
     /// its delay unless the client is back by then.
-    fn publish_will(self: &Arc<Self>, client: Arc<str>, conn_id: u64, w: PendingWill) {
+    fn publish_will(
+        self: &Arc<Self>,
+        client: Arc<str>,
+        username: Option<Arc<str>>,
+        conn_id: u64,
+        w: PendingWill,
+    ) {
         let inner = self.clone();
         tokio::spawn(async move {
             if !w.delay.is_zero() {
@@ -321,6 +342,17 @@ impl Inner {
                 if inner.core().reconnected(&client, conn_id) {
                     return;
                 }
+            }
+            // Wills obey `write`, checked when they go (the ACL may have
+            // been reloaded since the CONNECT).
+            let topic = &w.will.topic;
+            let access = crate::access::Access::Write;
+            if !inner
+                .auth()
+                .may(username.as_deref(), &client, topic, access)
+            {
+                inner.note_denied(&client, topic);
+                return;
             }
             let p = codec::Publish {
                 dup: false,
@@ -363,8 +395,22 @@ impl Inner {
         );
     }
 
+    /// A publish or will the ACL does not allow: dropped, counted, and
+    /// logged once a minute per client.
+    fn note_denied(&self, client: &str, topic: &str) {
+        stats::add(&self.stats.denied, 1);
+        self.log_limited(format!("denied {client}"), |n| {
+            let topic: String = topic.chars().take(128).collect();
+            tracing::warn!(client_id = %client, %topic, count = n, "publish not allowed by the ACL: dropped")
+        });
+    }
+
     fn log_limited(&self, key: String, log: impl FnOnce(u64)) {
-        let due = self.logs.lock().unwrap_or_else(|p| p.into_inner()).due(key);
+        let due = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(&key);
         if let Some(n) = due {
             log(n);
         }
@@ -406,38 +452,6 @@ mod faults {
         if enabled() && inner.fault.swap(0, Ordering::SeqCst) == LISTENER {
             panic!("test fault: the accept loop ends");
         }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// At most one line per key per minute, with how many happened.
-#[derive(Default)]
-struct LogLimiter {
-    seen: HashMap<String, (tokio::time::Instant, u64)>,
-}
-
-impl LogLimiter {
-    /// Some(count) when a line is due for `key`.
-    fn due(&mut self, key: String) -> Option<u64> {
-        let now = tokio::time::Instant::now();
-        if self.seen.len() > 1024 {
-            self.seen
-                .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
-        }
-        let e = self.seen.entry(key).or_insert((now, 0));
-        e.1 = e.1.saturating_add(1);
-        if e.1 == 1 || now.duration_since(e.0) >= Duration::from_secs(60) {
-            let n = e.1;
-            *e = (now, 0);
-            return Some(n.max(1));
-        }
-        None
     }
 }
 

@@ -126,6 +126,8 @@ pub struct Session {
     pub max_packet: Option<u32>,
     /// Messages not queued because the queue was full.
     pub dropped: u64,
+    /// Who the client logged in as (for the ACL).
+    pub username: Option<Arc<str>>,
 }
 
 impl Session {
@@ -146,6 +148,7 @@ impl Session {
             receive_max: 20,
             max_packet: None,
             dropped: 0,
+            username: None,
         }
     }
 

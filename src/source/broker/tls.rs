@@ -55,6 +55,7 @@ pub(super) async fn run(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
+    use_identity: bool,
     inner: Arc<Inner>,
     stop: CancellationToken,
 ) {
@@ -75,14 +76,22 @@ pub(super) async fn run(
             return;
         }
     };
-    if let Some(cn) = tls
+    let cn = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|der| pki::inspect::cn_of_der(der.as_ref()))
-    {
+        .and_then(|der| pki::inspect::cn_of_der(der.as_ref()));
+    if let Some(cn) = &cn {
         tracing::debug!(%peer, client_cn = %cn, "TLS sensor presented a certificate");
     }
-    conn::run(tls, peer, inner, stop).await;
+    let identity = match (use_identity, cn) {
+        (false, _) => None,
+        (true, Some(cn)) => Some(cn),
+        (true, None) => {
+            tracing::warn!(%peer, "TLS sensor refused: its certificate has no CN to use as the username");
+            return;
+        }
+    };
+    conn::run(tls, peer, identity, inner, stop).await;
 }

@@ -353,6 +353,11 @@ async fn run_lines(
                             let Some(template) = cfg.attributes.get(&key) else { continue };
                             let text = match &value { Value::String(s) => s.clone(), v => v.to_string() };
                             let line = template.replace("{value}", &text);
+                            if has_line_break(&line) {
+                                // `"1\nREBOOT"` must not become two commands.
+                                tracing::warn!(port = %cfg.name, attribute = %key, "shared attribute not written: its value has a line break");
+                                continue;
+                            }
                             if let Err(e) = write_line(&mut wr, &line, &cfg.line_ending).await {
                                 return End::Lost(e.to_string());
                             }
@@ -388,6 +393,12 @@ async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
     w.flush().await
 }
 
+/// One command line must stay one: a value with a line break in it would
+/// write a second command the device then runs.
+fn has_line_break(line: &str) -> bool {
+    line.contains(['\n', '\r'])
+}
+
 /// Fills `{key}` from the RPC params (`{params}`: all of them as JSON).
 fn render(template: &str, params: &Value) -> Result<String, String> {
     let mut out = String::new();
@@ -412,7 +423,7 @@ fn render(template: &str, params: &Value) -> Result<String, String> {
         rest = tail;
     }
     out.push_str(rest);
-    if out.contains(['\n', '\r']) {
+    if has_line_break(&out) {
         return Err("a command line may not contain a line break".into());
     }
     Ok(out)

@@ -10,6 +10,11 @@ use super::{free_port, require, wait_port};
 /// A mosquitto password file with one user, readable by mosquitto's own
 /// user. Keep the returned directory alive as long as the broker runs.
 pub fn password_file(user: &str, password: &str) -> (tempfile::TempDir, PathBuf) {
+    password_file_with(&[(user, password)])
+}
+
+/// [`password_file`] with several users, made by `mosquitto_passwd`.
+pub fn password_file_with(users: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
     require("mosquitto_passwd", "mosquitto");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(
@@ -18,13 +23,19 @@ pub fn password_file(user: &str, password: &str) -> (tempfile::TempDir, PathBuf)
     )
     .expect("chmod");
     let file = dir.path().join("passwd");
-    let made = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&file)
-        .args([user, password])
-        .output()
-        .expect("mosquitto_passwd");
-    assert!(made.status.success(), "{made:?}");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let mut cmd = Command::new("mosquitto_passwd");
+        cmd.arg("-b");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let made = cmd
+            .arg(&file)
+            .args([user, password])
+            .output()
+            .expect("mosquitto_passwd");
+        assert!(made.status.success(), "{made:?}");
+    }
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
     (dir, file)
@@ -52,13 +63,20 @@ impl Upstream {
         .expect("chmod the mosquitto dir");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        // Unbounded queues for the test's collector, unless the test sets
+        // them (mosquitto 2.0.11 drops a client after an ACL-denied QoS 1
+        // publish when max_queued_messages is 0).
+        let queues = if extra.contains("max_queued_messages") {
+            ""
+        } else {
+            "max_queued_messages 0\nmax_queued_bytes 0\n"
+        };
         let text = format!(
             "listener {port} 127.0.0.1\n\
              persistence true\n\
              persistence_location {data}/\n\
              autosave_interval 0\n\
-             max_queued_messages 0\n\
-             max_queued_bytes 0\n\
+             {queues}\
              log_dest file {data}/mosquitto.log\n\
              log_type all\n\
              {extra}\n",

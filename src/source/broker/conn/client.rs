@@ -47,6 +47,8 @@ pub(super) struct Client {
     pub(super) peer: SocketAddr,
     pub(super) level: u8,
     pub(super) id: Arc<str>,
+    /// Who it logged in as (for the ACL).
+    pub(super) username: Option<Arc<str>>,
     pub(super) conn_id: u64,
     pub(super) wake: Arc<Notify>,
     pub(super) kick: Arc<Notify>,
@@ -404,7 +406,8 @@ impl Client {
         let _ = conn.flush().await;
         let will = self.inner.core().leave(&self.id, self.conn_id, with_will);
         if let Some(w) = will {
-            self.inner.publish_will(self.id.clone(), self.conn_id, w);
+            self.inner
+                .publish_will(self.id.clone(), self.username.clone(), self.conn_id, w);
         }
     }
 }

@@ -43,9 +43,15 @@ pub const TOPIC_ALIAS_MAX: u16 = 10;
 /// is simply not read until acknowledgements go out).
 pub const RECEIVE_MAX: u16 = 100;
 
-/// Serves one accepted connection until it ends.
-pub async fn run<S>(stream: S, peer: SocketAddr, inner: Arc<Inner>, stop: CancellationToken)
-where
+/// Serves one accepted connection until it ends. `identity`: the client
+/// certificate's CN, on a TLS listener that takes it as the username.
+pub async fn run<S>(
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+) where
     S: Stream,
 {
     let mut conn = Conn::new(stream, inner.settings.max_body);
@@ -84,7 +90,7 @@ where
             return;
         }
     };
-    let Some(mut client) = accept(&mut conn, connect, peer, &inner).await else {
+    let Some(mut client) = accept(&mut conn, connect, peer, identity, &inner).await else {
         conn.close().await;
         return;
     };
@@ -131,17 +137,32 @@ async fn accept<S: Stream>(
     conn: &mut Conn<S>,
     c: Connect,
     peer: SocketAddr,
+    identity: Option<String>,
     inner: &Arc<Inner>,
 ) -> Option<Client> {
     let level = c.level;
     let v5 = level == V5;
     inner.fault_hook(&c.client_id);
     let internal = inner.is_internal(&c);
-    if !internal && !inner.login_ok(&c) {
-        inner.note_refused(peer, &c.client_id, "bad username or password");
-        refuse(conn, level, 0x05, 0x86).await;
-        return None;
-    }
+    let username = if internal {
+        c.username.clone()
+    } else {
+        let login = inner.auth().login(
+            c.username.as_deref(),
+            c.password.as_deref(),
+            identity.as_deref(),
+        );
+        match login {
+            Ok(u) => u,
+            Err(why) => {
+                // As Mosquitto: not authorized (3.1.1 0x05, MQTT 5 0x87).
+                inner.note_refused(peer, &c.client_id, why.reason());
+                refuse(conn, level, 0x05, 0x87).await;
+                return None;
+            }
+        }
+    };
+    let username: Option<Arc<str>> = username.map(|u| Arc::from(u.as_str()));
     if v5 && c.props.has(props::AUTH_METHOD) {
         refuse(conn, level, 0x05, 0x8C).await;
         return None;
@@ -210,6 +231,7 @@ async fn accept<S: Stream>(
             None
         },
         will,
+        username: username.clone(),
     });
     // QoS 2 ids this client left unreleased before (also across a crash).
     let outbox = inner.ingest.outbox();
@@ -247,6 +269,7 @@ async fn accept<S: Stream>(
         peer,
         level,
         id: client_id,
+        username,
         conn_id: joined.conn_id,
         wake: joined.wake,
         kick: joined.kick,

@@ -127,6 +127,23 @@ impl Client {
                 "more unacknowledged publishes than the receive maximum",
             ));
         }
+        let may = self.inner.auth().may(
+            self.username.as_deref(),
+            &self.id,
+            &topic,
+            crate::access::Access::Write,
+        );
+        if !may {
+            // As Mosquitto: MQTT 5 is told 0x87 (not authorized); 3.1.1
+            // cannot be told and gets its acknowledgement. Nothing is
+            // stored or relayed either way.
+            self.inner.note_denied(&self.id, &topic);
+            if p.qos > 0 {
+                self.ack(&p, 0x87, None);
+                self.release(conn);
+            }
+            return Ok(());
+        }
         if p.qos == 2 && !self.inner.core().qos2_begin(&self.id, p.pkid) {
             // A resend of an unreleased packet id: acknowledged again,
             // neither delivered nor stored a second time.

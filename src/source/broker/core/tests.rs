@@ -1,7 +1,12 @@
 use super::*;
 use crate::source::broker::codec::{V311, V5};
+use crate::source::broker::session::Message;
 
 fn join(core: &mut Core, id: &str, level: u8, clean: bool) -> Joined {
+    join_as(core, id, None, level, clean)
+}
+
+fn join_as(core: &mut Core, id: &str, user: Option<&str>, level: u8, clean: bool) -> Joined {
     core.join(Join {
         client_id: Arc::from(id),
         level,
@@ -10,6 +15,7 @@ fn join(core: &mut Core, id: &str, level: u8, clean: bool) -> Joined {
         receive_max: 10,
         max_packet: None,
         will: None,
+        username: user.map(Arc::from),
     })
 }
 
@@ -30,7 +36,7 @@ fn msg(topic: &str, qos: u8, retain: bool) -> Arc<Message> {
 
 #[test]
 fn a_persistent_session_keeps_subscriptions_and_queues_while_away() {
-    let mut core = Core::new(Limits::default());
+    let mut core = Core::new(Limits::default(), None);
     let j = join(&mut core, "s1", V311, false);
     assert!(!j.session_present);
     assert_eq!(
@@ -52,7 +58,7 @@ fn a_persistent_session_keeps_subscriptions_and_queues_while_away() {
 
 #[test]
 fn a_takeover_kicks_the_old_connection_and_its_leave_is_ignored() {
-    let mut core = Core::new(Limits::default());
+    let mut core = Core::new(Limits::default(), None);
     let a = join(&mut core, "dup", V311, true);
     let b = join(&mut core, "dup", V5, true);
     assert_ne!(a.conn_id, b.conn_id);
@@ -64,7 +70,7 @@ fn a_takeover_kicks_the_old_connection_and_its_leave_is_ignored() {
 
 #[test]
 fn overlapping_subscriptions_give_311_one_copy_and_5_one_per_subscription() {
-    let mut core = Core::new(Limits::default());
+    let mut core = Core::new(Limits::default(), None);
     let a = join(&mut core, "v4", V311, true);
     let b = join(&mut core, "v5", V5, true);
     for who in ["v4", "v5"] {
@@ -89,7 +95,7 @@ fn subscriptions_are_bounded_per_client_and_in_total() {
         max_subscriptions: 3,
         ..Limits::default()
     };
-    let mut core = Core::new(limits);
+    let mut core = Core::new(limits, None);
     join(&mut core, "a", V5, true);
     join(&mut core, "b", V311, true);
     let f = |s: &str| (s.to_string(), opts(0));
@@ -107,7 +113,7 @@ fn subscriptions_are_bounded_per_client_and_in_total() {
 
 #[test]
 fn retained_messages_reach_new_subscribers_with_retain_set() {
-    let mut core = Core::new(Limits::default());
+    let mut core = Core::new(Limits::default(), None);
     core.publish(msg("r/1", 1, true));
     let j = join(&mut core, "late", V311, true);
     core.subscribe(&client("late"), &[("r/#".into(), opts(1))], None);
@@ -122,7 +128,7 @@ fn retained_messages_reach_new_subscribers_with_retain_set() {
 #[test]
 fn a_shared_group_member_alone_with_an_unacked_message_can_leave_and_return() {
     // The case that panicked rumqttd's router ("group must exists").
-    let mut core = Core::new(Limits::default());
+    let mut core = Core::new(Limits::default(), None);
     let j = join(&mut core, "g1", V5, false);
     core.subscribe(&client("g1"), &[("$share/g/s/+".into(), opts(1))], None);
     core.publish(msg("s/1", 1, false));
@@ -142,7 +148,7 @@ fn offline_sessions_are_bounded_and_expire() {
         max_offline_sessions: 2,
         ..Limits::default()
     };
-    let mut core = Core::new(limits);
+    let mut core = Core::new(limits, None);
     for i in 0..5 {
         let id = format!("c{i}");
         let j = join(&mut core, &id, V311, false);
@@ -155,7 +161,7 @@ fn offline_sessions_are_bounded_and_expire() {
 
 #[test]
 fn internal_clients_get_messages_and_leave_nothing_behind() {
-    let mut core = Core::new(Limits::default());
+    let mut core = Core::new(Limits::default(), None);
     let (tx, mut rx) = mpsc::channel(4);
     let id = core.add_internal(tx);
     core.subscribe(
@@ -167,4 +173,63 @@ fn internal_clients_get_messages_and_leave_nothing_behind() {
     assert_eq!(rx.try_recv().map(|m| m.topic).ok(), Some("d/x/rpc".into()));
     core.remove_internal(id);
     assert_eq!(core.stats().subscriptions, 0);
+}
+
+fn queued_topics(core: &mut Core, id: &str, conn: u64) -> Vec<String> {
+    core.outgoing(&Arc::from(id), conn)
+        .into_iter()
+        .filter_map(|o| match o {
+            Out::Publish { delivery, .. } => Some(delivery.msg.topic.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_acl_decides_what_each_subscriber_gets_retained_shared_and_after_a_takeover() {
+    let acl = crate::access::Acl::parse(
+        "pattern read devices/%u/#\nuser all\ntopic read #\n",
+        std::path::Path::new("acl"),
+    )
+    .expect("acl");
+    let mut core = Core::new(Limits::default(), Some(Arc::new(acl)));
+    core.publish(msg("devices/a/attributes", 1, true));
+    core.publish(msg("devices/b/attributes", 1, true));
+    let a = join_as(&mut core, "ca", Some("a"), V5, false);
+    core.subscribe(&client("ca"), &[("#".into(), opts(1))], None);
+    assert_eq!(
+        queued_topics(&mut core, "ca", a.conn_id),
+        ["devices/a/attributes"]
+    );
+    core.publish(msg("devices/b/rpc/request/1", 1, false));
+    core.publish(msg("devices/a/rpc/request/2", 1, false));
+    assert_eq!(
+        queued_topics(&mut core, "ca", a.conn_id),
+        ["devices/a/rpc/request/2"]
+    );
+
+    // A shared group: the message goes to a member that may read it.
+    let b = join_as(&mut core, "cb", Some("b"), V5, true);
+    for id in ["ca", "cb"] {
+        core.subscribe(
+            &client(id),
+            &[("$share/g/devices/+/x".into(), opts(1))],
+            None,
+        );
+    }
+    for _ in 0..4 {
+        core.publish(msg("devices/b/x", 1, false));
+    }
+    assert_eq!(
+        queued_topics(&mut core, "ca", a.conn_id),
+        Vec::<String>::new()
+    );
+    assert_eq!(queued_topics(&mut core, "cb", b.conn_id).len(), 4);
+
+    // Away, then back under another name: what that name may not read goes.
+    core.leave(&Arc::from("ca"), a.conn_id, false);
+    core.publish(msg("devices/a/rpc/request/3", 1, false));
+    let back = join_as(&mut core, "ca", Some("b"), V5, false);
+    assert!(back.session_present);
+    assert!(queued_topics(&mut core, "ca", back.conn_id).is_empty());
 }
