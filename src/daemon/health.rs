@@ -58,7 +58,9 @@ pub struct Health {
 impl Health {
     /// Checks every part; the first failure is returned.
     pub async fn check(&self, within: Duration) -> Result<(), Unhealthy> {
-        match tokio::time::timeout(within, self.outbox.last_id("")).await {
+        // Through the writer: a commit stuck behind a lock or a dying disk
+        // holds this up, where a read on the reader connection would not.
+        match tokio::time::timeout(within, self.outbox.flush()).await {
             Err(_) => return Err(Unhealthy::Outbox(within)),
             Ok(Err(e)) => return Err(Unhealthy::OutboxFailed(e.to_string())),
             Ok(Ok(_)) => {}

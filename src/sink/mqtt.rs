@@ -1,5 +1,6 @@
 //! The generic MQTT sink: any broker, topics from a template, payloads as an
-//! envelope that carries the measurement time (or the sensor's bytes as-is).
+//! envelope that carries the measurement time (or the sensor's bytes as-is,
+//! or several envelopes of one topic in a JSON array).
 
 use std::sync::Arc;
 
@@ -8,13 +9,14 @@ use crate::record::{Reading, Record};
 use crate::route::{Admit, Refusal};
 
 use super::session::Settings;
-use super::{check_publish, Platform, Publish};
+use super::{check_publish, Platform, Publish, PUBLISH_OVERHEAD};
 
 #[derive(Debug, Clone)]
 pub struct MqttEncoder {
     template: String,
     format: PayloadFormat,
     max_packet: usize,
+    batch_max: usize,
 }
 
 impl MqttEncoder {
@@ -23,6 +25,7 @@ impl MqttEncoder {
             template: cfg.topic.clone(),
             format: cfg.format,
             max_packet: usize::try_from(cfg.max_packet_size.0).unwrap_or(usize::MAX),
+            batch_max: cfg.batch_max.max(1),
         }
     }
 
@@ -45,7 +48,12 @@ pub fn render_topic(template: &str, r: &Record) -> String {
 
 impl Platform for MqttEncoder {
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
-        records.iter().map(|r| self.encode_one(r)).collect()
+        match self.format {
+            PayloadFormat::Batch => self.encode_batches(records),
+            PayloadFormat::Raw | PayloadFormat::Envelope => {
+                records.iter().map(|r| self.encode_one(r)).collect()
+            }
+        }
     }
 
     fn admission(&self) -> Arc<dyn Admit> {
@@ -67,13 +75,18 @@ impl Admit for MqttEncoder {
 }
 
 impl MqttEncoder {
+    /// One record alone (admission checks a batch's reading this way too:
+    /// a reading that fits alone always finds a batch it fits in).
     fn encode_one(&self, r: &Record) -> Publish {
         let payload = match self.format {
             PayloadFormat::Raw => r.payload.clone(),
-            PayloadFormat::Envelope => {
-                let reading = Reading::parse(&r.payload);
-                // Serializing a serde_json::Value cannot fail.
-                serde_json::to_vec(&reading.envelope(r.ts, &r.device)).unwrap_or_default()
+            PayloadFormat::Envelope => envelope(r),
+            PayloadFormat::Batch => {
+                let mut p = Vec::with_capacity(r.payload.len().saturating_add(48));
+                p.push(b'[');
+                p.extend(envelope(r));
+                p.push(b']');
+                p
             }
         };
         Publish {
@@ -82,6 +95,60 @@ impl MqttEncoder {
             ids: vec![r.id],
         }
     }
+
+    /// Envelopes grouped by upstream topic, in the order each topic first
+    /// appears; each group split where `batch_max` or the packet limit
+    /// would be passed. Within a topic the readings keep their order.
+    fn encode_batches(&self, records: &[Record]) -> Vec<Publish> {
+        let mut out: Vec<Publish> = Vec::new();
+        // The open publish of each topic: its index in `out`.
+        let mut open: Vec<(String, usize)> = Vec::new();
+        for r in records {
+            let topic = render_topic(&self.template, r);
+            let one = envelope(r);
+            let room = self
+                .max_packet
+                .saturating_sub(topic.len())
+                .saturating_sub(PUBLISH_OVERHEAD);
+            let slot = open.iter().position(|(t, _)| *t == topic);
+            let target = slot.and_then(|s| open.get(s)).map(|(_, i)| *i);
+            if let Some(p) = target.and_then(|i| out.get_mut(i)) {
+                // `,` + the envelope, the closing `]` already counted.
+                let grown = p.payload.len().saturating_add(one.len()).saturating_add(1);
+                if p.ids.len() < self.batch_max && grown <= room {
+                    if let Some(close) = p.payload.pop() {
+                        p.payload.push(b',');
+                        p.payload.extend(one);
+                        p.payload.push(close);
+                    }
+                    p.ids.push(r.id);
+                    continue;
+                }
+            }
+            let mut payload = Vec::with_capacity(one.len().saturating_add(2));
+            payload.push(b'[');
+            payload.extend(one);
+            payload.push(b']');
+            let index = out.len();
+            match slot.and_then(|s| open.get_mut(s)) {
+                Some(entry) => entry.1 = index,
+                None => open.push((topic.clone(), index)),
+            }
+            out.push(Publish {
+                topic,
+                payload,
+                ids: vec![r.id],
+            });
+        }
+        out
+    }
+}
+
+/// `{"ts":..,"device":..,"values":..}` of one record.
+fn envelope(r: &Record) -> Vec<u8> {
+    let reading = Reading::parse(&r.payload);
+    // Serializing a serde_json::Value cannot fail.
+    serde_json::to_vec(&reading.envelope(r.ts, &r.device)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -114,5 +181,74 @@ mod tests {
             v,
             serde_json::json!({"ts":1234,"device":"t1","values":{"temp":21.5}})
         );
+    }
+
+    fn record(id: i64, device: &str, payload: &str) -> Record {
+        Record {
+            id,
+            sink: "up".into(),
+            device: device.into(),
+            kind: RecordKind::Telemetry,
+            ts: 1000 + id,
+            topic: format!("sensors/{device}/telemetry"),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    fn batch_encoder(extra: &str) -> MqttEncoder {
+        let cfg: MqttSinkConfig = toml::from_str(&format!(
+            "url = \"mqtt://localhost\"\nformat = \"batch\"\n{extra}"
+        ))
+        .expect("cfg");
+        MqttEncoder::new(&cfg)
+    }
+
+    #[test]
+    fn batch_groups_by_topic_in_order_and_obeys_count() {
+        let mut e = batch_encoder("batch_max = 2");
+        let rs = [
+            record(1, "a", r#"{"v":1}"#),
+            record(2, "b", r#"{"v":2}"#),
+            record(3, "a", r#"{"v":3}"#),
+            record(4, "a", r#"{"v":4}"#),
+        ];
+        let ps = e.encode(&rs);
+        let got: Vec<(&str, &[i64])> = ps.iter().map(|p| (p.topic.as_str(), &p.ids[..])).collect();
+        assert_eq!(
+            got,
+            [
+                ("outpost/a/telemetry", &[1, 3][..]),
+                ("outpost/b/telemetry", &[2][..]),
+                ("outpost/a/telemetry", &[4][..]),
+            ]
+        );
+        let v: serde_json::Value = serde_json::from_slice(&ps[0].payload).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"ts":1001,"device":"a","values":{"v":1}},
+                {"ts":1003,"device":"a","values":{"v":3}}
+            ])
+        );
+    }
+
+    #[test]
+    fn batch_stays_within_the_packet_limit_and_carries_every_id() {
+        let mut e = batch_encoder("max_packet_size = 300");
+        let rs: Vec<Record> = (1..=40)
+            .map(|i| record(i, "dev", &format!(r#"{{"seq":{i},"pad":"xxxxxxxxxx"}}"#)))
+            .collect();
+        let ps = e.encode(&rs);
+        assert!(ps.len() > 1, "300 bytes cannot hold 40 readings");
+        let mut ids = Vec::new();
+        for p in &ps {
+            assert!(check_publish(&p.topic, p.payload.len(), 300).is_ok());
+            let v: Vec<serde_json::Value> = serde_json::from_slice(&p.payload).expect("json array");
+            assert_eq!(v.len(), p.ids.len());
+            ids.extend(p.ids.iter().copied());
+        }
+        assert_eq!(ids, (1..=40).collect::<Vec<i64>>());
+        // A reading admitted alone always fits a batch of its own.
+        assert!(e.admit(&rs[0]).is_ok());
     }
 }

@@ -1,30 +1,48 @@
-//! The SQLite file behind the outbox: schema, pragmas, and the statements the
-//! writer thread runs. Nothing here is shared between threads.
+//! The SQLite file behind the outbox: schema, pragmas, the migration from
+//! the first schema, and the statements the writer thread runs.
+//!
+//! Each sink's queue is a table of its own (`q1`, `q2`, ...; the `sinks`
+//! table names them), keyed by the record id alone: an insert touches one
+//! B-tree and no index, a fetch is a range scan of one table, a delete one
+//! row lookup. Ids come from the writer (one counter for every queue, so
+//! "oldest" means the same across sinks) and are never reused: the counter
+//! starts above every id in the queues and the dead letters. That is what
+//! `AUTOINCREMENT` did, without its extra page written per insert.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
+use rusqlite::hooks::Wal;
+use rusqlite::wal::CheckpointMode;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
 
 use super::StoreError;
 use crate::config::Synchronous;
 use crate::record::{Record, RecordKind};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: one `records` table with text sink names and an index (to 0.1);
+/// 2: a table per sink.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Pages of 4 KiB, the size of the flash page and of the page cache: a
+/// commit of one small reading writes one page to the WAL.
+const PAGE_SIZE: i64 = 4096;
+
+/// The writer never checkpoints: a thread of its own does (see
+/// `checkpoint`), so no commit waits for one.
+const WAL_AUTOCHECKPOINT: i64 = 0;
+
+/// The WAL is truncated to this after a checkpoint, so it does not stay at
+/// its largest size.
+const JOURNAL_SIZE_LIMIT: i64 = 4 << 20;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    sink        TEXT    NOT NULL,
-    device      TEXT    NOT NULL,
-    kind        TEXT    NOT NULL,
-    ts          INTEGER NOT NULL,
-    topic       TEXT    NOT NULL,
-    payload     BLOB    NOT NULL,
-    size        INTEGER NOT NULL,
-    ingested_at INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS sinks (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
 );
-CREATE INDEX IF NOT EXISTS records_by_sink ON records (sink, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id        INTEGER PRIMARY KEY,
     sink      TEXT    NOT NULL,
@@ -50,6 +68,47 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 ";
 
+/// A queue table's columns (`id` is the row id).
+fn queue_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+            id          INTEGER PRIMARY KEY,
+            ts          INTEGER NOT NULL,
+            ingested_at INTEGER NOT NULL,
+            kind        INTEGER NOT NULL,
+            device      TEXT    NOT NULL,
+            topic       TEXT    NOT NULL,
+            payload     BLOB    NOT NULL
+        )"
+    )
+}
+
+/// What a row occupies for the `max_bytes` bound (as [`Record::stored_size`]).
+fn size_expr(sink: &str) -> String {
+    format!(
+        "LENGTH(payload) + LENGTH(CAST(device AS BLOB)) + LENGTH(CAST(topic AS BLOB)) + {}",
+        sink.len().saturating_add(48)
+    )
+}
+
+fn kind_code(k: RecordKind) -> i64 {
+    match k {
+        RecordKind::Telemetry => 0,
+        RecordKind::Attributes => 1,
+        RecordKind::Claim => 2,
+        RecordKind::Rpc => 3,
+    }
+}
+
+pub(super) fn kind_of(code: i64) -> RecordKind {
+    match code {
+        1 => RecordKind::Attributes,
+        2 => RecordKind::Claim,
+        3 => RecordKind::Rpc,
+        _ => RecordKind::Telemetry,
+    }
+}
+
 /// Queue depth of one sink, as kept in memory by the writer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Depth {
@@ -60,7 +119,18 @@ pub struct Depth {
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    /// sink name → its queue table.
+    tables: HashMap<String, String>,
+    sync: Synchronous,
+    /// Frames in the WAL after the last commit (SQLite's WAL hook says).
+    wal_frames: Arc<AtomicI64>,
 }
+
+/// WAL frames (4 KiB pages) after which the writer checkpoints on its own
+/// connection, right after its commit: the checkpoint thread has not
+/// caught up, or cannot finish while commits keep coming. This bounds the
+/// WAL under a flood of large readings.
+const WAL_MAX_FRAMES: i32 = 1536;
 
 /// Maps a SQLite error to one that says which file and what to do.
 pub fn explain(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -85,6 +155,15 @@ pub fn explain(path: &Path, e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// The sink → queue table map as the file has it.
+pub(super) fn read_tables(conn: &Connection) -> rusqlite::Result<HashMap<String, String>> {
+    let mut stmt = conn.prepare("SELECT id, name FROM sinks")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(1)?, format!("q{}", r.get::<_, i64>(0)?)))
+    })?;
+    rows.collect()
+}
+
 impl Db {
     pub fn open(path: &Path, sync: Synchronous) -> Result<Db, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -94,21 +173,28 @@ impl Db {
             })?;
         }
         let conn = Connection::open(path).map_err(|e| explain(path, e))?;
-        let db = Db {
+        let mut db = Db {
             conn,
             path: path.to_path_buf(),
+            tables: HashMap::new(),
+            sync,
+            wal_frames: Arc::new(AtomicI64::new(0)),
         };
-        db.init(sync).map_err(|e| explain(path, e))?;
+        db.init().map_err(|e| explain(path, e))?;
         Ok(db)
     }
 
-    fn init(&self, sync: Synchronous) -> rusqlite::Result<()> {
+    fn init(&mut self) -> rusqlite::Result<()> {
         // Reading the schema validates the file header: a file that is not
         // a database fails here, at startup, with a clear error.
-        self.conn
-            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
-                r.get::<_, i64>(0)
-            })?;
+        let objects: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if objects == 0 {
+            // A new file: the page size holds only before the first table.
+            self.conn
+                .execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))?;
+        }
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -118,44 +204,131 @@ impl Db {
                 Some(format!("cannot switch to WAL mode (got `{mode}`)")),
             ));
         }
-        let level = match sync {
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Full => "FULL",
-        };
-        self.conn
-            .execute_batch(&format!("PRAGMA synchronous = {level};"))?;
+        self.conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT};
+             PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};"
+        ))?;
+        // After the pragma: setting wal_autocheckpoint replaces the hook.
+        let frames = self.wal_frames.clone();
+        self.conn.wal_hook(Some(move |wal: &mut Wal, pages: i32| {
+            frames.store(i64::from(pages), Ordering::Relaxed);
+            if pages >= WAL_MAX_FRAMES {
+                // Busy when the checkpoint thread is at it: fine, one of
+                // the two copies the WAL.
+                let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
+            }
+            Ok(())
+        }))?;
+        self.set_durable(true)?;
         self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        self.conn.execute_batch(SCHEMA)?;
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version == 0 {
-            self.conn
-                .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        if version < 2 && has_table(&tx, "records")? {
+            migrate_v1(&tx)?;
         }
-        // Probe that the file is writable now, not at the first reading.
-        self.conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+        tx.commit()?;
+        self.tables = read_tables(&self.conn)?;
         Ok(())
+    }
+
+    /// Commits that must survive a power cut (`synchronous` as configured)
+    /// or that may be lost to one (`NORMAL`: deletes of delivered records,
+    /// which a later durable commit makes durable too, and whose loss only
+    /// sends a record again).
+    pub fn set_durable(&self, durable: bool) -> rusqlite::Result<()> {
+        let level = match (durable, self.sync) {
+            (true, Synchronous::Full) => "FULL",
+            _ => "NORMAL",
+        };
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous = {level};"))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Frames in the WAL after the last commit.
+    pub fn wal_frames(&self) -> i64 {
+        self.wal_frames.load(Ordering::Relaxed)
+    }
+
+    /// The queue table of `sink`, made on first use (inside `tx`; the map
+    /// is updated by the caller once `tx` commits, see [`Db::learn`]).
+    pub fn table_for(
+        tx: &Transaction<'_>,
+        known: &HashMap<String, String>,
+        sink: &str,
+    ) -> rusqlite::Result<String> {
+        if let Some(t) = known.get(sink) {
+            return Ok(t.clone());
+        }
+        if let Some(id) = tx
+            .query_row("SELECT id FROM sinks WHERE name = ?1", params![sink], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+        {
+            return Ok(format!("q{id}"));
+        }
+        tx.execute("INSERT INTO sinks (name) VALUES (?1)", params![sink])?;
+        let table = format!("q{}", tx.last_insert_rowid());
+        tx.execute_batch(&queue_table(&table))?;
+        Ok(table)
+    }
+
+    pub fn tables(&self) -> &HashMap<String, String> {
+        &self.tables
+    }
+
+    /// Reads the sink → table map again (after a commit that made tables).
+    pub fn learn(&mut self) -> rusqlite::Result<()> {
+        self.tables = read_tables(&self.conn)?;
+        Ok(())
+    }
+
     pub fn depths(&self) -> rusqlite::Result<HashMap<String, Depth>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT sink, COUNT(*), COALESCE(SUM(size), 0) FROM records GROUP BY sink")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
+        let mut out = HashMap::new();
+        for (sink, table) in &self.tables {
+            let (records, bytes) = self.conn.query_row(
+                &format!(
+                    "SELECT COUNT(*), COALESCE(SUM({}), 0) FROM {table}",
+                    size_expr(sink)
+                ),
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            out.insert(
+                sink.clone(),
                 Depth {
-                    records: r.get::<_, i64>(1)? as u64,
-                    bytes: r.get::<_, i64>(2)? as u64,
+                    records: u64::try_from(records).unwrap_or(0),
+                    bytes: u64::try_from(bytes).unwrap_or(0),
                 },
-            ))
-        })?;
-        rows.collect()
+            );
+        }
+        Ok(out)
+    }
+
+    /// The highest id in any queue or the dead letters.
+    pub fn max_id(&self) -> rusqlite::Result<i64> {
+        let mut max: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM dead_letters", [], |r| {
+                    r.get(0)
+                })?;
+        for table in self.tables.values() {
+            let m: i64 = self.conn.query_row(
+                &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+                [],
+                |r| r.get(0),
+            )?;
+            max = max.max(m);
+        }
+        Ok(max)
     }
 
     pub fn counters(&self) -> rusqlite::Result<HashMap<(String, String), u64>> {
@@ -165,7 +338,7 @@ impl Db {
         let rows = stmt.query_map([], |r| {
             Ok((
                 (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                r.get::<_, i64>(2)? as u64,
+                u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
             ))
         })?;
         rows.collect()
@@ -175,83 +348,135 @@ impl Db {
         self.conn.transaction()
     }
 
-    /// Rows of `sink` with `after < id < before`, oldest first.
-    pub fn fetch(
-        &self,
-        sink: &str,
-        after: i64,
-        before: i64,
-        limit: usize,
-    ) -> rusqlite::Result<Vec<Record>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, device, kind, ts, topic, payload FROM records
-             WHERE sink = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(params![sink, after, before, limit as i64], |r| {
-            let kind: String = r.get(2)?;
-            Ok(Record {
-                id: r.get(0)?,
-                sink: sink.to_string(),
-                device: r.get(1)?,
-                kind: RecordKind::parse(&kind).unwrap_or(RecordKind::Telemetry),
-                ts: r.get(3)?,
-                topic: r.get(4)?,
-                payload: r.get(5)?,
-            })
-        })?;
+    pub fn qos2_pending(&self, client: &str) -> rusqlite::Result<Vec<u16>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT pkid FROM inbound_qos2 WHERE client = ?1 ORDER BY pkid")?;
+        let rows = stmt.query_map(params![client], |r| r.get::<_, u16>(0))?;
         rows.collect()
     }
-}
 
-impl Db {
-    /// The newest row id of `sink`, or 0.
-    pub fn last_id(&self, sink: &str) -> rusqlite::Result<i64> {
+    /// (count, bytes) of the dead letters.
+    pub fn dead_size(&self) -> rusqlite::Result<(u64, u64)> {
         self.conn.query_row(
-            "SELECT COALESCE(MAX(id), 0) FROM records WHERE sink = ?1",
-            params![sink],
-            |r| r.get(0),
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(device) + LENGTH(topic) + 48), 0) FROM dead_letters",
+            [],
+            |r| {
+                Ok((
+                    u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            },
         )
     }
 }
 
-pub fn insert(tx: &Transaction<'_>, r: &Record, size: u64, now: i64) -> rusqlite::Result<i64> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO records (sink, device, kind, ts, topic, payload, size, ingested_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
+fn has_table(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        params![name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// The first schema (one `records` table, text sink names, an index) to
+/// one table per sink; every record keeps its id, order and content.
+fn migrate_v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let sinks: Vec<String> = {
+        let mut stmt = tx.prepare("SELECT DISTINCT sink FROM records")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut moved: i64 = 0;
+    for sink in &sinks {
+        let table = Db::table_for(tx, &HashMap::new(), sink)?;
+        moved = moved.saturating_add(tx.execute(
+            &format!(
+                "INSERT INTO {table} (id, ts, ingested_at, kind, device, topic, payload)
+                 SELECT id, ts, ingested_at,
+                        CASE kind WHEN 'attributes' THEN 1 WHEN 'claim' THEN 2 WHEN 'rpc' THEN 3 ELSE 0 END,
+                        device, topic, CAST(payload AS BLOB)
+                 FROM records WHERE sink = ?1 ORDER BY id"
+            ),
+            params![sink],
+        )? as i64);
+    }
+    tx.execute_batch("DROP INDEX IF EXISTS records_by_sink; DROP TABLE records;")?;
+    tracing::info!(
+        records = moved,
+        sinks = sinks.len(),
+        "outbox moved to schema 2 (a table per sink)"
+    );
+    Ok(())
+}
+
+pub fn insert(
+    tx: &Transaction<'_>,
+    table: &str,
+    id: i64,
+    r: &Record,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "INSERT INTO {table} (id, ts, ingested_at, kind, device, topic, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?;
     stmt.execute(params![
-        r.sink,
-        r.device,
-        r.kind.as_str(),
+        id,
         r.ts,
+        now,
+        kind_code(r.kind),
+        r.device,
         r.topic,
-        r.payload,
-        size as i64,
-        now
+        r.payload
     ])?;
-    Ok(tx.last_insert_rowid())
+    Ok(())
 }
 
-/// Deletes one row; returns its sink and size if it was there.
-pub fn delete(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Option<(String, u64)>> {
-    let mut stmt = tx.prepare_cached("DELETE FROM records WHERE id = ?1 RETURNING sink, size")?;
-    stmt.query_row(params![id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-    })
-    .optional()
+/// Deletes one row of `sink`; returns its size if it was there.
+pub fn delete(
+    tx: &Transaction<'_>,
+    sink: &str,
+    table: &str,
+    id: i64,
+) -> rusqlite::Result<Option<u64>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "DELETE FROM {table} WHERE id = ?1 RETURNING {}",
+        size_expr(sink)
+    ))?;
+    stmt.query_row(params![id], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
 }
 
-/// The oldest rows (across all sinks): id, sink, size, ingested_at.
+/// The oldest rows across all queues: (id, sink, size, ingested_at).
 pub fn oldest(
     tx: &Transaction<'_>,
+    tables: &HashMap<String, String>,
     limit: usize,
 ) -> rusqlite::Result<Vec<(i64, String, u64, i64)>> {
-    let mut stmt =
-        tx.prepare_cached("SELECT id, sink, size, ingested_at FROM records ORDER BY id LIMIT ?1")?;
-    let rows = stmt.query_map(params![limit as i64], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
-    })?;
-    rows.collect()
+    let mut all = Vec::new();
+    for (sink, table) in tables {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT id, {}, ingested_at FROM {table} ORDER BY id LIMIT ?1",
+            size_expr(sink)
+        ))?;
+        let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                sink.clone(),
+                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            all.push(row?);
+        }
+    }
+    all.sort_unstable_by_key(|(id, ..)| *id);
+    all.truncate(limit);
+    Ok(all)
 }
 
 pub fn add_counter(tx: &Transaction<'_>, sink: &str, name: &str, by: u64) -> rusqlite::Result<()> {
@@ -259,23 +484,53 @@ pub fn add_counter(tx: &Transaction<'_>, sink: &str, name: &str, by: u64) -> rus
         "INSERT INTO counters (sink, name, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (sink, name) DO UPDATE SET value = value + excluded.value",
     )?;
-    stmt.execute(params![sink, name, by as i64])?;
+    stmt.execute(params![sink, name, i64::try_from(by).unwrap_or(i64::MAX)])?;
     Ok(())
 }
 
-/// Moves one row to the dead-letter table; returns its sink and size.
+/// Writes a record straight to the dead letters (refused at ingest).
+pub fn insert_dead(
+    tx: &Transaction<'_>,
+    id: i64,
+    r: &Record,
+    reason: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO dead_letters (id, sink, device, kind, ts, topic, payload, reason, moved_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    stmt.execute(params![
+        id,
+        r.sink,
+        r.device,
+        r.kind.as_str(),
+        r.ts,
+        r.topic,
+        r.payload,
+        reason,
+        now
+    ])?;
+    Ok(())
+}
+
+/// Moves one queued row to the dead letters; returns its size.
 pub fn dead_letter(
     tx: &Transaction<'_>,
+    sink: &str,
+    table: &str,
     id: i64,
     reason: &str,
     now: i64,
-) -> rusqlite::Result<Option<(String, u64)>> {
-    let mut copy = tx.prepare_cached(
+) -> rusqlite::Result<Option<u64>> {
+    let mut copy = tx.prepare_cached(&format!(
         "INSERT OR REPLACE INTO dead_letters (id, sink, device, kind, ts, topic, payload, reason, moved_at)
-         SELECT id, sink, device, kind, ts, topic, payload, ?2, ?3 FROM records WHERE id = ?1",
-    )?;
-    copy.execute(params![id, reason, now])?;
-    delete(tx, id)
+         SELECT id, ?2, device,
+                CASE kind WHEN 1 THEN 'attributes' WHEN 2 THEN 'claim' WHEN 3 THEN 'rpc' ELSE 'telemetry' END,
+                ts, topic, payload, ?3, ?4 FROM {table} WHERE id = ?1"
+    ))?;
+    copy.execute(params![id, sink, reason, now])?;
+    delete(tx, sink, table, id)
 }
 
 pub fn qos2_mark(tx: &Transaction<'_>, client: &str, pkid: u16, now: i64) -> rusqlite::Result<()> {
@@ -298,80 +553,13 @@ pub fn qos2_forget(tx: &Transaction<'_>, client: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-impl Db {
-    pub fn qos2_pending(&self, client: &str) -> rusqlite::Result<Vec<u16>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT pkid FROM inbound_qos2 WHERE client = ?1 ORDER BY pkid")?;
-        let rows = stmt.query_map(params![client], |r| r.get::<_, u16>(0))?;
-        rows.collect()
-    }
-}
-
-impl Db {
-    /// (count, bytes) of the dead letters.
-    pub fn dead_size(&self) -> rusqlite::Result<(u64, u64)> {
-        self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(device) + LENGTH(topic) + 48), 0) FROM dead_letters",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
-        )
-    }
-}
-
 /// Removes the oldest dead letter; returns its size if there was one.
 pub fn drop_oldest_dead(tx: &Transaction<'_>) -> rusqlite::Result<Option<u64>> {
     let mut stmt = tx.prepare_cached(
         "DELETE FROM dead_letters WHERE id = (SELECT MIN(id) FROM dead_letters)
          RETURNING LENGTH(payload) + LENGTH(device) + LENGTH(topic) + 48",
     )?;
-    stmt.query_row([], |r| r.get::<_, i64>(0).map(|n| n.max(0) as u64))
+    stmt.query_row([], |r| r.get::<_, i64>(0))
         .optional()
-}
-
-/// A record moved aside because its platform can never take it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub sink: String,
-    pub device: String,
-    pub ts: i64,
-    pub reason: String,
-    pub moved_at: i64,
-    pub payload: Vec<u8>,
-}
-
-/// Lists dead letters from a closed or running outbox (read-only).
-pub fn dead_letters(path: &Path) -> Result<Vec<DeadLetter>, StoreError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| explain(path, e))?;
-    let has_table: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'dead_letters'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| explain(path, e))?;
-    if has_table == 0 {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn
-        .prepare(
-            "SELECT id, sink, device, ts, reason, moved_at, payload FROM dead_letters ORDER BY id",
-        )
-        .map_err(|e| explain(path, e))?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(DeadLetter {
-                id: r.get(0)?,
-                sink: r.get(1)?,
-                device: r.get(2)?,
-                ts: r.get(3)?,
-                reason: r.get(4)?,
-                moved_at: r.get(5)?,
-                payload: r.get(6)?,
-            })
-        })
-        .map_err(|e| explain(path, e))?;
-    rows.collect::<Result<_, _>>().map_err(|e| explain(path, e))
+        .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
 }

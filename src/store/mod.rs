@@ -1,18 +1,29 @@
 //! The durable outbox: every record waits here until its sink's platform has
 //! acknowledged it.
 //!
-//! One SQLite file in WAL mode holds one FIFO queue per sink (rows ordered by
-//! an AUTOINCREMENT id, never reused). A single writer thread owns the
-//! connection and applies whatever commands are pending as one transaction —
-//! group commit without a timer, so throughput follows the offered load
-//! rather than the disk's fsync latency. Appenders may wait for the commit
-//! (that is how an acknowledgement can be held until data is on disk).
+//! One SQLite file in WAL mode holds one FIFO queue per sink (a table each,
+//! rows ordered by an id that is never reused; see `db`). A single writer
+//! thread owns the connection and applies whatever commands are pending as
+//! one transaction — group commit without a timer, so throughput follows
+//! the offered load rather than the disk's fsync latency. Appenders may
+//! wait for the commit (that is how an acknowledgement can be held until
+//! data is on disk). Sinks read their queues through a second connection,
+//! so a fetch never waits behind a commit.
+//!
+//! Deletes of delivered records are not fsynced on their own: they are
+//! gathered for a moment and committed without a sync, and become durable
+//! with the next append (or a checkpoint). A power cut can undo the last of
+//! them; those records are then sent again, a duplicate with the same ts,
+//! never a loss. On an SD card that is the difference between one flash
+//! write per reading and one per batch.
 //!
 //! The outbox is bounded by bytes and by age. What the bound removes or
 //! refuses is counted per sink in the file itself, so the count survives
 //! restarts and can be reported upstream.
 
+mod checkpoint;
 mod db;
+mod read;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +36,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::config::{FullPolicy, StoreConfig};
 use crate::record::Record;
 
-pub use db::{dead_letters, DeadLetter, Depth};
+pub use db::Depth;
+pub use read::{dead_letters, DeadLetter};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -123,24 +135,17 @@ pub(crate) enum Command {
     /// The QoS 2 markers of a client.
     Qos2(Qos2Op),
     Delete {
+        sink: String,
         ids: Vec<i64>,
     },
     /// Move rows to the dead-letter table.
     DeadLetter {
+        sink: String,
         ids: Vec<i64>,
         reason: String,
     },
-    Fetch {
-        sink: String,
-        after: i64,
-        before: i64,
-        limit: usize,
-        reply: oneshot::Sender<Result<Vec<Record>, StoreError>>,
-    },
-    LastId {
-        sink: String,
-        reply: oneshot::Sender<Result<i64, StoreError>>,
-    },
+    /// Answered once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
     Expire,
     /// New bounds (a remote configuration change); applied from the next
     /// append or expiry on.
@@ -160,6 +165,7 @@ pub(crate) struct Shared {
 pub struct Outbox {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
+    reader: Arc<Mutex<read::Reader>>,
 }
 
 /// Joins the writer thread once every [`Outbox`] handle is gone, so that the
@@ -225,16 +231,18 @@ impl Outbox {
         });
         let (tx, rx) = mpsc::channel(64 * 1024);
         let state = writer::State::load(&db, limits)?;
+        let reader = Arc::new(Mutex::new(read::Reader::open(&path)?));
+        let checkpointer = checkpoint::Checkpointer::start(&path)?;
         state.publish(&shared);
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
-            .spawn(move || writer::run(db, rx, thread_shared, state))
+            .spawn(move || writer::run(db, rx, thread_shared, state, checkpointer))
             .map_err(|e| StoreError::Sqlite {
                 path: path.clone(),
                 detail: format!("cannot start the writer thread: {e}"),
             })?;
-        Ok((Outbox { tx, shared }, WriterHandle(handle)))
+        Ok((Outbox { tx, shared, reader }, WriterHandle(handle)))
     }
 
     /// Appends records and waits until they are committed.
@@ -378,22 +386,60 @@ impl Outbox {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Deletes delivered records. Returns once the command is queued; the
-    /// delete commits with the next group.
-    pub async fn delete(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+    /// Deletes records of `sink` its platform acknowledged. Returns once
+    /// the command is queued; the delete commits a moment later, without a
+    /// sync of its own (see the module docs).
+    pub async fn delete(&self, sink: &str, ids: Vec<i64>) -> Result<(), StoreError> {
         self.tx
-            .send(Command::Delete { ids })
+            .send(Command::Delete {
+                sink: sink.to_string(),
+                ids,
+            })
             .await
             .map_err(|_| StoreError::Closed)
     }
 
     /// Moves records the platform can never take out of the queue, into the
     /// dead-letter table (listed by `outpost dead-letters`).
-    pub async fn dead_letter(&self, ids: Vec<i64>, reason: String) -> Result<(), StoreError> {
+    pub async fn dead_letter(
+        &self,
+        sink: &str,
+        ids: Vec<i64>,
+        reason: String,
+    ) -> Result<(), StoreError> {
         self.tx
-            .send(Command::DeadLetter { ids, reason })
+            .send(Command::DeadLetter {
+                sink: sink.to_string(),
+                ids,
+                reason,
+            })
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Returns once everything queued before it is committed (deletes
+    /// included).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Flush(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `f` on the reader connection, on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut read::Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut r)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// Up to `limit` records of `sink` with an id above `after`, oldest first.
@@ -414,31 +460,15 @@ impl Outbox {
         before: i64,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Command::Fetch {
-                sink: sink.to_string(),
-                after,
-                before,
-                limit,
-                reply,
-            })
+        let sink = sink.to_string();
+        self.read(move |r| r.fetch(&sink, after, before, limit))
             .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
     }
 
     /// The newest record id queued for `sink` (0 if none).
     pub async fn last_id(&self, sink: &str) -> Result<i64, StoreError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Command::LastId {
-                sink: sink.to_string(),
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        let sink = sink.to_string();
+        self.read(move |r| r.last_id(&sink)).await
     }
 
     /// Removes records older than `store.max_age`.

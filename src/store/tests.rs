@@ -60,7 +60,10 @@ fn append_fetch_delete_in_fifo_order() {
         assert_eq!(a.iter().map(|r| r.ts).collect::<Vec<_>>(), [0, 2, 4, 6, 8]);
         let next = ob.fetch("a", a[1].id, 2).await.expect("fetch");
         assert_eq!(next.iter().map(|r| r.ts).collect::<Vec<_>>(), [4, 6]);
-        ob.delete(vec![a[0].id, a[1].id]).await.expect("delete");
+        ob.delete("a", vec![a[0].id, a[1].id])
+            .await
+            .expect("delete");
+        ob.flush().await.expect("flush");
         let a2 = ob.fetch("a", 0, 100).await.expect("fetch");
         assert_eq!(a2.len(), 3);
         assert_eq!(ob.stats()["a"].depth.records, 3);
@@ -143,6 +146,7 @@ fn expired_records_are_dropped_and_counted() {
             .expect("append");
         tokio::time::sleep(Duration::from_millis(20)).await;
         ob.expire().await.expect("expire");
+        ob.flush().await.expect("flush");
         assert!(ob.fetch("a", 0, 10).await.expect("fetch").is_empty());
         assert_eq!(ob.stats()["a"].dropped, 5);
     });
@@ -176,4 +180,113 @@ fn an_unwritable_directory_is_named_in_the_error() {
         .expect("must fail");
     assert!(matches!(err, StoreError::Unwritable { .. }), "{err}");
     assert!(err.to_string().contains("file"), "{err}");
+}
+
+#[test]
+fn ids_are_never_reused_even_after_the_queue_empties_and_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let c = cfg(1 << 20, FullPolicy::DropOldest);
+    let first = {
+        let (ob, w) = Outbox::open(path.clone(), &c, &["a".into()]).expect("open");
+        let ids = rt().block_on(async {
+            ob.append((0..3).map(|i| rec("a", "d", i)).collect())
+                .await
+                .expect("append");
+            let got = ob.fetch("a", 0, 10).await.expect("fetch");
+            let ids: Vec<i64> = got.iter().map(|r| r.id).collect();
+            // The newest goes to the dead letters, the others are delivered.
+            ob.dead_letter("a", vec![ids[2]], "test".into())
+                .await
+                .expect("dead");
+            ob.delete("a", ids[..2].to_vec()).await.expect("delete");
+            ob.flush().await.expect("flush");
+            assert!(ob.fetch("a", 0, 10).await.expect("fetch").is_empty());
+            ids
+        });
+        drop(ob);
+        w.join();
+        ids
+    };
+    let (ob, w) = Outbox::open(path, &c, &["a".into()]).expect("reopen");
+    rt().block_on(async {
+        ob.append(vec![rec("a", "d", 9)]).await.expect("append");
+        let got = ob.fetch("a", 0, 10).await.expect("fetch");
+        assert!(got[0].id > first[2], "{} after {first:?}", got[0].id);
+    });
+    drop(ob);
+    w.join();
+}
+
+#[test]
+fn a_first_schema_outbox_is_moved_with_every_record_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    {
+        // The schema outpost 0.1 wrote.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL,
+                 device TEXT NOT NULL, kind TEXT NOT NULL, ts INTEGER NOT NULL, topic TEXT NOT NULL,
+                 payload BLOB NOT NULL, size INTEGER NOT NULL, ingested_at INTEGER NOT NULL);
+             CREATE INDEX records_by_sink ON records (sink, id);
+             CREATE TABLE counters (sink TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+                 PRIMARY KEY (sink, name));
+             INSERT INTO counters VALUES ('a', 'dropped', 4);
+             PRAGMA user_version = 1;",
+        )
+        .expect("schema 1");
+        for (i, (sink, kind)) in [("a", "telemetry"), ("b", "attributes"), ("a", "rpc")]
+            .iter()
+            .enumerate()
+        {
+            conn.execute(
+                "INSERT INTO records (sink, device, kind, ts, topic, payload, size, ingested_at)
+                 VALUES (?1, 'dev', ?2, ?3, 's/dev/t', ?4, 60, 0)",
+                rusqlite::params![
+                    sink,
+                    kind,
+                    100 + i as i64,
+                    format!("{{\"n\":{i}}}").into_bytes()
+                ],
+            )
+            .expect("insert");
+        }
+    }
+    let (ob, w) = Outbox::open(
+        path.clone(),
+        &cfg(1 << 20, FullPolicy::DropOldest),
+        &["a".into(), "b".into()],
+    )
+    .expect("open and migrate");
+    rt().block_on(async {
+        let a = ob.fetch("a", 0, 10).await.expect("fetch");
+        assert_eq!(
+            a.iter().map(|r| (r.id, r.ts)).collect::<Vec<_>>(),
+            [(1, 100), (3, 102)]
+        );
+        assert_eq!(a[1].kind, RecordKind::Rpc);
+        assert_eq!(a[0].payload, b"{\"n\":0}");
+        let b = ob.fetch("b", 0, 10).await.expect("fetch");
+        assert_eq!((b[0].id, b[0].kind), (2, RecordKind::Attributes));
+        assert_eq!(ob.stats()["a"].dropped, 4, "counters kept");
+        ob.append(vec![rec("a", "d", 7)]).await.expect("append");
+        assert_eq!(ob.fetch("a", 3, 10).await.expect("fetch")[0].id, 4);
+    });
+    drop(ob);
+    w.join();
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(v, 2);
+    let old: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'records'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("master");
+    assert_eq!(old, 0, "the old table is gone");
 }

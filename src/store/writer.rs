@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Transaction;
 use tokio::sync::mpsc;
 
+use super::checkpoint::{Checkpointer, NUDGE_FRAMES};
 use super::db::{self, Db, Depth};
 use super::{Appended, Command, DeadStats, Limits, Qos2Op, QueueStats, Shared, StoreError};
 use crate::config::FullPolicy;
@@ -20,9 +21,31 @@ const MAX_GROUP: usize = 4096;
 /// Rows looked at per step when making room or expiring.
 const EVICT_STEP: usize = 256;
 
+/// How long deletes wait to be committed together. A delete lost in a
+/// crash only re-sends its reading (a duplicate, never a loss).
+const DELETE_WINDOW: Duration = Duration::from_millis(20);
+
+/// [`DELETE_WINDOW`]; a debug build's integration tests may stretch it
+/// (`OUTPOST_TEST_DELETE_WINDOW_MS`) to kill outpost while an
+/// acknowledged reading's delete is still pending. Never in a release build.
+fn delete_window() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("OUTPOST_TEST_DELETE_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    DELETE_WINDOW
+}
+
 #[derive(Clone)]
 pub(crate) struct State {
     limits: Limits,
+    /// sink → queue table (new ones join when their first record does).
+    tables: HashMap<String, String>,
+    /// The next record id (above every id the file has seen).
+    next_id: i64,
     depths: HashMap<String, Depth>,
     dropped: HashMap<String, u64>,
     total_bytes: u64,
@@ -47,8 +70,14 @@ impl State {
             .filter(|((_, name), _)| name == "dead_dropped")
             .map(|(_, v)| v)
             .sum();
+        let next_id = db
+            .max_id()
+            .map_err(|e| db::explain(db.path(), e))?
+            .saturating_add(1);
         Ok(State {
             limits,
+            tables: db.tables().clone(),
+            next_id,
             depths,
             dropped,
             total_bytes,
@@ -113,6 +142,23 @@ impl State {
         Ok(())
     }
 
+    /// A new record id.
+    fn take_id(&mut self) -> i64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.saturating_add(1);
+        id
+    }
+
+    /// The queue table of `sink` (made in `tx` if new).
+    fn table(&mut self, tx: &Transaction<'_>, sink: &str) -> rusqlite::Result<String> {
+        if let Some(t) = self.tables.get(sink) {
+            return Ok(t.clone());
+        }
+        let t = Db::table_for(tx, &self.tables, sink)?;
+        self.tables.insert(sink.to_string(), t.clone());
+        Ok(t)
+    }
+
     fn added(&mut self, sink: &str, size: u64) {
         let d = self.depths.entry(sink.to_string()).or_default();
         d.records = d.records.saturating_add(1);
@@ -140,13 +186,55 @@ impl Drops {
     }
 }
 
+/// Takes what else is pending, up to [`MAX_GROUP`].
+fn gather(rx: &mut mpsc::Receiver<Command>, group: &mut Vec<Command>, stop: &mut bool) {
+    while group.len() < MAX_GROUP && !*stop {
+        match rx.try_recv() {
+            Ok(c) => {
+                *stop |= matches!(c, Command::Stop);
+                group.push(c);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Does the group hold something that must be on disk when its caller
+/// hears back (records, QoS 2 releases, a flush, dead letters)? Deletes of
+/// delivered records do not: losing one only sends a record again.
+fn needs_sync(group: &[Command]) -> bool {
+    group.iter().any(|c| {
+        !matches!(
+            c,
+            Command::Delete { .. }
+                | Command::Qos2(Qos2Op::Pending(..))
+                | Command::Qos2(Qos2Op::Forget(_))
+        )
+    })
+}
+
+/// Runs until [`Command::Stop`] or every sender is gone; the checkpoints
+/// stop with it.
 pub(crate) fn run(
     mut db: Db,
     mut rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     mut state: State,
+    checkpoints: Checkpointer,
 ) {
+    let window = delete_window();
     let mut log = DropLog::default();
+    // For waiting on the channel with a timeout (the deletes' window).
+    let clock = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "the outbox writer cannot start its clock");
+            return;
+        }
+    };
     // A full disk fails every commit: one line a minute says so.
     let mut failures = crate::throttle::Throttle::default();
     let mut stop = false;
@@ -154,14 +242,31 @@ pub(crate) fn run(
         let mut group = Vec::with_capacity(64);
         stop |= matches!(first, Command::Stop);
         group.push(first);
-        while group.len() < MAX_GROUP && !stop {
-            match rx.try_recv() {
-                Ok(c) => {
-                    stop |= matches!(c, Command::Stop);
-                    group.push(c);
+        gather(&mut rx, &mut group, &mut stop);
+        // Only deletes (and the like) so far: wait a moment for more, so
+        // a stream of acknowledgements is a few commits, not thousands.
+        if !stop && !needs_sync(&group) {
+            let until = Instant::now()
+                .checked_add(window)
+                .unwrap_or_else(Instant::now);
+            while group.len() < MAX_GROUP && !stop && !needs_sync(&group) {
+                let left = until.saturating_duration_since(Instant::now());
+                // Woken by the next command at once (a reading must not
+                // wait for the window), or at its end.
+                match clock.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(Some(c)) => {
+                        stop |= matches!(c, Command::Stop);
+                        group.push(c);
+                        gather(&mut rx, &mut group, &mut stop);
+                    }
+                    Ok(None) => stop = true,
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+        }
+        let durable = needs_sync(&group);
+        if let Err(e) = db.set_durable(durable) {
+            tracing::warn!(error = %e, "cannot set the outbox's sync level");
         }
 
         let before = state.clone();
@@ -190,7 +295,15 @@ pub(crate) fn run(
                     "outbox commit failed; nothing in this group was stored (readings are refused until commits work again)");
             }
         } else {
+            if state.tables.len() != db.tables().len() {
+                if let Err(e) = db.learn() {
+                    tracing::warn!(error = %e, "cannot read the outbox's queue tables");
+                }
+            }
             state.publish(&shared);
+            if db.wal_frames() >= NUDGE_FRAMES {
+                checkpoints.nudge();
+            }
             for sink in woken {
                 if let Some(n) = shared.notify.get(&sink) {
                     n.notify_one();
@@ -208,20 +321,8 @@ pub(crate) fn run(
                         done.send(result.clone().map(|_| outcome));
                     }
                 }
-                Command::Fetch {
-                    sink,
-                    after,
-                    before,
-                    limit,
-                    reply,
-                } => {
-                    let rows = db
-                        .fetch(&sink, after, before, limit)
-                        .map_err(|e| db::explain(db.path(), e));
-                    let _ = reply.send(rows);
-                }
-                Command::LastId { sink, reply } => {
-                    let _ = reply.send(db.last_id(&sink).map_err(|e| db::explain(db.path(), e)));
+                Command::Flush(reply) => {
+                    let _ = reply.send(());
                 }
                 Command::Qos2(Qos2Op::Release(_, reply)) => {
                     let _ = reply.send(result.clone());
@@ -267,13 +368,10 @@ fn apply(
             } => {
                 let mut outcome = Appended::default();
                 for (r, reason) in dead {
-                    // Through the queue table, so its id is never reused.
-                    let size = r.stored_size();
-                    let id = db::insert(tx, r, size, now)?;
-                    if db::dead_letter(tx, id, reason, now)?.is_some() {
-                        db::add_counter(tx, &r.sink, "dead_lettered", 1)?;
-                        state.dead_added(tx, size)?;
-                    }
+                    let id = state.take_id();
+                    db::insert_dead(tx, id, r, reason, now)?;
+                    db::add_counter(tx, &r.sink, "dead_lettered", 1)?;
+                    state.dead_added(tx, r.stored_size())?;
                 }
                 for r in records {
                     let size = r.stored_size();
@@ -282,7 +380,9 @@ fn apply(
                         outcome.rejected = outcome.rejected.saturating_add(1);
                         continue;
                     }
-                    db::insert(tx, r, size, now)?;
+                    let table = state.table(tx, &r.sink)?;
+                    let id = state.take_id();
+                    db::insert(tx, &table, id, r, now)?;
                     state.added(&r.sink, size);
                     outcome.stored = outcome.stored.saturating_add(1);
                     if !woken.contains(&r.sink) {
@@ -294,18 +394,24 @@ fn apply(
                 }
                 outcomes.push(outcome);
             }
-            Command::Delete { ids } => {
+            Command::Delete { sink, ids } => {
+                let Some(table) = state.tables.get(sink).cloned() else {
+                    continue;
+                };
                 for id in ids {
-                    if let Some((sink, size)) = db::delete(tx, *id)? {
-                        state.removed(&sink, size);
+                    if let Some(size) = db::delete(tx, sink, &table, *id)? {
+                        state.removed(sink, size);
                     }
                 }
             }
-            Command::DeadLetter { ids, reason } => {
+            Command::DeadLetter { sink, ids, reason } => {
+                let Some(table) = state.tables.get(sink).cloned() else {
+                    continue;
+                };
                 for id in ids {
-                    if let Some((sink, size)) = db::dead_letter(tx, *id, reason, now)? {
-                        state.removed(&sink, size);
-                        db::add_counter(tx, &sink, "dead_lettered", 1)?;
+                    if let Some(size) = db::dead_letter(tx, sink, &table, *id, reason, now)? {
+                        state.removed(sink, size);
+                        db::add_counter(tx, sink, "dead_lettered", 1)?;
                         state.dead_added(tx, size)?;
                     }
                 }
@@ -319,10 +425,7 @@ fn apply(
                 db::qos2_release(tx, client, *pkid)?
             }
             Command::Qos2(Qos2Op::Forget(client)) => db::qos2_forget(tx, client)?,
-            Command::Fetch { .. }
-            | Command::LastId { .. }
-            | Command::Qos2(Qos2Op::Pending(..))
-            | Command::Stop => {}
+            Command::Flush(_) | Command::Qos2(Qos2Op::Pending(..)) | Command::Stop => {}
         }
     }
     for (sink, n) in &drops.0 {
@@ -352,15 +455,18 @@ fn make_room(
         return Ok(false);
     }
     while state.total_bytes.saturating_add(size) > max {
-        let rows = db::oldest(tx, EVICT_STEP)?;
+        let rows = db::oldest(tx, &state.tables, EVICT_STEP)?;
         if rows.is_empty() {
             break;
         }
-        for (id, sink, row_size, _) in rows {
+        for (id, sink, _, _) in rows {
             if state.total_bytes.saturating_add(size) <= max {
                 break;
             }
-            if db::delete(tx, id)?.is_some() {
+            let Some(table) = state.tables.get(&sink).cloned() else {
+                continue;
+            };
+            if let Some(row_size) = db::delete(tx, &sink, &table, id)? {
                 state.removed(&sink, row_size);
                 drops.add(&sink, 1);
             }
@@ -377,14 +483,17 @@ fn expire(
 ) -> rusqlite::Result<()> {
     let cutoff = now.saturating_sub(state.limits.max_age_ms);
     loop {
-        let rows = db::oldest(tx, EVICT_STEP)?;
+        let rows = db::oldest(tx, &state.tables, EVICT_STEP)?;
         let mut removed: u64 = 0;
-        for (id, sink, size, ingested_at) in &rows {
+        for (id, sink, _, ingested_at) in &rows {
             if *ingested_at >= cutoff {
                 return Ok(());
             }
-            if db::delete(tx, *id)?.is_some() {
-                state.removed(sink, *size);
+            let Some(table) = state.tables.get(sink).cloned() else {
+                continue;
+            };
+            if let Some(size) = db::delete(tx, sink, &table, *id)? {
+                state.removed(sink, size);
                 drops.add(sink, 1);
                 removed = removed.saturating_add(1);
             }

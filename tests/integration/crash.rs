@@ -143,3 +143,53 @@ async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
 async fn no_acknowledged_reading_is_lost_to_sigkill() {
     crash_rounds(5, true).await;
 }
+
+/// Deletes of acknowledged rows are committed in groups, without an fsync of
+/// their own. A crash before such a commit keeps the row: the reading goes
+/// upstream again after the restart (a duplicate, which ts-keyed platforms
+/// absorb), never lost. The debug build's delete window is stretched to
+/// 60 s so the kill lands while the delete is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_reading_whose_delete_was_lost_is_sent_again() {
+    let w = World::new("");
+    let col = w.collect("site1/#").await;
+    let mut op = w.start_with_env(
+        &w.site().mqtt("", ""),
+        &[("OUTPOST_TEST_DELETE_WINDOW_MS", "60000")],
+    );
+    let reading = br#"{"seq":1}"#.to_vec();
+    let sent = publish_all(
+        w.port,
+        "lost-delete",
+        vec![("sensors/d1/telemetry".into(), reading.clone())],
+    )
+    .await;
+    assert_eq!(sent, 1, "the sensor's PUBACK");
+    assert_eq!(col.wait_for(1, Duration::from_secs(15)).await, 1);
+    // The upstream PUBACK reaches outpost within milliseconds; its delete
+    // then waits in the (stretched) window, uncommitted.
+    let pending = wait_until(Duration::from_secs(5), || {
+        op.status_json()["sinks"]["up"]["delivered"].as_u64() == Some(1)
+    });
+    assert!(pending, "the upstream acknowledged: {}", op.status_json());
+    op.kill9();
+    assert_eq!(
+        queued_payloads(&op.outbox()).unwrap_or_default(),
+        vec![reading.clone()],
+        "the row outlived the kill: its delete was not committed"
+    );
+
+    op.restart();
+    assert_eq!(
+        col.wait_for(2, Duration::from_secs(15)).await,
+        2,
+        "sent again after the restart; log:\n{}",
+        op.log_text()
+    );
+    let seen: Vec<serde_json::Value> = col.all().iter().map(|s| s.json()).collect();
+    assert_eq!(seen[0], seen[1], "the same reading, measured ts included");
+    assert_eq!(seen[1]["values"]["seq"], 1);
+    // Once acknowledged again and shut down cleanly, it is gone for good.
+    op.terminate();
+    assert_eq!(op.queued(), 0, "the clean stop committed the delete");
+}

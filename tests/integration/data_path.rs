@@ -131,6 +131,60 @@ async fn ten_thousand_readings_buffered_through_an_outage_all_arrive_in_order() 
     );
 }
 
+/// `format = "batch"`: a backlog goes up as arrays of envelopes, several
+/// readings of one device per PUBLISH, every reading there, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_sink_drains_a_backlog_in_arrays_complete_and_in_order() {
+    let mut w = World::new("");
+    let col = w.collect("site1/#").await;
+    w.up.stop();
+    let op = w.start(&w.site().mqtt("", "format = \"batch\"\nbatch_max = 50"));
+    let (devices, each) = (4, 300);
+    assert_eq!(publish_devices(w.port, devices, each).await, devices * each);
+    assert!(
+        wait_until(Duration::from_secs(20), || op.queued()
+            == (devices * each) as i64),
+        "queued {}",
+        op.queued()
+    );
+
+    w.up.restart();
+    assert!(
+        wait_until(Duration::from_secs(60), || op.queued() == 0),
+        "outbox drained: {} left",
+        op.queued()
+    );
+    col.settle(Duration::from_millis(500), Duration::from_secs(10))
+        .await;
+    let seen = col.all();
+    assert_complete_and_ordered(&seen, devices, each);
+    let sizes: Vec<usize> = seen
+        .iter()
+        .map(|s| s.json().as_array().map_or(0, Vec::len))
+        .collect();
+    assert!(
+        sizes.iter().all(|n| (1..=50).contains(n)),
+        "every payload is an array of 1..=50 envelopes: {sizes:?}"
+    );
+    assert!(
+        seen.len() * 10 <= devices * each,
+        "{} publishes carried {} readings: batched",
+        seen.len(),
+        devices * each
+    );
+    for s in &seen {
+        let v = s.json();
+        let dev = s.topic.split('/').nth(1).unwrap_or_default();
+        assert!(
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .all(|e| e["device"] == dev),
+            "one topic's readings per batch"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_buffered_while_upstream_is_down_survive_an_outpost_restart() {
     let mut w = World::new("");

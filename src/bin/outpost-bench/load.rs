@@ -52,18 +52,8 @@ impl Collector {
                         let at = Instant::now();
                         let v: serde_json::Value =
                             serde_json::from_slice(&p.payload).unwrap_or_default();
-                        // outpost's envelope, or the sensor's own payload.
-                        let values = if v.get("values").is_some() {
-                            &v["values"]
-                        } else {
-                            &v
-                        };
                         let device = p.topic.split('/').nth(1).unwrap_or_default().to_string();
-                        for one in values
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_else(|| vec![values.clone()])
-                        {
+                        for one in readings(v) {
                             let sent = one["sent_us"].as_u64().unwrap_or(now);
                             let key = format!("{device}/{}", one["seq"]);
                             if let Ok(mut a) = sink.lock() {
@@ -325,4 +315,17 @@ pub async fn subscriptions(
     tokio::time::sleep(Duration::from_secs(6)).await;
     let left = crate::procs::rss_kib(pid);
     Ok((per_sub, left.saturating_sub(before) as f64 * 1.024))
+}
+
+/// The readings of one upstream payload: outpost's envelope, an array of
+/// envelopes (`format = "batch"`), or the sensor's own payload.
+fn readings(v: serde_json::Value) -> Vec<serde_json::Value> {
+    let unwrap = |mut e: serde_json::Value| match e.get_mut("values") {
+        Some(values) => values.take(),
+        None => e,
+    };
+    match v {
+        serde_json::Value::Array(items) => items.into_iter().map(unwrap).collect(),
+        one => vec![unwrap(one)],
+    }
 }

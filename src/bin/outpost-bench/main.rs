@@ -39,9 +39,10 @@ struct Args {
         default_value = "low,paced,flat,drain,idle"
     )]
     phases: Vec<String>,
-    /// What to measure: `outpost`, `bridge` (the baseline), `old` (the
-    /// binary given with --old).
-    #[arg(long, value_delimiter = ',', default_value = "outpost,bridge")]
+    /// What to measure: `outpost`, `batch` (outpost with the MQTT sink's
+    /// `format = "batch"`), `bridge` (the baseline), `old` (the binary
+    /// given with --old).
+    #[arg(long, value_delimiter = ',', default_value = "outpost,batch,bridge")]
     targets: Vec<String>,
     /// Another outpost binary to measure beside this one (e.g. a release
     /// from before a change).
@@ -110,7 +111,7 @@ impl Running {
         let port = free_port()?;
         let (broker, filter) = match target {
             "bridge" => (procs::bridge(dir.path(), port, up_port)?, "bench/#"),
-            "outpost" | "old" => {
+            "outpost" | "old" | "batch" => {
                 let bin = if target == "old" {
                     args.old
                         .clone()
@@ -118,17 +119,17 @@ impl Running {
                 } else {
                     outpost.to_path_buf()
                 };
-                let sink = if target == "old" {
-                    ""
-                } else {
-                    args.sink.as_str()
+                let sink = match target {
+                    "old" => String::new(),
+                    "batch" => format!("format = \"batch\"\n{}", args.sink),
+                    _ => args.sink.clone(),
                 };
                 (
-                    procs::outpost(&bin, dir.path(), port, up_port, &args.synchronous, sink)?,
+                    procs::outpost(&bin, dir.path(), port, up_port, &args.synchronous, &sink)?,
                     "up/#",
                 )
             }
-            other => bail!("unknown target `{other}` (outpost, bridge, old)"),
+            other => bail!("unknown target `{other}` (outpost, batch, bridge, old)"),
         };
         Ok(Running {
             dir,
@@ -231,15 +232,15 @@ fn print_row(r: &Row) {
             None => format!("{t} n/a"),
         })
         .collect();
-    let ratio = r
+    let ratio: String = r
         .values
         .iter()
-        .find(|(t, _)| t == "outpost")
-        .and_then(|(_, v)| *v)
-        .zip(base)
-        .filter(|(_, b)| *b > 0.0)
-        .map(|(o, b)| format!("  outpost/bridge {:.2}x", o / b))
-        .unwrap_or_default();
+        .filter(|(t, _)| t != "bridge")
+        .filter_map(|(t, v)| {
+            let (o, b) = v.zip(base).filter(|(_, b)| *b > 0.0)?;
+            Some(format!("  {t}/bridge {:.2}x", o / b))
+        })
+        .collect();
     let better = if r.higher_better {
         "higher is better"
     } else {

@@ -162,13 +162,17 @@ type = "mqtt"
 url = "mqtt://127.0.0.1:{up_port}"
 client_id = "outpost-bench-{r:08x}"
 topic = "up/{{device}}"
-inflight = 100
-reconnect_min = "100ms"
+{inflight}reconnect_min = "100ms"
 reconnect_max = "500ms"
 {extra_sink}
 "#,
             dir = dir.display(),
             r = fastrand::u32(..),
+            inflight = if extra_sink.contains("inflight") {
+                ""
+            } else {
+                "inflight = 100\n"
+            },
         ),
     )?;
     let child = Command::new(bin)

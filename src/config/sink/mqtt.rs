@@ -13,6 +13,10 @@ pub enum PayloadFormat {
     Envelope,
     /// The sensor's payload bytes, unchanged.
     Raw,
+    /// A JSON array of envelopes: several readings of one upstream topic in
+    /// one PUBLISH (up to `batch_max`, within `max_packet_size`), so a
+    /// backlog drains at several readings per round trip.
+    Batch,
 }
 
 sink_config! {
@@ -34,6 +38,9 @@ sink_config! {
         pub format: PayloadFormat,
         #[serde(default = "defaults::max_packet")]
         pub max_packet_size: ByteSize,
+        /// Readings per PUBLISH at most with `format = "batch"`.
+        #[serde(default = "default_batch_max")]
+        pub batch_max: usize,
     }
     keep_alive = "defaults::keep_alive";
     credentials;
@@ -48,6 +55,13 @@ fn default_topic_template() -> String {
 fn default_format() -> PayloadFormat {
     PayloadFormat::Envelope
 }
+fn default_batch_max() -> usize {
+    100
+}
+
+/// More readings per PUBLISH than this gain nothing measurable and hold
+/// more rows on one acknowledgement.
+const BATCH_MAX: usize = 10_000;
 
 pub(super) fn check(at: &dyn Fn(&str) -> String, m: &MqttSinkConfig, problems: &mut Vec<Problem>) {
     if m.qos != 1 {
@@ -66,10 +80,47 @@ pub(super) fn check(at: &dyn Fn(&str) -> String, m: &MqttSinkConfig, problems: &
     if let Err(e) = check_template(&m.topic) {
         problems.add(at("topic"), e);
     }
+    if m.batch_max == 0 || m.batch_max > BATCH_MAX {
+        problems.add(
+            at("batch_max"),
+            format!("must be between 1 and {BATCH_MAX}"),
+        );
+    } else if m.format != PayloadFormat::Batch && m.batch_max != default_batch_max() {
+        problems.add(at("batch_max"), "only applies with format = \"batch\"");
+    }
     if m.max_packet_size.0 < 128 || m.max_packet_size.0 > 256 << 20 {
         problems.add(
             at("max_packet_size"),
             "must be between 128 bytes and 256 MiB",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let m: MqttSinkConfig =
+            toml::from_str(&format!("url = \"mqtt://localhost\"\n{text}")).expect("toml");
+        let mut p = Vec::new();
+        check(&|k: &str| format!("sink.up.{k}"), &m, &mut p);
+        p.into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn batch_max_is_bounded_and_belongs_to_the_batch_format() {
+        assert!(problems("format = \"batch\"").is_empty());
+        assert!(problems("format = \"batch\"\nbatch_max = 500").is_empty());
+        assert_eq!(
+            problems("format = \"batch\"\nbatch_max = 0"),
+            ["sink.up.batch_max: must be between 1 and 10000"]
+        );
+        assert_eq!(
+            problems("batch_max = 5"),
+            ["sink.up.batch_max: only applies with format = \"batch\""]
         );
     }
 }

@@ -407,7 +407,7 @@ impl<E: Platform> Uplink<E> {
                                 self.suspect = None;
                                 self.careful = self.careful.saturating_sub(1);
                             }
-                            if self.outbox.delete(ids).await.is_err() {
+                            if self.outbox.delete(&self.name, ids).await.is_err() {
                                 return End::Shutdown;
                             }
                             stats::add(&self.stats.delivered, n);

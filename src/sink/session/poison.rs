@@ -37,7 +37,7 @@ impl<E: Platform> Uplink<E> {
             tracing::warn!(sink = %self.name, record = id, device = %device, reason = %why, count,
                 "queued record the platform can no longer take: moved to the dead letters (see `outpost dead-letters`)");
         }
-        let _ = self.outbox.dead_letter(vec![id], why).await;
+        let _ = self.outbox.dead_letter(&self.name, vec![id], why).await;
     }
 
     /// A publish that cannot go upstream (its topic is not a topic name, or
@@ -56,7 +56,7 @@ impl<E: Platform> Uplink<E> {
             return;
         }
         stats::add(&self.stats.undeliverable, p.ids.len() as u64);
-        let _ = self.outbox.dead_letter(p.ids, reason).await;
+        let _ = self.outbox.dead_letter(&self.name, p.ids, reason).await;
     }
 
     /// After a session that ended with no PUBACK at all: if it is always the
@@ -88,7 +88,7 @@ impl<E: Platform> Uplink<E> {
             );
             stats::add(&self.stats.undeliverable, 1);
             let reason = format!("the platform closed the connection {count} times in a row right after this record was sent");
-            let _ = self.outbox.dead_letter(head, reason).await;
+            let _ = self.outbox.dead_letter(&self.name, head, reason).await;
             self.suspect = None;
         }
     }

@@ -111,16 +111,23 @@ impl Drop for Collector {
     }
 }
 
-/// What arrived upstream, per device: the sequence numbers in arrival order.
+/// What arrived upstream, per device: the sequence numbers in arrival order
+/// (from envelopes, or arrays of them with `format = "batch"`).
 pub fn arrivals(seen: &[Seen]) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for s in seen {
         let v = s.json();
-        let dev = v["device"].as_str().unwrap_or_default().to_string();
-        let seq = v["values"]["seq"]
-            .as_u64()
-            .expect("seq in upstream payload");
-        out.entry(dev).or_default().push(seq);
+        let envelopes = match v {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for e in envelopes {
+            let dev = e["device"].as_str().unwrap_or_default().to_string();
+            let seq = e["values"]["seq"]
+                .as_u64()
+                .expect("seq in upstream payload");
+            out.entry(dev).or_default().push(seq);
+        }
     }
     out
 }

@@ -1,0 +1,148 @@
+//! The outbox's reading side: the second connection the uplink fetches
+//! through, and the dead letters as another process lists them. WAL
+//! readers never wait for the writer, so nothing here queues behind a
+//! commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection};
+
+use super::db::{explain, kind_of, read_tables};
+use super::StoreError;
+use crate::record::Record;
+
+/// The outbox's second connection: it reads what the writer committed
+/// (WAL readers never wait for the writer), so a sink fetching its next
+/// records never queues behind commits.
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+    tables: HashMap<String, String>,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| explain(path, e))?;
+        conn.execute_batch("PRAGMA query_only = 1;")
+            .map_err(|e| explain(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| explain(path, e))?;
+        let tables = read_tables(&conn).map_err(|e| explain(path, e))?;
+        Ok(Reader {
+            conn,
+            path: path.to_path_buf(),
+            tables,
+        })
+    }
+
+    fn table(&mut self, sink: &str) -> Result<Option<String>, StoreError> {
+        if !self.tables.contains_key(sink) {
+            // Made by the writer since (the first record of a new sink).
+            self.tables = read_tables(&self.conn).map_err(|e| explain(&self.path, e))?;
+        }
+        Ok(self.tables.get(sink).cloned())
+    }
+
+    /// Rows of `sink` with `after < id < before`, oldest first.
+    pub fn fetch(
+        &mut self,
+        sink: &str,
+        after: i64,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let Some(table) = self.table(sink)? else {
+            return Ok(Vec::new());
+        };
+        let path = self.path.clone();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT id, ts, kind, device, topic, payload FROM {table}
+                 WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3"
+            ))
+            .map_err(|e| explain(&path, e))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![after, before, limit], |r| {
+                Ok(Record {
+                    id: r.get(0)?,
+                    sink: sink.to_string(),
+                    ts: r.get(1)?,
+                    kind: kind_of(r.get(2)?),
+                    device: r.get(3)?,
+                    topic: r.get(4)?,
+                    payload: r.get(5)?,
+                })
+            })
+            .map_err(|e| explain(&path, e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| explain(&path, e))
+    }
+
+    /// The newest row id of `sink`, or 0.
+    pub fn last_id(&mut self, sink: &str) -> Result<i64, StoreError> {
+        let Some(table) = self.table(sink)? else {
+            return Ok(0);
+        };
+        self.conn
+            .query_row(
+                &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| explain(&self.path, e))
+    }
+}
+
+/// A record moved aside because its platform can never take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub sink: String,
+    pub device: String,
+    pub ts: i64,
+    pub reason: String,
+    pub moved_at: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Lists dead letters from a closed or running outbox (read-only).
+pub fn dead_letters(path: &Path) -> Result<Vec<DeadLetter>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| explain(path, e))?;
+    let has_table: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'dead_letters'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| explain(path, e))?;
+    if has_table == 0 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, sink, device, ts, reason, moved_at, payload FROM dead_letters ORDER BY id",
+        )
+        .map_err(|e| explain(path, e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                sink: r.get(1)?,
+                device: r.get(2)?,
+                ts: r.get(3)?,
+                reason: r.get(4)?,
+                moved_at: r.get(5)?,
+                payload: r.get(6)?,
+            })
+        })
+        .map_err(|e| explain(path, e))?;
+    rows.collect::<Result<_, _>>().map_err(|e| explain(path, e))
+}
