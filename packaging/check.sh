@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging check: builds the amd64 .deb and checks it the way a user's
 # machine would see it. Run by CI. Needs (the script installs them with apt):
-# lintian, debootstrap, systemd (for systemd-analyze); and cargo-deb.
+# lintian, debootstrap, systemd (for systemd-analyze), systemd-container
+# (systemd-nspawn); and cargo-deb.
 #   1. dpkg-deb: the expected files, modes, conffiles and maintainer scripts;
 #   2. lintian: no errors;
 #   3. systemd-analyze verify: silent (it exits 0 even on a broken unit, so
@@ -9,7 +10,10 @@
 #   4. the package installs into a clean Debian root made by debootstrap (the
 #      build machine itself is not touched): the user exists, files have the
 #      right owners and modes, and `outpost check-config` passes on the
-#      shipped config.
+#      shipped config;
+#   5. the same root, booted under a real systemd with systemd-nspawn
+#      (packaging/boot-check.sh): start, READY, watchdog, reload, journal,
+#      stop and purge, seen with systemd's own tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +22,12 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for tool in lintian debootstrap systemd-analyze; do
+for tool in lintian debootstrap systemd-analyze systemd-nspawn; do
   command -v "$tool" >/dev/null || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
   pkgs=("${need[@]/systemd-analyze/systemd}")
+  pkgs=("${pkgs[@]/systemd-nspawn/systemd-container}")
   $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version 3.8.0
@@ -38,6 +43,8 @@ for want in "-rwxr-xr-x root/root .* ./usr/bin/outpost" \
   echo "$contents" | sed 's#0/0#root/root#' | grep -qE -- "$want" || fail "no '$want' in the package"
 done
 dpkg-deb -f "$deb" Depends | grep -q adduser || fail "Depends lacks adduser"
+# ExecReload= runs /bin/kill.
+dpkg-deb -f "$deb" Depends | grep -q procps || fail "Depends lacks procps"
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/outpost/outpost.toml || fail "/etc/outpost/outpost.toml is not a conffile"
 for script in postinst postrm prerm; do
   dpkg-deb --ctrl-tarfile "$deb" | tar -t | grep -qx "./$script" || fail "no $script"
@@ -58,10 +65,17 @@ echo "unit: ok"
 
 # 4. Install into a clean Debian root.
 root=$(mktemp -d /tmp/outpost-root.XXXXXX)
+# mktemp makes it 0700: booted, it is the container's `/`, which user
+# outpost must be able to enter.
+chmod 0755 "$root"
 cleanup() { $SUDO umount "$root/proc" 2>/dev/null || true; $SUDO rm -rf "$root"; }
 trap cleanup EXIT
 . /etc/os-release
-$SUDO debootstrap --variant=minbase --include=adduser "${VERSION_CODENAME:-bookworm}" "$root" http://deb.debian.org/debian >/dev/null
+# One root for this step and the boot check: systemd to boot it, mosquitto
+# (its unit masked there) as the upstream, sqlite3 to wedge the outbox.
+$SUDO debootstrap --variant=minbase \
+  --include=adduser,procps,systemd,systemd-sysv,dbus,mosquitto,mosquitto-clients,sqlite3 \
+  "${VERSION_CODENAME:-bookworm}" "$root" http://deb.debian.org/debian >/dev/null
 $SUDO cp "$deb" "$root/tmp/outpost.deb"
 $SUDO mount -t proc proc "$root/proc"
 $SUDO chroot "$root" dpkg -i /tmp/outpost.deb
@@ -79,4 +93,8 @@ $SUDO chroot "$root" dpkg --purge outpost >/dev/null
 [ ! -e "$root/var/lib/outpost" ] || fail "purge left /var/lib/outpost"
 ! $SUDO chroot "$root" getent passwd outpost >/dev/null || fail "purge left the user"
 echo "install into a clean root: ok"
+$SUDO umount "$root/proc"
+
+# 5. Booted under systemd.
+packaging/boot-check.sh "$root" "$deb"
 echo "packaging check: ok"

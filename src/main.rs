@@ -55,11 +55,64 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Write a working config for ThingsBoard, ThingSpeak, The Things
+    /// Stack or an MQTT broker, checked as check-config checks it. Asks for
+    /// what the flags do not give (answers may also come on stdin, a line
+    /// each). An existing file is kept as FILE.bak.
+    Init(InitArgs),
     /// List records a platform can never take, moved out of the queue.
     DeadLetters {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// The file to write.
+    #[arg(long, short, default_value = "/etc/outpost/outpost.toml")]
+    config: PathBuf,
+    /// thingsboard, thingspeak, ttn or mqtt.
+    #[arg(long)]
+    platform: Option<String>,
+    /// The platform's URL (mqtt(s)://host:port); for ThingsBoard a host
+    /// alone means mqtts://HOST:8883.
+    #[arg(long)]
+    url: Option<String>,
+    /// ThingsBoard access token.
+    #[arg(long)]
+    token: Option<String>,
+    /// ThingsBoard self-provisioning (instead of a token).
+    #[arg(long)]
+    provision_key: Option<String>,
+    #[arg(long)]
+    provision_secret: Option<String>,
+    /// ThingSpeak channel id.
+    #[arg(long)]
+    channel_id: Option<u64>,
+    /// ThingSpeak MQTT device credentials; username/password also for mqtt.
+    #[arg(long)]
+    client_id: Option<String>,
+    #[arg(long)]
+    username: Option<String>,
+    #[arg(long)]
+    password: Option<String>,
+    /// The Things Stack: cluster (eu1, nam1, au1), application id, API key.
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    application_id: Option<String>,
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Where outpost keeps its outbox.
+    #[arg(long, default_value = "/var/lib/outpost")]
+    state_dir: String,
+    /// The local broker's address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    listen: String,
+    /// Never ask: fail naming what is missing.
+    #[arg(long)]
+    no_input: bool,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +142,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost passwd: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Init(args) => match init(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost init: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -201,4 +261,62 @@ fn restart_in_place() -> anyhow::Result<()> {
         "cannot restart {} to apply the config: {err}",
         exe.display()
     ))
+}
+
+fn init(a: InitArgs) -> anyhow::Result<()> {
+    use outpost::config::init::{self, Answers};
+    use std::io::{BufRead, IsTerminal, Write};
+    let answers = Answers {
+        platform: a
+            .platform
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        url: a.url,
+        token: a.token,
+        provision_key: a.provision_key,
+        provision_secret: a.provision_secret,
+        channel_id: a.channel_id,
+        client_id: a.client_id,
+        username: a.username,
+        password: a.password,
+        region: a.region,
+        application_id: a.application_id,
+        api_key: a.api_key,
+        state_dir: Some(a.state_dir),
+        listen: Some(a.listen),
+    };
+    let terminal = std::io::stdin().is_terminal();
+    let no_input = a.no_input;
+    let mut ask = |q: &str, secret: bool| -> Result<String, String> {
+        let what = q.trim_end_matches([':', ' ']);
+        if no_input {
+            return Err(format!("{what} is missing"));
+        }
+        if terminal && secret {
+            return outpost::access::cli::prompt(q);
+        }
+        if terminal {
+            print!("{q}");
+            let _ = std::io::stdout().flush();
+        }
+        let mut line = String::new();
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(0) | Err(_) => Err(format!("{what} is missing")),
+            Ok(_) => Ok(line.trim_end_matches(['\n', '\r']).to_string()),
+        }
+    };
+    let answers = answers.complete(&mut ask).map_err(anyhow::Error::msg)?;
+    let text = answers.render().map_err(anyhow::Error::msg)?;
+    let backup = init::write(&a.config, &text)?;
+    println!("wrote {}", a.config.display());
+    if let Some(b) = backup {
+        println!("the previous file is kept as {}", b.display());
+    }
+    println!(
+        "apply it with `systemctl reload outpost` (or run `outpost run --config {}`)",
+        a.config.display()
+    );
+    Ok(())
 }

@@ -38,7 +38,7 @@ pub fn passwd(file: &Path, user: &str, from_stdin: bool) -> Result<(), String> {
 }
 
 /// Reads one line from the terminal with echo off.
-fn prompt(text: &str) -> Result<String, String> {
+pub fn prompt(text: &str) -> Result<String, String> {
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod guard;
+pub mod init;
 pub mod ops;
 pub mod overlay;
 mod problem;

@@ -7,10 +7,13 @@
 //! - [`remote`]: the remote configuration, checked, applied, persisted and
 //!   rolled back when it breaks the uplink;
 //! - [`report`]: facts, outcomes and health telemetry about outpost;
-//! - [`status`]: the status snapshot and how it is printed.
+//! - [`status`]: the status snapshot and how it is printed;
+//! - [`first_start`]: until a sink has reached its platform once, the one
+//!   line that says which file to edit.
 
 pub mod agent;
 pub mod downlink;
+pub mod first_start;
 pub mod remote;
 pub mod report;
 pub mod status;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::first_start::FirstStart;
 use crate::source::broker::Broker;
 use crate::stats::{self, Stats};
 use crate::store::Outbox;
@@ -16,6 +17,8 @@ pub struct StatusSource {
     pub stats: Arc<Stats>,
     pub outbox: Outbox,
     pub broker: Option<Broker>,
+    /// The first-start line, while no sink has connected once.
+    pub first_start: Option<Arc<FirstStart>>,
 }
 
 impl StatusSource {
@@ -96,6 +99,7 @@ impl StatusSource {
         });
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "hint": self.first_start.as_ref().and_then(|f| f.hint()),
             "broker": broker,
             "pid": std::process::id(),
             "accepted": stats::get(&self.stats.ingest.accepted),
@@ -128,6 +132,9 @@ pub fn render(v: &Value) -> String {
         v["undeliverable"],
         v["ts_replaced"]
     );
+    if let Some(hint) = v["hint"].as_str() {
+        let _ = writeln!(out, "  {hint}");
+    }
     let d = &v["dead_letters"];
     let _ = writeln!(
         out,

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SinkConfig};
 use crate::control::agent::OwnRpc;
+use crate::control::first_start::FirstStart;
 use crate::control::remote::Manager;
 use crate::control::report::Outcome;
 use crate::control::status::StatusSource;
@@ -177,10 +178,17 @@ async fn run_loaded(
         &mut serial_tasks,
         &serial_stop,
     );
+    let config_file = match &loaded.source {
+        crate::config::Source::File(p) => Some(p.as_path()),
+        crate::config::Source::BuiltIn => None,
+    };
+    let first_start = FirstStart::new(&config.state_dir, config_file, &sink_names);
+    tasks.spawn(first_start.clone().watch(stats.clone(), shutdown.clone()));
     let status = StatusSource {
         stats: stats.clone(),
         outbox: outbox.clone(),
         broker: Some(local.clone()),
+        first_start: Some(first_start),
     };
     let agent: Arc<dyn crate::sink::Agent> = Arc::new(OwnRpc {
         status: status.clone(),
@@ -294,7 +302,9 @@ async fn run_loaded(
     supervisor::ready();
 
     shutdown.cancelled().await;
-    supervisor::stopping();
+    // STOPPING=1 is said where SIGTERM arrives: a restart in place (to
+    // apply a new config) says RELOADING=1 instead, and READY=1 after, or
+    // systemd would wait for an exit and fail the reload.
     tracing::info!("shutting down");
     while tasks.join_next().await.is_some() {}
     // Sensor connections still finishing hold outbox handles; closing

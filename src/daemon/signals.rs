@@ -45,10 +45,12 @@ pub fn spawn(
             tokio::select! {
                 _ = term.recv() => {
                     tracing::info!(signal = "SIGTERM", "stop requested");
+                    super::supervisor::stopping();
                     break;
                 }
                 _ = int.recv() => {
                     tracing::info!(signal = "SIGINT", "stop requested");
+                    super::supervisor::stopping();
                     break;
                 }
                 _ = hup.recv() => {

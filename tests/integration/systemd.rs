@@ -144,3 +144,36 @@ fn outpost_status_without_a_daemon_says_so() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is it running with this config?"));
 }
+
+/// `systemctl reload` (SIGHUP with a changed file) restarts outpost in
+/// place: systemd must hear RELOADING=1 and READY=1, never STOPPING=1,
+/// or it waits for an exit that never comes and fails the reload.
+#[test]
+fn a_reload_says_reloading_and_ready_not_stopping() {
+    let w = World::new("");
+    let sock_path = w.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let text = w.site().mqtt("", "");
+    let mut op = w.start_with_env(
+        &text,
+        &[("NOTIFY_SOCKET", sock_path.to_str().expect("utf-8"))],
+    );
+    let first = receive(&sock, Duration::from_secs(2));
+    assert!(first.iter().any(|l| l == "READY=1"), "{first:?}");
+    let pid = op.pid();
+    std::fs::write(
+        &op.config,
+        format!("{text}\n[[route]]\ntopic = \"extra/+/telemetry\"\nsink = \"up\"\n"),
+    )
+    .expect("config");
+    op.signal("HUP");
+    let reload = receive(&sock, Duration::from_secs(4));
+    assert!(reload.iter().any(|l| l == "RELOADING=1"), "{reload:?}");
+    assert!(reload.iter().any(|l| l == "READY=1"), "{reload:?}");
+    assert!(
+        !reload.iter().any(|l| l == "STOPPING=1"),
+        "a reload is not a stop: {reload:?}"
+    );
+    assert_eq!(op.pid(), pid);
+    assert!(op.alive());
+}

@@ -53,12 +53,14 @@ use crate::throttle::Throttle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot listen on {addr} for {what}: {source} (is another MQTT broker, e.g. mosquitto, running? change broker.{key})")]
+    // The OS error is part of the message (not a `source`), so it is
+    // printed once.
+    #[error("cannot listen on {addr} for {what}: {error} (is another MQTT broker, e.g. mosquitto, running? change broker.{key})")]
     Bind {
         addr: SocketAddr,
         what: &'static str,
         key: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Tls(String),
@@ -463,10 +465,10 @@ pub async fn bind(
 ) -> Result<TcpListener, BrokerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| BrokerError::Bind {
+        .map_err(|error| BrokerError::Bind {
             addr,
             what,
             key,
-            source,
+            error,
         })
 }

@@ -1,0 +1,118 @@
+//! The first start: a freshly installed outpost points at no real cloud.
+//! Until one of its sinks has reached its platform once, outpost says, in
+//! one plain line in the log and in `outpost status`, which file to edit
+//! and where the examples are. Reaching a platform is remembered in the
+//! state directory, so a later outage does not bring the line back.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{self, Stats};
+
+/// Where the package puts the example configurations.
+pub const EXAMPLES: &str = "/usr/share/doc/outpost/examples/";
+
+/// The state file that says some sink has connected once.
+const MARKER: &str = "reached-cloud";
+
+/// How often the line is repeated in the log while nothing connects.
+const REPEAT: Duration = Duration::from_secs(600);
+
+/// How often the sinks' counters are looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+pub struct FirstStart {
+    marker: PathBuf,
+    hint: String,
+    reached: AtomicBool,
+}
+
+impl FirstStart {
+    /// `config` is the file outpost runs on (none: the built-in config).
+    pub fn new(state_dir: &Path, config: Option<&Path>, sinks: &[String]) -> Arc<FirstStart> {
+        let marker = state_dir.join(MARKER);
+        let file = match config {
+            Some(p) => format!("edit {}", p.display()),
+            None => "write a config file (outpost runs on its built-in one)".to_string(),
+        };
+        let what = if sinks.is_empty() {
+            "no sink is configured".to_string()
+        } else {
+            format!(
+                "no cloud platform has been reached yet (sinks: {})",
+                sinks.join(", ")
+            )
+        };
+        let reload = if config.is_some() {
+            ", then `systemctl reload outpost`"
+        } else {
+            ""
+        };
+        let hint = format!(
+            "{what}: {file} and point a [sink.NAME] at your platform (examples in {EXAMPLES}, or run `outpost init`){reload}"
+        );
+        Arc::new(FirstStart {
+            reached: AtomicBool::new(marker.exists()),
+            marker,
+            hint,
+        })
+    }
+
+    /// The line to show, until some sink has connected once.
+    pub fn hint(&self) -> Option<&str> {
+        (!self.reached.load(Ordering::Relaxed)).then_some(self.hint.as_str())
+    }
+
+    /// Says the line now and every few minutes until a sink connects; then
+    /// remembers that in the state directory.
+    pub async fn watch(self: Arc<Self>, stats: Arc<Stats>, shutdown: CancellationToken) {
+        if self.hint().is_none() {
+            return;
+        }
+        tracing::warn!("{}", self.hint);
+        let mut said = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let connected = stats.sinks.values().any(|s| stats::get(&s.connects) > 0);
+            if connected {
+                self.reached.store(true, Ordering::Relaxed);
+                if let Err(e) = std::fs::write(&self.marker, b"") {
+                    tracing::warn!(path = %self.marker.display(), error = %e, "cannot remember the first cloud connection");
+                }
+                tracing::info!("a sink reached its platform for the first time");
+                return;
+            }
+            if said.elapsed() >= REPEAT {
+                tracing::warn!("{}", self.hint);
+                said = tokio::time::Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_names_the_file_and_the_examples_until_a_sink_connected_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = Path::new("/etc/outpost/outpost.toml");
+        let f = FirstStart::new(dir.path(), Some(cfg), &["cloud".into()]);
+        let hint = f.hint().expect("a hint on a first start");
+        assert!(hint.contains("edit /etc/outpost/outpost.toml"), "{hint}");
+        assert!(hint.contains(EXAMPLES), "{hint}");
+        assert!(hint.contains("sinks: cloud"), "{hint}");
+        assert!(!hint.contains('\n'));
+        std::fs::write(dir.path().join(MARKER), b"").expect("marker");
+        let again = FirstStart::new(dir.path(), Some(cfg), &["cloud".into()]);
+        assert_eq!(again.hint(), None, "remembered across restarts");
+    }
+}
