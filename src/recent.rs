@@ -52,6 +52,11 @@ impl<V> Recent<V> {
         &mut slot.0
     }
 
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.entries.iter().map(|(k, (v, _))| (k.as_str(), v))
+    }
+
     /// Drops the quarter of the entries heard from least recently.
     fn forget_least_recent(&mut self) {
         let mut ticks: Vec<u64> = self.entries.values().map(|(_, t)| *t).collect();

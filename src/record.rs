@@ -47,6 +47,10 @@ pub enum RecordKind {
     /// topic's last level is the request id, and the answer is published on
     /// the same topic with `request` replaced by `response`.
     Rpc,
+    /// A device asks for its attribute values
+    /// (`{"clientKeys":"a","sharedKeys":"b"}`); the request id and the
+    /// answer's topic work as for [`RecordKind::Rpc`].
+    AttributesRequest,
 }
 
 impl RecordKind {
@@ -56,6 +60,7 @@ impl RecordKind {
             RecordKind::Attributes => "attributes",
             RecordKind::Claim => "claim",
             RecordKind::Rpc => "rpc",
+            RecordKind::AttributesRequest => "attributes_request",
         }
     }
 
@@ -65,6 +70,7 @@ impl RecordKind {
             "attributes" => Some(RecordKind::Attributes),
             "claim" => Some(RecordKind::Claim),
             "rpc" => Some(RecordKind::Rpc),
+            "attributes_request" => Some(RecordKind::AttributesRequest),
             _ => None,
         }
     }

@@ -222,6 +222,12 @@ pub trait Platform: Send + 'static {
         rumqttc::QoS::AtLeastOnce
     }
 
+    /// Called about once a second while connected: publishes that come
+    /// from time passing (a child's disconnect after it went idle).
+    fn tick(&mut self, _now: std::time::Instant) -> Vec<Publish> {
+        Vec::new()
+    }
+
     /// How many of the next records (in order) to encode now, or how long
     /// to wait before asking again. A platform that merges readings per
     /// interval waits for the interval to close.

@@ -97,6 +97,7 @@ fn kind_code(k: RecordKind) -> i64 {
         RecordKind::Attributes => 1,
         RecordKind::Claim => 2,
         RecordKind::Rpc => 3,
+        RecordKind::AttributesRequest => 4,
     }
 }
 
@@ -105,6 +106,7 @@ pub(super) fn kind_of(code: i64) -> RecordKind {
         1 => RecordKind::Attributes,
         2 => RecordKind::Claim,
         3 => RecordKind::Rpc,
+        4 => RecordKind::AttributesRequest,
         _ => RecordKind::Telemetry,
     }
 }

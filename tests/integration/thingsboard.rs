@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::Value;
 
-fn tb_config(site: &Site, sink_extra: &str) -> String {
+pub(crate) fn tb_config(site: &Site, sink_extra: &str) -> String {
     format!(
         r#"{header}
 [[route]]
@@ -244,7 +244,7 @@ async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
 
 /// Starts a gateway-mode outpost against a fixture broker and waits until
 /// its downlink subscriptions are in place.
-async fn gateway_with_downlink(extra: &str) -> (World, Collector, Outpost, u16) {
+pub(crate) async fn gateway_with_downlink(extra: &str) -> (World, Collector, Outpost, u16) {
     let w = World::new("");
     let tb = w.collect("v1/#").await;
     let sink = format!("mode = \"gateway\"\naccess_token = \"GW\"\n{extra}");
@@ -261,7 +261,7 @@ async fn gateway_with_downlink(extra: &str) -> (World, Collector, Outpost, u16) 
     (w, tb, op, port)
 }
 
-async fn platform_sends(port: u16, topic: &str, body: Value) {
+pub(crate) async fn platform_sends(port: u16, topic: &str, body: Value) {
     let msg = vec![(topic.to_string(), serde_json::to_vec(&body).expect("json"))];
     assert_eq!(
         publish_all(port, &format!("tb-platform-{}", fastrand::u32(..)), msg).await,

@@ -64,6 +64,10 @@ sink_config! {
         /// How long a device has to answer an RPC before an error reply is sent.
         #[serde(default = "default_rpc_timeout")]
         pub rpc_timeout: Seconds,
+        /// Gateway mode: a child not heard from for this long is
+        /// disconnected (`v1/gateway/disconnect`); "0s": never.
+        #[serde(default = "default_child_idle")]
+        pub child_idle: Seconds,
         /// Device mode: the local device name shared attributes are published for.
         #[serde(default = "defaults::client_id")]
         pub device_name: String,
@@ -115,6 +119,9 @@ fn default_rpc_response_topic() -> String {
 }
 fn default_rpc_timeout() -> Seconds {
     Seconds(Duration::from_secs(10))
+}
+fn default_child_idle() -> Seconds {
+    Seconds(Duration::from_secs(600))
 }
 fn default_device_type() -> String {
     "default".to_string()

@@ -64,6 +64,9 @@ const REQUESTS: usize = 4096;
 /// Records handed to the platform's encoder at once.
 const ENCODE_BATCH: usize = 256;
 
+/// How often [`Platform::tick`] is called.
+const TICK: Duration = Duration::from_secs(1);
+
 /// Records encoded at once while a rate limit paces a backlog.
 const LIVE_BATCH: usize = 32;
 
@@ -378,6 +381,8 @@ impl<E: Platform> Uplink<E> {
             }
         }
         let mut draining: Option<Instant> = None;
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if draining.is_none() {
                 if let Err(end) = self.fill(client, &mut flight).await {
@@ -422,6 +427,13 @@ impl<E: Platform> Uplink<E> {
                         Upstream::Report(r) => self.encoder.report(r),
                     };
                     if let Some(p) = publish {
+                        if let Err(end) = self.send(client, &mut flight, p).await {
+                            return end;
+                        }
+                    }
+                }
+                _ = ticker.tick(), if draining.is_none() => {
+                    for p in self.encoder.tick(std::time::Instant::now()) {
                         if let Err(end) = self.send(client, &mut flight, p).await {
                             return end;
                         }

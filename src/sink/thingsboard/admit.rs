@@ -94,8 +94,9 @@ impl TbAdmit {
         let publishes = match r.kind {
             RecordKind::Telemetry => encode::telemetry(one, "t", self.gateway, usize::MAX).0,
             RecordKind::Attributes => encode::attributes(one, "a", self.gateway, usize::MAX),
-            // A claim or an RPC request carries its values as one object.
-            RecordKind::Claim | RecordKind::Rpc => {
+            // A claim, an RPC or an attribute request carries its values
+            // as one object.
+            RecordKind::Claim | RecordKind::Rpc | RecordKind::AttributesRequest => {
                 let body = Value::Object(key_values(&r.payload)).to_string();
                 let device = if self.gateway {
                     r.device.len().saturating_add(6)

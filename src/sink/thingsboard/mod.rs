@@ -9,6 +9,7 @@
 //! (self-provisioning of credentials).
 
 mod admit;
+mod children;
 mod encode;
 mod limits;
 pub mod provision;
@@ -70,6 +71,8 @@ pub struct Thingsboard {
     remote: bool,
     /// Id of this session's shared-attributes request.
     attr_request: u64,
+    /// Children beyond their data: attribute requests, refresh, idleness.
+    children: children::Children,
 }
 
 impl Thingsboard {
@@ -92,6 +95,7 @@ impl Thingsboard {
             identity: None,
             remote: false,
             attr_request: 0,
+            children: children::Children::new(Some(cfg.child_idle.0).filter(|d| !d.is_zero())),
         }
     }
 
@@ -145,6 +149,10 @@ impl Thingsboard {
             (TbMode::Gateway, RecordKind::Claim, _) => "v1/gateway/claim",
             // Followed by `/{id}`; client-side RPC exists only on the device API.
             (_, RecordKind::Rpc, _) => "v1/devices/me/rpc/request",
+            (TbMode::Gateway, RecordKind::AttributesRequest, _) => "v1/gateway/attributes/request",
+            (TbMode::Device, RecordKind::AttributesRequest, _) => {
+                "v1/devices/me/attributes/request"
+            }
         }
     }
 
@@ -164,7 +172,7 @@ impl Thingsboard {
     }
 
     /// Shared attributes for a child device (gateway API).
-    fn child_attributes(&self, payload: &[u8]) -> Result<Vec<Action>, String> {
+    fn child_attributes(&mut self, payload: &[u8]) -> Result<Vec<Action>, String> {
         let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
         let device = v
             .get("device")
@@ -174,6 +182,7 @@ impl Thingsboard {
         let Value::Object(values) = v.get("data").cloned().unwrap_or_default() else {
             return Err("no `data` object".to_string());
         };
+        self.note_child_keys(&device, &values);
         Ok(vec![Action::Local(Downlink::Settings {
             topic: fill(&self.topics.attributes, &device, ""),
             values,
@@ -208,12 +217,16 @@ impl Platform for Thingsboard {
         if self.mode == TbMode::Gateway {
             subscribe.push("v1/gateway/attributes".into());
             subscribe.push("v1/gateway/rpc".into());
+            subscribe.push("v1/gateway/attributes/response".into());
         }
+        // Answers to outpost's own request (remote configuration) and to
+        // local devices' attribute requests in device mode.
+        subscribe.push("v1/devices/me/attributes/response/+".into());
         let mut publish = vec![self.ask_limits()];
         if self.remote {
-            subscribe.push("v1/devices/me/attributes/response/+".into());
             publish.push(self.ask_remote());
         }
+        publish.extend(self.refresh_requests());
         publish.extend(self.identity_report());
         SessionStart { subscribe, publish }
     }
@@ -221,7 +234,13 @@ impl Platform for Thingsboard {
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
         let gateway = self.mode == TbMode::Gateway;
         if let Some(id) = topic.strip_prefix("v1/devices/me/attributes/response/") {
+            if let Some(a) = self.attribute_answer(id.parse().ok(), payload) {
+                return vec![a];
+            }
             return self.remote_answer(id, payload);
+        }
+        if topic == "v1/gateway/attributes/response" && gateway {
+            return self.attribute_answer(None, payload).into_iter().collect();
         }
         if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/response/") {
             if let Some(answer) = self.client_rpc_answer(id, payload) {
@@ -265,7 +284,9 @@ impl Platform for Thingsboard {
         let gateway = self.mode == TbMode::Gateway;
         let mut out = Vec::new();
         if gateway {
+            let now = Instant::now();
             for r in records {
+                self.children.seen(&r.device, now);
                 if self.connected.len() >= MAX_CONNECTED {
                     self.connected.clear();
                 }
@@ -295,6 +316,10 @@ impl Platform for Thingsboard {
         ));
         self.encode_requests(records, &mut out);
         out
+    }
+
+    fn tick(&mut self, now: Instant) -> Vec<Publish> {
+        self.idle_children(now)
     }
 
     fn refused_hint(&self, code: ConnectReturnCode) -> Option<&'static str> {

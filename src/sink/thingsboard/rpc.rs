@@ -54,6 +54,10 @@ impl Thingsboard {
                     p.ids = vec![r.id];
                     out.push(p);
                 }
+                RecordKind::AttributesRequest => {
+                    let p = self.encode_attribute_request(r);
+                    out.push(p);
+                }
                 RecordKind::Telemetry | RecordKind::Attributes => {}
             }
         }

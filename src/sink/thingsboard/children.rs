@@ -1,0 +1,288 @@
+//! Child devices of the gateway API, beyond their data:
+//! - attribute requests: a local device asks on its request topic
+//!   (`devices/{device}/attributes/request/{id}`, routed with
+//!   `kind = "attributes_request"`), outpost asks ThingsBoard with a fresh id
+//!   (`v1/gateway/attributes/request`, or `v1/devices/me/attributes/request/N`
+//!   in device mode) and the answer goes to the device's response topic (the
+//!   request topic with `request` replaced by `response`);
+//! - after every reconnect, outpost asks again, for each child it knows,
+//!   for the shared keys that child has received or asked for, so changes
+//!   made while the uplink was down reach it (on its attributes topic);
+//! - `v1/gateway/disconnect` for a child not heard from for `child_idle`;
+//!   its next reading announces it again with `v1/gateway/connect`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::Thingsboard;
+use crate::config::TbMode;
+use crate::recent::Recent;
+use crate::record::Record;
+use crate::sink::{Action, Downlink, Publish};
+use crate::topic::fill;
+
+/// Requests awaiting their answer; beyond, the oldest are forgotten.
+const MAX_PENDING: usize = 1024;
+
+/// Children whose shared keys are remembered (least recent forgotten).
+const MAX_CHILDREN: usize = 10_000;
+
+/// Shared keys remembered per child.
+const MAX_KEYS: usize = 256;
+
+/// Where an answer goes.
+#[derive(Debug, Clone)]
+enum Pending {
+    /// A local device's own request: its response topic and the keys asked
+    /// for (a single-key answer names no key).
+    Local { topic: String, keys: Vec<String> },
+    /// outpost's refresh after a reconnect: the child's attributes topic.
+    Refresh { device: String, keys: Vec<String> },
+}
+
+#[derive(Debug)]
+pub(super) struct Children {
+    /// `v1/gateway/disconnect` after this long without a reading.
+    idle: Option<Duration>,
+    last_seen: HashMap<String, Instant>,
+    keys: Recent<BTreeSet<String>>,
+    pending: BTreeMap<u64, Pending>,
+    next_id: u64,
+}
+
+impl Children {
+    pub(super) fn new(idle: Option<Duration>) -> Children {
+        Children {
+            idle,
+            last_seen: HashMap::new(),
+            keys: Recent::new(MAX_CHILDREN),
+            pending: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
+
+    fn id(&mut self, p: Pending) -> u64 {
+        self.next_id = self.next_id.wrapping_rem(999_999_999).wrapping_add(1);
+        self.pending.insert(self.next_id, p);
+        while self.pending.len() > MAX_PENDING {
+            self.pending.pop_first();
+        }
+        self.next_id
+    }
+
+    fn remember(&mut self, device: &str, keys: impl IntoIterator<Item = String>) {
+        let known = self.keys.entry(device, BTreeSet::new);
+        for k in keys {
+            if known.len() < MAX_KEYS {
+                known.insert(k);
+            }
+        }
+    }
+
+    pub(super) fn seen(&mut self, device: &str, now: Instant) {
+        if self.last_seen.len() >= MAX_CHILDREN && !self.last_seen.contains_key(device) {
+            self.last_seen.clear();
+        }
+        self.last_seen.insert(device.to_string(), now);
+    }
+}
+
+/// The keys a local request names: `{"clientKeys":"a,b","sharedKeys":"c"}`
+/// (the device API's form), `{"client":[..],"shared":[..]}`, or
+/// `{"keys":[..]}` (shared).
+fn requested(payload: &[u8]) -> (Vec<String>, Vec<String>) {
+    let v: Value = serde_json::from_slice(payload).unwrap_or_default();
+    let list = |v: Option<&Value>| -> Vec<String> {
+        match v {
+            Some(Value::String(s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let client = [list(v.get("clientKeys")), list(v.get("client"))].concat();
+    let shared = [
+        list(v.get("sharedKeys")),
+        list(v.get("shared")),
+        list(v.get("keys")),
+    ]
+    .concat();
+    (client, shared)
+}
+
+/// The request topic with its `request` level replaced by `response`.
+fn response_topic(request: &str) -> String {
+    match request.rsplit_once("/request/") {
+        Some((head, id)) => format!("{head}/response/{id}"),
+        None => format!("{request}/response"),
+    }
+}
+
+impl Thingsboard {
+    /// A local device's attribute request, sent upstream with a fresh id.
+    pub(super) fn encode_attribute_request(&mut self, r: &Record) -> Publish {
+        let (client, shared) = requested(&r.payload);
+        if self.mode == TbMode::Gateway {
+            self.children.remember(&r.device, shared.iter().cloned());
+        }
+        let keys = [client.clone(), shared.clone()].concat();
+        let id = self.children.id(Pending::Local {
+            topic: response_topic(&r.topic),
+            keys,
+        });
+        let mut p = self.attribute_request(id, &r.device, &client, &shared);
+        p.ids = vec![r.id];
+        p
+    }
+
+    fn attribute_request(
+        &self,
+        id: u64,
+        device: &str,
+        client: &[String],
+        shared: &[String],
+    ) -> Publish {
+        if self.mode == TbMode::Gateway {
+            let mut m = Map::new();
+            m.insert("id".into(), Value::from(id));
+            m.insert("device".into(), Value::from(device));
+            m.insert("client".into(), Value::from(client.to_vec()));
+            m.insert("shared".into(), Value::from(shared.to_vec()));
+            Publish::control("v1/gateway/attributes/request", &Value::Object(m))
+        } else {
+            let mut m = Map::new();
+            m.insert("clientKeys".into(), Value::from(client.join(",")));
+            m.insert("sharedKeys".into(), Value::from(shared.join(",")));
+            Publish::control(
+                format!("v1/devices/me/attributes/request/{id}"),
+                &Value::Object(m),
+            )
+        }
+    }
+
+    /// Shared keys a child received (pushed by ThingsBoard) are asked for
+    /// again after the next reconnect.
+    pub(super) fn note_child_keys(&mut self, device: &str, values: &Map<String, Value>) {
+        self.children.remember(device, values.keys().cloned());
+    }
+
+    /// After a reconnect: each known child's shared keys, asked again.
+    pub(super) fn refresh_requests(&mut self) -> Vec<Publish> {
+        if self.mode != TbMode::Gateway {
+            return Vec::new();
+        }
+        let known: Vec<(String, Vec<String>)> = self
+            .children
+            .keys
+            .iter()
+            .filter(|(_, k)| !k.is_empty())
+            .map(|(d, k)| (d.to_string(), k.iter().cloned().collect()))
+            .collect();
+        known
+            .into_iter()
+            .map(|(device, keys)| {
+                let id = self.children.id(Pending::Refresh {
+                    device: device.clone(),
+                    keys: keys.clone(),
+                });
+                self.attribute_request(id, &device, &[], &keys)
+            })
+            .collect()
+    }
+
+    /// An answer on `v1/gateway/attributes/response` (`{"id","device",
+    /// "value"|"values"}`) or `v1/devices/me/attributes/response/{id}`
+    /// (`{"client":{..},"shared":{..}}`); `None` if it is not ours.
+    pub(super) fn attribute_answer(&mut self, id: Option<u64>, payload: &[u8]) -> Option<Action> {
+        let v: Value = serde_json::from_slice(payload).ok()?;
+        let id = id.or_else(|| v.get("id").and_then(Value::as_u64))?;
+        let pending = self.children.pending.remove(&id)?;
+        let keys = match &pending {
+            Pending::Local { keys, .. } | Pending::Refresh { keys, .. } => keys,
+        };
+        let mut values = Map::new();
+        if let Some(Value::Object(m)) = v.get("values") {
+            values.extend(m.clone());
+        } else if let Some(one) = v.get("value") {
+            if let Some(k) = keys.first() {
+                values.insert(k.clone(), one.clone());
+            }
+        }
+        for part in ["client", "shared"] {
+            if let Some(Value::Object(m)) = v.get(part) {
+                values.extend(m.clone());
+            }
+        }
+        Some(match pending {
+            Pending::Local { topic, .. } => Action::Local(Downlink::Publish {
+                topic,
+                payload: serde_json::to_vec(&Value::Object(values)).unwrap_or_default(),
+            }),
+            Pending::Refresh { device, .. } => Action::Local(Downlink::Settings {
+                topic: fill(&self.topics.attributes, &device, ""),
+                values,
+            }),
+        })
+    }
+
+    /// `v1/gateway/disconnect` for announced children idle for too long.
+    pub(super) fn idle_children(&mut self, now: Instant) -> Vec<Publish> {
+        let Some(idle) = self.children.idle else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = self
+            .connected
+            .iter()
+            .filter(|d| {
+                self.children
+                    .last_seen
+                    .get(*d)
+                    .map_or(true, |t| now.saturating_duration_since(*t) >= idle)
+            })
+            .cloned()
+            .collect();
+        gone.into_iter()
+            .map(|device| {
+                self.connected.remove(&device);
+                self.children.last_seen.remove(&device);
+                tracing::info!(sink = %self.sink, device = %device, "child idle: disconnected from ThingsBoard");
+                let mut m = Map::new();
+                m.insert("device".into(), Value::from(device));
+                Publish::control("v1/gateway/disconnect", &Value::Object(m))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_form_names_its_keys() {
+        assert_eq!(
+            requested(br#"{"clientKeys":"a, b","sharedKeys":"c"}"#),
+            (vec!["a".into(), "b".into()], vec!["c".into()])
+        );
+        assert_eq!(
+            requested(br#"{"client":["a"],"shared":["c","d"]}"#),
+            (vec!["a".into()], vec!["c".into(), "d".into()])
+        );
+        assert_eq!(requested(br#"{"keys":["k"]}"#), (vec![], vec!["k".into()]));
+        assert_eq!(requested(b"not json"), (vec![], vec![]));
+        assert_eq!(
+            response_topic("devices/t1/attributes/request/7"),
+            "devices/t1/attributes/response/7"
+        );
+    }
+}
