@@ -224,7 +224,7 @@ impl Router {
 
     fn route_at(&mut self, topic: &str, payload: &[u8], now: i64) -> Routed {
         let mut out = Routed::default();
-        let mut reading: Option<Reading> = None;
+        let mut parts: Option<Vec<(Vec<u8>, Reading)>> = None;
         let mut sinks: Vec<&str> = Vec::new();
         let routes = std::mem::take(&mut self.routes);
         for r in &routes {
@@ -239,42 +239,60 @@ impl Router {
                 },
             };
             sinks.push(&r.sink);
-            let reading = reading.get_or_insert_with(|| Reading::parse(payload));
-            let given = reading.ts.filter(|t| self.plausible(*t, now));
-            out.ts_replaced |= reading.ts_given && given.is_none();
-            let named = check_device(&device);
-            let ts = match (given, &named) {
-                (Some(ts), _) => ts,
-                // A device that cannot be a device keeps no clock either.
-                (None, Err(_)) => now,
-                (None, Ok(())) => self.stamp_at(&device, now),
-            };
-            // A name that cannot be one is kept short in the dead letters
-            // (the reason says how long it was; the payload is kept whole).
-            let (device, kept_topic) = match &named {
-                Ok(()) => (device, topic.to_string()),
-                Err(_) => (clip(&device, 64), clip(topic, 1024)),
-            };
-            let record = Record {
-                id: 0,
-                sink: r.sink.clone(),
-                device,
-                kind: r.kind,
-                ts,
-                topic: kept_topic,
-                payload: payload.to_vec(),
-            };
-            let verdict = named.and_then(|()| match self.admits.get(&r.sink) {
-                Some(a) => a.admit(&record),
-                None => Ok(()),
-            });
-            match verdict {
-                Ok(()) => out.records.push(record),
-                Err(why) => out.refused.push((record, why)),
+            let parts = parts.get_or_insert_with(|| split(payload));
+            for (part, reading) in parts.iter() {
+                self.route_one(r, &device, topic, part, reading, now, &mut out);
             }
         }
         self.routes = routes;
         out
+    }
+
+    /// One reading of a message for the sink of route `r`.
+    #[allow(clippy::too_many_arguments)]
+    fn route_one(
+        &mut self,
+        r: &Route,
+        device: &str,
+        topic: &str,
+        payload: &[u8],
+        reading: &Reading,
+        now: i64,
+        out: &mut Routed,
+    ) {
+        let device = device.to_string();
+        let given = reading.ts.filter(|t| self.plausible(*t, now));
+        out.ts_replaced |= reading.ts_given && given.is_none();
+        let named = check_device(&device);
+        let ts = match (given, &named) {
+            (Some(ts), _) => ts,
+            // A device that cannot be a device keeps no clock either.
+            (None, Err(_)) => now,
+            (None, Ok(())) => self.stamp_at(&device, now),
+        };
+        // A name that cannot be one is kept short in the dead letters
+        // (the reason says how long it was; the payload is kept whole).
+        let (device, kept_topic) = match &named {
+            Ok(()) => (device, topic.to_string()),
+            Err(_) => (clip(&device, 64), clip(topic, 1024)),
+        };
+        let record = Record {
+            id: 0,
+            sink: r.sink.clone(),
+            device,
+            kind: r.kind,
+            ts,
+            topic: kept_topic,
+            payload: payload.to_vec(),
+        };
+        let verdict = named.and_then(|()| match self.admits.get(&r.sink) {
+            Some(a) => a.admit(&record),
+            None => Ok(()),
+        });
+        match verdict {
+            Ok(()) => out.records.push(record),
+            Err(why) => out.refused.push((record, why)),
+        }
     }
 
     /// Does any route select this topic?
@@ -282,6 +300,35 @@ impl Router {
         self.routes.iter().any(|r| r.filter.matches(topic))
     }
 }
+
+/// Readings one message holds: a JSON list of objects (`[{"ts":..,
+/// "values":{..}}, ..]` or `[{"temp":1}, ..]`, as ThingsBoard reads
+/// telemetry) is one reading per element; anything else is one reading.
+/// Lists longer than [`MAX_PARTS`] stay one reading.
+fn split(payload: &[u8]) -> Vec<(Vec<u8>, Reading)> {
+    if payload.first() == Some(&b'[') {
+        if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(payload) {
+            let objects = !items.is_empty()
+                && items.len() <= MAX_PARTS
+                && items.iter().all(serde_json::Value::is_object);
+            if objects {
+                return items
+                    .iter()
+                    .map(|item| {
+                        // Serializing a serde_json::Value cannot fail.
+                        let bytes = serde_json::to_vec(item).unwrap_or_default();
+                        let reading = Reading::parse(&bytes);
+                        (bytes, reading)
+                    })
+                    .collect();
+            }
+        }
+    }
+    vec![(payload.to_vec(), Reading::parse(payload))]
+}
+
+/// Elements of a list split into readings at most.
+const MAX_PARTS: usize = 1000;
 
 #[cfg(test)]
 mod tests {
@@ -309,6 +356,29 @@ mod tests {
         assert_eq!(b[0].ts, NOW + 1);
         assert_eq!(c[0].ts, NOW);
         assert_eq!(a[0].device, "d1");
+    }
+
+    #[test]
+    fn a_list_in_thingsboards_form_is_one_reading_per_element() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        let (a, b) = (NOW - 2000, NOW - 1000);
+        let list = format!(r#"[{{"ts":{a},"values":{{"t":1}}}},{{"ts":{b},"values":{{"t":2}}}}]"#);
+        let got = r.route_at("s/d/t", list.as_bytes(), NOW).records;
+        let ts: Vec<i64> = got.iter().map(|x| x.ts).collect();
+        assert_eq!(ts, [a, b]);
+        assert_eq!(
+            Reading::parse(&got[1].payload).values,
+            serde_json::json!({"t": 2})
+        );
+        // Plain objects: stamped one after the other.
+        let plain = r.route_at("s/e/t", br#"[{"t":1},{"h":2}]"#, NOW).records;
+        assert_eq!(
+            plain.iter().map(|x| x.ts).collect::<Vec<_>>(),
+            [NOW, NOW + 1]
+        );
+        // Anything else stays one reading.
+        assert_eq!(r.route_at("s/f/t", b"[1,2,3]", NOW).records.len(), 1);
+        assert_eq!(r.route_at("s/f/t", b"[]", NOW).records.len(), 1);
     }
 
     #[test]

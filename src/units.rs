@@ -187,6 +187,25 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
+/// Unix seconds as UTC date and time, with `date` and `time` between the
+/// date's, the two halves' and the time's fields (`"-", " ", ":"` gives
+/// `2026-11-22 09:00:00`; `"", "", ""` gives `20261122090000`). Empty for a
+/// second outside the calendar.
+pub fn utc_text(second: i64, date: &str, between: &str, time: &str) -> String {
+    let Ok(t) = ::time::OffsetDateTime::from_unix_timestamp(second) else {
+        return String::new();
+    };
+    format!(
+        "{:04}{date}{:02}{date}{:02}{between}{:02}{time}{:02}{time}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

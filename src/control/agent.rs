@@ -39,3 +39,33 @@ impl Agent for OwnRpc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::OWN_METHODS;
+
+    /// What a device session keeps for outpost is exactly what it answers.
+    #[test]
+    fn every_own_method_is_answered() {
+        let stats = Arc::new(crate::stats::Stats::new(&[]));
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = crate::config::StoreConfig::default();
+        let (outbox, _writer) =
+            crate::store::Outbox::open(dir.path().join("o.db"), &cfg, &[]).expect("outbox");
+        let agent = OwnRpc {
+            status: StatusSource {
+                stats,
+                outbox,
+                broker: None,
+                first_start: None,
+            },
+            set_log_level: Arc::new(|_| Ok(())),
+        };
+        for m in OWN_METHODS {
+            let v = agent.call(m, &json!({"level": "info"}));
+            assert!(v.get("error").is_none(), "{m}: {v}");
+        }
+        assert!(agent.call("setLed", &Value::Null).get("error").is_some());
+    }
+}

@@ -41,7 +41,7 @@ pub fn check_at(
     now: time::OffsetDateTime,
 ) -> Result<Checked, PkiError> {
     let chain = read_certs(chain_path)?;
-    let (key, key_text) = read_key(key_path)?;
+    let (key, _) = read_key(key_path)?;
     let parsed = parse_all(chain_path, &chain)?;
     let Some(leaf) = parsed.first() else {
         return Err(PkiError::Pem {
@@ -51,13 +51,19 @@ pub fn check_at(
     };
     let cn = cn_of(leaf);
 
-    let pair = rcgen::KeyPair::from_pem(&key_text).map_err(|e| PkiError::Pem {
+    // rustls reads PKCS#8, SEC1 (`BEGIN EC PRIVATE KEY`, as `openssl
+    // ecparam -genkey` writes it) and PKCS#1 (`BEGIN RSA PRIVATE KEY`); the
+    // key must be one it can sign with, and the leaf's.
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| PkiError::Pem {
         path: key_path.to_path_buf(),
         detail: format!(
-            "unusable private key ({e}); outpost reads PKCS#8 keys (convert with: openssl pkcs8 -topk8 -nocrypt -in OLD -out NEW)"
+            "unusable private key ({e}); outpost takes ECDSA P-256/P-384, RSA and Ed25519 keys in PKCS#8, SEC1 or PKCS#1 PEM"
         ),
     })?;
-    if pair.public_key_raw() != leaf.public_key().subject_public_key.data.as_ref() {
+    let matches = signer
+        .public_key()
+        .is_some_and(|spki| spki.as_ref() == leaf.public_key().raw);
+    if !matches {
         return Err(PkiError::KeyMismatch {
             path: chain_path.to_path_buf(),
             cn,

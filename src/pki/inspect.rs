@@ -91,15 +91,14 @@ pub fn inspect(path: &Path, root: Option<&Path>, key: Option<&Path>) -> Result<R
         }
     }
     if let Some(key_path) = key {
-        let text = std::fs::read_to_string(key_path).map_err(|source| PkiError::Read {
-            path: key_path.to_path_buf(),
-            source,
-        })?;
-        let matches = rcgen::KeyPair::from_pem(&text)
+        // PKCS#8, SEC1 or PKCS#1, as the uplink and the listener read it.
+        let (der, _) = super::read_key(key_path)?;
+        let matches = rustls::crypto::ring::sign::any_supported_type(&der)
             .ok()
             .zip(certs.first())
             .is_some_and(|(k, leaf)| {
-                k.public_key_raw() == leaf.public_key().subject_public_key.data.as_ref()
+                k.public_key()
+                    .is_some_and(|spki| spki.as_ref() == leaf.public_key().raw)
             });
         ok &= matches;
         let _ = writeln!(

@@ -127,6 +127,16 @@ pub enum Upstream {
 }
 
 /// outpost's own RPC methods, carried out by the control layer.
+/// The RPC methods outpost answers itself (see [`Agent`]); on a device
+/// session any other method is for the local device behind it.
+pub const OWN_METHODS: &[&str] = &[
+    "ping",
+    "gateway_ping",
+    "status",
+    "gateway_stats",
+    "set_log_level",
+];
+
 pub trait Agent: Send + Sync {
     /// Answers `method` (`ping`, `status`, `set_log_level`, ...).
     fn call(&self, method: &str, params: &Value) -> Value;

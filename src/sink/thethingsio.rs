@@ -32,6 +32,14 @@ pub struct Thethingsio {
     topic: String,
     realtime: Option<String>,
     max_payload: usize,
+    geo: Geo,
+}
+
+/// The names of a reading's latitude and longitude keys.
+#[derive(Debug, Clone)]
+struct Geo {
+    lat: String,
+    long: String,
 }
 
 impl Thethingsio {
@@ -40,6 +48,10 @@ impl Thethingsio {
             topic: format!("v2/things/{token}"),
             realtime: Some(cfg.realtime_topic.replace("{sink}", sink)).filter(|t| !t.is_empty()),
             max_payload: 64 * 1024,
+            geo: Geo {
+                lat: cfg.geo_keys[0].clone(),
+                long: cfg.geo_keys[1].clone(),
+            },
         }
     }
 
@@ -50,36 +62,45 @@ impl Thethingsio {
         )
         .window(cfg.inflight, 64 * 1024 + 256)
     }
+}
 
-    /// A record's entries in the `values` list.
-    fn entries(r: &Record) -> Vec<Value> {
+impl Geo {
+    /// A record's entries in the `values` list. Numeric latitude and
+    /// longitude keys become each entry's `geo` (and stay values only when
+    /// the reading has nothing else).
+    fn entries(&self, r: &Record) -> Vec<Value> {
         let datetime = datetime(r.ts);
-        let values = match Reading::parse(&r.payload).values {
+        let mut values = match Reading::parse(&r.payload).values {
             Value::Object(m) => m,
             other => Map::from_iter([("value".to_string(), other)]),
         };
+        let position = match (
+            values.get(&self.lat).and_then(Value::as_f64),
+            values.get(&self.long).and_then(Value::as_f64),
+        ) {
+            (Some(lat), Some(long)) => Some(json!({"lat": lat, "long": long})),
+            _ => None,
+        };
+        if position.is_some() && values.len() > 2 {
+            values.remove(&self.lat);
+            values.remove(&self.long);
+        }
         values
             .into_iter()
-            .map(|(key, value)| json!({"key": key, "value": value, "datetime": datetime}))
+            .map(|(key, value)| {
+                let mut e = json!({"key": key, "value": value, "datetime": datetime});
+                if let (Some(p), Value::Object(m)) = (&position, &mut e) {
+                    m.insert("geo".into(), p.clone());
+                }
+                e
+            })
             .collect()
     }
 }
 
 /// `YYYYMMDDHHmmss`, UTC.
 fn datetime(ts_ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts_ms.div_euclid(1000))
-        .map(|t| {
-            format!(
-                "{:04}{:02}{:02}{:02}{:02}{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        })
-        .unwrap_or_default()
+    crate::units::utc_text(ts_ms.div_euclid(1000), "", "", "")
 }
 
 fn valid_key(k: &str) -> bool {
@@ -92,11 +113,12 @@ fn valid_key(k: &str) -> bool {
 /// null, and its entries fit one message.
 struct ThethingsioAdmit {
     max_payload: usize,
+    geo: Geo,
 }
 
 impl Admit for ThethingsioAdmit {
     fn admit(&self, r: &Record) -> Result<(), Refusal> {
-        let entries = Thethingsio::entries(r);
+        let entries = self.geo.entries(r);
         for e in &entries {
             let key = e["key"].as_str().unwrap_or_default();
             let shown: String = key.chars().take(64).collect();
@@ -137,6 +159,7 @@ impl Platform for Thethingsio {
     fn admission(&self) -> Arc<dyn Admit> {
         Arc::new(ThethingsioAdmit {
             max_payload: self.max_payload,
+            geo: self.geo.clone(),
         })
     }
 
@@ -146,7 +169,7 @@ impl Platform for Thethingsio {
         let mut ids = Vec::new();
         let mut size = ENVELOPE;
         for r in records {
-            let entries = Self::entries(r);
+            let entries = self.geo.entries(r);
             let add = entries
                 .iter()
                 .map(|e| e.to_string().len().saturating_add(1))
@@ -330,6 +353,31 @@ mod tests {
             topic: "t".into(),
             payload: payload.as_bytes().to_vec(),
         }
+    }
+
+    #[test]
+    fn a_position_becomes_each_values_geo() {
+        let cfg: ThethingsioSinkConfig = toml::from_str("thing_token = \"T\"").expect("config");
+        let mut t = Thethingsio::new("tio", &cfg, "TOKEN");
+        let out = t.encode(&[rec(
+            1,
+            1_795_000_005_000,
+            r#"{"temp":21.5,"lat":41.39,"long":2.17}"#,
+        )]);
+        let v: Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(
+            v,
+            json!({"values": [{"key": "temp", "value": 21.5, "datetime": "20261118110645",
+                "geo": {"lat": 41.39, "long": 2.17}}]})
+        );
+        let named: ThethingsioSinkConfig =
+            toml::from_str("thing_token = \"T\"\ngeo_keys = [\"latitude\", \"longitude\"]")
+                .expect("config");
+        let mut t = Thethingsio::new("tio", &named, "TOKEN");
+        let out = t.encode(&[rec(2, 0, r#"{"v":1,"latitude":1.5,"longitude":-3}"#)]);
+        let v: Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(v["values"][0]["geo"], json!({"lat": 1.5, "long": -3.0}));
+        assert_eq!(v["values"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Thingspeak {
     interval_ms: i64,
     merge: Merge,
     replay: Replay,
+    /// The second of the last update's `created_at`: the next one goes at
+    /// least a second later (ThingSpeak keeps one entry per second).
+    last_second: i64,
 }
 
 impl Thingspeak {
@@ -54,6 +57,7 @@ impl Thingspeak {
             interval_ms: cfg.interval.0.as_millis() as i64,
             merge: cfg.merge,
             replay: cfg.replay,
+            last_second: i64::MIN,
         }
     }
 
@@ -107,7 +111,15 @@ impl Platform for Thingspeak {
     }
 
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
-        self.build(records)
+        let last = records.iter().map(|r| r.ts).max().unwrap_or_default();
+        let second = last
+            .div_euclid(1000)
+            .max(self.last_second.saturating_add(1));
+        let out = self.build(records, second);
+        if !out.is_empty() {
+            self.last_second = second;
+        }
+        out
     }
 }
 
@@ -122,7 +134,7 @@ impl Admit for Thingspeak {
                 keys.join(", ")
             )));
         }
-        for p in self.build(std::slice::from_ref(r)) {
+        for p in self.build(std::slice::from_ref(r), r.ts.div_euclid(1000)) {
             check_publish(&p.topic, p.payload.len(), MAX_MESSAGE + 64)?;
         }
         Ok(())
@@ -133,8 +145,9 @@ impl Admit for Thingspeak {
 const MAX_MESSAGE: usize = 3000;
 
 impl Thingspeak {
-    /// One update (the interval's readings merged) per call.
-    fn build(&self, records: &[Record]) -> Vec<Publish> {
+    /// One update (the interval's readings merged) per call, stamped with
+    /// `second` (Unix seconds).
+    fn build(&self, records: &[Record], second: i64) -> Vec<Publish> {
         if records.is_empty() {
             return Vec::new();
         }
@@ -159,8 +172,7 @@ impl Thingspeak {
                 ids: records.iter().map(|r| r.id).collect(),
             }];
         }
-        let last_ts = records.iter().map(|r| r.ts).max().unwrap_or_default();
-        pairs.push(("created_at".into(), created_at(last_ts)));
+        pairs.push(("created_at".into(), created_at(second)));
         let body = pairs
             .iter()
             .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
@@ -204,15 +216,10 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// ISO 8601 in UTC, to the second: `2026-11-22T09:00:00Z`.
-fn created_at(ts_ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts_ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+/// UTC to the second in the form ThingSpeak documents:
+/// `2026-11-22 09:00:00`.
+fn created_at(second: i64) -> String {
+    crate::units::utc_text(second, "-", " ", ":")
 }
 
 /// `application/x-www-form-urlencoded` for one key or value.
@@ -263,6 +270,23 @@ fields = {{ temp = "field1", hum = "field2", note = "status" }}"#
     }
 
     #[test]
+    fn two_updates_never_share_a_second() {
+        let mut ts = Thingspeak::new(&cfg("latest", "all"));
+        let t0 = 1_795_000_000_000;
+        let a = ts.encode(&[rec(1, t0 + 100, json!({"temp": 1}))]);
+        let b = ts.encode(&[rec(2, t0 + 900, json!({"temp": 2}))]);
+        let at = |p: &[Publish]| {
+            String::from_utf8_lossy(&p[0].payload)
+                .rsplit("created_at=")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(at(&a), "2026-11-18+11%3A06%3A40");
+        assert_eq!(at(&b), "2026-11-18+11%3A06%3A41", "one second later");
+    }
+
+    #[test]
     fn an_interval_waits_until_closed_then_merges_into_one_update() {
         let mut ts = Thingspeak::new(&cfg("latest", "all"));
         let t0 = 1_795_000_000_000;
@@ -280,7 +304,7 @@ fields = {{ temp = "field1", hum = "field2", note = "status" }}"#
         assert_eq!(out[0].ids, [1, 2]);
         assert_eq!(
             String::from_utf8_lossy(&out[0].payload),
-            "field1=21.5&field2=40&status=door+open&created_at=2026-11-18T11%3A06%3A45Z"
+            "field1=21.5&field2=40&status=door+open&created_at=2026-11-18+11%3A06%3A45"
         );
         // latest_only: everything closed goes as one.
         let lo = Thingspeak::new(&cfg("latest", "latest_only"));

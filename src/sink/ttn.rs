@@ -11,7 +11,9 @@
 //!   downlink acks, ...) can be taken the same way.
 //! - **Sink:** a record routed here is a downlink request, e.g. published on
 //!   `ttn/{device}/down`: `{"f_port": 1..233, "payload_hex" |
-//!   "payload_base64" | "frm_payload", "priority", "confirmed", "replace"}`.
+//!   "payload_base64" | "frm_payload", "priority", "confirmed", "replace",
+//!   "correlation_ids"}` (the ids are passed through), or `{"clear": true}`
+//!   to empty the device's queue (`{"downlinks":[]}` on `.../down/replace`).
 //!   It becomes `{"downlinks":[...]}` on `.../down/push` (or
 //!   `.../down/replace`). A request that cannot be valid (an f_port outside
 //!   1..=233, a payload that is not hex or base64) goes to the dead letters
@@ -149,6 +151,21 @@ pub fn uplink_reading(msg: &Value) -> Option<(Option<i64>, Map<String, Value>)> 
     Some((ts, values))
 }
 
+/// A downlink request as the downlinks to send and whether they replace the
+/// device's queue. `{"clear": true}` replaces the queue with nothing (TTN
+/// clears it).
+pub fn downlink_request(payload: &[u8]) -> Result<(Vec<Value>, bool), String> {
+    if let Value::Object(m) = Reading::parse(payload).values {
+        if m.get("clear").and_then(Value::as_bool) == Some(true) {
+            if m.len() > 1 {
+                return Err("a clear request carries nothing else".into());
+            }
+            return Ok((Vec::new(), true));
+        }
+    }
+    downlink(payload).map(|(d, replace)| (vec![d], replace))
+}
+
 /// A downlink request as TTN's downlink object, or why it cannot be one.
 pub fn downlink(payload: &[u8]) -> Result<(Value, bool), String> {
     let req = match Reading::parse(payload).values {
@@ -197,6 +214,17 @@ pub fn downlink(payload: &[u8]) -> Result<(Value, bool), String> {
             json!(c.as_bool().ok_or("confirmed is true or false")?),
         );
     }
+    if let Some(ids) = req.get("correlation_ids") {
+        // Passed through, so the application can match TTN's events
+        // (downlink ack, sent, failed) to its request.
+        let ok = ids
+            .as_array()
+            .is_some_and(|a| a.len() <= 64 && a.iter().all(Value::is_string));
+        if !ok {
+            return Err("correlation_ids is a list of strings (64 at most)".into());
+        }
+        d.insert("correlation_ids".into(), ids.clone());
+    }
     let replace = req.get("replace").and_then(Value::as_bool).unwrap_or(false);
     Ok((Value::Object(d), replace))
 }
@@ -234,7 +262,7 @@ impl Admit for TtnAdmit {
                 "a LoRaWAN device id with `/`, `+` or `#` cannot be a topic level",
             ));
         }
-        let (d, replace) = downlink(&r.payload).map_err(Refusal::format)?;
+        let (d, replace) = downlink_request(&r.payload).map_err(Refusal::format)?;
         let p = downlink_publish(&self.app, r, &d, replace);
         check_publish(&p.topic, p.payload.len(), MAX_PACKET)
     }
@@ -243,11 +271,11 @@ impl Admit for TtnAdmit {
 /// The session's packet limit.
 const MAX_PACKET: usize = 256 * 1024;
 
-fn downlink_publish(app: &str, r: &Record, d: &Value, replace: bool) -> Publish {
+fn downlink_publish(app: &str, r: &Record, d: &[Value], replace: bool) -> Publish {
     let verb = if replace { "replace" } else { "push" };
     Publish {
         topic: format!("v3/{app}/devices/{}/down/{verb}", r.device),
-        payload: json!({ "downlinks": [d] }).to_string().into_bytes(),
+        payload: json!({ "downlinks": d }).to_string().into_bytes(),
         ids: vec![r.id],
     }
 }
@@ -280,7 +308,7 @@ impl Platform for Ttn {
         records
             .iter()
             .filter_map(|r| {
-                let (d, replace) = downlink(&r.payload).ok()?;
+                let (d, replace) = downlink_request(&r.payload).ok()?;
                 Some(downlink_publish(&self.app, r, &d, replace))
             })
             .collect()
@@ -362,11 +390,14 @@ pub async fn rpc_bridge(
         let request: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
         let params = request.get("params").cloned().unwrap_or(Value::Null);
         let body = serde_json::to_vec(&params).unwrap_or_default();
-        let answer = match downlink(&body) {
+        let answer = match downlink_request(&body) {
             Ok((d, _)) => {
                 let topic = downlink_topic.replace("{device}", &device);
                 match ingest.submit(&topic, &body).await {
-                    Ok(n) if n > 0 => json!({"queued": true, "f_port": d.get("f_port")}),
+                    Ok(n) if n > 0 && d.is_empty() => json!({"queued": true, "clear": true}),
+                    Ok(n) if n > 0 => {
+                        json!({"queued": true, "f_port": d.first().and_then(|d| d.get("f_port"))})
+                    }
                     Ok(_) => json!({"error": format!("no route takes {topic} to this sink")}),
                     Err(e) => json!({"error": e.to_string()}),
                 }
@@ -401,6 +432,33 @@ mod tests {
             Value::Object(values),
             json!({"frm_payload": "VGVtcGVyYXR1cmUgPSAwLjA=", "f_port": 15, "f_cnt": 7, "rssi": -35.0, "snr": 9.5})
         );
+    }
+
+    #[test]
+    fn correlation_ids_pass_through_and_clear_empties_the_queue() {
+        let (d, replace) =
+            downlink_request(br#"{"f_port":2,"payload_hex":"01","correlation_ids":["app:req-7"]}"#)
+                .expect("ok");
+        assert!(!replace);
+        assert_eq!(d[0]["correlation_ids"], json!(["app:req-7"]));
+        assert!(
+            downlink_request(br#"{"f_port":2,"payload_hex":"01","correlation_ids":[1]}"#).is_err()
+        );
+        let (d, replace) = downlink_request(br#"{"clear":true}"#).expect("clear");
+        assert!(d.is_empty() && replace);
+        let r = Record {
+            id: 1,
+            sink: "ttn".into(),
+            device: "dev1".into(),
+            kind: crate::record::RecordKind::Telemetry,
+            ts: 0,
+            topic: "ttn/dev1/down".into(),
+            payload: br#"{"clear":true}"#.to_vec(),
+        };
+        let p = downlink_publish("app1@ttn", &r, &d, replace);
+        assert_eq!(p.topic, "v3/app1@ttn/devices/dev1/down/replace");
+        assert_eq!(String::from_utf8_lossy(&p.payload), r#"{"downlinks":[]}"#);
+        assert!(downlink_request(br#"{"clear":true,"f_port":1}"#).is_err());
     }
 
     #[test]

@@ -640,3 +640,125 @@ async fn a_certificate_cn_is_the_username_for_the_acl() {
     assert_eq!(topics, ["site1/sensor7/telemetry"], "{}", op.log_text());
     assert!(op.log_text().contains("publish not allowed by the ACL"));
 }
+
+/// Keys as the seeds make them, each used for mTLS against mosquitto:
+/// `openssl ecparam -genkey` (SEC1 with its `EC PARAMETERS` block),
+/// `openssl genrsa -traditional` (PKCS#1) and `openssl genpkey` (PKCS#8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_made_by_openssl_in_every_form_work_for_mtls() {
+    require("openssl", "openssl");
+    let pki = Pki::new();
+    let (up, tls_port) = pki.upstream();
+    let col = Collector::start(up.port, "site1/#").await;
+    // (name, openssl arguments before and after `-out FILE`, PEM marker)
+    let forms: [(&str, &[&str], &[&str], &str); 3] = [
+        (
+            "sec1",
+            &["ecparam", "-name", "prime256v1", "-genkey"],
+            &[],
+            "BEGIN EC PARAMETERS",
+        ),
+        (
+            "pkcs1",
+            &["genrsa", "-traditional"],
+            &["2048"],
+            "BEGIN RSA PRIVATE KEY",
+        ),
+        (
+            "pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+            &[],
+            "BEGIN PRIVATE KEY",
+        ),
+    ];
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        out.stdout
+    };
+    for (i, (name, genkey, size, marker)) in forms.into_iter().enumerate() {
+        let d = pki.path(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let key = d.join("device.key");
+        let mut args = genkey.to_vec();
+        args.extend(["-out", s(&key)]);
+        args.extend(size);
+        openssl(&args);
+        let text = std::fs::read_to_string(&key).expect("key");
+        assert!(text.contains(marker), "{name}: {text}");
+        let csr = d.join("device.csr");
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            s(&key),
+            "-subj",
+            &format!("/CN=gw-{name}"),
+            "-out",
+            s(&csr),
+        ]);
+        let leaf = d.join("leaf.pem");
+        // A v3 leaf for client authentication, as a platform's CA signs it.
+        let ext = d.join("leaf.ext");
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-extfile",
+            s(&ext),
+            "-CA",
+            s(&pki.path("int/Site_Intermediate.pem")),
+            "-CAkey",
+            s(&pki.path("int/Site_Intermediate.key")),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            s(&leaf),
+        ]);
+        let chain = d.join("chain.pem");
+        let mut pem = std::fs::read_to_string(&leaf).expect("leaf");
+        pem.push_str(&std::fs::read_to_string(pki.path("int/chain.pem")).expect("int chain"));
+        std::fs::write(&chain, pem).expect("chain");
+        readable(pki.dir.path());
+        // `outpost cert inspect --key` reads it as the uplink does.
+        let shown = cert(&["inspect", s(&chain), "--key", s(&key)]);
+        assert!(shown.contains("matches certificate 1"), "{name}: {shown}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut op = Outpost::start(
+            dir.path(),
+            port,
+            &mtls_config(dir.path(), port, tls_port, &pki, &chain, &key),
+        );
+        let msg = vec![(
+            format!("sensors/{name}/telemetry"),
+            format!("{{\"seq\":{i}}}").into_bytes(),
+        )];
+        assert_eq!(publish_all(port, name, msg).await, 1);
+        assert_eq!(
+            col.wait_for(i + 1, Duration::from_secs(15)).await,
+            i + 1,
+            "{name} key: {}",
+            op.log_text()
+        );
+        assert!(up.log().contains(&format!("u'gw-{name}'")), "{}", up.log());
+        op.terminate();
+    }
+}

@@ -1,7 +1,8 @@
 //! The gateway API beyond data, against the ThingsBoard fixture (a real
 //! mosquitto, the test playing the platform): a child's attribute request
 //! and its answer, the refresh of known children's shared keys after a
-//! reconnect, and `v1/gateway/disconnect` for an idle child.
+//! reconnect, `v1/gateway/disconnect` for an idle child, and device mode's
+//! RPC relay to the local device.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::common::*;
 use crate::thingsboard::{gateway_with_downlink, platform_sends};
 
 const EXTRA: &str = r#"child_idle = "2s"
+shared_keys = ["mode"]
 
 [[route]]
 topic = "devices/+/attributes/request/+"
@@ -70,17 +72,41 @@ async fn a_child_asks_for_attributes_and_gets_them_again_after_a_reconnect() {
     assert_eq!(topic, "devices/dev-5/attributes/response/3", "its own id");
     assert_eq!(payload, json!({"interval": 30}));
 
-    // The uplink drops and comes back: outpost asks again for what dev-5
-    // asked for, and the answer becomes its retained settings.
+    // Another child that only sends data.
+    let reading = vec![(
+        "sensors/dev-6/telemetry".to_string(),
+        br#"{"t":1}"#.to_vec(),
+    )];
+    assert_eq!(publish_all(port, "dev-6", reading).await, 1);
+    assert!(wait_until(Duration::from_secs(10), || seen(
+        &tb,
+        "v1/gateway/telemetry"
+    )
+    .iter()
+    .any(|v| v.get("dev-6").is_some())));
+
+    // The uplink drops and comes back: outpost asks again, per child, for
+    // what it asked for or received and for the configured `shared_keys`;
+    // the answer becomes the child's retained settings.
     w.up.restart();
+    let refresh = |device: &str| {
+        requests()
+            .into_iter()
+            .skip(1)
+            .find(|r| r["device"] == device)
+    };
     assert!(
-        wait_until(Duration::from_secs(15), || requests().len() >= 2),
+        wait_until(Duration::from_secs(15), || refresh("dev-5").is_some()
+            && refresh("dev-6").is_some()),
         "asked again after the reconnect: {:?}",
         requests()
     );
-    let again = requests().remove(1);
-    assert_eq!(again["device"], "dev-5");
-    assert_eq!(again["shared"], json!(["interval"]));
+    let again = refresh("dev-5").unwrap_or_default();
+    assert_eq!(again["shared"], json!(["interval", "mode"]));
+    assert_eq!(
+        refresh("dev-6").unwrap_or_default()["shared"],
+        json!(["mode"])
+    );
     platform_sends(
         w.up.port,
         "v1/gateway/attributes/response",
@@ -122,5 +148,80 @@ async fn an_idle_child_is_disconnected_and_connected_again_when_it_returns() {
     assert!(
         wait_until(Duration::from_secs(10), || connects() == 2),
         "announced again when it returns"
+    );
+}
+
+/// Device mode: server-side RPC that is not one of outpost's own methods
+/// goes to the local device behind the session (`device_name`), and its
+/// answer, or a timeout error, goes back on the device API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_mode_relays_rpc_to_the_local_device_with_a_timeout_reply() {
+    let w = World::new("");
+    let tb = w.collect("v1/#").await;
+    let sink = "access_token = \"DEV\"\ndevice_name = \"pump-1\"\nrpc_timeout = \"1s\"";
+    let _op = w.start(&crate::thingsboard::tb_config(&w.site(), sink));
+    assert!(
+        wait_until(Duration::from_secs(15), || w
+            .up
+            .log()
+            .contains("v1/devices/me/rpc/request/+ (QoS 1)")),
+        "{}",
+        w.up.log()
+    );
+    let (device, mut requests) = subscriber(w.port, "pump-1", "devices/pump-1/rpc/request/+").await;
+    platform_sends(
+        w.up.port,
+        "v1/devices/me/rpc/request/5",
+        json!({"method": "setSpeed", "params": {"rpm": 900}}),
+    )
+    .await;
+    let (topic, payload) = next(&mut requests).await;
+    assert_eq!(topic, "devices/pump-1/rpc/request/5");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&payload).expect("json"),
+        json!({"method": "setSpeed", "params": {"rpm": 900}})
+    );
+    device
+        .publish(
+            "devices/pump-1/rpc/response/5",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"rpm":900}"#.to_vec(),
+        )
+        .await
+        .expect("reply");
+    // outpost's own methods stay outpost's; an unanswered one times out.
+    platform_sends(
+        w.up.port,
+        "v1/devices/me/rpc/request/6",
+        json!({"method": "ping"}),
+    )
+    .await;
+    platform_sends(
+        w.up.port,
+        "v1/devices/me/rpc/request/7",
+        json!({"method": "reboot"}),
+    )
+    .await;
+    let reply = |id: u32| {
+        seen(&tb, &format!("v1/devices/me/rpc/response/{id}"))
+            .into_iter()
+            .next()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || (5..=7)
+            .all(|i| reply(i).is_some())),
+        "{:?}",
+        tb.all().iter().map(|s| s.topic.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(reply(5), Some(json!({"rpm": 900})));
+    assert_eq!(reply(6), Some(json!({"pong": true})));
+    let timed_out = reply(7).unwrap_or_default();
+    assert!(
+        timed_out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no reply"),
+        "{timed_out}"
     );
 }

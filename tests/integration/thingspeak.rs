@@ -69,8 +69,14 @@ fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// `created_at` as ThingSpeak documents it (`2014-12-31 23:59:59`, UTC).
 fn secs(created_at: &str) -> i64 {
-    time::OffsetDateTime::parse(created_at, &time::format_description::well_known::Rfc3339)
+    assert!(
+        created_at.len() == 19 && created_at.as_bytes().get(10) == Some(&b' '),
+        "created_at `{created_at}` is not in ThingSpeak's form"
+    );
+    let rfc3339 = format!("{}Z", created_at.replacen(' ', "T", 1));
+    time::OffsetDateTime::parse(&rfc3339, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
         .unwrap_or_else(|e| panic!("created_at {created_at}: {e}"))
 }

@@ -26,6 +26,10 @@ sink_config! {
         pub activation_timeout: Seconds,
         #[serde(default = "defaults::inflight")]
         pub inflight: u16,
+        /// A reading's keys that hold its position: sent as each value's
+        /// `geo` (`{"lat":..,"long":..}`) rather than as values of their own.
+        #[serde(default = "default_geo_keys")]
+        pub geo_keys: [String; 2],
     }
     keep_alive = "defaults::keep_alive";
 }
@@ -57,4 +61,8 @@ pub(super) fn check(
         _ => {}
     }
     check_inflight(at, t.inflight, problems);
+}
+
+fn default_geo_keys() -> [String; 2] {
+    ["lat".to_string(), "long".to_string()]
 }

@@ -68,6 +68,11 @@ sink_config! {
         /// disconnected (`v1/gateway/disconnect`); "0s": never.
         #[serde(default = "default_child_idle")]
         pub child_idle: Seconds,
+        /// Gateway mode: shared keys asked for, for every child (of this
+        /// sink's `device_type`), after each reconnect, beside those a
+        /// child received or asked for itself.
+        #[serde(default)]
+        pub shared_keys: Vec<String>,
         /// Device mode: the local device name shared attributes are published for.
         #[serde(default = "defaults::client_id")]
         pub device_name: String,
@@ -168,9 +173,11 @@ pub(super) fn check(
             at("access_token"),
             "set either access_token or username/password (MQTT basic), not both",
         ),
-        (None, None) if !tls => problems.add(
+        // MQTT Basic may be a client id alone (ThingsBoard's "Client ID
+        // only"); over TLS the credentials may be a certificate.
+        (None, None) if !tls && t.client_id.is_none() => problems.add(
             at("access_token"),
-            "ThingsBoard needs credentials: access_token, or client_id/username/password",
+            "ThingsBoard needs credentials: access_token, or MQTT basic (client_id alone, username/password, or all three)",
         ),
         (Some(tok), None) if tok.is_empty() => problems.add(
             at("access_token"),
@@ -191,5 +198,29 @@ pub(super) fn check(
     }
     if t.provision_timeout.0.is_zero() || t.provision_timeout.0 > hour {
         problems.add(at("provision_timeout"), "must be above zero and at most 1h");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn problems(sink: &str) -> Vec<String> {
+        let text = format!(
+            "[[route]]\ntopic = \"s/+/t\"\nsink = \"tb\"\n[sink.tb]\ntype = \"thingsboard\"\nurl = \"mqtt://tb.local\"\n{sink}"
+        );
+        match crate::config::parse(&text, "t") {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn mqtt_basic_may_be_a_client_id_alone() {
+        assert!(problems("client_id = \"dev-42\"").is_empty());
+        assert!(problems("username = \"u\"\npassword = \"p\"").is_empty());
+        let none = problems("");
+        assert!(
+            none.first().is_some_and(|e| e.contains("client_id alone")),
+            "{none:?}"
+        );
     }
 }

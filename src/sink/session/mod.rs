@@ -370,8 +370,11 @@ impl<E: Platform> Uplink<E> {
             }
         }
         let start = self.encoder.session_start();
+        // A platform that takes QoS 0 only (The Things Stack, seed 004)
+        // is subscribed at QoS 0 too.
+        let sub_qos = self.encoder.qos();
         for topic in start.subscribe {
-            if client.try_subscribe(topic, QoS::AtLeastOnce).is_err() {
+            if client.try_subscribe(topic, sub_qos).is_err() {
                 return End::Failed(Box::new(ConnectionError::RequestsDone));
             }
         }

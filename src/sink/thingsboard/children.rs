@@ -50,11 +50,14 @@ pub(super) struct Children {
     keys: Recent<BTreeSet<String>>,
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
+    /// Asked for every known child after a reconnect (`shared_keys`).
+    configured: Vec<String>,
 }
 
 impl Children {
-    pub(super) fn new(idle: Option<Duration>) -> Children {
+    pub(super) fn new(idle: Option<Duration>, configured: Vec<String>) -> Children {
         Children {
+            configured,
             idle,
             last_seen: HashMap::new(),
             keys: Recent::new(MAX_CHILDREN),
@@ -82,6 +85,8 @@ impl Children {
     }
 
     pub(super) fn seen(&mut self, device: &str, now: Instant) {
+        // Known from now on, for the refresh after a reconnect.
+        self.keys.entry(device, BTreeSet::new);
         if self.last_seen.len() >= MAX_CHILDREN && !self.last_seen.contains_key(device) {
             self.last_seen.clear();
         }
@@ -181,12 +186,17 @@ impl Thingsboard {
         if self.mode != TbMode::Gateway {
             return Vec::new();
         }
+        let configured = &self.children.configured;
         let known: Vec<(String, Vec<String>)> = self
             .children
             .keys
             .iter()
+            .map(|(d, k)| {
+                let mut keys: BTreeSet<String> = k.clone();
+                keys.extend(configured.iter().cloned());
+                (d.to_string(), keys.into_iter().collect::<Vec<_>>())
+            })
             .filter(|(_, k)| !k.is_empty())
-            .map(|(d, k)| (d.to_string(), k.iter().cloned().collect()))
             .collect();
         known
             .into_iter()

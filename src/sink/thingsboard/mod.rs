@@ -95,7 +95,10 @@ impl Thingsboard {
             identity: None,
             remote: false,
             attr_request: 0,
-            children: children::Children::new(Some(cfg.child_idle.0).filter(|d| !d.is_zero())),
+            children: children::Children::new(
+                Some(cfg.child_idle.0).filter(|d| !d.is_zero()),
+                cfg.shared_keys.clone(),
+            ),
         }
     }
 
@@ -325,10 +328,10 @@ impl Platform for Thingsboard {
     fn refused_hint(&self, code: ConnectReturnCode) -> Option<&'static str> {
         match code {
             ConnectReturnCode::BadUserNamePassword => {
-                Some(" (ThingsBoard 0x04: the access token or username is empty; set access_token)")
+                Some(" (ThingsBoard 0x04: access token missing or malformed, or a bad MQTT basic username/password; copy access_token or the MQTT basic credentials from the device's page)")
             }
             ConnectReturnCode::NotAuthorized => Some(
-                " (ThingsBoard 0x05: unknown access token or MQTT basic credentials; copy them from the device's page)",
+                " (ThingsBoard 0x05: access token invalid or device disabled, or unknown MQTT basic credentials; copy them from the device's page and check the device is active)",
             ),
             _ => None,
         }

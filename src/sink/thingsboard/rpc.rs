@@ -12,7 +12,7 @@ use super::encode::key_values;
 use super::Thingsboard;
 use crate::config::TbMode;
 use crate::record::{Record, RecordKind};
-use crate::sink::{Action, Downlink, Publish};
+use crate::sink::{Action, Downlink, Publish, OWN_METHODS};
 use crate::topic::fill;
 
 /// Client-side RPCs awaiting their answer from ThingsBoard; beyond, the
@@ -76,7 +76,8 @@ impl Thingsboard {
     }
 
     /// Server-side RPC on the device API (`v1/devices/me/rpc/request/{id}`):
-    /// for outpost itself.
+    /// outpost's own methods for outpost; in device mode any other method
+    /// for the local device `device_name`.
     pub(super) fn device_rpc(&self, id: &str, payload: &[u8]) -> Vec<Action> {
         // Our own requests, echoed by a plain broker standing in for
         // ThingsBoard: not RPC to us.
@@ -93,6 +94,25 @@ impl Thingsboard {
             .unwrap_or_default()
             .to_string();
         let topic = format!("v1/devices/me/rpc/response/{id}");
+        if self.mode == TbMode::Device && !OWN_METHODS.contains(&method.as_str()) {
+            // For the local device behind this session (`device_name`),
+            // relayed as in gateway mode, with the same timeout reply.
+            let device = &self.device_name;
+            let params = request.get("params").cloned().unwrap_or_default();
+            let body = serde_json::json!({"method": method, "params": params});
+            return vec![Action::Local(Downlink::Rpc {
+                request_topic: fill(&self.topics.rpc_request, device, id),
+                request: serde_json::to_vec(&body).unwrap_or_default(),
+                response_topic: fill(&self.topics.rpc_response, device, id),
+                reply: Box::new(move |answer| {
+                    let data = match answer {
+                        Ok(v) => v,
+                        Err(e) => serde_json::json!({"error": e}),
+                    };
+                    Publish::control(topic, &data)
+                }),
+            })];
+        }
         vec![Action::Own {
             method,
             params: request.get("params").cloned().unwrap_or_default(),
