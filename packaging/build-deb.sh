@@ -18,6 +18,13 @@ esac
 
 command -v cargo-deb >/dev/null || { echo "cargo-deb is missing: cargo install cargo-deb --locked" >&2; exit 1; }
 
+# The manual page and bash completions, made by the build machine's own
+# binary (the command line is the same on every architecture).
+cargo build --release --locked --bin outpost >&2
+mkdir -p target/man
+target/release/outpost man | gzip -9n > target/man/outpost.1.gz
+target/release/outpost completions bash > target/man/outpost.bash
+
 if [ -z "$target" ]; then
   cargo build --release --locked --bin outpost >&2
   cargo deb --no-build >&2

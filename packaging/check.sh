@@ -39,7 +39,9 @@ echo "built $deb"
 contents=$(dpkg-deb -c "$deb")
 for want in "-rwxr-xr-x root/root .* ./usr/bin/outpost" \
             "-rw-r--r-- root/root .* ./etc/outpost/outpost.toml" \
-            "-rw-r--r-- root/root .* ./usr/lib/systemd/system/outpost.service"; do
+            "-rw-r--r-- root/root .* ./usr/lib/systemd/system/outpost.service" \
+            "-rw-r--r-- root/root .* ./usr/share/man/man1/outpost.1.gz" \
+            "-rw-r--r-- root/root .* ./usr/share/bash-completion/completions/outpost"; do
   echo "$contents" | sed 's#0/0#root/root#' | grep -qE -- "$want" || fail "no '$want' in the package"
 done
 dpkg-deb -f "$deb" Depends | grep -q adduser || fail "Depends lacks adduser"

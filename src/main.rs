@@ -23,16 +23,22 @@ enum Command {
     /// Run the gateway (default config: /etc/outpost/outpost.toml if present,
     /// else the built-in one with state in ./outpost-state).
     Run {
+        /// The config file [default: /etc/outpost/outpost.toml if it exists,
+        /// else the built-in config].
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Check a config file and print every problem with its key path.
     CheckConfig {
+        /// The config file [default: /etc/outpost/outpost.toml if it exists,
+        /// else the built-in config].
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Ask the running daemon for its connection state, queues and counters.
     Status {
+        /// The config file [default: /etc/outpost/outpost.toml if it exists,
+        /// else the built-in config].
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Print the daemon's JSON snapshot as it is.
@@ -50,6 +56,7 @@ enum Command {
     Passwd {
         /// The password file (made if missing; see broker.password_file).
         file: PathBuf,
+        /// The user to add, or whose password to change.
         user: String,
         /// Read the password from the first line of standard input.
         #[arg(long)]
@@ -60,8 +67,17 @@ enum Command {
     /// what the flags do not give (answers may also come on stdin, a line
     /// each). An existing file is kept as FILE.bak.
     Init(InitArgs),
+    /// Print a shell completion script: `source <(outpost completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), as the package installs it.
+    Man,
     /// List records a platform can never take, moved out of the queue.
     DeadLetters {
+        /// The config file [default: /etc/outpost/outpost.toml if it exists,
+        /// else the built-in config].
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -85,6 +101,7 @@ struct InitArgs {
     /// ThingsBoard self-provisioning (instead of a token).
     #[arg(long)]
     provision_key: Option<String>,
+    /// ThingsBoard provision device secret.
     #[arg(long)]
     provision_secret: Option<String>,
     /// ThingSpeak channel id.
@@ -93,15 +110,19 @@ struct InitArgs {
     /// ThingSpeak MQTT device credentials; username/password also for mqtt.
     #[arg(long)]
     client_id: Option<String>,
+    /// MQTT username.
     #[arg(long)]
     username: Option<String>,
+    /// MQTT password.
     #[arg(long)]
     password: Option<String>,
     /// The Things Stack: cluster (eu1, nam1, au1), application id, API key.
     #[arg(long)]
     region: Option<String>,
+    /// The Things Stack application id.
     #[arg(long)]
     application_id: Option<String>,
+    /// The Things Stack API key (NNSXS...).
     #[arg(long)]
     api_key: Option<String>,
     /// Where outpost keeps its outbox.
@@ -145,6 +166,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into memory first: the generator panics on a failed write
+            // (a closed pipe), this way it is an exit code.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "outpost", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("outpost man: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Init(args) => match init(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -319,4 +362,32 @@ fn init(a: InitArgs) -> anyhow::Result<()> {
         a.config.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option and argument of every command says what it is.
+    #[test]
+    fn every_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "outpost", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
 }

@@ -43,6 +43,12 @@ pub struct SinkStats {
     /// When a task of the sink last went down unexpectedly (ms since the
     /// epoch; 0: never), for the watchdog.
     pub down_since_ms: std::sync::atomic::AtomicI64,
+    /// Why the last connection attempt or session failed (no secrets:
+    /// connection errors name hosts and codes only).
+    pub last_error: std::sync::Mutex<Option<String>>,
+    /// When the next connection attempt is due (ms since the epoch; 0:
+    /// connected or not waiting).
+    pub next_attempt_ms: std::sync::atomic::AtomicI64,
 }
 
 /// All counters of one outpost process.
@@ -78,6 +84,8 @@ impl PortStats {
 
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// When this process started (ms since the epoch).
+    pub started_ms: i64,
     pub ingest: IngestStats,
     pub sinks: BTreeMap<String, Arc<SinkStats>>,
     pub serial: BTreeMap<String, Arc<PortStats>>,
@@ -86,6 +94,7 @@ pub struct Stats {
 impl Stats {
     pub fn new<'a>(sinks: impl IntoIterator<Item = &'a String>) -> Stats {
         Stats {
+            started_ms: crate::record::now_ms(),
             ingest: IngestStats::default(),
             sinks: sinks
                 .into_iter()

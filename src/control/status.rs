@@ -23,6 +23,7 @@ pub struct StatusSource {
 
 impl StatusSource {
     pub fn snapshot(&self) -> Value {
+        let now = crate::record::now_ms();
         let queues = self.outbox.stats();
         let dead = self.outbox.dead_stats();
         let sinks: serde_json::Map<String, Value> = self
@@ -44,6 +45,11 @@ impl StatusSource {
                         "ts_clashes": stats::get(&s.ts_clashes),
                         "restarts": stats::get(&s.restarts),
                         "tasks_running": stats::get(&s.running),
+                        "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+                        "next_attempt_in_ms": match s.next_attempt_ms.load(std::sync::atomic::Ordering::Relaxed) {
+                            0 => None,
+                            at => Some(at.saturating_sub(now).max(0)),
+                        },
                     }),
                 )
             })
@@ -99,6 +105,7 @@ impl StatusSource {
         });
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": now.saturating_sub(self.stats.started_ms) / 1000,
             "hint": self.first_start.as_ref().and_then(|f| f.hint()),
             "broker": broker,
             "pid": std::process::id(),
@@ -118,15 +125,27 @@ impl StatusSource {
     }
 }
 
+/// `3d 4h`, `2h 5m`, `4m 10s` or `9s`.
+fn uptime(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 /// The snapshot as `outpost status` prints it for a person.
 pub fn render(v: &Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "outpost {} (pid {}): {} accepted, {} refused (outbox full), {} undeliverable, {} with an implausible ts restamped",
+        "outpost {} (pid {}, up {}): {} accepted, {} refused (outbox full), {} undeliverable, {} with an implausible ts restamped",
         v["version"].as_str().unwrap_or("?"),
         v["pid"],
+        uptime(v["uptime_s"].as_i64().unwrap_or(0)),
         v["accepted"],
         v["refused"],
         v["undeliverable"],
@@ -164,6 +183,14 @@ pub fn render(v: &Value) -> String {
             "  sink {name}: {state}, {} queued ({} bytes), {} delivered, {} dropped, {} undeliverable",
             s["queued"], s["queued_bytes"], s["delivered"], s["dropped"], s["undeliverable"]
         );
+        if s["connected"] != true {
+            let next = match s["next_attempt_in_ms"].as_i64() {
+                Some(ms) => format!("next attempt in {:.1} s", ms as f64 / 1000.0),
+                None => "connecting".to_string(),
+            };
+            let why = s["last_error"].as_str().unwrap_or("none yet");
+            let _ = writeln!(out, "    {next}; last error: {why}");
+        }
         if s["restarts"].as_u64().unwrap_or(0) > 0 {
             let _ = writeln!(
                 out,

@@ -24,6 +24,7 @@ pub enum CertCommand {
     },
     /// Make a certificate signing request for a key.
     Csr {
+        /// The key to make the request for (PEM).
         #[arg(long)]
         key: PathBuf,
         /// The subject's common name (the device name on ThingsBoard).
@@ -38,11 +39,14 @@ pub enum CertCommand {
     },
     /// Make a self-signed root CA: a key and a certificate.
     Ca {
+        /// The CA's common name (e.g. "Site Root").
         #[arg(long)]
         cn: String,
+        /// Days the certificate is valid.
         #[arg(long, default_value_t = 3650)]
         days: i64,
-        /// Writes DIR/NAME.pem and DIR/NAME.key (NAME: the CN, made file-safe).
+        /// Writes DIR/NAME.pem and DIR/NAME.key (NAME: the CN, made
+        /// file-safe); DIR is made if missing.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
     },
@@ -55,10 +59,13 @@ pub enum CertCommand {
         /// followed by the certificates above it).
         #[arg(long)]
         ca_cert: PathBuf,
+        /// The signing CA's private key.
         #[arg(long)]
         ca_key: PathBuf,
+        /// The new certificate's common name (the device name on ThingsBoard).
         #[arg(long)]
         cn: String,
+        /// Days the certificate is valid (see --not-after).
         #[arg(long, default_value_t = 365)]
         days: i64,
         /// End the validity at this date (YYYY-MM-DD) instead of --days.
@@ -79,12 +86,14 @@ pub enum CertCommand {
         /// A new key is RSA instead of EC P-256.
         #[arg(long)]
         rsa: bool,
+        /// The directory to write to (made if missing).
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
     },
     /// Describe a certificate file: subject, issuer, validity, CN, chain
     /// order; and check it against a root and a key. Exit 1 on a problem.
     Inspect {
+        /// The certificate or chain file (PEM) to describe.
         file: PathBuf,
         /// Verify the chain's last certificate against this root.
         #[arg(long)]

@@ -107,6 +107,13 @@ pub fn read_key(path: &Path) -> Result<(PrivateKeyDer<'static>, String), PkiErro
 pub fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // `--out-dir pki` makes `pki` (and its parents) if they are missing.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

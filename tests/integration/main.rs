@@ -9,6 +9,7 @@ mod common;
 
 mod access;
 mod bad_input;
+mod cli;
 mod conformance;
 mod crash;
 mod data_path;

@@ -762,3 +762,47 @@ async fn keys_made_by_openssl_in_every_form_work_for_mtls() {
         op.terminate();
     }
 }
+
+/// The README's `outpost cert` example, run verbatim in an empty directory
+/// (its `--out-dir`s do not exist beforehand).
+#[test]
+fn the_readme_certificate_example_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("outpost cert ca --cn \"Site Root\" --out-dir pki")
+        .expect("the example in the README");
+    let block = &readme[start..];
+    let script: String = block[..block.find("```").expect("end of the example")]
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_outpost"), bin.join("outpost")).expect("link");
+    let work = dir.path().join("site");
+    std::fs::create_dir(&work).expect("site");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-e", "-c", &script])
+        .current_dir(&work)
+        .env("PATH", path)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "the README's example failed:\n{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("matches certificate 1"), "{said}");
+    assert!(said.contains("BEGIN CERTIFICATE REQUEST"), "{said}");
+    assert!(work.join("dev/chain.pem").exists() && work.join("pki/int/chain.pem").exists());
+}

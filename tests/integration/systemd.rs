@@ -129,6 +129,19 @@ async fn outpost_status_reports_connection_and_queues() {
         status()
     );
     assert!(status().contains("7 accepted"), "{}", status());
+    // While it is down: when outpost tries again, and why it failed.
+    let text = status();
+    assert!(text.contains("next attempt in "), "{text}");
+    assert!(text.contains("; last error: "), "{text}");
+    assert!(text.contains(", up "), "{text}");
+    let st = op.status_json();
+    assert!(st["uptime_s"].as_i64().is_some(), "{st}");
+    assert!(
+        st["sinks"]["up"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{st}"
+    );
 }
 
 #[test]
@@ -176,4 +189,30 @@ fn a_reload_says_reloading_and_ready_not_stopping() {
     );
     assert_eq!(op.pid(), pid);
     assert!(op.alive());
+}
+
+/// ERROR is for what needs a person: clients that come and go, a reading
+/// delivered and a clean stop log none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_traffic_and_a_clean_stop_log_no_error() {
+    let w = World::new("");
+    let col = w.collect("site1/#").await;
+    let mut op = w.start(&w.site().mqtt("", ""));
+    assert_eq!(publish_devices(w.port, 3, 5).await, 15);
+    assert_eq!(col.wait_for(15, Duration::from_secs(15)).await, 15);
+    // A subscriber that leaves without DISCONNECT (killed), and one that
+    // leaves cleanly.
+    let mut sub = std::process::Command::new("mosquitto_sub")
+        .args(["-p", &w.port.to_string(), "-t", "x/#"])
+        .spawn()
+        .expect("mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let (_c, _rx) = subscriber(w.port, "tidy", "y/#").await;
+    drop(_c);
+    assert!(op.terminate().success());
+    let log = op.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
 }

@@ -234,7 +234,17 @@ impl<E: Platform> Uplink<E> {
                     if self.session.connected {
                         self.check_poison().await;
                     }
-                    self.explain(*e)
+                    let text = e.to_string();
+                    let delay = self.explain(*e);
+                    if let Ok(mut last) = self.stats.last_error.lock() {
+                        *last = Some(text);
+                    }
+                    let wait = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                    self.stats.next_attempt_ms.store(
+                        now_ms().saturating_add(wait),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    delay
                 }
             };
             tokio::select! {
@@ -350,6 +360,9 @@ impl<E: Platform> Uplink<E> {
             .connected
             .store(true, std::sync::atomic::Ordering::Relaxed);
         stats::add(&self.stats.connects, 1);
+        self.stats
+            .next_attempt_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(sink = %self.name, broker = %format!("{}:{}", self.url.host, self.url.port), "connected upstream");
         if let Some(control) = &self.io.control {
             let _ = control.try_send(ControlEvent::Connected);
