@@ -124,6 +124,9 @@ pub struct Db {
     /// sink name → its queue table.
     tables: HashMap<String, String>,
     sync: Synchronous,
+    /// The `synchronous` level set last, so a commit at the same level
+    /// runs no PRAGMA.
+    level: std::cell::Cell<Option<&'static str>>,
     /// Frames in the WAL after the last commit (SQLite's WAL hook says).
     wal_frames: Arc<AtomicI64>,
 }
@@ -180,6 +183,7 @@ impl Db {
             path: path.to_path_buf(),
             tables: HashMap::new(),
             sync,
+            level: std::cell::Cell::new(None),
             wal_frames: Arc::new(AtomicI64::new(0)),
         };
         db.init().map_err(|e| explain(path, e))?;
@@ -246,8 +250,13 @@ impl Db {
             (true, Synchronous::Full) => "FULL",
             _ => "NORMAL",
         };
+        if self.level.get() == Some(level) {
+            return Ok(());
+        }
         self.conn
-            .execute_batch(&format!("PRAGMA synchronous = {level};"))
+            .execute_batch(&format!("PRAGMA synchronous = {level};"))?;
+        self.level.set(Some(level));
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -125,8 +125,9 @@ fn requested(payload: &[u8]) -> (Vec<String>, Vec<String>) {
     (client, shared)
 }
 
-/// The request topic with its `request` level replaced by `response`.
-fn response_topic(request: &str) -> String {
+/// The request topic with its `request` level replaced by `response`
+/// (attribute requests and client-side RPC alike).
+pub(super) fn response_topic(request: &str) -> String {
     match request.rsplit_once("/request/") {
         Some((head, id)) => format!("{head}/response/{id}"),
         None => format!("{request}/response"),

@@ -41,10 +41,7 @@ impl Thingsboard {
                 }
                 RecordKind::Rpc => {
                     self.next_rpc = self.next_rpc.wrapping_rem(999_999_999).wrapping_add(1);
-                    let response = match r.topic.rsplit_once("/request/") {
-                        Some((head, id)) => format!("{head}/response/{id}"),
-                        None => format!("{}/response", r.topic),
-                    };
+                    let response = super::children::response_topic(&r.topic);
                     self.client_rpc.insert(self.next_rpc, response);
                     while self.client_rpc.len() > MAX_PENDING {
                         self.client_rpc.pop_first();
