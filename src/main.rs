@@ -74,12 +74,25 @@ enum Command {
     },
     /// Print the manual page (roff), as the package installs it.
     Man,
-    /// List records a platform can never take, moved out of the queue.
+    /// List records a platform can never take, moved out of the queue;
+    /// or put them back into their queue (--retry), or delete them
+    /// (--purge). A running outpost does it itself; else the outbox file
+    /// is changed directly.
     DeadLetters {
         /// The config file [default: /etc/outpost/outpost.toml if it exists,
         /// else the built-in config].
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Put dead letter ID (or every one, with --all) back at the end
+        /// of its sink's queue, after a change that makes it sendable.
+        #[arg(long, value_name = "ID", num_args = 0..=1, conflicts_with = "purge")]
+        retry: Option<Option<i64>>,
+        /// Delete dead letter ID (or every one, with --all) for good.
+        #[arg(long, value_name = "ID", num_args = 0..=1)]
+        purge: Option<Option<i64>>,
+        /// With --retry or --purge: every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -195,7 +208,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::DeadLetters { config } => match dead_letters(config) {
+        Command::DeadLetters {
+            config,
+            retry,
+            purge,
+            all,
+        } => match dead_letters(config, retry, purge, all) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost: {e:#}");
@@ -226,29 +244,43 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn status(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    use std::io::Read;
+    use outpost::daemon::status_socket::{ask, find_socket};
     let (config, _) = config::load(path.as_deref())?;
-    let socket = outpost::daemon::status_socket::find_socket(&config.state_dir);
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).with_context(|| {
-        format!(
-            "cannot reach outpost at {} (is it running with this config?)",
-            socket.display()
-        )
-    })?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    let v: serde_json::Value = serde_json::from_str(&body).context("unreadable status answer")?;
+    let socket = find_socket(&config.state_dir, path.is_some()).map_err(anyhow::Error::msg)?;
+    let v = ask(&socket, &serde_json::json!({"op": "status"})).map_err(anyhow::Error::msg)?;
     if json {
-        println!("{body}");
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", outpost::control::status::render(&v));
     }
     Ok(())
 }
 
-fn dead_letters(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn dead_letters(
+    path: Option<PathBuf>,
+    retry: Option<Option<i64>>,
+    purge: Option<Option<i64>>,
+    all: bool,
+) -> anyhow::Result<()> {
+    use outpost::store::{DeadOp, Pick};
     let (config, _) = config::load(path.as_deref())?;
+    let act = match (retry, purge) {
+        (Some(id), None) => Some((DeadOp::Retry, id, "retried", "--retry")),
+        (None, Some(id)) => Some((DeadOp::Purge, id, "purged", "--purge")),
+        _ => None,
+    };
+    if let Some((op, id, done, flag)) = act {
+        let pick = match (id, all) {
+            (Some(id), false) => Pick::One(id),
+            (None, true) => Pick::All,
+            (Some(_), true) => anyhow::bail!("{flag} takes an ID or --all, not both"),
+            (None, false) => anyhow::bail!("{flag} needs the ID of a dead letter, or --all"),
+        };
+        return dead_letters_act(&config, path.is_some(), op, pick, done);
+    }
+    if all {
+        anyhow::bail!("--all goes with --retry or --purge");
+    }
     let db = config.store_path();
     if !db.exists() {
         println!("no outbox at {} yet: no dead letters", db.display());
@@ -272,6 +304,70 @@ fn dead_letters(path: Option<PathBuf>) -> anyhow::Result<()> {
             "#{} sink={} device={} ts={} reason: {}\n    payload: {shown}{more}",
             r.id, r.sink, r.device, r.ts, r.reason
         );
+    }
+    Ok(())
+}
+
+/// Asks the running daemon to act on dead letters; without one, opens the
+/// outbox itself.
+fn dead_letters_act(
+    config: &config::Config,
+    explicit: bool,
+    op: outpost::store::DeadOp,
+    pick: outpost::store::Pick,
+    done: &str,
+) -> anyhow::Result<()> {
+    use outpost::daemon::status_socket::{ask, find_socket};
+    use outpost::store::Pick;
+    let (which, all) = match pick {
+        Pick::One(id) => (serde_json::json!(id), false),
+        Pick::All => (serde_json::Value::Null, true),
+    };
+    let op_name = match op {
+        outpost::store::DeadOp::Retry => "retry",
+        outpost::store::DeadOp::Purge => "purge",
+    };
+    let (n, kept) = match find_socket(&config.state_dir, explicit) {
+        Ok(socket) if socket.exists() => {
+            let v = ask(
+                &socket,
+                &serde_json::json!({"op": op_name, "id": which, "all": all}),
+            )
+            .map_err(anyhow::Error::msg)?;
+            if let Some(e) = v["error"].as_str() {
+                anyhow::bail!("outpost could not do it: {e}");
+            }
+            (
+                v["done"].as_u64().unwrap_or(0),
+                v["kept"].as_array().map_or(0, Vec::len),
+            )
+        }
+        _ => {
+            let db = config.store_path();
+            if !db.exists() {
+                anyhow::bail!("no outbox at {} yet: no dead letters", db.display());
+            }
+            let sinks: Vec<String> = config.sinks.keys().cloned().collect();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (outbox, writer) = outpost::store::Outbox::open(db, &config.store, &sinks)?;
+            let r = rt.block_on(async {
+                let r = outbox.dead_letters_act(op, pick).await;
+                outbox.close().await;
+                r
+            });
+            writer.join();
+            let r = r?;
+            (r.done as u64, r.kept.len())
+        }
+    };
+    if n == 0 && kept == 0 {
+        anyhow::bail!("no such dead letter (see `outpost dead-letters`)");
+    }
+    println!("{n} dead letter(s) {done}");
+    if kept > 0 {
+        println!("{kept} kept: their sink is no longer configured");
     }
     Ok(())
 }

@@ -99,7 +99,6 @@ impl Default for DeviceTopics {
     }
 }
 
-/// Matches `topic` against a template; returns `{device}` and `{id}`.
 /// The `{placeholders}` of a template, in order, or why it is not one.
 pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
     let mut out = Vec::new();
@@ -114,6 +113,7 @@ pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
     Ok(out)
 }
 
+/// Matches `topic` against a template; returns `{device}` and `{id}`.
 pub fn captures(template: &str, topic: &str) -> Option<(String, String)> {
     let t: Vec<&str> = template.split('/').collect();
     let l: Vec<&str> = topic.split('/').collect();

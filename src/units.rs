@@ -14,6 +14,24 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+/// `812 B`, `3.4 KiB`, `1.2 GiB`: a size for a person.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = "KiB";
+    for u in UNITS.iter().skip(1) {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
 /// A duration, written as an integer number of seconds or as `"500ms"`,
 /// `"30s"`, `"15m"`, `"12h"`, `"7d"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

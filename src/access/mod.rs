@@ -11,7 +11,7 @@ pub mod passwd;
 use std::path::{Path, PathBuf};
 
 pub use acl::{Access, Acl, Who};
-pub use passwd::PasswordFile;
+pub use passwd::{constant_time_eq, PasswordFile};
 
 /// A problem in a password or ACL file, with where it is (line 0: the
 /// file as a whole).

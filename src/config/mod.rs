@@ -7,12 +7,14 @@
 //! `outpost check-config` can print every problem with its key path at once.
 //!
 //! One file per section: [`broker`], [`store`], [`route`], [`sink`] (one
-//! file per sink type), [`serial`], [`ops`] (health, remote); [`overlay`] is
+//! file per sink type), [`serial`], [`ops`] (health, remote), [`http`]
+//! (the status page and HTTP ingest); [`overlay`] is
 //! the remote configuration merged on top; [`secret`] says which keys are
 //! never printed.
 
 pub mod broker;
 pub mod guard;
+pub mod http;
 pub mod init;
 pub mod ops;
 pub mod overlay;
@@ -30,6 +32,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use broker::{BrokerConfig, BrokerTlsConfig};
+pub use http::HttpConfig;
 pub use ops::{HealthConfig, RemoteConfig};
 pub use problem::{ConfigError, Problem, Problems};
 pub use route::{ReadingsConfig, RouteConfig};
@@ -65,6 +68,7 @@ pub struct Config {
     pub serial: Vec<SerialConfig>,
     pub health: HealthConfig,
     pub remote: RemoteConfig,
+    pub http: HttpConfig,
 }
 
 impl Config {
@@ -335,6 +339,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "serial",
     "health",
     "remote",
+    "http",
 ];
 
 /// Parses and checks a config text, collecting every problem.
@@ -383,6 +388,8 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
     let store = section::<StoreConfig>(table, "store", &mut problems).unwrap_or_default();
     let health = section::<HealthConfig>(table, "health", &mut problems).unwrap_or_default();
     let remote = section::<RemoteConfig>(table, "remote", &mut problems).unwrap_or_default();
+    let http = section::<HttpConfig>(table, "http", &mut problems).unwrap_or_default();
+    http::check(&http, &mut problems);
     let routes = array::<RouteConfig>(table, "route", "[[route]]", &mut problems);
     let readings = section::<ReadingsConfig>(table, "readings", &mut problems).unwrap_or_default();
     route::check_readings(&readings, &mut problems);
@@ -437,6 +444,7 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
         serial: serial.into_iter().map(|(_, s)| s).collect(),
         health,
         remote,
+        http,
     })
 }
 
@@ -465,7 +473,7 @@ mod tests {
             .any(|s| matches!(s, SinkConfig::Thingsboard(_))));
         let serial = parse(include_str!("../../config/serial.toml"), "serial.toml")
             .expect("config/serial.toml must be valid");
-        assert_eq!(serial.serial.len(), 3);
+        assert_eq!(serial.serial.len(), 4);
         assert_eq!(serial.serial[2].slave.len(), 2);
         let platforms = parse(
             include_str!("../../config/platforms.toml"),

@@ -14,6 +14,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "api_key",
     "thing_token",
     "activation_code",
+    "device_tokens",
 ];
 
 /// What a secret shows as.

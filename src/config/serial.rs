@@ -1,5 +1,7 @@
 //! `[[serial]]`: sensors on a UART or a USB-serial adapter, either talking
-//! on their own (line protocols) or polled as Modbus RTU slaves.
+//! on their own (line protocols) or polled as Modbus RTU slaves; and Modbus
+//! TCP slaves (`transport = "tcp"`, `address = "host:502"`), configured and
+//! polled the same way.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,8 +18,17 @@ pub struct SerialConfig {
     /// Unique name of the port; the device name of its readings unless a
     /// line names its own device (`device_field`) or `device` is set.
     pub name: String,
-    /// `/dev/ttyUSB0`, or better a stable `/dev/serial/by-id/...` path.
+    /// `/dev/ttyUSB0`, or better a stable `/dev/serial/by-id/...` path
+    /// (`transport = "rtu"`, the default).
+    #[serde(default)]
     pub path: PathBuf,
+    /// `rtu`: a serial line; `tcp`: Modbus TCP to `address`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// Modbus TCP: `host:port` of the slave or gateway (the slaves' `id`
+    /// is the unit identifier).
+    #[serde(default)]
+    pub address: Option<String>,
     #[serde(default = "default_baud")]
     pub baud: u32,
     #[serde(default = "default_data_bits")]
@@ -83,6 +94,14 @@ pub struct SerialConfig {
     /// Modbus: the slaves on this bus, polled in turn.
     #[serde(default)]
     pub slave: Vec<SlaveConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Rtu,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -253,6 +272,14 @@ fn default_scale() -> f64 {
 }
 
 impl SerialConfig {
+    /// Where the port is, for messages: its path, or `tcp://host:port`.
+    pub fn endpoint(&self) -> String {
+        match (self.transport, &self.address) {
+            (Transport::Tcp, Some(a)) => format!("tcp://{a}"),
+            _ => self.path.display().to_string(),
+        }
+    }
+
     /// The device name of a reading that does not name its own.
     pub fn device_name(&self) -> &str {
         self.device.as_deref().unwrap_or(&self.name)
@@ -302,6 +329,35 @@ pub fn check(ports: &[(usize, SerialConfig)], problems: &mut Vec<Problem>) {
         }
         if let Err(e) = check_topic_template(&s.topic) {
             bad("topic", e);
+        }
+        match (s.transport, &s.address) {
+            (Transport::Rtu, None) if s.path.as_os_str().is_empty() => bad(
+                "path",
+                "the serial device is missing (path = \"/dev/ttyUSB0\"), or set transport = \"tcp\" and address for Modbus TCP".into(),
+            ),
+            (Transport::Rtu, Some(_)) => bad(
+                "address",
+                "only for transport = \"tcp\" (a serial port has a path)".into(),
+            ),
+            (Transport::Tcp, None) => bad(
+                "address",
+                "Modbus TCP needs the slave's host:port (address = \"192.168.1.20:502\")".into(),
+            ),
+            (Transport::Tcp, Some(a)) => {
+                let port_ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok {
+                    bad("address", format!("`{a}` is not host:port (like 192.168.1.20:502)"));
+                }
+                if s.protocol != Protocol::Modbus {
+                    bad("transport", "tcp is for protocol = \"modbus\" only".into());
+                }
+                if !s.path.as_os_str().is_empty() {
+                    bad("path", "not used with transport = \"tcp\" (address says where)".into());
+                }
+            }
+            (Transport::Rtu, None) => {}
         }
         match s.protocol {
             Protocol::Csv if s.columns.is_empty() => bad(

@@ -59,6 +59,8 @@ mod tests {
                 outbox,
                 broker: None,
                 first_start: None,
+                state_dir: None,
+                http: Default::default(),
             },
             set_log_level: Arc::new(|_| Ok(())),
         };

@@ -19,12 +19,31 @@ pub struct StatusSource {
     pub broker: Option<Broker>,
     /// The first-start line, while no sink has connected once.
     pub first_start: Option<Arc<FirstStart>>,
+    /// The state directory (its free space is reported).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Where the status page is served, once it is (`None`: off, or its
+    /// address could not be bound; `http_error` says why).
+    pub http: Arc<std::sync::Mutex<HttpState>>,
+}
+
+/// What became of `[http] listen`.
+#[derive(Debug, Clone, Default)]
+pub struct HttpState {
+    pub url: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Bytes free to outpost on the filesystem holding `dir`.
+fn disk_free(dir: &std::path::Path) -> Option<u64> {
+    let v = nix::sys::statvfs::statvfs(dir).ok()?;
+    (v.blocks_available() as u64).checked_mul(v.fragment_size() as u64)
 }
 
 impl StatusSource {
     pub fn snapshot(&self) -> Value {
         let now = crate::record::now_ms();
         let queues = self.outbox.stats();
+        let oldest = self.outbox.oldest_ingested();
         let dead = self.outbox.dead_stats();
         let sinks: serde_json::Map<String, Value> = self
             .stats
@@ -39,6 +58,7 @@ impl StatusSource {
                         "connects": stats::get(&s.connects),
                         "queued": q.depth.records,
                         "queued_bytes": q.depth.bytes,
+                        "oldest_queued_age_s": oldest.get(name).map(|at| now.saturating_sub(*at).max(0) / 1000),
                         "dropped": q.dropped,
                         "delivered": stats::get(&s.delivered),
                         "undeliverable": stats::get(&s.undeliverable),
@@ -103,10 +123,17 @@ impl StatusSource {
                 "dropped": st.dropped,
             })
         });
+        let http = self.http.lock().map(|h| h.clone()).unwrap_or_default();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": now.saturating_sub(self.stats.started_ms) / 1000,
             "hint": self.first_start.as_ref().and_then(|f| f.hint()),
+            "state_dir": self.state_dir.as_ref().map(|d| d.display().to_string()),
+            "disk_free_bytes": self.state_dir.as_deref().and_then(disk_free),
+            "http": {
+                "url": http.url,
+                "error": http.error,
+            },
             "broker": broker,
             "pid": std::process::id(),
             "accepted": stats::get(&self.stats.ingest.accepted),
@@ -126,7 +153,7 @@ impl StatusSource {
 }
 
 /// `3d 4h`, `2h 5m`, `4m 10s` or `9s`.
-fn uptime(secs: i64) -> String {
+pub fn uptime(secs: i64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
@@ -154,6 +181,25 @@ pub fn render(v: &Value) -> String {
     if let Some(hint) = v["hint"].as_str() {
         let _ = writeln!(out, "  {hint}");
     }
+    let http = v.get("http");
+    let field = |k: &str| http.and_then(|h| h.get(k)).and_then(Value::as_str);
+    match (field("url"), field("error")) {
+        (Some(url), _) => {
+            let _ = writeln!(out, "  status page: {url}");
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(out, "  status page NOT served: {e}");
+        }
+        (None, None) => {}
+    }
+    if let Some(free) = v["disk_free_bytes"].as_u64() {
+        let _ = writeln!(
+            out,
+            "  state directory {}: {} free",
+            v["state_dir"].as_str().unwrap_or("?"),
+            crate::units::human_bytes(free)
+        );
+    }
     let d = &v["dead_letters"];
     let _ = writeln!(
         out,
@@ -178,9 +224,13 @@ pub fn render(v: &Value) -> String {
         } else {
             "NOT connected"
         };
+        let oldest = match s["oldest_queued_age_s"].as_i64() {
+            Some(age) => format!(", oldest waiting {}", uptime(age)),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  sink {name}: {state}, {} queued ({} bytes), {} delivered, {} dropped, {} undeliverable",
+            "  sink {name}: {state}, {} queued ({} bytes{oldest}), {} delivered, {} dropped, {} undeliverable",
             s["queued"], s["queued_bytes"], s["delivered"], s["dropped"], s["undeliverable"]
         );
         if s["connected"] != true {

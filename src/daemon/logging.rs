@@ -37,6 +37,7 @@ pub fn init(level: &str) {
     });
     let installed = tracing_subscriber::registry()
         .with(layer)
+        .with(crate::control::journal::RecentLayer)
         .with(journal)
         .with(fmt)
         .try_init();

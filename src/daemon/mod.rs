@@ -189,6 +189,8 @@ async fn run_loaded(
         outbox: outbox.clone(),
         broker: Some(local.clone()),
         first_start: Some(first_start),
+        state_dir: std::path::absolute(&config.state_dir).ok(),
+        http: Default::default(),
     };
     let agent: Arc<dyn crate::sink::Agent> = Arc::new(OwnRpc {
         status: status.clone(),
@@ -291,8 +293,10 @@ async fn run_loaded(
     tasks.spawn(status_socket::serve(
         status_socket::socket_path(&config.state_dir),
         status.clone(),
+        outbox.clone(),
         shutdown.clone(),
     ));
+    start_web(&config, &status, &ingest, &local, &shutdown, &mut tasks).await;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         routes = config.routes.len(),
@@ -369,6 +373,51 @@ async fn start_broker(
     tasks.spawn(broker::run(broker.clone(), listeners, shutdown.clone()));
     tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = b.ack_after_commit, "local broker listening");
     Ok(broker)
+}
+
+/// Starts `[http]`. The page is an aid, not the data path: an address
+/// that cannot be bound is a warning (and in `outpost status`), and
+/// outpost runs on without it.
+async fn start_web(
+    config: &Config,
+    status: &StatusSource,
+    ingest: &Ingest,
+    local: &Broker,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    use crate::control::web;
+    let Some(addr) = config.http.addr() else {
+        return;
+    };
+    let http = crate::source::http::HttpIngest {
+        ingest: ingest.clone(),
+        broker: local.clone(),
+        topic: config.http.ingest_topic.clone(),
+        tokens: config.http.device_tokens.clone(),
+    };
+    let served = match web::Web::new(
+        &config.http,
+        status.clone(),
+        Some(http),
+        config.store_path(),
+    ) {
+        Ok(w) => web::bind(addr).await.map(|l| (w, l)),
+        Err(e) => Err(e),
+    };
+    let mut state = status.http.lock().unwrap_or_else(|p| p.into_inner());
+    match served {
+        Ok((w, listener)) => {
+            let url = format!("http://{}/", listener.local_addr().unwrap_or(addr));
+            tracing::info!(url = %url, logins = config.http.password_file.is_some(), ingest = config.http.ingest, "status page");
+            state.url = Some(url);
+            tasks.spawn(web::serve(w, listener, shutdown.clone()));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no status page, /metrics or HTTP ingest (outpost runs on without them)");
+            state.error = Some(e);
+        }
+    }
 }
 
 async fn expire_periodically(outbox: Outbox, max_age: Duration, shutdown: CancellationToken) {

@@ -143,6 +143,14 @@ impl Ingest {
         Ok(())
     }
 
+    /// Stores records and waits for the commit (a request answered only
+    /// once its reading is on disk); counts the outcome.
+    pub async fn commit(&self, records: Vec<Record>) -> Result<Appended, StoreError> {
+        let outcome = self.outbox.append(records).await?;
+        self.count(&outcome);
+        Ok(outcome)
+    }
+
     /// Counts a held append's outcome.
     pub fn count(&self, outcome: &Appended) {
         stats::add(&self.stats.ingest.accepted, outcome.stored as u64);

@@ -5,12 +5,15 @@
 //!
 //! - [`broker`]: the local MQTT broker LAN clients connect to; it holds
 //!   each PUBACK until the reading is committed, and serves local pub/sub;
-//! - [`serial`]: sensors on a UART: line protocols and Modbus RTU.
+//! - [`serial`]: sensors on a UART: line protocols and Modbus RTU (and
+//!   Modbus TCP slaves, polled the same way);
+//! - [`http`]: `POST /ingest/{device}`, for devices that speak HTTP.
 //!
 //! Readings a platform sends down (LoRaWAN uplinks) enter through the same
 //! handle, from the sink that receives them.
 
 pub mod broker;
+pub mod http;
 mod ingest;
 pub mod serial;
 

@@ -98,6 +98,33 @@ pub(crate) enum Qos2Op {
     Pending(String, oneshot::Sender<Result<Vec<u16>, StoreError>>),
 }
 
+/// Which dead letters an operator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    One(i64),
+    All,
+}
+
+/// What an operator does with dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadOp {
+    /// Back into its sink's queue, at the end (after a config change made
+    /// it sendable; if it still is not, it comes back with the reason).
+    Retry,
+    /// Gone for good.
+    Purge,
+}
+
+/// What a retry or purge did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadDone {
+    /// Records requeued or purged.
+    pub done: usize,
+    /// Dead letters left where they are: `(id, sink)` of sinks that are no
+    /// longer configured (a retry only).
+    pub kept: Vec<(i64, String)>,
+}
+
 /// A commit outcome, tagged with the caller's sequence number.
 pub type Tagged = (u64, Result<Appended, StoreError>);
 
@@ -143,6 +170,16 @@ pub(crate) enum Command {
         sink: String,
         ids: Vec<i64>,
         reason: String,
+    },
+    /// An operator's retry or purge of dead letters; answered once
+    /// committed.
+    Dead {
+        op: DeadOp,
+        pick: Pick,
+        /// The sinks that exist now: a retry puts a record back only into
+        /// a queue that is read.
+        sinks: Vec<String>,
+        reply: oneshot::Sender<Result<DeadDone, StoreError>>,
     },
     /// Answered once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
@@ -417,6 +454,21 @@ impl Outbox {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Retries or purges dead letters; returns once that is committed.
+    pub async fn dead_letters_act(&self, op: DeadOp, pick: Pick) -> Result<DeadDone, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Dead {
+                op,
+                pick,
+                sinks: self.shared.notify.keys().cloned().collect(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Returns once everything queued before it is committed (deletes
     /// included).
     pub async fn flush(&self) -> Result<(), StoreError> {
@@ -469,6 +521,21 @@ impl Outbox {
     pub async fn last_id(&self, sink: &str) -> Result<i64, StoreError> {
         let sink = sink.to_string();
         self.read(move |r| r.last_id(&sink)).await
+    }
+
+    /// Per sink, when its oldest queued record was stored (ms); sinks with
+    /// an empty queue are absent. A primary-key lookup per queue on the
+    /// reader connection, cheap enough for a status snapshot.
+    pub fn oldest_ingested(&self) -> BTreeMap<String, i64> {
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared
+            .notify
+            .keys()
+            .filter_map(|sink| match r.oldest_ingested(sink) {
+                Ok(Some(at)) => Some((sink.clone(), at)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Removes records older than `store.max_age`.

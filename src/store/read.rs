@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::db::{explain, kind_of, read_tables};
 use super::StoreError;
@@ -82,6 +82,20 @@ impl Reader {
             })
             .map_err(|e| explain(&path, e))?;
         rows.collect::<Result<_, _>>()
+            .map_err(|e| explain(&path, e))
+    }
+
+    /// When the oldest row of `sink` was stored (ms), if it has one.
+    pub fn oldest_ingested(&mut self, sink: &str) -> Result<Option<i64>, StoreError> {
+        let Some(table) = self.table(sink)? else {
+            return Ok(None);
+        };
+        let path = self.path.clone();
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT ingested_at FROM {table} ORDER BY id LIMIT 1"
+            ))
+            .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
             .map_err(|e| explain(&path, e))
     }
 

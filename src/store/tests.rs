@@ -290,3 +290,82 @@ fn a_first_schema_outbox_is_moved_with_every_record_in_order() {
         .expect("master");
     assert_eq!(old, 0, "the old table is gone");
 }
+
+#[test]
+fn dead_letters_are_retried_into_their_queue_or_purged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (ob, w) = Outbox::open(
+        path.clone(),
+        &cfg(1 << 20, FullPolicy::DropOldest),
+        &["a".into()],
+    )
+    .expect("open");
+    rt().block_on(async {
+        ob.append(vec![rec("a", "d", 1), rec("a", "d", 2), rec("a", "d", 3)])
+            .await
+            .expect("append");
+        let ids: Vec<i64> = ob
+            .fetch("a", 0, 10)
+            .await
+            .expect("fetch")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        ob.dead_letter("a", ids.clone(), "too big".into())
+            .await
+            .expect("dead");
+        // A dead letter of a sink that is not configured any more stays.
+        let gone = Record {
+            sink: "old".into(),
+            ..rec("old", "d", 9)
+        };
+        ob.append_with_dead(Vec::new(), vec![(gone, "no such sink".into())], None, None)
+            .await
+            .expect("dead of old");
+        ob.flush().await.expect("flush");
+        assert_eq!(ob.dead_stats().count, 4);
+        assert!(ob.oldest_ingested().is_empty(), "queue a is empty");
+
+        let one = ob
+            .dead_letters_act(DeadOp::Retry, Pick::One(ids[1]))
+            .await
+            .expect("retry one");
+        assert_eq!(one.done, 1);
+        let queued = ob.fetch("a", 0, 10).await.expect("fetch");
+        assert_eq!(queued.iter().map(|r| r.ts).collect::<Vec<_>>(), [2]);
+        assert!(
+            queued[0].id > ids[2],
+            "a retried record goes to the end with a new id"
+        );
+        assert!(ob.oldest_ingested().contains_key("a"));
+        assert_eq!(ob.dead_stats().count, 3);
+        assert_eq!(ob.stats()["a"].depth.records, 1);
+
+        let all = ob
+            .dead_letters_act(DeadOp::Retry, Pick::All)
+            .await
+            .expect("retry all");
+        assert_eq!(all.done, 2);
+        assert_eq!(all.kept.len(), 1, "the old sink's letter is kept: {all:?}");
+        assert_eq!(all.kept[0].1, "old");
+        let queued = ob.fetch("a", 0, 10).await.expect("fetch");
+        assert_eq!(queued.iter().map(|r| r.ts).collect::<Vec<_>>(), [2, 1, 3]);
+
+        let none = ob
+            .dead_letters_act(DeadOp::Purge, Pick::One(123_456))
+            .await
+            .expect("purge none");
+        assert_eq!(none.done, 0);
+        let purged = ob
+            .dead_letters_act(DeadOp::Purge, Pick::All)
+            .await
+            .expect("purge");
+        assert_eq!(purged.done, 1);
+        assert_eq!(ob.dead_stats().count, 0);
+        assert_eq!(ob.dead_stats().bytes, 0);
+        ob.close().await;
+    });
+    w.join();
+    assert!(dead_letters(&path).expect("list").is_empty());
+}

@@ -10,7 +10,10 @@ use tokio::sync::mpsc;
 
 use super::checkpoint::{Checkpointer, NUDGE_FRAMES};
 use super::db::{self, Db, Depth};
-use super::{Appended, Command, DeadStats, Limits, Qos2Op, QueueStats, Shared, StoreError};
+use super::{
+    Appended, Command, DeadDone, DeadOp, DeadStats, Limits, Pick, Qos2Op, QueueStats, Shared,
+    StoreError,
+};
 use crate::config::FullPolicy;
 use crate::record::now_ms;
 
@@ -273,6 +276,7 @@ pub(crate) fn run(
         let mut drops = Drops::default();
         let mut outcomes: Vec<Appended> = Vec::new();
         let mut woken: Vec<String> = Vec::new();
+        let mut acted: Vec<DeadDone> = Vec::new();
         let result = db
             .transaction()
             .and_then(|tx| {
@@ -283,6 +287,7 @@ pub(crate) fn run(
                     &mut drops,
                     &mut outcomes,
                     &mut woken,
+                    &mut acted,
                 )?;
                 tx.commit()
             })
@@ -313,6 +318,7 @@ pub(crate) fn run(
         }
 
         let mut outcomes = outcomes.into_iter();
+        let mut acted = acted.into_iter();
         for cmd in group {
             match cmd {
                 Command::Append { done, .. } => {
@@ -323,6 +329,10 @@ pub(crate) fn run(
                 }
                 Command::Flush(reply) => {
                     let _ = reply.send(());
+                }
+                Command::Dead { reply, .. } => {
+                    let done = acted.next().unwrap_or_default();
+                    let _ = reply.send(result.clone().map(|_| done));
                 }
                 Command::Qos2(Qos2Op::Release(_, reply)) => {
                     let _ = reply.send(result.clone());
@@ -356,6 +366,7 @@ fn apply(
     drops: &mut Drops,
     outcomes: &mut Vec<Appended>,
     woken: &mut Vec<String>,
+    acted: &mut Vec<DeadDone>,
 ) -> rusqlite::Result<()> {
     let now = now_ms();
     for cmd in group {
@@ -416,6 +427,9 @@ fn apply(
                     }
                 }
             }
+            Command::Dead {
+                op, pick, sinks, ..
+            } => acted.push(act_on_dead(tx, state, *op, *pick, sinks, now, woken)?),
             Command::Expire => expire(tx, state, drops, now)?,
             Command::SetLimits(l) => {
                 tracing::info!(max_bytes = l.max_bytes, max_age_ms = l.max_age_ms, policy = ?l.policy, "outbox bounds changed");
@@ -434,6 +448,44 @@ fn apply(
         *e = e.saturating_add(*n);
     }
     Ok(())
+}
+
+/// An operator's retry or purge. A retried record gets a new id at the end
+/// of its queue (its ts is kept), and is counted against `max_bytes` like
+/// any new record but never refused for it: it was accepted once.
+fn act_on_dead(
+    tx: &Transaction<'_>,
+    state: &mut State,
+    op: DeadOp,
+    pick: Pick,
+    sinks: &[String],
+    now: i64,
+    woken: &mut Vec<String>,
+) -> rusqlite::Result<DeadDone> {
+    let mut done = DeadDone::default();
+    for (mut r, size) in db::dead_rows(tx, pick)? {
+        if op == DeadOp::Retry {
+            if !sinks.contains(&r.sink) {
+                done.kept.push((r.id, r.sink));
+                continue;
+            }
+            let table = state.table(tx, &r.sink)?;
+            let dead_id = r.id;
+            r.id = state.take_id();
+            db::insert(tx, &table, r.id, &r, now)?;
+            db::delete_dead(tx, dead_id)?;
+            state.added(&r.sink, r.stored_size());
+            if !woken.contains(&r.sink) {
+                woken.push(r.sink.clone());
+            }
+        } else {
+            db::delete_dead(tx, r.id)?;
+        }
+        state.dead.count = state.dead.count.saturating_sub(1);
+        state.dead.bytes = state.dead.bytes.saturating_sub(size);
+        done.done = done.done.saturating_add(1);
+    }
+    Ok(done)
 }
 
 /// Makes room for `size` more bytes under the configured policy. Returns

@@ -59,17 +59,51 @@ async fn hammer(port: u16, dev: usize, first_seq: u64, acked: Acked, limit: Dura
     }
 }
 
-/// Runs `rounds` kill/restart cycles and checks for losses after each.
+/// POSTs `{"seq":N}` for device `dev` to HTTP ingest, one after the
+/// other, until a request fails or `limit` passes. Records every (device,
+/// seq) answered 200: outpost said it was committed.
+fn post_until_killed(http_port: u16, dev: usize, first_seq: u64, acked: Acked, limit: Duration) {
+    let until = Instant::now() + limit;
+    let mut seq = first_seq;
+    while Instant::now() < until {
+        let body = format!("{{\"seq\":{seq}}}");
+        let answered = try_request(
+            http_port,
+            "POST",
+            &format!("/ingest/dev-{dev}"),
+            &[],
+            body.as_bytes(),
+        );
+        match answered.map(|a| a.status) {
+            Ok(200) => {
+                if let Ok(mut a) = acked.lock() {
+                    a.insert((dev, seq));
+                }
+                seq += 1;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Runs `rounds` kill/restart cycles and checks for losses after each:
+/// MQTT sensors (a PUBACK is the promise) and HTTP devices (a 200 is).
 async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
     let w = World::new("");
     let col = w.collect("site1/#").await;
-    let text = w.site().mqtt("", "").replace(
+    let http_port = free_port();
+    let text = format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        w.site().mqtt("", "")
+    )
+    .replace(
         "[broker]\n",
         &format!("[broker]\nack_after_commit = {ack_after_commit}\n"),
     );
     let mut op = w.start(&text);
     let acked: Acked = Arc::new(Mutex::new(BTreeSet::new()));
     let devices = 20;
+    let http_devices = 3;
 
     for round in 0..rounds {
         let first = round as u64 * 1_000_000;
@@ -82,6 +116,16 @@ async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
                 acked.clone(),
                 Duration::from_secs(20),
             )));
+        }
+        assert!(
+            wait_port(http_port, Duration::from_secs(5)),
+            "the HTTP ingest port"
+        );
+        for dev in devices..devices + http_devices {
+            let acked = acked.clone();
+            pubs.push(tokio::task::spawn_blocking(move || {
+                post_until_killed(http_port, dev, first, acked, Duration::from_secs(20))
+            }));
         }
         let kill_after = Duration::from_millis(fastrand::u64(300..1500));
         tokio::time::sleep(kill_after).await;
@@ -136,6 +180,15 @@ async fn crash_rounds(rounds: usize, ack_after_commit: bool) {
     assert!(
         acked.lock().map(|a| a.len()).unwrap_or(0) > rounds * devices,
         "the load was real"
+    );
+    let over_http = acked
+        .lock()
+        .map(|a| a.iter().filter(|(d, _)| *d >= devices).count())
+        .unwrap_or(0);
+    eprintln!("{over_http} of them answered 200 over HTTP");
+    assert!(
+        over_http >= rounds * http_devices,
+        "HTTP readings were in it: {over_http}"
     );
 }
 

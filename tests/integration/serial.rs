@@ -1,6 +1,7 @@
 //! Serial sensors on real pseudo-terminals (`socat` PTY pairs): outpost
 //! opens one end as its UART, the test plays the sensor (or a Modbus RTU
-//! slave, with tokio-modbus's server) on the other.
+//! slave, with tokio-modbus's server) on the other; Modbus TCP slaves are
+//! tokio-modbus's TCP server on loopback.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -526,21 +527,8 @@ register = [ {{ key = "count", address = 7 }} ]
 
     // RPC: write the setpoint (21.5 → raw 215) through the shared bus.
     let (client, mut rx) = subscriber(w.port, "platform", "devices/+/rpc/response/+").await;
-    client
-        .publish(
-            "devices/meter-1/rpc/request/9",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(
-                &json!({"method": "write_register", "params": {"key": "setpoint", "value": 21.5}}),
-            )
-            .expect("json"),
-        )
-        .await
-        .expect("publish");
-    let (topic, payload) = next(&mut rx).await;
-    assert_eq!(topic, "devices/meter-1/rpc/response/9");
-    let v: Value = serde_json::from_slice(&payload).expect("json");
+    let request = json!({"method": "write_register", "params": {"key": "setpoint", "value": 21.5}});
+    let v = rpc_call(&client, &mut rx, "meter-1", 9, request).await;
     assert_eq!(v["written"], true, "{v}");
     assert_eq!(
         regs.lock()
@@ -621,6 +609,22 @@ bauds = 9600
 id = 0
 device = "m"
 register = [ { key = "on", table = "coil", address = 1 } ]
+
+[[serial]]
+name = "c"
+transport = "tcp"
+address = "plc.local"
+protocol = "json"
+
+[[serial]]
+name = "d"
+transport = "tcp"
+protocol = "modbus"
+slave = [ { id = 1, device = "d1", register = [ { key = "x", address = 0 } ] } ]
+
+[[serial]]
+name = "e"
+protocol = "json"
 "#,
     )
     .expect("write");
@@ -638,7 +642,168 @@ register = [ { key = "on", table = "coil", address = 1 } ]
         "serial[1].bauds: unknown field",
         "serial[1].slave[0].id",
         "serial[1].slave[0].register[0].type: coils and discrete inputs are `bool`",
+        "serial[2].address: `plc.local` is not host:port",
+        "serial[2].transport: tcp is for protocol = \"modbus\" only",
+        "serial[3].address: Modbus TCP needs the slave's host:port",
+        "serial[4].path: the serial device is missing",
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
+}
+
+/// Sends an RPC to a local device as the platform would and returns the
+/// device's answer (on `devices/{device}/rpc/response/{id}`).
+async fn rpc_call(
+    client: &rumqttc::AsyncClient,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    device: &str,
+    id: u32,
+    request: Value,
+) -> Value {
+    client
+        .publish(
+            format!("devices/{device}/rpc/request/{id}"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&request).expect("json"),
+        )
+        .await
+        .expect("publish");
+    let (topic, payload) = next(rx).await;
+    assert_eq!(topic, format!("devices/{device}/rpc/response/{id}"));
+    serde_json::from_slice(&payload).expect("json")
+}
+
+/// Serves `bus` as a Modbus TCP server on `listener` (tokio-modbus's own).
+fn serve_tcp(listener: tokio::net::TcpListener, bus: Bus) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let server = tokio_modbus::server::tcp::Server::new(listener);
+        let on_connected = |stream, addr| {
+            let bus = bus.clone();
+            async move {
+                tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, |_| {
+                    Ok(Some(bus.clone()))
+                })
+            }
+        };
+        let _ = server.serve(&on_connected, |_| {}).await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modbus_tcp_slaves_are_polled_written_and_reconnected_like_rtu_ones() {
+    let w = World::new("");
+    let collector = w.collect("site1/#").await;
+    let regs: Registers = Arc::new(Mutex::new(HashMap::from([
+        ((1, "holding", 0), (-215i16) as u16),
+        ((1, "holding", 10), 200),
+        ((3, "input", 4), 42),
+    ])));
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the Modbus TCP server");
+    let served = serve_tcp(listener, Bus { regs: regs.clone() });
+
+    let serial = format!(
+        r#"
+[[serial]]
+name = "plc"
+transport = "tcp"
+address = "127.0.0.1:{port}"
+protocol = "modbus"
+reopen_min = "200ms"
+reopen_max = "1s"
+
+[[serial.slave]]
+id = 1
+device = "plc-1"
+interval = "300ms"
+timeout = "300ms"
+register = [
+  {{ key = "temp", address = 0, type = "i16", scale = 0.1 }},
+  {{ key = "setpoint", address = 10, scale = 0.1, writable = true }},
+]
+
+[[serial.slave]]
+id = 2
+device = "plc-2"
+interval = "300ms"
+timeout = "100ms"
+retries = 0
+register = [ {{ key = "x", address = 0 }} ]
+
+[[serial.slave]]
+id = 3
+device = "plc-3"
+interval = "300ms"
+register = [ {{ key = "level", table = "input", address = 4 }} ]
+"#
+    );
+    let op = w.start(&serial_config(&w.site(), &serial));
+    wait_open(&op, &["plc"], 1);
+    let by_device = |device: &str| -> Vec<Value> {
+        collector
+            .all()
+            .iter()
+            .filter(|s| s.topic == format!("site1/{device}/telemetry"))
+            .map(|s| s.json()["values"].clone())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || by_device("plc-3").len() >= 3),
+        "plc-3: {:?}\n{}",
+        by_device("plc-3"),
+        op.log_text()
+    );
+    assert_eq!(
+        by_device("plc-1").first(),
+        Some(&json!({"temp": -21.5, "setpoint": 20.0}))
+    );
+    assert_eq!(by_device("plc-3").first(), Some(&json!({"level": 42})));
+    assert!(
+        by_device("plc-2").is_empty(),
+        "a silent unit gives no readings"
+    );
+    let status = op.status_json();
+    let slaves = &status["serial"]["plc"]["slaves"];
+    assert!(slaves["2"]["timeouts"].as_u64() >= Some(1), "{status}");
+    assert_eq!(slaves["1"]["timeouts"], 0, "{status}");
+
+    // An RPC write goes over the same connection.
+    let (client, mut rx) = subscriber(w.port, "platform-tcp", "devices/+/rpc/response/+").await;
+    let request = json!({"method": "write_register", "params": {"key": "setpoint", "value": 23.5}});
+    let v = rpc_call(&client, &mut rx, "plc-1", 1, request).await;
+    assert_eq!(v["written"], true, "{v}");
+    assert_eq!(
+        regs.lock()
+            .map(|r| r.get(&(1, "holding", 10)).copied())
+            .ok()
+            .flatten(),
+        Some(235)
+    );
+
+    // The server goes away and comes back: outpost reconnects.
+    served.abort();
+    let _ = served.await;
+    assert!(
+        wait_until(Duration::from_secs(10), || op.status_json()["serial"]
+            ["plc"]["open"]
+            == false),
+        "the lost connection is seen: {}",
+        op.status_json()
+    );
+    let before = by_device("plc-3").len();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind again");
+    let served = serve_tcp(listener, Bus { regs: regs.clone() });
+    wait_open(&op, &["plc"], 2);
+    assert!(
+        wait_until(Duration::from_secs(10), || by_device("plc-3").len()
+            > before + 1),
+        "readings resume after the reconnect\n{}",
+        op.log_text()
+    );
+    served.abort();
 }

@@ -266,6 +266,12 @@ impl Broker {
         Ok(what)
     }
 
+    /// The logins and ACL in force (another door into the broker, such as
+    /// HTTP ingest, asks them as a CONNECT and a PUBLISH would).
+    pub fn auth(&self) -> Arc<Auth> {
+        self.inner.auth()
+    }
+
     /// The broker's health as last checked, for status and the watchdog.
     pub fn health(&self) -> &Health {
         &self.inner.health

@@ -31,7 +31,7 @@ use crate::units::deadline;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::serial::{FlowControl, Parity, Protocol, SerialConfig, SlaveConfig};
+use crate::config::serial::{FlowControl, Parity, Protocol, SerialConfig, SlaveConfig, Transport};
 use crate::source::broker::Broker;
 use crate::source::Ingest;
 use crate::stats::{self, PortStats};
@@ -71,7 +71,7 @@ pub fn spawn(
     let mut owners = HashMap::new();
     for cfg in ports {
         if !cfg.enabled {
-            tracing::info!(port = %cfg.name, path = %cfg.path.display(), "serial port disabled");
+            tracing::info!(port = %cfg.name, endpoint = %cfg.endpoint(), "serial port disabled");
             continue;
         }
         let (control_tx, control) = mpsc::channel(64);
@@ -137,7 +137,35 @@ impl Emitter {
     }
 }
 
-fn open(cfg: &SerialConfig) -> Result<SerialStream, tokio_serial::Error> {
+/// An open port: a serial line, or a Modbus TCP connection.
+enum Port {
+    Serial(SerialStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+/// Opens the serial port, or connects to the Modbus TCP slave (bounded by
+/// `reopen_max`, so a host that drops packets is retried like a missing
+/// port).
+async fn open(cfg: &SerialConfig) -> Result<Port, String> {
+    match (cfg.transport, &cfg.address) {
+        (Transport::Tcp, Some(addr)) => {
+            let connect = tokio::net::TcpStream::connect(addr.as_str());
+            match tokio::time::timeout(cfg.reopen_max.0, connect).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    Ok(Port::Tcp(s))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", cfg.reopen_max.0.as_secs())),
+            }
+        }
+        _ => open_serial(cfg)
+            .map(Port::Serial)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn open_serial(cfg: &SerialConfig) -> Result<SerialStream, tokio_serial::Error> {
     use tokio_serial::{DataBits, StopBits};
     let data_bits = match cfg.data_bits {
         5 => DataBits::Five,
@@ -186,31 +214,39 @@ async fn run_port(
     let mut delay = cfg.reopen_min.0;
     let mut failing: Option<String> = None;
     loop {
-        match open(&cfg) {
+        match open(&cfg).await {
             Ok(stream) => {
                 stats.open.store(true, Ordering::Relaxed);
                 stats::add(&stats.opens, 1);
-                tracing::info!(%port, path = %cfg.path.display(), baud = cfg.baud, "serial port open");
+                tracing::info!(%port, endpoint = %cfg.endpoint(), baud = cfg.baud, "serial port open");
                 failing = None;
                 delay = cfg.reopen_min.0;
-                let end = match cfg.protocol {
-                    Protocol::Modbus => {
-                        run_modbus(&cfg, stream, &mut emitter, &mut control, &shutdown).await
+                let end = match (cfg.protocol, stream) {
+                    (Protocol::Modbus, Port::Serial(s)) => {
+                        let ctx = tokio_modbus::client::rtu::attach(s);
+                        run_modbus(&cfg, ctx, &mut emitter, &mut control, &shutdown).await
                     }
-                    _ => run_lines(&cfg, stream, &mut emitter, &mut control, &shutdown).await,
+                    (Protocol::Modbus, Port::Tcp(s)) => {
+                        let ctx = tokio_modbus::client::tcp::attach(s);
+                        run_modbus(&cfg, ctx, &mut emitter, &mut control, &shutdown).await
+                    }
+                    (_, Port::Serial(s)) => {
+                        run_lines(&cfg, s, &mut emitter, &mut control, &shutdown).await
+                    }
+                    // The config check allows TCP for Modbus only.
+                    (_, Port::Tcp(_)) => End::Lost("line protocols need a serial port".into()),
                 };
                 stats.open.store(false, Ordering::Relaxed);
                 match end {
                     End::Shutdown => return,
                     End::Lost(e) => {
-                        tracing::warn!(%port, path = %cfg.path.display(), error = %e, "serial port lost; reopening");
+                        tracing::warn!(%port, endpoint = %cfg.endpoint(), error = %e, "serial port lost; reopening");
                     }
                 }
             }
-            Err(e) => {
-                let text = e.to_string();
+            Err(text) => {
                 if failing.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(%port, path = %cfg.path.display(), error = %text,
+                    tracing::warn!(%port, endpoint = %cfg.endpoint(), error = %text,
                         retry_max_s = cfg.reopen_max.0.as_secs_f64(), "cannot open serial port; retrying");
                     failing = Some(text);
                 }
@@ -223,7 +259,7 @@ async fn run_port(
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 c = control.recv() => match c {
-                    Some(c) => refuse(c, &format!("serial port {} ({}) is not open", port, cfg.path.display())),
+                    Some(c) => refuse(c, &format!("serial port {} ({}) is not open", port, cfg.endpoint())),
                     None => return,
                 },
                 _ = shutdown.cancelled() => return,
@@ -431,12 +467,11 @@ fn render(template: &str, params: &Value) -> Result<String, String> {
 
 async fn run_modbus(
     cfg: &SerialConfig,
-    stream: SerialStream,
+    mut ctx: tokio_modbus::client::Context,
     emitter: &mut Emitter,
     control: &mut mpsc::Receiver<Control>,
     shutdown: &CancellationToken,
 ) -> End {
-    let mut ctx = tokio_modbus::client::rtu::attach(stream);
     let start = Instant::now();
     let mut due: Vec<Instant> = cfg.slave.iter().map(|_| start).collect();
     let mut failing: Vec<bool> = cfg.slave.iter().map(|_| false).collect();

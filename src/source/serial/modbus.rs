@@ -1,6 +1,8 @@
-//! Modbus RTU polling: one bus, several slaves, polled in turn.
+//! Modbus polling, over RTU or TCP: one bus (or connection), several
+//! slaves (unit ids), polled in turn.
 //!
-//! Only one request is on the wire at a time (RTU has no transaction ids),
+//! Only one request is on the wire at a time (RTU has no transaction ids;
+//! over TCP it keeps a slow gateway from being flooded),
 //! so the bus is owned by one task that polls each slave when it is due and
 //! runs writes (RPC, shared attributes) between polls. A silent slave costs
 //! its timeout × attempts and nothing more: the others keep their rhythm.

@@ -8,6 +8,7 @@
 //!   writes, stopped with SIGTERM or SIGKILL;
 //! - [`clients`]: LAN publishers and subscribers on outpost's broker;
 //! - [`pty`]: serial sensors on real pseudo-terminals;
+//! - [`http`]: a plain HTTP/1.1 client (the status page, ingest);
 //! - [`raw`]: a raw MQTT client that sends exactly what a test says;
 //! - [`sqlite`]: the outbox file read from outside;
 //! - [`world`]: the preamble most tests share (upstream, temp dir, port,
@@ -21,6 +22,7 @@
 mod binary;
 mod clients;
 mod collector;
+mod http;
 mod process;
 mod pty;
 mod raw;
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 pub use binary::*;
 pub use clients::*;
 pub use collector::*;
+pub use http::*;
 pub use process::wait_exit;
 pub use pty::*;
 pub use raw::*;
