@@ -31,6 +31,9 @@ nspawn_pid=""
 init=""
 log=$(mktemp)
 inside() { $SUDO nsenter -t "$init" -a "$@"; }
+# grep -q for the end of a pipe: it reads to the end, so the writer never
+# dies of SIGPIPE (which pipefail would count as a failure).
+grepq() { grep "$@" >/dev/null; }
 stop_container() {
   if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
     $SUDO kill -TERM "$nspawn_pid" 2>/dev/null || true
@@ -115,8 +118,8 @@ security=$(inside systemd-analyze security outpost.service --no-pager | tail -n1
 echo "security: $security"
 score=$(echo "$security" | grep -oE '[0-9]+\.[0-9]+' | head -n1)
 awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || fail "exposure $score is above 2.0: $security"
-inside journalctl -u outpost --no-pager -o cat | grep -q "examples in /usr/share/doc/outpost/examples/" || fail "the first start does not say where the examples are"
-inside outpost status --config /etc/outpost/outpost.toml | grep -q "edit /etc/outpost/outpost.toml" || fail "outpost status does not say which file to edit: $(inside outpost status --config /etc/outpost/outpost.toml)"
+inside journalctl -u outpost --no-pager -o cat | grepq "examples in /usr/share/doc/outpost/examples/" || fail "the first start does not say where the examples are"
+inside outpost status --config /etc/outpost/outpost.toml | grepq "edit /etc/outpost/outpost.toml" || fail "outpost status does not say which file to edit: $(inside outpost status --config /etc/outpost/outpost.toml)"
 echo "1. enabled, active (running) after READY=1 as user outpost, first-start line shown: ok"
 
 # 2. A reading reaches a mosquitto inside the container.
@@ -147,12 +150,12 @@ EOF
 write_config ""
 inside outpost check-config --config /etc/outpost/outpost.toml >/dev/null || fail "the check's config does not pass check-config"
 inside systemctl reload outpost || fail "systemctl reload outpost failed"
-connected() { inside outpost status --json --config /etc/outpost/outpost.toml | grep -qE '"connected": ?true'; }
+connected() { inside outpost status --json --config /etc/outpost/outpost.toml | grepq -E '"connected": ?true'; }
 within 20 connected || fail "the reloaded config did not connect upstream: $(inside outpost status --config /etc/outpost/outpost.toml)"
 [ "$(show MainPID)" = "$pid" ] || fail "reload started a new process ($pid -> $(show MainPID))"
 inside mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/t1/telemetry -m '{"temp":21.5}'
 got=$(inside mosquitto_sub -h 127.0.0.1 -p 18830 -c -i collector -q 1 -t 'site/#' -C 1 -W 20 -v) || fail "the reading did not arrive upstream"
-echo "$got" | grep -q '^site/t1/telemetry .*"device":"t1".*"temp":21.5' || fail "unexpected upstream message: $got"
+echo "$got" | grepq '^site/t1/telemetry .*"device":"t1".*"temp":21.5' || fail "unexpected upstream message: $got"
 echo "2. reading published inside reached the upstream mosquitto: ok ($got)"
 remembered() { inside test -e /var/lib/outpost/reached-cloud; }
 within 5 remembered || fail "the first connection was not remembered in /var/lib/outpost: $(inside ls -la /var/lib/outpost)"
@@ -163,11 +166,11 @@ inside systemctl reload outpost || fail "systemctl reload outpost failed"
 within 20 connected || fail "no connection after the second reload"
 inside mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/t2/telemetry -m '{"temp":22}'
 got=$(inside mosquitto_sub -h 127.0.0.1 -p 18830 -c -i collector -q 1 -t 'site/#' -C 1 -W 20 -v) || fail "no reading after the changed route"
-echo "$got" | grep -q '^site/renamed/telemetry ' || fail "the changed route was not applied: $got"
+echo "$got" | grepq '^site/renamed/telemetry ' || fail "the changed route was not applied: $got"
 [ "$(show MainPID)" = "$pid" ] || fail "reload started a new process"
 inside sh -c 'echo "[broker" > /etc/outpost/outpost.toml'
 inside systemctl reload outpost || fail "systemctl reload outpost failed"
-refused() { inside journalctl -u outpost --no-pager -o cat | grep -q "config rejected, keeping the running one"; }
+refused() { inside journalctl -u outpost --no-pager -o cat | grepq "config rejected, keeping the running one"; }
 within 10 refused || fail "the broken file was not reported"
 [ "$(show ActiveState)" = active ] && [ "$(show MainPID)" = "$pid" ] || fail "a broken file stopped or restarted the service"
 write_config ""
@@ -182,7 +185,7 @@ inside systemctl stop upstream
 has_fields() {
   local j
   j=$(inside journalctl -u outpost --no-pager -o json)
-  echo "$j" | grep -q '"DEVICE":"big"' && echo "$j" | grep -q '"SINK":"up"' && echo "$j" | grep -q '"ERROR":"'
+  echo "$j" | grepq '"DEVICE":"big"' && echo "$j" | grepq '"SINK":"up"' && echo "$j" | grepq '"ERROR":"'
 }
 within 15 has_fields || fail "journalctl -o json lacks SINK, DEVICE or ERROR"
 echo "4. journal fields SINK, DEVICE, ERROR: ok"
@@ -198,7 +201,7 @@ restarts0=$(show NRestarts)
 for seq in 1 2 3; do
   inside mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/q/telemetry -m "{\"seq\":$seq}"
 done
-queued() { inside outpost status --json --config /etc/outpost/outpost.toml | grep -qE '"queued": ?3'; }
+queued() { inside outpost status --json --config /etc/outpost/outpost.toml | grepq -E '"queued": ?3'; }
 within 10 queued || fail "the readings were not queued: $(inside outpost status --config /etc/outpost/outpost.toml)"
 inside systemd-run --quiet --unit=wedge sh -c '(echo ".timeout 10000"; echo "BEGIN IMMEDIATE;"; sleep 60) | sqlite3 /var/lib/outpost/outbox.db'
 sleep 1
@@ -206,7 +209,7 @@ sleep 1
 inside timeout 5 mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/q/telemetry -m '{"seq":99}' >/dev/null 2>&1 || true
 restarted() { [ "$(show NRestarts)" -gt "$restarts0" ]; }
 within 40 restarted || fail "systemd did not restart the wedged service (NRestarts $(show NRestarts))"
-inside journalctl -u outpost --no-pager -o cat | grep -qi "watchdog timeout" || fail "the restart was not the watchdog's"
+inside journalctl -u outpost --no-pager -o cat | grepq -i "watchdog timeout" || fail "the restart was not the watchdog's"
 inside systemctl stop wedge
 within 30 running || fail "outpost did not run again after the lock was released"
 # A transient unit is gone once stopped: the upstream comes back as another.
@@ -214,9 +217,9 @@ inside systemd-run --quiet --unit=upstream-again mosquitto -c /etc/outpost-check
 within 15 inside mosquitto_pub -h 127.0.0.1 -p 18830 -t boot-check/probe -m up || fail "the upstream mosquitto did not come back"
 got=$(inside mosquitto_sub -h 127.0.0.1 -p 18830 -c -i collector -q 1 -t 'site/#' -C 3 -W 30) || fail "the queued readings did not arrive after the restart: $got"
 for seq in 1 2 3; do
-  echo "$got" | grep -q "\"seq\":$seq" || fail "reading $seq queued before the wedge was not delivered: $got"
+  echo "$got" | grepq "\"seq\":$seq" || fail "reading $seq queued before the wedge was not delivered: $got"
 done
-inside journalctl -u outpost --no-pager -o cat | tail -n 20 | grep -q "no cloud platform has been reached yet" && fail "the first-start line came back after the first connection"
+inside journalctl -u outpost --no-pager -o cat | tail -n 20 | grepq "no cloud platform has been reached yet" && fail "the first-start line came back after the first connection"
 echo "5. wedged outbox: watchdog restart (NRestarts $restarts0 -> $(show NRestarts)), queued readings delivered: ok"
 
 # 6. Stop and purge.

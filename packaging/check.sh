@@ -47,9 +47,13 @@ done
 dpkg-deb -f "$deb" Depends | grep -q adduser || fail "Depends lacks adduser"
 # ExecReload= runs /bin/kill.
 dpkg-deb -f "$deb" Depends | grep -q procps || fail "Depends lacks procps"
-dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/outpost/outpost.toml || fail "/etc/outpost/outpost.toml is not a conffile"
+# Read whole before grep -q looks: grep leaving early would kill the
+# writer with SIGPIPE, and pipefail would call that a failure.
+conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
+grep -qx /etc/outpost/outpost.toml <<<"$conffiles" || fail "/etc/outpost/outpost.toml is not a conffile"
+control=$(dpkg-deb --ctrl-tarfile "$deb" | tar -t)
 for script in postinst postrm prerm; do
-  dpkg-deb --ctrl-tarfile "$deb" | tar -t | grep -qx "./$script" || fail "no $script"
+  grep -qx "./$script" <<<"$control" || fail "no $script"
 done
 echo "contents: ok"
 

@@ -49,6 +49,45 @@ pub struct SinkStats {
     /// When the next connection attempt is due (ms since the epoch; 0:
     /// connected or not waiting).
     pub next_attempt_ms: std::sync::atomic::AtomicI64,
+    /// The platform's rate limit holds the next publish back until then
+    /// (ms since the epoch; 0: not held), and which window does.
+    pub held_until_ms: std::sync::atomic::AtomicI64,
+    pub held_by: std::sync::Mutex<Option<String>>,
+    /// Records a second the platform's limits let through in the long run
+    /// (`f64` bits; 0: no limit known), for the drain estimate.
+    pub budget_rate_bits: AtomicU64,
+}
+
+impl SinkStats {
+    /// `(window, ms left)` while the platform's rate limit holds the next
+    /// publish back.
+    pub fn held_back(&self, now_ms: i64) -> Option<(String, i64)> {
+        let until = self
+            .held_until_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let by = self.held_by.lock().ok().and_then(|b| b.clone())?;
+        Some((by, until.saturating_sub(now_ms).max(0)))
+    }
+
+    /// Seconds a backlog of `queued` records takes at the platform's
+    /// budget, while a limit holds the sink back.
+    pub fn drain_estimate_s(&self, queued: u64, now_ms: i64) -> Option<u64> {
+        self.held_back(now_ms)?;
+        let rate = self.budget_rate()?;
+        Some((queued as f64 / rate).ceil() as u64)
+    }
+
+    /// [`SinkStats::budget_rate_bits`] as a number, if there is a limit.
+    pub fn budget_rate(&self) -> Option<f64> {
+        let r = f64::from_bits(
+            self.budget_rate_bits
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        (r > 0.0).then_some(r)
+    }
 }
 
 /// All counters of one outpost process.

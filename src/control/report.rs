@@ -121,6 +121,14 @@ impl Health {
                 Err(_) => 0,
             };
             v.insert(format!("oldest_queued_s_{name}"), json!(oldest));
+            let held = s.held_back(now_ms);
+            v.insert(format!("held_back_{name}"), json!(held.is_some()));
+            if let Some((by, _)) = held {
+                v.insert(format!("held_back_by_{name}"), json!(by));
+            }
+            if let Some(secs) = s.drain_estimate_s(q.depth.records, now_ms) {
+                v.insert(format!("drain_estimate_s_{name}"), json!(secs));
+            }
         }
         for (name, p) in &status.stats.serial {
             v.insert(

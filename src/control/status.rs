@@ -66,6 +66,8 @@ impl StatusSource {
                         "restarts": stats::get(&s.restarts),
                         "tasks_running": stats::get(&s.running),
                         "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+                        "held_back": s.held_back(now).map(|(by, ms)| json!({"by": by, "for_ms": ms})),
+                        "drain_estimate_s": s.drain_estimate_s(q.depth.records, now),
                         "next_attempt_in_ms": match s.next_attempt_ms.load(std::sync::atomic::Ordering::Relaxed) {
                             0 => None,
                             at => Some(at.saturating_sub(now).max(0)),
@@ -240,6 +242,23 @@ pub fn render(v: &Value) -> String {
             };
             let why = s["last_error"].as_str().unwrap_or("none yet");
             let _ = writeln!(out, "    {next}; last error: {why}");
+        }
+        if let Some(by) = s
+            .get("held_back")
+            .and_then(|h| h.get("by"))
+            .and_then(Value::as_str)
+        {
+            let drain = match s["drain_estimate_s"].as_i64() {
+                Some(secs) => format!(
+                    "; the backlog drains in about {} at that budget",
+                    uptime(secs)
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "    held back by the platform's rate limit ({by}){drain}"
+            );
         }
         if s["restarts"].as_u64().unwrap_or(0) > 0 {
             let _ = writeln!(

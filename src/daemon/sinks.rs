@@ -158,7 +158,7 @@ pub fn spawn(
                 upstream_tx.clone(),
                 &cancel,
             );
-            upstream = Some(upstream_tx);
+            upstream = Some(upstream_tx.clone());
             let io = SessionIo {
                 local: Some(local_tx),
                 upstream: Some(upstream_rx),
@@ -166,10 +166,14 @@ pub fn spawn(
                 agent: Some(ctx.agent.clone()),
                 control: ctx.remote.clone(),
             };
-            vec![
+            let mut parts = vec![
                 ("local", local),
                 ("session", uplink(ctx, name, sink, io, None, &cancel)),
-            ]
+            ];
+            if t.mode == crate::config::TbMode::Gateway {
+                parts.push(("presence", presence(ctx, upstream_tx, &cancel)));
+            }
+            parts
         }
     };
     let mut tasks = Vec::with_capacity(parts.len());
@@ -276,6 +280,34 @@ fn local_side(
 /// The uplink session of a sink. Each build registers what the sink
 /// admits with ingest. `known`: the LoRaWAN devices a TTN sink shares with
 /// its RPC bridge.
+/// Hands the notices of devices going away to a gateway sink's session.
+fn presence(ctx: &SinkCtx, upstream: mpsc::Sender<Upstream>, cancel: &CancellationToken) -> Make {
+    let (presence, cancel) = (ctx.ingest.presence().clone(), cancel.clone());
+    Box::new(move || {
+        let mut rx = presence.subscribe();
+        let (upstream, cancel) = (upstream.clone(), cancel.clone());
+        Ok(Box::pin(async move {
+            loop {
+                let gone = tokio::select! {
+                    g = rx.recv() => g,
+                    _ = cancel.cancelled() => return,
+                };
+                match gone {
+                    Ok(g) => {
+                        if upstream.send(Upstream::Presence(g)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "missed notices of devices going away (idle children are still disconnected)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }))
+    })
+}
+
 fn uplink(
     ctx: &SinkCtx,
     name: &str,
@@ -342,7 +374,7 @@ fn uplink(
                     let platform = platform.with_identity(session::client_identity(&name, &base));
                     let u = Uplink::new(&name, &base, platform, outbox, stats)?
                         .with_io(io.clone())
-                        .with_rate_limit(&rate);
+                        .with_budget(rate.clone());
                     Box::pin(u.run(cancel.clone()))
                 } else {
                     // Credentials come from provisioning (stored, or asked
@@ -359,7 +391,7 @@ fn uplink(
                         let platform =
                             platform.with_identity(session::client_identity(&name, &settings));
                         match Uplink::new(&name, &settings, platform, outbox, stats) {
-                            Ok(u) => u.with_io(io).with_rate_limit(&rate).run(cancel).await,
+                            Ok(u) => u.with_io(io).with_budget(rate).run(cancel).await,
                             Err(e) => tracing::error!(sink = %name, error = %e, "sink not started"),
                         }
                     })

@@ -124,6 +124,9 @@ pub enum Report {
 pub enum Upstream {
     Publish(Publish),
     Report(Report),
+    /// A device behind a source went away or came back (see
+    /// `source::presence`).
+    Presence(crate::source::presence::Notice),
 }
 
 /// outpost's own RPC methods, carried out by the control layer.
@@ -151,10 +154,11 @@ pub enum Action {
     /// A reading that came from the platform (an uplink): route and store
     /// it like a local reading on `topic`.
     Ingest { topic: String, payload: Vec<u8> },
-    /// The platform told its limits: fewer publishes in flight, a message rate.
+    /// The platform told its limits: fewer publishes in flight, rate
+    /// windows for the session and its children.
     Limits {
         max_inflight: Option<usize>,
-        rate: Option<crate::units::RateSpec>,
+        rate: Option<session::BudgetSpec>,
     },
     /// An RPC to outpost itself: the [`Agent`] answers, `reply` puts the
     /// answer on the platform's topic.
@@ -232,9 +236,20 @@ pub trait Platform: Send + 'static {
         rumqttc::QoS::AtLeastOnce
     }
 
+    /// A device went away or came back (the platform may tell, later,
+    /// from [`Platform::tick`]).
+    fn presence(&mut self, _notice: crate::source::presence::Notice) {}
+
+    /// What `publish` costs against the platform's rate windows (default:
+    /// one message).
+    fn cost(&self, _publish: &Publish) -> session::Cost {
+        session::Cost::message()
+    }
+
     /// Called about once a second while connected: publishes that come
-    /// from time passing (a child's disconnect after it went idle).
-    fn tick(&mut self, _now: std::time::Instant) -> Vec<Publish> {
+    /// from time passing (a child's disconnect after it went idle or away).
+    /// `drained`: nothing of the sink's is queued or waiting to go.
+    fn tick(&mut self, _now: std::time::Instant, _drained: bool) -> Vec<Publish> {
         Vec::new()
     }
 

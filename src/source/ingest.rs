@@ -27,6 +27,7 @@ pub struct Ingest {
     outbox: Outbox,
     stats: Arc<Stats>,
     logs: Arc<Mutex<Throttle>>,
+    presence: super::presence::Presence,
 }
 
 impl Ingest {
@@ -36,7 +37,13 @@ impl Ingest {
             outbox,
             stats,
             logs: Arc::new(Mutex::new(Throttle::default())),
+            presence: Default::default(),
         }
+    }
+
+    /// Where sources say that a device went away.
+    pub fn presence(&self) -> &super::presence::Presence {
+        &self.presence
     }
 
     /// The shared router (the watchdog checks its lock; a remote change

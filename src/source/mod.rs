@@ -9,12 +9,15 @@
 //!   Modbus TCP slaves, polled the same way);
 //! - [`http`]: `POST /ingest/{device}`, for devices that speak HTTP.
 //!
+//! [`presence`] says when a device behind a source goes away.
+//!
 //! Readings a platform sends down (LoRaWAN uplinks) enter through the same
 //! handle, from the sink that receives them.
 
 pub mod broker;
 pub mod http;
 mod ingest;
+pub mod presence;
 pub mod serial;
 
 pub use ingest::Ingest;

@@ -1,7 +1,8 @@
 //! The gateway API beyond data, against the ThingsBoard fixture (a real
 //! mosquitto, the test playing the platform): a child's attribute request
 //! and its answer, the refresh of known children's shared keys after a
-//! reconnect, `v1/gateway/disconnect` for an idle child, and device mode's
+//! reconnect, `v1/gateway/disconnect` for an idle child and for one whose
+//! connection, will or serial port says it went away, and device mode's
 //! RPC relay to the local device.
 
 use std::time::Duration;
@@ -224,4 +225,142 @@ async fn device_mode_relays_rpc_to_the_local_device_with_a_timeout_reply() {
             .contains("no reply"),
         "{timed_out}"
     );
+}
+
+/// A child goes away the moment its source says so, not only after
+/// `child_idle`: its MQTT connection ends (a DISCONNECT), its will fires
+/// (the connection drops), or its serial port disappears. Each is told to
+/// ThingsBoard with `v1/gateway/disconnect`, and a child that returns is
+/// announced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_whose_connection_ends_will_fires_or_port_vanishes_is_disconnected_at_once() {
+    use outpost::source::broker::codec::{Props, Will, V311};
+    let dir = tempfile::tempdir().expect("dir");
+    let mut pty = Pty::new(dir.path(), "probe");
+    let extra = format!(
+        r#"child_idle = "10m"
+
+[[route]]
+topic = "devices/+/telemetry"
+sink = "tb"
+
+[[serial]]
+name = "probe"
+path = "{}"
+protocol = "json"
+device = "soil-probe"
+reopen_min = "200ms"
+reopen_max = "1s""#,
+        pty.device.display()
+    );
+    let (_w, tb, op, port) = gateway_with_downlink(&extra).await;
+    let disconnected = |device: &str| {
+        seen(&tb, "v1/gateway/disconnect")
+            .iter()
+            .filter(|v| v["device"] == device)
+            .count()
+    };
+    let connects = |device: &str| {
+        seen(&tb, "v1/gateway/connect")
+            .iter()
+            .filter(|v| v["device"] == device)
+            .count()
+    };
+
+    // A DISCONNECT ends the session.
+    let (mut a, _) = Raw::connected(port, &Hello::new(V311, "cl-a")).await;
+    assert_eq!(
+        a.publish(
+            "sensors/cl-a/telemetry",
+            b"{\"t\":1}",
+            1,
+            false,
+            Props::default()
+        )
+        .await,
+        Ok(0)
+    );
+    assert!(wait_until(Duration::from_secs(10), || connects("cl-a") == 1));
+    a.disconnect().await;
+    assert!(
+        wait_until(Duration::from_secs(5), || disconnected("cl-a") == 1),
+        "disconnected when its session ended; log:\n{}",
+        op.log_text()
+    );
+
+    // A dropped connection fires the will.
+    let mut hello = Hello::new(V311, "cl-b");
+    hello.will = Some(Will {
+        topic: "devices/cl-b/status".into(),
+        payload: bytes::Bytes::from_static(b"offline"),
+        qos: 0,
+        retain: false,
+        props: Props::default(),
+    });
+    let (mut b, _) = Raw::connected(port, &hello).await;
+    assert_eq!(
+        b.publish(
+            "sensors/cl-b/telemetry",
+            b"{\"t\":2}",
+            1,
+            false,
+            Props::default()
+        )
+        .await,
+        Ok(0)
+    );
+    assert!(wait_until(Duration::from_secs(10), || connects("cl-b") == 1));
+    drop(b);
+    assert!(
+        wait_until(Duration::from_secs(5), || disconnected("cl-b") == 1),
+        "disconnected when its will fired; log:\n{}",
+        op.log_text()
+    );
+    assert!(
+        op.log_text().contains("its will fired"),
+        "{}",
+        op.log_text()
+    );
+
+    // The serial port goes away.
+    assert!(wait_until(Duration::from_secs(10), || op.status_json()
+        ["serial"]["probe"]["open"]
+        == true));
+    let mut sensor = pty.sensor_file();
+    std::io::Write::write_all(&mut sensor, b"{\"moisture\":31}\n").expect("write");
+    assert!(wait_until(Duration::from_secs(10), || connects(
+        "soil-probe"
+    ) == 1));
+    drop(sensor);
+    pty.unplug();
+    assert!(
+        wait_until(Duration::from_secs(10), || disconnected("soil-probe") == 1),
+        "disconnected when its port disappeared; log:\n{}",
+        op.log_text()
+    );
+
+    // Back: announced again. Nobody else was disconnected.
+    let (mut a, _) = Raw::connected(port, &Hello::new(V311, "cl-a")).await;
+    assert_eq!(
+        a.publish(
+            "sensors/cl-a/telemetry",
+            b"{\"t\":3}",
+            1,
+            false,
+            Props::default()
+        )
+        .await,
+        Ok(0)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || connects("cl-a") == 2),
+        "announced again"
+    );
+    assert_eq!(
+        seen(&tb, "v1/gateway/disconnect").len(),
+        3,
+        "{:?}",
+        seen(&tb, "v1/gateway/disconnect")
+    );
+    a.disconnect().await;
 }

@@ -198,6 +198,21 @@ pub fn render(snap: &Value) -> String {
             })
             .collect(),
     );
+    m.gauges(
+        "outpost_sink_held_back",
+        "1 while the platform's rate limit holds the sink's next publish back.",
+        snap["sinks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, s)| {
+                (
+                    vec![("sink".into(), name.clone())],
+                    i64::from(s["held_back"].is_object()),
+                )
+            })
+            .collect(),
+    );
     m.counters(
         "outpost_sink_connects",
         "Connections the sink made to its platform.",

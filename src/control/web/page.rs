@@ -150,7 +150,24 @@ fn sinks(o: &mut String, s: &Value, delivered: &Series) {
             d = k["delivered"],
         );
         let queued = k["queued"].as_u64().unwrap_or(0);
-        if queued > 0 && up && rate > 0.0 {
+        if let Some(by) = k
+            .get("held_back")
+            .and_then(|h| h.get("by"))
+            .and_then(Value::as_str)
+        {
+            let _ = write!(
+                o,
+                "<br><span class=\"held\">held back by the platform's rate limit ({})</span>",
+                esc(by)
+            );
+            if let Some(secs) = k["drain_estimate_s"].as_i64() {
+                let _ = write!(
+                    o,
+                    ": the backlog drains in about {} at that budget",
+                    uptime(secs)
+                );
+            }
+        } else if queued > 0 && up && rate > 0.0 {
             let _ = write!(
                 o,
                 "<br>drains in about {} at the last minute's {:.1} readings/s",

@@ -36,7 +36,7 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
-pub use pace::RateLimit;
+pub use pace::{Budget, BudgetSpec, Cost, Held, Limits};
 pub use settings::Settings;
 pub use tls::{client_identity, tls_config};
 
@@ -116,11 +116,16 @@ pub struct Uplink<E: Platform> {
     io: SessionIo,
     /// `io.upstream`, taken while the session runs.
     upstream: Option<tokio::sync::OwnedMutexGuard<mpsc::Receiver<Upstream>>>,
-    /// The platform's message rate limits, obeyed for every publish.
-    rate: RateLimit,
+    /// The platform's rate windows, obeyed for every publish; kept across
+    /// reconnects (the platform's windows are).
+    rate: Budget,
+    /// Records per publish and data points per record of recent telemetry
+    /// (moving averages), for the drain estimate.
+    shape: (f64, f64),
     /// What the current (or last) connection did, for poison detection.
     session: SessionLog,
-    /// (first row of the head publish, consecutive failed sessions).
+    /// (first row of the head publish, consecutive failed sessions, in
+    /// half strikes: see `poison`).
     suspect: Option<(i64, u32)>,
     /// While above zero, one record per publish; counts down with PUBACKs.
     careful: u32,
@@ -188,7 +193,8 @@ impl<E: Platform> Uplink<E> {
             stats,
             io: SessionIo::default(),
             upstream: None,
-            rate: RateLimit::none(),
+            rate: Budget::none(),
+            shape: (1.0, 1.0),
             session: SessionLog::default(),
             suspect: None,
             careful: 0,
@@ -198,7 +204,13 @@ impl<E: Platform> Uplink<E> {
 
     /// Starts with these rate limits (the platform may replace them).
     pub fn with_rate_limit(mut self, rate: &RateSpec) -> Self {
-        self.rate = RateLimit::new(rate);
+        self.rate = Budget::new(BudgetSpec::messages(rate));
+        self
+    }
+
+    /// [`Uplink::with_rate_limit`] with every kind of window.
+    pub fn with_budget(mut self, spec: BudgetSpec) -> Self {
+        self.rate = Budget::new(spec);
         self
     }
 
@@ -441,6 +453,10 @@ impl<E: Platform> Uplink<E> {
                     let publish = match up {
                         Upstream::Publish(p) => Some(p),
                         Upstream::Report(r) => self.encoder.report(r),
+                        Upstream::Presence(n) => {
+                            self.encoder.presence(n);
+                            None
+                        }
                     };
                     if let Some(p) = publish {
                         if let Err(end) = self.send(client, &mut flight, p).await {
@@ -449,7 +465,8 @@ impl<E: Platform> Uplink<E> {
                     }
                 }
                 _ = ticker.tick(), if draining.is_none() => {
-                    for p in self.encoder.tick(std::time::Instant::now()) {
+                    let drained = !flight.more && flight.fetched_is_empty() && flight.outgoing.is_empty();
+                    for p in self.encoder.tick(std::time::Instant::now(), drained) {
                         if let Err(end) = self.send(client, &mut flight, p).await {
                             return end;
                         }
@@ -569,9 +586,12 @@ impl<E: Platform> Uplink<E> {
         flight.blocked_until = None;
         while let Some(publish) = flight.outgoing.pop_front() {
             let now = Instant::now();
-            if let Some(at) = self.rate.next_allowed(now) {
+            let cost = self.encoder.cost(&publish);
+            if let Some(held) = self.rate.next_allowed(now, &cost) {
                 flight.outgoing.push_front(publish);
-                flight.blocked_until = Some(at);
+                flight.blocked_until = Some(held.until);
+                self.session.limited = true;
+                self.note_held(Some(&held));
                 return Ok(());
             }
             if let Err(e) =
@@ -580,26 +600,68 @@ impl<E: Platform> Uplink<E> {
                 tracing::warn!(sink = %self.name, error = %e, "cannot hand a publish to the MQTT client");
                 return Err(End::Failed(Box::new(ConnectionError::RequestsDone)));
             }
-            self.rate.record(now);
+            self.rate.record(now, &cost);
+            self.note_shape(publish.ids.len(), &cost);
             if self.session.head.is_none() && !publish.ids.is_empty() {
                 self.session.head = Some(publish.ids.clone());
             }
             flight.sent(publish.ids);
         }
+        self.note_held(None);
         Ok(())
+    }
+
+    /// Says in the sink's counters whether (and by which window) the rate
+    /// limit holds the next publish back.
+    fn note_held(&self, held: Option<&Held>) {
+        use std::sync::atomic::Ordering;
+        let until = held.map_or(0, |h| {
+            let wait = h.until.saturating_duration_since(Instant::now());
+            now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+        });
+        let was = self.stats.held_until_ms.swap(until, Ordering::Relaxed);
+        if (was == 0) != (until == 0) || held.is_some() {
+            if let Ok(mut by) = self.stats.held_by.lock() {
+                *by = held.map(|h| h.by.clone());
+            }
+        }
+    }
+
+    /// Keeps the moving averages the drain estimate uses.
+    fn note_shape(&mut self, records: usize, cost: &Cost) {
+        if !cost.telemetry || records == 0 {
+            return;
+        }
+        let records = records as f64;
+        let points = cost.points as f64 / records;
+        self.shape.0 = self.shape.0 * 0.9 + records * 0.1;
+        self.shape.1 = self.shape.1 * 0.9 + points * 0.1;
+        let rate = self
+            .rate
+            .records_per_second(self.shape.0, self.shape.1)
+            .unwrap_or(0.0);
+        self.stats
+            .budget_rate_bits
+            .store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn apply_limits(
         &mut self,
         flight: &mut Flight,
         max_inflight: Option<usize>,
-        rate: Option<RateSpec>,
+        rate: Option<BudgetSpec>,
     ) {
         if let Some(n) = max_inflight {
             flight.window = n.clamp(1, self.window);
         }
         if let Some(r) = rate {
-            self.rate = RateLimit::new(&r);
+            if &r != self.rate.spec() {
+                // What was sent stays counted: the platform's windows
+                // did not restart with its answer.
+                let mut next = Budget::new(r);
+                std::mem::swap(&mut next, &mut self.rate);
+                self.rate.inherit(next);
+            }
         }
         tracing::info!(sink = %self.name, in_flight = flight.window, "applied the platform's session limits");
     }

@@ -1,92 +1,414 @@
-//! Pacing publishes to a platform's message-rate windows. Sending faster
-//! gets a device disconnected, so the session asks before every publish
-//! and waits when a window is full.
+//! Pacing publishes to a platform's rate windows. Sending faster gets a
+//! device disconnected, so the session asks before every publish and
+//! waits when a window is full; the records stay in the outbox meanwhile.
+//!
+//! A [`Budget`] is a set of meters, each a list of `N:seconds` windows over
+//! weighted events: messages (every publish counts 1), telemetry messages
+//! (telemetry publishes count 1) and telemetry data points (a telemetry
+//! publish counts its key-values), for the session and, on a gateway
+//! connection, for each child device a publish speaks for (ThingsBoard's
+//! `rateLimits` apply per device, `gatewayRateLimits` to the gateway's own
+//! session). A publish goes when every meter it touches has room for it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::recent::Recent;
 use crate::units::RateSpec;
 
-/// Send times remembered at most. A window allowing more messages than
-/// this is treated as allowing this many more after each send leaves it.
-const MAX_REMEMBERED: usize = 100_000;
+/// Events remembered per meter at most; beyond, the two oldest are merged
+/// into one (at the later time: counted longer, never shorter, so a merge
+/// can only make outpost slower than the limit, not faster).
+const MAX_REMEMBERED: usize = 20_000;
 
-#[derive(Debug, Clone, Default)]
-pub struct RateLimit {
-    /// (messages, window), strictest windows included.
-    windows: Vec<(usize, Duration)>,
-    /// Send times within the longest window, oldest first.
-    sent: VecDeque<Instant>,
+/// Children with a meter of their own at most (the least recent go).
+const MAX_CHILD_METERS: usize = 2_000;
+
+/// What one publish costs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// A telemetry publish (counts against the telemetry meters).
+    pub telemetry: bool,
+    /// Telemetry data points (key-values) it carries.
+    pub points: u64,
+    /// Gateway mode: (child, its data points) for each child it speaks for.
+    pub children: Vec<(String, u64)>,
 }
 
-impl RateLimit {
-    /// No limit.
-    pub fn none() -> RateLimit {
-        RateLimit::default()
+impl Cost {
+    /// A plain message: 1 against the message windows, nothing else.
+    pub fn message() -> Cost {
+        Cost::default()
+    }
+}
+
+/// Windows of one kind of limit (`N:seconds`, all at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub messages: RateSpec,
+    pub telemetry_messages: RateSpec,
+    pub telemetry_points: RateSpec,
+}
+
+impl Limits {
+    /// Only a message rate (a platform that knows nothing else).
+    pub fn messages(spec: &RateSpec) -> Limits {
+        Limits {
+            messages: spec.clone(),
+            ..Limits::default()
+        }
     }
 
-    pub fn new(spec: &RateSpec) -> RateLimit {
-        RateLimit {
-            windows: spec.windows.clone(),
-            sent: VecDeque::new(),
+    fn is_limited(&self) -> bool {
+        self.messages.is_limited()
+            || self.telemetry_messages.is_limited()
+            || self.telemetry_points.is_limited()
+    }
+
+    /// The fewest data points one message may carry under these windows.
+    pub fn max_points(&self) -> Option<u64> {
+        self.telemetry_points
+            .windows
+            .iter()
+            .map(|(n, _)| *n as u64)
+            .min()
+    }
+}
+
+/// What a platform says it allows: for the session, and per child device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BudgetSpec {
+    pub session: Limits,
+    pub child: Option<Limits>,
+}
+
+impl BudgetSpec {
+    pub fn messages(spec: &RateSpec) -> BudgetSpec {
+        BudgetSpec {
+            session: Limits::messages(spec),
+            child: None,
         }
+    }
+}
+
+/// One `N:seconds` window over a meter's events: where it starts in the
+/// meter's event list and what it holds, kept as events come and go, so
+/// asking costs O(1) however many events a long window holds.
+#[derive(Debug, Clone)]
+struct Window {
+    capacity: u64,
+    len: Duration,
+    /// For status: `telemetryDataPoints 200:1`.
+    name: String,
+    /// Absolute index of the oldest event inside the window.
+    first: u64,
+    /// Cost of the events inside the window.
+    sum: u64,
+}
+
+/// Weighted events in `N:seconds` windows.
+#[derive(Debug, Clone, Default)]
+struct Meter {
+    windows: Vec<Window>,
+    /// (when, cost), oldest first, within the longest window.
+    events: VecDeque<(Instant, u64)>,
+    /// Events removed from the front so far (absolute index of `events[0]`).
+    popped: u64,
+}
+
+impl Meter {
+    fn new(spec: &RateSpec, kind: &str) -> Meter {
+        Meter {
+            windows: spec
+                .windows
+                .iter()
+                .map(|(n, d)| Window {
+                    capacity: *n as u64,
+                    len: *d,
+                    name: format!("{kind} {n}:{}", d.as_secs()),
+                    first: 0,
+                    sum: 0,
+                })
+                .collect(),
+            events: VecDeque::new(),
+            popped: 0,
+        }
+    }
+
+    fn event(&self, absolute: u64) -> Option<(Instant, u64)> {
+        let i = usize::try_from(absolute.checked_sub(self.popped)?).ok()?;
+        self.events.get(i).copied()
+    }
+
+    /// Moves each window's start past the events that left it, and drops
+    /// events no window holds.
+    fn advance(&mut self, now: Instant) {
+        for w in 0..self.windows.len() {
+            while let Some((first, len)) = self.windows.get(w).map(|win| (win.first, win.len)) {
+                let Some((t, c)) = self.event(first) else {
+                    break;
+                };
+                if now.duration_since(t) < len {
+                    break;
+                }
+                if let Some(win) = self.windows.get_mut(w) {
+                    win.sum = win.sum.saturating_sub(c);
+                    win.first = win.first.saturating_add(1);
+                }
+            }
+        }
+        let keep_from = self
+            .windows
+            .iter()
+            .map(|w| w.first)
+            .min()
+            .unwrap_or(u64::MAX);
+        while self.popped < keep_from && self.events.pop_front().is_some() {
+            self.popped = self.popped.saturating_add(1);
+        }
+    }
+
+    /// When `cost` more fits in every window (`None`: now), and the window
+    /// that holds it back. A cost above a window's capacity waits for that
+    /// window to empty (the platform's admission refuses such readings
+    /// before they are stored, so this is a last resort).
+    fn next_allowed(&mut self, now: Instant, cost: u64) -> Option<(Instant, &str)> {
+        self.advance(now);
+        let mut worst: Option<(Instant, &str)> = None;
+        for w in &self.windows {
+            let cost = cost.min(w.capacity);
+            let mut used = w.sum;
+            if used.saturating_add(cost) <= w.capacity {
+                continue;
+            }
+            // Frees up as the oldest events leave the window.
+            let mut free = now;
+            let mut i = w.first;
+            while let Some((t, c)) = self.event(i) {
+                used = used.saturating_sub(c);
+                free = t.checked_add(w.len).unwrap_or(now);
+                if used.saturating_add(cost) <= w.capacity {
+                    break;
+                }
+                i = i.saturating_add(1);
+            }
+            if worst.map_or(true, |(at, _)| free > at) {
+                worst = Some((free, w.name.as_str()));
+            }
+        }
+        worst
+    }
+
+    /// `old`'s events under this meter's windows (each starts with all of
+    /// them; the next [`Meter::advance`] moves it on).
+    fn take_events(&mut self, old: Meter) {
+        let total: u64 = old.events.iter().map(|(_, c)| c).sum();
+        self.events = old.events;
+        self.popped = old.popped;
+        for w in &mut self.windows {
+            w.first = self.popped;
+            w.sum = total;
+        }
+    }
+
+    fn record(&mut self, now: Instant, cost: u64) {
+        if self.windows.is_empty() || cost == 0 {
+            return;
+        }
+        self.events.push_back((now, cost));
+        for w in &mut self.windows {
+            w.sum = w.sum.saturating_add(cost);
+        }
+        if self.events.len() > MAX_REMEMBERED {
+            self.merge_oldest();
+        }
+    }
+
+    /// Merges the two oldest events into one at the later time (counted
+    /// longer, never shorter).
+    fn merge_oldest(&mut self) {
+        let (Some((_, a)), Some((t, b))) = (self.events.pop_front(), self.events.pop_front())
+        else {
+            return;
+        };
+        let old = self.popped;
+        self.events.push_front((t, a.saturating_add(b)));
+        self.popped = old.saturating_add(1);
+        for w in &mut self.windows {
+            if w.first <= old {
+                // Both were inside: the same sum, now one event.
+                w.first = self.popped;
+            } else if w.first == self.popped {
+                // Only the later was inside: the merged event brings `a` in.
+                w.sum = w.sum.saturating_add(a);
+            }
+        }
+    }
+}
+
+/// The three meters of one scope.
+#[derive(Debug, Clone, Default)]
+struct Meters {
+    messages: Meter,
+    telemetry: Meter,
+    points: Meter,
+}
+
+impl Meters {
+    fn new(l: &Limits) -> Meters {
+        Meters {
+            messages: Meter::new(&l.messages, "messages"),
+            telemetry: Meter::new(&l.telemetry_messages, "telemetryMessages"),
+            points: Meter::new(&l.telemetry_points, "telemetryDataPoints"),
+        }
+    }
+
+    /// When a message of `points` (telemetry or not) fits; and what holds it.
+    fn next_allowed(
+        &mut self,
+        now: Instant,
+        telemetry: bool,
+        points: u64,
+    ) -> Option<(Instant, String)> {
+        let mut worst: Option<(Instant, String)> = None;
+        let mut consider = |x: Option<(Instant, &str)>| {
+            if let Some((at, why)) = x {
+                if worst.as_ref().map_or(true, |(w, _)| at > *w) {
+                    worst = Some((at, why.to_string()));
+                }
+            }
+        };
+        consider(self.messages.next_allowed(now, 1));
+        if telemetry {
+            consider(self.telemetry.next_allowed(now, 1));
+            consider(self.points.next_allowed(now, points));
+        }
+        worst
+    }
+
+    fn record(&mut self, now: Instant, telemetry: bool, points: u64) {
+        self.messages.record(now, 1);
+        if telemetry {
+            self.telemetry.record(now, 1);
+            self.points.record(now, points);
+        }
+    }
+}
+
+/// Why the next publish waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub until: Instant,
+    /// The window, e.g. `telemetryDataPoints 200:1`, with the child it is
+    /// for if it is a child's.
+    pub by: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Budget {
+    spec: BudgetSpec,
+    session: Meters,
+    children: Recent<Meters>,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::none()
+    }
+}
+
+impl Budget {
+    /// No limit.
+    pub fn none() -> Budget {
+        Budget::new(BudgetSpec::default())
+    }
+
+    pub fn new(spec: BudgetSpec) -> Budget {
+        Budget {
+            session: Meters::new(&spec.session),
+            children: Recent::new(MAX_CHILD_METERS),
+            spec,
+        }
+    }
+
+    pub fn spec(&self) -> &BudgetSpec {
+        &self.spec
     }
 
     pub fn is_limited(&self) -> bool {
-        !self.windows.is_empty()
+        self.spec.session.is_limited() || self.spec.child.as_ref().is_some_and(Limits::is_limited)
     }
 
-    /// When the next message may go: `None` means now.
-    pub fn next_allowed(&mut self, now: Instant) -> Option<Instant> {
-        let longest = self.windows.iter().map(|(_, d)| *d).max()?;
-        while self
-            .sent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= longest)
-        {
-            self.sent.pop_front();
-        }
-        let mut at: Option<Instant> = None;
-        for (n, d) in &self.windows {
-            let recent = self
-                .sent
-                .iter()
-                .rev()
-                .take_while(|t| now.duration_since(**t) < *d)
-                .count();
-            if recent >= *n {
-                // The window frees up when the n-th most recent send leaves it.
-                let nth = self.sent.len().saturating_sub(*n);
-                let free = self
-                    .sent
-                    .get(nth)
-                    .and_then(|t| t.checked_add(*d))
-                    .unwrap_or(now);
-                at = Some(at.map_or(free, |a| a.max(free)));
+    /// When `cost` may go: `None` means now.
+    pub fn next_allowed(&mut self, now: Instant, cost: &Cost) -> Option<Held> {
+        let mut worst = self
+            .session
+            .next_allowed(now, cost.telemetry, cost.points)
+            .map(|(until, by)| Held { until, by });
+        if let Some(limits) = &self.spec.child {
+            for (child, points) in &cost.children {
+                let meters = self.children.entry(child, || Meters::new(limits));
+                if let Some((until, by)) = meters.next_allowed(now, cost.telemetry, *points) {
+                    if worst.as_ref().map_or(true, |w| until > w.until) {
+                        let child: String = child.chars().take(64).collect();
+                        worst = Some(Held {
+                            until,
+                            by: format!("{by} of child {child}"),
+                        });
+                    }
+                }
             }
         }
-        at
+        worst
     }
 
-    pub fn record(&mut self, now: Instant) {
-        if self.is_limited() {
-            self.sent.push_back(now);
-            // Only the n-th most recent send matters for a window of n: a
-            // server that allows a billion messages an hour costs no more
-            // memory than the largest n (capped) of the rest.
-            let keep = self
-                .windows
-                .iter()
-                .map(|(n, _)| *n)
-                .max()
-                .unwrap_or(0)
-                .min(MAX_REMEMBERED);
-            while self.sent.len() > keep {
-                self.sent.pop_front();
+    /// Keeps what `old` counted for the session: new windows (a platform's
+    /// answer) over the same history. Children start afresh: they are
+    /// met again within one publish.
+    pub fn inherit(&mut self, old: Budget) {
+        self.session.messages.take_events(old.session.messages);
+        self.session.telemetry.take_events(old.session.telemetry);
+        self.session.points.take_events(old.session.points);
+    }
+
+    /// `cost` was sent at `now`.
+    pub fn record(&mut self, now: Instant, cost: &Cost) {
+        if !self.is_limited() {
+            return;
+        }
+        self.session.record(now, cost.telemetry, cost.points);
+        if let Some(limits) = &self.spec.child {
+            for (child, points) in &cost.children {
+                self.children.entry(child, || Meters::new(limits)).record(
+                    now,
+                    cost.telemetry,
+                    *points,
+                );
             }
         }
+    }
+
+    /// Records a second the session's windows let through in the long
+    /// run, for a backlog of records that each carry `points` data points
+    /// and go `per_message` to a publish (the strictest window decides).
+    pub fn records_per_second(&self, per_message: f64, points: f64) -> Option<f64> {
+        let rate = |spec: &RateSpec, per_unit: f64| {
+            spec.windows
+                .iter()
+                .map(|(n, d)| *n as f64 / d.as_secs_f64().max(1e-3) * per_unit)
+                .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.min(r))))
+        };
+        let l = &self.spec.session;
+        [
+            rate(&l.messages, per_message),
+            rate(&l.telemetry_messages, per_message),
+            rate(&l.telemetry_points, 1.0 / points.max(1.0)),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.min(r))))
     }
 }
 
@@ -94,34 +416,185 @@ impl RateLimit {
 mod tests {
     use super::*;
 
-    #[test]
-    fn waits_when_a_window_is_full() {
-        let mut r = RateLimit::new(&RateSpec::parse("3:1,5:10").expect("parse"));
-        let t0 = Instant::now();
-        for i in 0..3 {
-            assert_eq!(r.next_allowed(t0), None, "message {i}");
-            r.record(t0);
+    fn spec(m: &str, t: &str, p: &str) -> Limits {
+        Limits {
+            messages: RateSpec::parse(m).expect("m"),
+            telemetry_messages: RateSpec::parse(t).expect("t"),
+            telemetry_points: RateSpec::parse(p).expect("p"),
         }
-        assert_eq!(r.next_allowed(t0), Some(t0 + Duration::from_secs(1)));
-        let t1 = t0 + Duration::from_secs(1);
-        for _ in 0..2 {
-            assert_eq!(r.next_allowed(t1), None);
-            r.record(t1);
+    }
+
+    fn tel(points: u64) -> Cost {
+        Cost {
+            telemetry: true,
+            points,
+            children: Vec::new(),
         }
-        // Five in ten seconds: the next one waits for the first to age out.
-        assert_eq!(r.next_allowed(t1), Some(t0 + Duration::from_secs(10)));
     }
 
     #[test]
-    fn a_huge_server_limit_costs_bounded_memory_and_no_overflow() {
-        let mut r = RateLimit::new(&RateSpec {
-            windows: vec![(usize::MAX, Duration::from_secs(315_360_000))],
+    fn waits_when_a_window_is_full() {
+        let mut b = Budget::new(BudgetSpec::messages(
+            &RateSpec::parse("3:1,5:10").expect("parse"),
+        ));
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert_eq!(b.next_allowed(t0, &Cost::message()), None, "message {i}");
+            b.record(t0, &Cost::message());
+        }
+        let held = b.next_allowed(t0, &Cost::message()).expect("held");
+        assert_eq!(held.until, t0 + Duration::from_secs(1));
+        assert_eq!(held.by, "messages 3:1");
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..2 {
+            assert_eq!(b.next_allowed(t1, &Cost::message()), None);
+            b.record(t1, &Cost::message());
+        }
+        // Five in ten seconds: the next one waits for the first to age out.
+        let held = b.next_allowed(t1, &Cost::message()).expect("held");
+        assert_eq!(held.until, t0 + Duration::from_secs(10));
+        assert_eq!(held.by, "messages 5:10");
+    }
+
+    #[test]
+    fn data_points_are_weighed_and_only_telemetry_counts_against_them() {
+        let mut b = Budget::new(BudgetSpec {
+            session: spec("100:1", "100:1", "10:1,15:60"),
+            child: None,
         });
         let t0 = Instant::now();
-        for _ in 0..200_000 {
-            r.record(t0);
+        assert_eq!(b.next_allowed(t0, &tel(6)), None);
+        b.record(t0, &tel(6));
+        let held = b.next_allowed(t0, &tel(6)).expect("6 + 6 > 10");
+        assert_eq!(held.by, "telemetryDataPoints 10:1");
+        assert_eq!(b.next_allowed(t0, &tel(4)), None, "6 + 4 fits");
+        assert_eq!(b.next_allowed(t0, &Cost::message()), None, "not telemetry");
+        let t1 = t0 + Duration::from_secs(1);
+        b.record(t1, &tel(6));
+        // 12 in the minute: 6 more would be 18 > 15.
+        let held = b.next_allowed(t1, &tel(6)).expect("minute window");
+        assert_eq!(held.by, "telemetryDataPoints 15:60");
+        assert_eq!(held.until, t0 + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn each_child_has_its_own_windows_beside_the_gateways() {
+        let mut b = Budget::new(BudgetSpec {
+            session: spec("100:1", "", "50:1"),
+            child: Some(spec("2:1", "", "5:1")),
+        });
+        let t0 = Instant::now();
+        let ab = Cost {
+            telemetry: true,
+            points: 6,
+            children: vec![("A".into(), 3), ("B".into(), 3)],
+        };
+        assert_eq!(b.next_allowed(t0, &ab), None);
+        b.record(t0, &ab);
+        let again = b.next_allowed(t0, &ab).expect("3 + 3 > 5 for each child");
+        assert!(again.by.ends_with("of child A"), "{again:?}");
+        let c = Cost {
+            telemetry: true,
+            points: 5,
+            children: vec![("C".into(), 5)],
+        };
+        assert_eq!(b.next_allowed(t0, &c), None, "another child is not held");
+        let a_msg = Cost {
+            telemetry: false,
+            points: 0,
+            children: vec![("A".into(), 0)],
+        };
+        b.record(t0, &a_msg);
+        let held = b.next_allowed(t0, &a_msg).expect("two messages of A");
+        assert_eq!(held.by, "messages 2:1 of child A");
+    }
+
+    #[test]
+    fn memory_is_bounded_and_merging_never_lets_more_through() {
+        let mut b = Budget::new(BudgetSpec {
+            session: spec("", "", "1000000:3600"),
+            child: None,
+        });
+        let t0 = Instant::now();
+        for i in 0..(3 * MAX_REMEMBERED as u64) {
+            let at = t0 + Duration::from_millis(i);
+            b.record(at, &tel(10));
         }
-        assert!(r.sent.len() <= MAX_REMEMBERED);
-        assert_eq!(r.next_allowed(t0), None);
+        assert!(b.session.points.events.len() <= MAX_REMEMBERED);
+        let total: u64 = b.session.points.events.iter().map(|(_, c)| c).sum();
+        assert_eq!(
+            total,
+            30 * MAX_REMEMBERED as u64,
+            "nothing is forgotten early"
+        );
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(b.next_allowed(later, &tel(10)), None);
+        assert!(b.next_allowed(later, &tel(1_000_000)).is_some());
+    }
+
+    #[test]
+    fn the_long_run_rate_follows_the_strictest_window() {
+        let b = Budget::new(BudgetSpec {
+            session: spec("100:1,3000:60", "", "200:1"),
+            child: None,
+        });
+        // 4 points a record: 200/4 = 50 records a second.
+        let r = b.records_per_second(10.0, 4.0).expect("limited");
+        assert!((r - 50.0).abs() < 1e-9, "{r}");
+        assert_eq!(Budget::none().records_per_second(1.0, 1.0), None);
+    }
+}
+
+#[cfg(test)]
+mod sliding {
+    use super::*;
+
+    /// The running sums agree with counting every event by hand, through
+    /// events leaving the windows and merges.
+    #[test]
+    fn new_windows_keep_what_was_sent() {
+        let t0 = Instant::now();
+        let mut old = Budget::new(BudgetSpec::messages(
+            &RateSpec::parse("100:1").expect("spec"),
+        ));
+        for _ in 0..5 {
+            old.record(t0, &Cost::message());
+        }
+        let mut new = Budget::new(BudgetSpec::messages(&RateSpec::parse("6:1").expect("spec")));
+        new.inherit(old);
+        assert_eq!(new.next_allowed(t0, &Cost::message()), None, "5 + 1 fits");
+        new.record(t0, &Cost::message());
+        assert!(
+            new.next_allowed(t0, &Cost::message()).is_some(),
+            "the 5 still count"
+        );
+    }
+
+    #[test]
+    fn running_sums_match_a_full_count() {
+        let mut m = Meter::new(&RateSpec::parse("50:1,400:10").expect("spec"), "messages");
+        let t0 = Instant::now();
+        let mut all: Vec<(Instant, u64)> = Vec::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for step in 0..5_000u64 {
+            let now = t0 + Duration::from_millis(step * 7);
+            let cost = rng.u64(1..5);
+            m.advance(now);
+            for w in &m.windows {
+                let by_hand: u64 = all
+                    .iter()
+                    .filter(|(t, _)| now.duration_since(*t) < w.len)
+                    .map(|(_, c)| c)
+                    .sum();
+                assert_eq!(w.sum, by_hand, "step {step}, window {}", w.name);
+            }
+            m.record(now, cost);
+            all.push((now, cost));
+        }
+        assert!(
+            m.events.len() < 2_000,
+            "old events are dropped: {}",
+            m.events.len()
+        );
     }
 }

@@ -25,6 +25,10 @@ pub(super) struct SessionLog {
     pub(super) acks: u64,
     /// Rows of the first publish of the session that carried rows.
     pub(super) head: Option<Vec<i64>>,
+    /// The rate limit held a publish back during the session: a hang-up
+    /// then is the platform enforcing its limit (its count and ours can
+    /// differ), not a record it cannot take.
+    pub(super) limited: bool,
 }
 
 impl<E: Platform> Uplink<E> {
@@ -69,11 +73,22 @@ impl<E: Platform> Uplink<E> {
             return;
         };
         let Some(&first) = head.first() else { return };
-        let count = match self.suspect {
-            Some((id, n)) if id == first => n.saturating_add(1),
-            _ => 1,
+        // A hang-up while the rate limit held outpost back is most likely
+        // the platform enforcing its limit (its count and ours differ):
+        // it counts half a strike, so a record that truly breaks the
+        // session is still found, after twice as many.
+        let weight = if self.session.limited {
+            tracing::info!(sink = %self.name, "the platform hung up while its rate limit held outpost back: counted half against the record sent first");
+            1
+        } else {
+            2
         };
-        self.suspect = Some((first, count));
+        let halves = match self.suspect {
+            Some((id, n)) if id == first => n.saturating_add(weight),
+            _ => weight,
+        };
+        self.suspect = Some((first, halves));
+        let count = halves / 2;
         if head.len() > 1 {
             if count >= 2 && self.careful == 0 {
                 tracing::warn!(sink = %self.name, "the platform dropped the connection twice right after the same batch; sending one record per publish to find the cause");

@@ -1,6 +1,7 @@
 //! What ThingsBoard takes, checked at ingest: string keys that are not
 //! empty, values that are not null, a child device name it can store, and
-//! a message no larger than the server's payload limit as last known.
+//! a message no larger than the server's payload limit as last known, and
+//! no more data points than its shortest `telemetryDataPoints` window.
 //!
 //! The limit is the smaller of `max_payload_size` and the server's
 //! `maxPayloadSize`. The server's answer is kept in the state directory
@@ -8,7 +9,7 @@
 //! what the server said in the last session, before it says it again.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -28,6 +29,9 @@ pub struct PayloadLimit {
     current: Arc<AtomicUsize>,
     configured: usize,
     file: Option<PathBuf>,
+    /// The most data points one telemetry message may carry (the smallest
+    /// `telemetryDataPoints` window; `u64::MAX`: no limit known).
+    points: Arc<AtomicU64>,
 }
 
 impl PayloadLimit {
@@ -45,7 +49,18 @@ impl PayloadLimit {
             current: Arc::new(AtomicUsize::new(start)),
             configured,
             file,
+            points: Arc::new(AtomicU64::new(u64::MAX)),
         }
+    }
+
+    pub fn max_points(&self) -> u64 {
+        self.points.load(Ordering::Relaxed)
+    }
+
+    /// The smallest data-point window now in force (`None`: no limit).
+    pub fn set_max_points(&self, n: Option<u64>) {
+        self.points
+            .store(n.unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
     }
 
     pub fn configured(&self) -> usize {
@@ -131,6 +146,15 @@ impl Admit for TbAdmit {
                 r.device.chars().count()
             )));
         }
+        let points = self.limit.max_points();
+        if r.kind == RecordKind::Telemetry {
+            let n = key_values(&r.payload).len() as u64;
+            if n > points {
+                return Err(Refusal::too_large(format!(
+                    "{n} data points in one reading: ThingsBoard's telemetryDataPoints limit lets at most {points} through in its shortest window"
+                )));
+            }
+        }
         let limit = self.limit.get();
         let size = self.encoded_size(r);
         if size > limit {
@@ -181,6 +205,13 @@ mod tests {
             .expect_err("too large");
         assert_eq!(err.code, 0x97);
         assert!(err.reason.contains("1024"), "{}", err.reason);
+        a.limit.set_max_points(Some(2));
+        assert!(a.admit(&rec("d", br#"{"a":1,"b":2}"#)).is_ok());
+        let err = a
+            .admit(&rec("d", br#"{"a":1,"b":2,"c":3}"#))
+            .expect_err("too many points");
+        assert_eq!(err.code, 0x97);
+        assert!(err.reason.contains("telemetryDataPoints"), "{}", err.reason);
     }
 
     #[test]

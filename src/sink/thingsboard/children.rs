@@ -8,8 +8,10 @@
 //! - after every reconnect, outpost asks again, for each child it knows,
 //!   for the shared keys that child has received or asked for, so changes
 //!   made while the uplink was down reach it (on its attributes topic);
-//! - `v1/gateway/disconnect` for a child not heard from for `child_idle`;
-//!   its next reading announces it again with `v1/gateway/connect`.
+//! - `v1/gateway/disconnect` for a child not heard from for `child_idle`,
+//!   or whose source says it went away (its MQTT connection ended or its
+//!   will fired, its serial port disappeared); its next reading announces
+//!   it again with `v1/gateway/connect`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use crate::config::TbMode;
 use crate::recent::Recent;
 use crate::record::Record;
 use crate::sink::{Action, Downlink, Publish};
+use crate::source::presence::Notice;
 use crate::topic::fill;
 
 /// Requests awaiting their answer; beyond, the oldest are forgotten.
@@ -31,6 +34,10 @@ const MAX_CHILDREN: usize = 10_000;
 
 /// Shared keys remembered per child.
 const MAX_KEYS: usize = 256;
+
+/// A child that went away is disconnected once none of its readings was
+/// encoded for this long (its queued ones go first).
+const LEAVING_QUIET: Duration = Duration::from_secs(2);
 
 /// Where an answer goes.
 #[derive(Debug, Clone)]
@@ -52,6 +59,8 @@ pub(super) struct Children {
     next_id: u64,
     /// Asked for every known child after a reconnect (`shared_keys`).
     configured: Vec<String>,
+    /// Children whose source went away, with why: disconnected once quiet.
+    pub(super) leaving: HashMap<String, &'static str>,
 }
 
 impl Children {
@@ -63,6 +72,7 @@ impl Children {
             keys: Recent::new(MAX_CHILDREN),
             pending: BTreeMap::new(),
             next_id: 0,
+            leaving: HashMap::new(),
         }
     }
 
@@ -247,9 +257,54 @@ impl Thingsboard {
     }
 
     /// `v1/gateway/disconnect` for announced children idle for too long.
-    pub(super) fn idle_children(&mut self, now: Instant) -> Vec<Publish> {
+    /// A child's source said it went away, or is back. One that went away
+    /// is disconnected once its queued readings are sent (the sink's queue
+    /// is drained and none of its readings was encoded for
+    /// [`LEAVING_QUIET`]), unless it is back first.
+    pub(super) fn child_presence(&mut self, notice: Notice) {
+        if self.mode != TbMode::Gateway {
+            return;
+        }
+        match notice {
+            Notice::Gone { device, why } if self.connected.contains(&device) => {
+                self.children.leaving.insert(device, why);
+            }
+            Notice::Gone { .. } => {}
+            Notice::Back { device } => {
+                self.children.leaving.remove(&device);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, device: String, why: &str) -> Publish {
+        self.connected.remove(&device);
+        self.children.last_seen.remove(&device);
+        self.children.leaving.remove(&device);
+        tracing::info!(sink = %self.sink, device = %device, reason = why, "child disconnected from ThingsBoard");
+        let mut m = Map::new();
+        m.insert("device".into(), Value::from(device));
+        Publish::control("v1/gateway/disconnect", &Value::Object(m))
+    }
+
+    /// Disconnects the children that went away (once `drained`: nothing
+    /// of the sink's is queued) or went quiet for `child_idle`.
+    pub(super) fn idle_children(&mut self, now: Instant, drained: bool) -> Vec<Publish> {
+        let quiet = |t: Option<&Instant>| {
+            drained && t.map_or(true, |t| now.saturating_duration_since(*t) >= LEAVING_QUIET)
+        };
+        let left: Vec<(String, &'static str)> = self
+            .children
+            .leaving
+            .iter()
+            .filter(|(d, _)| quiet(self.children.last_seen.get(*d)))
+            .map(|(d, why)| (d.clone(), *why))
+            .collect();
+        let mut out: Vec<Publish> = left
+            .into_iter()
+            .map(|(device, why)| self.disconnect(device, why))
+            .collect();
         let Some(idle) = self.children.idle else {
-            return Vec::new();
+            return out;
         };
         let gone: Vec<String> = self
             .connected
@@ -262,16 +317,11 @@ impl Thingsboard {
             })
             .cloned()
             .collect();
-        gone.into_iter()
-            .map(|device| {
-                self.connected.remove(&device);
-                self.children.last_seen.remove(&device);
-                tracing::info!(sink = %self.sink, device = %device, "child idle: disconnected from ThingsBoard");
-                let mut m = Map::new();
-                m.insert("device".into(), Value::from(device));
-                Publish::control("v1/gateway/disconnect", &Value::Object(m))
-            })
-            .collect()
+        out.extend(
+            gone.into_iter()
+                .map(|device| self.disconnect(device, "not heard from for child_idle")),
+        );
+        out
     }
 }
 

@@ -1,11 +1,16 @@
 //! ThingsBoard's session limits: the documented defaults until the server
-//! answers `getSessionLimits`, then its answer (payload size, in-flight
-//! count, message-rate windows; `gatewayRateLimits` in gateway mode).
+//! answers `getSessionLimits`, then its answer: payload size, in-flight
+//! count, and the `messages`, `telemetryMessages` and
+//! `telemetryDataPoints` windows. In gateway mode `gatewayRateLimits` are
+//! the gateway session's and `rateLimits` each child device's (a
+//! `v1/gateway/telemetry` message counts once for the gateway and once for
+//! every child in it); in device mode `rateLimits` are the session's.
 
 use serde_json::Value;
 
 use super::Thingsboard;
 use crate::config::{TbMode, ThingsboardSinkConfig};
+use crate::sink::session::{BudgetSpec, Limits};
 use crate::sink::{Action, Publish};
 use crate::units::RateSpec;
 
@@ -13,15 +18,61 @@ use crate::units::RateSpec;
 /// obeyed until the server answers `getSessionLimits`.
 const DEFAULT_RATE: &str = "200:1,6000:60,14000:3600";
 const DEFAULT_TELEMETRY_RATE: &str = "100:1,3000:60,7000:3600";
+const DEFAULT_POINTS: &str = "200:1";
 
-/// The limits to start with: the configured ones, else the documented
-/// defaults.
-pub fn initial_rate(cfg: &ThingsboardSinkConfig) -> RateSpec {
+/// The limits to start with: the configured message rate (then the
+/// server's answer is not used for rates), else the documented defaults.
+pub fn initial_rate(cfg: &ThingsboardSinkConfig) -> BudgetSpec {
     match &cfg.rate_limits {
-        Some(text) => RateSpec::parse(text).unwrap_or_default(),
-        None => RateSpec::parse(DEFAULT_RATE)
+        Some(text) => BudgetSpec::messages(&RateSpec::parse(text).unwrap_or_default()),
+        None => BudgetSpec {
+            session: Limits {
+                messages: RateSpec::parse(DEFAULT_RATE).unwrap_or_default(),
+                telemetry_messages: RateSpec::parse(DEFAULT_TELEMETRY_RATE).unwrap_or_default(),
+                telemetry_points: RateSpec::parse(DEFAULT_POINTS).unwrap_or_default(),
+            },
+            child: None,
+        },
+    }
+}
+
+/// One `rateLimits` object: its three kinds of windows.
+fn limits_of(v: &Value) -> Limits {
+    let parse = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .and_then(|t| RateSpec::parse(t).ok())
             .unwrap_or_default()
-            .and(RateSpec::parse(DEFAULT_TELEMETRY_RATE).unwrap_or_default()),
+    };
+    Limits {
+        messages: parse("messages"),
+        telemetry_messages: parse("telemetryMessages"),
+        telemetry_points: parse("telemetryDataPoints"),
+    }
+}
+
+/// The budget a `getSessionLimits` answer sets for this mode.
+pub(super) fn budget_of(v: &Value, gateway: bool) -> BudgetSpec {
+    let device = v.get("rateLimits").map(limits_of).unwrap_or_default();
+    match v.get("gatewayRateLimits").filter(|g| g.is_object()) {
+        Some(g) if gateway => BudgetSpec {
+            session: limits_of(g),
+            child: Some(device),
+        },
+        _ => BudgetSpec {
+            session: device,
+            child: None,
+        },
+    }
+}
+
+/// The fewest data points one message may carry under `spec` (the session's
+/// and, for a child, its own shortest window).
+pub(super) fn max_points(spec: &BudgetSpec) -> Option<u64> {
+    let child = spec.child.as_ref().and_then(Limits::max_points);
+    match (spec.session.max_points(), child) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -54,29 +105,25 @@ impl Thingsboard {
         let max_inflight = v["maxInflightMessages"]
             .as_u64()
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        let rate = if self.fixed_rate {
-            None
-        } else {
-            let limits = if gateway && v["gatewayRateLimits"].is_object() {
-                &v["gatewayRateLimits"]
-            } else {
-                &v["rateLimits"]
-            };
-            let parse = |k: &str| {
-                limits[k]
-                    .as_str()
-                    .and_then(|t| RateSpec::parse(t).ok())
-                    .unwrap_or_default()
-            };
-            Some(parse("messages").and(parse("telemetryMessages")))
-        };
+        let rate = (!self.fixed_rate).then(|| budget_of(v, gateway));
+        if let Some(spec) = &rate {
+            self.set_budget(spec);
+        }
         tracing::info!(
             sink = %self.sink,
             max_payload = self.limit.get(),
             max_inflight = ?max_inflight,
+            max_points_per_message = ?max_points(rate.as_ref().unwrap_or(&self.budget)),
             "ThingsBoard session limits received"
         );
         Action::Limits { max_inflight, rate }
+    }
+
+    /// Encodes within `spec` from now on: no message with more data points
+    /// than a window holds, no reading admitted that could not go alone.
+    pub(super) fn set_budget(&mut self, spec: &BudgetSpec) {
+        self.budget = spec.clone();
+        self.limit.set_max_points(max_points(spec));
     }
 
     /// The answer to this session's `getSessionLimits`, if it is one.

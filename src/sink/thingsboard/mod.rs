@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 pub use admit::{PayloadLimit, TbAdmit};
 pub use limits::initial_rate;
 
-use super::session::Settings;
+use super::session::{BudgetSpec, Cost, Settings};
 use super::{Action, Downlink, Platform, Publish, Report, SessionStart};
 use crate::config::{TbMode, ThingsboardSinkConfig};
 use crate::pki::identity::Identity;
@@ -73,11 +73,13 @@ pub struct Thingsboard {
     attr_request: u64,
     /// Children beyond their data: attribute requests, refresh, idleness.
     children: children::Children,
+    /// The rate windows in force (what batches are cut to fit).
+    budget: BudgetSpec,
 }
 
 impl Thingsboard {
     pub fn new(sink: &str, cfg: &ThingsboardSinkConfig, stats: Arc<SinkStats>) -> Thingsboard {
-        Thingsboard {
+        let mut tb = Thingsboard {
             sink: sink.to_string(),
             mode: cfg.mode,
             short_topics: cfg.short_topics,
@@ -99,7 +101,10 @@ impl Thingsboard {
                 Some(cfg.child_idle.0).filter(|d| !d.is_zero()),
                 cfg.shared_keys.clone(),
             ),
-        }
+            budget: BudgetSpec::default(),
+        };
+        tb.set_budget(&initial_rate(cfg));
+        tb
     }
 
     /// Takes outpost's own shared attributes (remote configuration): asks
@@ -114,7 +119,10 @@ impl Thingsboard {
     pub fn with_state_dir(mut self, state_dir: &std::path::Path) -> Self {
         let file = state_dir.join("limits").join(format!("{}.json", self.sink));
         let configured = self.limit.configured();
+        let points = self.limit.max_points();
         self.limit = PayloadLimit::new(configured, Some(file));
+        self.limit
+            .set_max_points(Some(points).filter(|p| *p != u64::MAX));
         self
     }
 
@@ -212,6 +220,7 @@ impl Thingsboard {
 impl Platform for Thingsboard {
     fn session_start(&mut self) -> SessionStart {
         self.connected.clear();
+        self.children.leaving.clear();
         let mut subscribe = vec![
             "v1/devices/me/rpc/request/+".to_string(),
             "v1/devices/me/rpc/response/+".to_string(),
@@ -301,11 +310,15 @@ impl Platform for Thingsboard {
                 }
             }
         }
-        let (telemetry, clashes) = encode::telemetry(
+        let (telemetry, clashes) = encode::telemetry_within(
             records,
             self.topic(RecordKind::Telemetry),
             gateway,
             self.limit.get(),
+            encode::PointCaps {
+                message: self.budget.session.max_points(),
+                child: self.budget.child.as_ref().and_then(|c| c.max_points()),
+            },
         );
         out.extend(telemetry);
         for (device, ts, key) in clashes {
@@ -321,8 +334,20 @@ impl Platform for Thingsboard {
         out
     }
 
-    fn tick(&mut self, now: Instant) -> Vec<Publish> {
-        self.idle_children(now)
+    fn tick(&mut self, now: Instant, drained: bool) -> Vec<Publish> {
+        self.idle_children(now, drained)
+    }
+
+    fn presence(&mut self, notice: crate::source::presence::Notice) {
+        self.child_presence(notice);
+    }
+
+    fn cost(&self, publish: &Publish) -> Cost {
+        encode::cost(
+            &publish.topic,
+            &publish.payload,
+            self.mode == TbMode::Gateway,
+        )
     }
 
     fn refused_hint(&self, code: ConnectReturnCode) -> Option<&'static str> {

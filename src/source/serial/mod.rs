@@ -219,6 +219,9 @@ async fn run_port(
                 stats.open.store(true, Ordering::Relaxed);
                 stats::add(&stats.opens, 1);
                 tracing::info!(%port, endpoint = %cfg.endpoint(), baud = cfg.baud, "serial port open");
+                for device in spoken_by(&cfg) {
+                    emitter.ingest.presence().back(&device);
+                }
                 failing = None;
                 delay = cfg.reopen_min.0;
                 let end = match (cfg.protocol, stream) {
@@ -241,6 +244,12 @@ async fn run_port(
                     End::Shutdown => return,
                     End::Lost(e) => {
                         tracing::warn!(%port, endpoint = %cfg.endpoint(), error = %e, "serial port lost; reopening");
+                        for device in spoken_by(&cfg) {
+                            emitter
+                                .ingest
+                                .presence()
+                                .gone(&device, "its serial port disappeared");
+                        }
                     }
                 }
             }
@@ -265,6 +274,14 @@ async fn run_port(
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+/// The devices a port speaks for: its slaves, or its device.
+fn spoken_by(cfg: &SerialConfig) -> Vec<String> {
+    match cfg.protocol {
+        Protocol::Modbus => cfg.slave.iter().map(|s| s.device.clone()).collect(),
+        _ => vec![cfg.device_name().to_string()],
     }
 }
 

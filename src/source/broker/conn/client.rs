@@ -67,6 +67,8 @@ pub(super) struct Client {
     pub(super) stored_qos2: HashSet<u16>,
     /// Holds one of `max_connections` (none for outpost's own probes).
     pub(super) _slot: Option<Slot>,
+    /// Devices this connection published readings for: gone when it ends.
+    pub(super) spoken: Vec<String>,
 }
 
 /// What a packet did to the connection.
@@ -405,9 +407,22 @@ impl Client {
         }
         let _ = conn.flush().await;
         let will = self.inner.core().leave(&self.id, self.conn_id, with_will);
+        let willed = will.is_some();
         if let Some(w) = will {
             self.inner
                 .publish_will(self.id.clone(), self.username.clone(), self.conn_id, w);
+        }
+        // Taken over: the device is back already. The broker stopping:
+        // outpost is, too.
+        if !matches!(end, End::TakenOver | End::Server) {
+            let why = if willed {
+                "its MQTT connection ended and its will fired"
+            } else {
+                "its MQTT connection ended"
+            };
+            for device in self.spoken.drain(..) {
+                self.inner.ingest.presence().gone(&device, why);
+            }
         }
     }
 }

@@ -280,6 +280,7 @@ async fn accept<S: Stream>(
         next_commit: 0,
         stored_qos2,
         _slot: slot,
+        spoken: Vec::new(),
     };
     for out in joined.resend {
         client.write_out(conn, out);

@@ -182,6 +182,12 @@ impl Client {
             }
         }
         self.inner.deliver(&topic, &p, Some(self.who()));
+        for r in &routed.records {
+            self.inner
+                .ingest
+                .presence()
+                .note(&mut self.spoken, &r.device);
+        }
         let storing = !routed.records.is_empty() || !routed.refused.is_empty();
         let hold = storing && self.inner.settings.ack_after_commit && p.qos > 0;
         if !hold {

@@ -1,0 +1,293 @@
+//! ThingsBoard's session limits, every one of them: the fixture (a real
+//! mosquitto, the test playing ThingsBoard) answers `getSessionLimits` with
+//! small limits, hourly windows included, and then counts what outpost
+//! sent in every sliding window, per scope (the gateway's session and each
+//! child) and per kind (messages, telemetry messages, data points). Any
+//! window over its limit fails the test; every reading must still arrive.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::thingsboard::{platform_sends, tb_config};
+
+/// One message outpost sent, as the platform counts it.
+#[derive(Debug, Clone)]
+struct Counted {
+    at: Instant,
+    telemetry: bool,
+    points: u64,
+    /// Children it speaks for, with their data points.
+    children: Vec<(String, u64)>,
+}
+
+fn counted(s: &Seen) -> Option<Counted> {
+    if s.topic.starts_with("v1/devices/me/rpc/response/") {
+        return None; // the platform's own answers
+    }
+    let v: Value = serde_json::from_slice(&s.payload).unwrap_or(Value::Null);
+    let telemetry = s.topic == "v1/gateway/telemetry";
+    let mut children = Vec::new();
+    if s.topic.starts_with("v1/gateway/") {
+        if let Some(d) = v.get("device").and_then(Value::as_str) {
+            children.push((d.to_string(), 0));
+        } else if let Value::Object(m) = &v {
+            for (d, body) in m {
+                let points = if telemetry {
+                    body.as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|e| e["values"].as_object().map_or(0, |o| o.len() as u64))
+                                .sum()
+                        })
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                children.push((d.clone(), points));
+            }
+        }
+    }
+    let points = children.iter().map(|(_, p)| p).sum();
+    Some(Counted {
+        at: s.at,
+        telemetry,
+        points,
+        children,
+    })
+}
+
+/// The most any window of `len` (less `slack` for delivery jitter) holds.
+fn busiest(events: &[(Instant, u64)], len: Duration, slack: Duration) -> u64 {
+    let len = len.saturating_sub(slack);
+    events
+        .iter()
+        .map(|(t0, _)| {
+            events
+                .iter()
+                .filter(|(t, _)| *t >= *t0 && t.duration_since(*t0) < len)
+                .map(|(_, n)| n)
+                .sum()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Checks `N:seconds` windows of one kind in one scope; returns a line per
+/// window with its busiest count.
+fn check(
+    scope: &str,
+    kind: &str,
+    spec: &str,
+    events: &[(Instant, u64)],
+    failures: &mut Vec<String>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for part in spec.split(',') {
+        let (n, secs) = part.split_once(':').expect("N:seconds");
+        let (n, secs): (u64, u64) = (n.parse().expect("n"), secs.parse().expect("s"));
+        let most = busiest(events, Duration::from_secs(secs), Duration::from_millis(60));
+        lines.push(format!("{scope} {kind} {part}: busiest window {most}"));
+        if most > n {
+            failures.push(format!(
+                "{scope}: {most} {kind} in a {secs}s window, over {n}"
+            ));
+        }
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_limit_is_obeyed_per_window_and_per_child_and_every_reading_arrives() {
+    let w = World::new("");
+    let tb = w.collect("v1/#").await;
+    let extra = "mode = \"gateway\"\naccess_token = \"GW\"";
+    let op = w.start(&tb_config(&w.site(), extra));
+    let request = || {
+        tb.all().into_iter().find(|s| {
+            s.topic.starts_with("v1/devices/me/rpc/request/")
+                && s.json()["method"] == "getSessionLimits"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || request().is_some()),
+        "outpost asks for its limits"
+    );
+    let id = request()
+        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    // Per child (rateLimits) and for the gateway session (gatewayRateLimits).
+    let child = ("6:1,60:3600", "3:1", "8:1,100:3600");
+    let session = ("8:1,40:3600", "4:1,30:3600", "20:1,400:3600");
+    let limits = json!({
+        "maxPayloadSize": 65536,
+        "maxInflightMessages": 20,
+        "rateLimits": {"messages": child.0, "telemetryMessages": child.1, "telemetryDataPoints": child.2},
+        "gatewayRateLimits": {"messages": session.0, "telemetryMessages": session.1, "telemetryDataPoints": session.2},
+    });
+    platform_sends(
+        w.up.port,
+        &format!("v1/devices/me/rpc/response/{id}"),
+        limits,
+    )
+    .await;
+    assert!(wait_until(Duration::from_secs(5), || op
+        .log_text()
+        .contains("ThingsBoard session limits received")));
+
+    // 5 children, 12 readings each, 2 keys a reading: 120 data points, at
+    // most 20 a second for the gateway and 8 a second per child. One
+    // message per reading would be 60 telemetry messages: over the hourly
+    // 30, so only readings of several children per message get there.
+    let (children, each) = (5usize, 12usize);
+    let mut msgs = Vec::new();
+    for c in 0..children {
+        for i in 0..each {
+            msgs.push((
+                format!("sensors/child-{c}/telemetry"),
+                format!("{{\"seq\":{i},\"t\":{}}}", 20 + i).into_bytes(),
+            ));
+        }
+    }
+    assert_eq!(
+        publish_all(w.port, "many-children", msgs).await,
+        children * each
+    );
+
+    let mut saw_held = None;
+    let arrived = wait_until(Duration::from_secs(60), || {
+        if saw_held.is_none() {
+            let st = op.status_json();
+            if st["sinks"]["tb"]["held_back"].is_object() {
+                saw_held = Some(st["sinks"]["tb"].clone());
+            }
+        }
+        let got: usize = tb
+            .all()
+            .iter()
+            .filter(|s| s.topic == "v1/gateway/telemetry")
+            .map(|s| {
+                s.json()
+                    .as_object()
+                    .map(|m| {
+                        m.values()
+                            .map(|e| e.as_array().map_or(0, Vec::len))
+                            .sum::<usize>()
+                    })
+                    .unwrap_or(0)
+            })
+            .sum();
+        got >= children * each
+    });
+    assert!(arrived, "every reading arrives; log:\n{}", op.log_text());
+
+    let sent: Vec<Counted> = tb.all().iter().filter_map(counted).collect();
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    let kinds = |pick: &dyn Fn(&Counted) -> Option<u64>| -> Vec<(Instant, u64)> {
+        sent.iter()
+            .filter_map(|c| pick(c).map(|n| (c.at, n)))
+            .collect()
+    };
+    report.extend(check(
+        "gateway",
+        "messages",
+        session.0,
+        &kinds(&|_| Some(1)),
+        &mut failures,
+    ));
+    report.extend(check(
+        "gateway",
+        "telemetry messages",
+        session.1,
+        &kinds(&|c| c.telemetry.then_some(1)),
+        &mut failures,
+    ));
+    report.extend(check(
+        "gateway",
+        "data points",
+        session.2,
+        &kinds(&|c| c.telemetry.then_some(c.points)),
+        &mut failures,
+    ));
+    let names: Vec<String> = (0..children).map(|c| format!("child-{c}")).collect();
+    for name in &names {
+        let of = |c: &Counted| c.children.iter().find(|(d, _)| d == name).map(|(_, p)| *p);
+        report.extend(check(
+            name,
+            "messages",
+            child.0,
+            &kinds(&|c| of(c).map(|_| 1)),
+            &mut failures,
+        ));
+        report.extend(check(
+            name,
+            "telemetry messages",
+            child.1,
+            &kinds(&|c| of(c).filter(|_| c.telemetry).map(|_| 1)),
+            &mut failures,
+        ));
+        report.extend(check(
+            name,
+            "data points",
+            child.2,
+            &kinds(&|c| of(c).filter(|_| c.telemetry)),
+            &mut failures,
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "windows over their limit:\n{}",
+        failures.join("\n")
+    );
+
+    // In order per child, each reading once.
+    let mut per_child: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for s in tb
+        .all()
+        .iter()
+        .filter(|s| s.topic == "v1/gateway/telemetry")
+    {
+        for (d, entries) in s.json().as_object().cloned().unwrap_or_default() {
+            for e in entries.as_array().cloned().unwrap_or_default() {
+                per_child
+                    .entry(d.clone())
+                    .or_default()
+                    .push(e["values"]["seq"].as_i64().unwrap_or(-1));
+            }
+        }
+    }
+    for name in &names {
+        assert_eq!(
+            per_child.get(name),
+            Some(&(0..each as i64).collect::<Vec<_>>()),
+            "{name}"
+        );
+    }
+    let telemetry_messages = sent.iter().filter(|c| c.telemetry).count();
+    assert!(
+        telemetry_messages < children * each / 2,
+        "several children per message saved budget: {telemetry_messages} messages for {} readings",
+        children * each
+    );
+    let held = saw_held.expect("status said the sink was held back by a limit");
+    let by = held["held_back"]["by"].as_str().unwrap_or_default();
+    assert!(
+        by.contains("telemetryDataPoints")
+            || by.contains("telemetryMessages")
+            || by.contains("messages"),
+        "{held}"
+    );
+    assert!(
+        held["drain_estimate_s"].is_u64() || held["queued"] == 0,
+        "a drain estimate: {held}"
+    );
+    assert_eq!(
+        op.status_json()["sinks"]["tb"]["undeliverable"],
+        0,
+        "nothing dead-lettered for a limit"
+    );
+}
