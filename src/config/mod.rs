@@ -525,6 +525,42 @@ mod tests {
     }
 
     #[test]
+    fn firmware_keys_are_checked() {
+        let text = r#"
+            [sink.tb]
+            type = "thingsboard"
+            url = "mqtt://localhost"
+            access_token = "t"
+            max_payload_size = "8 KiB"
+            [sink.tb.firmware]
+            chunk_size = 0
+            notice_topic = "outpost/#"
+            chunk_sise = 1
+        "#;
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text, "t") else {
+            panic!("expected problems")
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.contains(&"sink.tb.firmware.chunk_sise"),
+            "{problems:?}"
+        );
+        let ok = text.replace("chunk_sise = 1\n", "");
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&ok, "t") else {
+            panic!("expected problems")
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.contains(&"sink.tb.firmware.chunk_size"),
+            "{problems:?}"
+        );
+        assert!(
+            paths.contains(&"sink.tb.firmware.notice_topic"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn sink_url_and_template_are_checked() {
         let text = r#"
             [sink.up]

@@ -2,7 +2,9 @@
 //! local broker: settings for devices are published retained (a sensor that
 //! connects later still gets them, merged with earlier ones), RPC requests
 //! are forwarded and the first answer, or a timeout error, goes back up.
-//! Pending RPCs and the settings kept per device are bounded.
+//! Pending RPCs and the settings kept per device are bounded. Messages on
+//! the `watch` topics (a firmware agent's result) go up to the sink's
+//! platform as they are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -40,6 +42,7 @@ struct Pending {
 pub async fn run(
     broker: Broker,
     response_filter: Option<String>,
+    watch: Vec<String>,
     timeout: Duration,
     commands: Inbox<Downlink>,
     replies: mpsc::Sender<Upstream>,
@@ -50,6 +53,11 @@ pub async fn run(
     if let Some(filter) = &response_filter {
         if let Err(e) = client.subscribe(filter) {
             tracing::error!(error = %e, "RPC answers from devices cannot be subscribed");
+        }
+    }
+    for topic in &watch {
+        if let Err(e) = client.subscribe(topic) {
+            tracing::error!(%topic, error = %e, "a local topic the sink needs cannot be subscribed");
         }
     }
     let mut settings: BTreeMap<String, (u64, Map<String, Value>)> = BTreeMap::new();
@@ -90,6 +98,9 @@ pub async fn run(
                 }
             },
             m = client.recv() => match m {
+                Some(m) if watch.contains(&m.topic) => {
+                    let _ = replies.send(Upstream::Local { topic: m.topic.clone(), payload: m.payload.to_vec() }).await;
+                }
                 Some(m) => {
                     if let Some(pend) = pending.remove(&m.topic) {
                         let answer = serde_json::from_slice(&m.payload)

@@ -132,6 +132,7 @@ pub fn spawn(
             let local = local_side(
                 ctx,
                 None,
+                Vec::new(),
                 Duration::from_secs(10),
                 local_rx,
                 replies_tx,
@@ -150,9 +151,15 @@ pub fn spawn(
         SinkConfig::Thingsboard(t) => {
             let (local_tx, local_rx) = inbox(256);
             let (upstream_tx, upstream_rx) = inbox(256);
+            let watch = if t.firmware.enabled {
+                vec![t.firmware.result_topic.clone()]
+            } else {
+                Vec::new()
+            };
             let local = local_side(
                 ctx,
                 Some(filter_of(&t.rpc_response_topic)),
+                watch,
                 t.rpc_timeout.0,
                 local_rx,
                 upstream_tx.clone(),
@@ -259,6 +266,7 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 fn local_side(
     ctx: &SinkCtx,
     response_filter: Option<String>,
+    watch: Vec<String>,
     timeout: Duration,
     commands: session::Inbox<crate::sink::Downlink>,
     replies: mpsc::Sender<Upstream>,
@@ -269,6 +277,7 @@ fn local_side(
         Ok(Box::pin(downlink::run(
             broker.clone(),
             response_filter.clone(),
+            watch.clone(),
             timeout,
             commands.clone(),
             replies.clone(),
@@ -277,9 +286,6 @@ fn local_side(
     })
 }
 
-/// The uplink session of a sink. Each build registers what the sink
-/// admits with ingest. `known`: the LoRaWAN devices a TTN sink shares with
-/// its RPC bridge.
 /// Hands the notices of devices going away to a gateway sink's session.
 fn presence(ctx: &SinkCtx, upstream: mpsc::Sender<Upstream>, cancel: &CancellationToken) -> Make {
     let (presence, cancel) = (ctx.ingest.presence().clone(), cancel.clone());
@@ -308,6 +314,9 @@ fn presence(ctx: &SinkCtx, upstream: mpsc::Sender<Upstream>, cancel: &Cancellati
     })
 }
 
+/// The uplink session of a sink. Each build registers what the sink
+/// admits with ingest. `known`: the LoRaWAN devices a TTN sink shares with
+/// its RPC bridge.
 fn uplink(
     ctx: &SinkCtx,
     name: &str,

@@ -61,14 +61,21 @@ pub fn running() -> Vec<PathBuf> {
 }
 
 /// Where `outpost status` looks: the packaged service's socket, else the
-/// one of the config's state directory, else the one running daemon the
-/// notes know of. An error lists what was tried.
+/// one of the config's state directory (that one first when the config
+/// was given), else the one running daemon the notes know of. An error
+/// lists what was tried.
 pub fn find_socket(state_dir: &Path, explicit_config: bool) -> Result<PathBuf, String> {
     let packaged = Path::new("/run/outpost/status.sock");
-    if packaged.exists() && !explicit_config {
+    let own = socket_path(state_dir);
+    // With --config, the daemon of that config's state directory first;
+    // the packaged service (whose socket is in its runtime directory)
+    // next.
+    if explicit_config && own.exists() {
+        return Ok(own);
+    }
+    if packaged.exists() {
         return Ok(packaged.to_path_buf());
     }
-    let own = socket_path(state_dir);
     if own.exists() || explicit_config {
         return Ok(own);
     }

@@ -124,6 +124,11 @@ pub enum Report {
 pub enum Upstream {
     Publish(Publish),
     Report(Report),
+    /// A message on a local topic the platform watches.
+    Local {
+        topic: String,
+        payload: Vec<u8>,
+    },
     /// A device behind a source went away or came back (see
     /// `source::presence`).
     Presence(crate::source::presence::Notice),
@@ -234,6 +239,11 @@ pub trait Platform: Send + 'static {
     /// there), that is within about one keep-alive.
     fn qos(&self) -> rumqttc::QoS {
         rumqttc::QoS::AtLeastOnce
+    }
+
+    /// A message on a local topic the platform watches: what goes up.
+    fn on_local(&mut self, _topic: &str, _payload: &[u8]) -> Vec<Action> {
+        Vec::new()
     }
 
     /// A device went away or came back (the platform may tell, later,

@@ -27,6 +27,7 @@ mod remote_guard;
 mod serial;
 mod systemd;
 mod tb_children;
+mod tb_firmware;
 mod tb_limits;
 mod thethingsio;
 mod thingsboard;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use mqtt::{MqttSinkConfig, PayloadFormat};
 pub use thethingsio::ThethingsioSinkConfig;
-pub use thingsboard::{ProvisionCredentials, TbMode, ThingsboardSinkConfig};
+pub use thingsboard::{FirmwareConfig, ProvisionCredentials, TbMode, ThingsboardSinkConfig};
 pub use thingspeak::{Merge, PublishMode, Replay, ThingspeakSinkConfig, THINGSPEAK_FIELDS};
 pub use ttn::{TtnSinkConfig, TTN_EVENTS};
 

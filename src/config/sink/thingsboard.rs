@@ -102,9 +102,72 @@ sink_config! {
         /// ThingsBoard's `maxInflightMessages`.
         #[serde(default = "defaults::inflight")]
         pub inflight: u16,
+        /// Firmware updates (OTA) of outpost's own device.
+        #[serde(default)]
+        pub firmware: FirmwareConfig,
     }
     keep_alive = "defaults::keep_alive";
     credentials;
+}
+
+/// `[sink.NAME.firmware]`: ThingsBoard firmware updates of outpost's own
+/// device, downloaded in chunks, checked, and handed to a local agent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareConfig {
+    /// `false`: the `fw_*` attributes are passed on, nothing is downloaded.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Bytes asked for per `v2/fw/request/{id}/chunk/{n}` (at most
+    /// `max_payload_size`).
+    #[serde(default = "default_fw_chunk")]
+    pub chunk_size: ByteSize,
+    /// A chunk not answered within this is asked for again.
+    #[serde(default = "default_fw_chunk_timeout")]
+    pub chunk_timeout: Seconds,
+    /// A larger image (`fw_size`) is refused: FAILED, nothing downloaded.
+    #[serde(default = "default_fw_max")]
+    pub max_size: ByteSize,
+    /// A verified image is announced here (retained JSON: title, version,
+    /// path, size, checksum), for the agent that installs it.
+    #[serde(default = "default_fw_notice")]
+    pub notice_topic: String,
+    /// The agent answers here: `{"state":"UPDATED"}` or
+    /// `{"state":"FAILED","error":"..."}`.
+    #[serde(default = "default_fw_result")]
+    pub result_topic: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_fw_chunk() -> ByteSize {
+    ByteSize(16 << 10)
+}
+fn default_fw_chunk_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_fw_max() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_fw_notice() -> String {
+    "outpost/firmware".into()
+}
+fn default_fw_result() -> String {
+    "outpost/firmware/result".into()
+}
+
+impl Default for FirmwareConfig {
+    fn default() -> Self {
+        FirmwareConfig {
+            enabled: true,
+            chunk_size: default_fw_chunk(),
+            chunk_timeout: default_fw_chunk_timeout(),
+            max_size: default_fw_max(),
+            notice_topic: default_fw_notice(),
+            result_topic: default_fw_result(),
+        }
+    }
 }
 
 fn default_provision_timeout() -> Seconds {
@@ -148,6 +211,21 @@ pub(super) fn check(
     t: &ThingsboardSinkConfig,
     problems: &mut Vec<Problem>,
 ) {
+    let fw = &t.firmware;
+    if fw.chunk_size.0 == 0 || fw.chunk_size.0 > 16 << 20 {
+        problems.add(
+            at("firmware.chunk_size"),
+            "must be between 1 byte and 16 MiB (chunks are also kept within max_payload_size)",
+        );
+    }
+    for (key, topic) in [
+        ("firmware.notice_topic", &fw.notice_topic),
+        ("firmware.result_topic", &fw.result_topic),
+    ] {
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            problems.add(at(key), "a topic name (no wildcards)");
+        }
+    }
     let tls = t.url.starts_with("mqtts://");
     let provisioning = t.provision_device_key.is_some() || t.provision_device_secret.is_some();
     if provisioning {

@@ -412,6 +412,43 @@ impl Budget {
     }
 }
 
+impl<E: crate::sink::Platform> super::Uplink<E> {
+    /// Says in the sink's counters whether (and by which window) the rate
+    /// limit holds the next publish back.
+    pub(super) fn note_held(&self, held: Option<&Held>) {
+        use std::sync::atomic::Ordering;
+        let until = held.map_or(0, |h| {
+            let wait = h.until.saturating_duration_since(Instant::now());
+            crate::record::now_ms()
+                .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+        });
+        let was = self.stats.held_until_ms.swap(until, Ordering::Relaxed);
+        if (was == 0) != (until == 0) || held.is_some() {
+            if let Ok(mut by) = self.stats.held_by.lock() {
+                *by = held.map(|h| h.by.clone());
+            }
+        }
+    }
+
+    /// Keeps the moving averages the drain estimate uses.
+    pub(super) fn note_shape(&mut self, records: usize, cost: &Cost) {
+        if !cost.telemetry || records == 0 {
+            return;
+        }
+        let records = records as f64;
+        let points = cost.points as f64 / records;
+        self.shape.0 = self.shape.0 * 0.9 + records * 0.1;
+        self.shape.1 = self.shape.1 * 0.9 + points * 0.1;
+        let rate = self
+            .rate
+            .records_per_second(self.shape.0, self.shape.1)
+            .unwrap_or(0.0);
+        self.stats
+            .budget_rate_bits
+            .store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 mod admit;
 mod children;
 mod encode;
+mod firmware;
 mod limits;
 pub mod provision;
 mod remote;
@@ -75,6 +76,10 @@ pub struct Thingsboard {
     children: children::Children,
     /// The rate windows in force (what batches are cut to fit).
     budget: BudgetSpec,
+    /// Firmware updates of outpost's own device.
+    firmware: firmware::Firmware,
+    /// Id of this session's request for the `fw_*` attributes.
+    fw_request: u64,
 }
 
 impl Thingsboard {
@@ -102,6 +107,13 @@ impl Thingsboard {
                 cfg.shared_keys.clone(),
             ),
             budget: BudgetSpec::default(),
+            firmware: firmware::Firmware::new(&crate::config::sink::FirmwareConfig {
+                chunk_size: crate::units::ByteSize(
+                    cfg.firmware.chunk_size.0.min(cfg.max_payload_size.0).max(1),
+                ),
+                ..cfg.firmware.clone()
+            }),
+            fw_request: 0,
         };
         tb.set_budget(&initial_rate(cfg));
         tb
@@ -120,6 +132,11 @@ impl Thingsboard {
         let file = state_dir.join("limits").join(format!("{}.json", self.sink));
         let configured = self.limit.configured();
         let points = self.limit.max_points();
+        let fw = std::mem::replace(
+            &mut self.firmware,
+            firmware::Firmware::new(&Default::default()),
+        );
+        self.firmware = fw.with_dir(state_dir);
         self.limit = PayloadLimit::new(configured, Some(file));
         self.limit
             .set_max_points(Some(points).filter(|p| *p != u64::MAX));
@@ -200,13 +217,25 @@ impl Thingsboard {
         })])
     }
 
-    /// Shared attributes of outpost's own device: its own keys go to the
-    /// remote configuration, the rest (device mode) to `device_name`.
-    fn own_attributes(&self, payload: &[u8]) -> Result<Vec<Action>, String> {
+    /// What the firmware module asks for, as actions.
+    fn fw_actions(&self, steps: firmware::Steps) -> Vec<Action> {
+        let mut out: Vec<Action> = steps.upstream.into_iter().map(Action::Upstream).collect();
+        if let Some((topic, values)) = steps.notice {
+            out.push(Action::Local(Downlink::Settings { topic, values }));
+        }
+        out
+    }
+
+    /// Shared attributes of outpost's own device: firmware offers go to the
+    /// firmware module, its own keys to the remote configuration, the rest
+    /// (device mode) to `device_name`.
+    fn own_attributes(&mut self, payload: &[u8]) -> Result<Vec<Action>, String> {
         let Ok(Value::Object(mut values)) = serde_json::from_slice::<Value>(payload) else {
             return Err("shared attributes must be a JSON object".to_string());
         };
-        let mut out: Vec<Action> = self.take_remote(&mut values).into_iter().collect();
+        let steps = self.firmware.offered(&values);
+        let mut out = self.fw_actions(steps);
+        out.extend(self.take_remote(&mut values));
         if self.mode == TbMode::Device && !values.is_empty() {
             out.push(Action::Local(Downlink::Settings {
                 topic: fill(&self.topics.attributes, &self.device_name, ""),
@@ -240,12 +269,40 @@ impl Platform for Thingsboard {
         }
         publish.extend(self.refresh_requests());
         publish.extend(self.identity_report());
+        if self.firmware.enabled() {
+            subscribe.push("v2/fw/response/+/chunk/+".into());
+            self.fw_request = limits::next_request_id(self.fw_request.max(self.limits_request));
+            let mut ask = Map::new();
+            ask.insert("sharedKeys".into(), Value::from(firmware::KEYS));
+            publish.push(Publish::control(
+                format!("v1/devices/me/attributes/request/{}", self.fw_request),
+                &Value::Object(ask),
+            ));
+            publish.extend(self.firmware.session_start(self.fw_request));
+        }
         SessionStart { subscribe, publish }
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
         let gateway = self.mode == TbMode::Gateway;
+        if let Some(rest) = topic.strip_prefix("v2/fw/response/") {
+            let mut parts = rest.split('/');
+            if let (Some(req), Some("chunk"), Some(n)) = (parts.next(), parts.next(), parts.next())
+            {
+                let steps = self.firmware.chunk(req, n, payload);
+                return self.fw_actions(steps);
+            }
+            return Vec::new();
+        }
         if let Some(id) = topic.strip_prefix("v1/devices/me/attributes/response/") {
+            if id == self.fw_request.to_string() && self.firmware.enabled() {
+                let shared = serde_json::from_slice::<Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("shared").and_then(Value::as_object).cloned())
+                    .unwrap_or_default();
+                let steps = self.firmware.offered(&shared);
+                return self.fw_actions(steps);
+            }
             if let Some(a) = self.attribute_answer(id.parse().ok(), payload) {
                 return vec![a];
             }
@@ -335,7 +392,14 @@ impl Platform for Thingsboard {
     }
 
     fn tick(&mut self, now: Instant, drained: bool) -> Vec<Publish> {
-        self.idle_children(now, drained)
+        let mut out = self.idle_children(now, drained);
+        out.extend(self.firmware.tick(now));
+        out
+    }
+
+    fn on_local(&mut self, topic: &str, payload: &[u8]) -> Vec<Action> {
+        let steps = self.firmware.result(topic, payload);
+        self.fw_actions(steps)
     }
 
     fn presence(&mut self, notice: crate::source::presence::Notice) {

@@ -1,0 +1,236 @@
+//! Firmware updates of outpost's own device, end to end against the
+//! ThingsBoard fixture (a real mosquitto; the test plays ThingsBoard: it
+//! offers the image in shared attributes and answers chunk requests with
+//! the image's bytes). Checked: every chunk arrives in a file whose
+//! checksum the test computed, the fw_state sequence, the local agent's
+//! notice and answer, a broken checksum ending in FAILED, and a download
+//! cut by the platform going away resumed where it stopped.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::thingsboard::{platform_sends, tb_config};
+
+const CHUNK: usize = 1024;
+
+/// What the fixture saw: chunk requests (request id, chunk) in order.
+type Asked = Arc<Mutex<Vec<(String, usize)>>>;
+
+/// Plays ThingsBoard's firmware side on the upstream broker: answers the
+/// `fw_*` attribute request with `offer`, and chunk requests with `image`
+/// (chunks from `hold_from` on are not answered while `hold` is set).
+fn fixture(
+    port: u16,
+    offer: Value,
+    image: Vec<u8>,
+    hold: Arc<Mutex<Option<usize>>>,
+) -> (Asked, tokio::task::JoinHandle<()>) {
+    let asked: Asked = Arc::default();
+    let seen = asked.clone();
+    let task = tokio::spawn(async move {
+        let mut opts = MqttOptions::new(format!("tb-fw-{}", fastrand::u32(..)), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe("v2/fw/request/+/chunk/+", QoS::AtLeastOnce);
+                    let _ = client
+                        .try_subscribe("v1/devices/me/attributes/request/+", QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let parts: Vec<&str> = p.topic.split('/').collect();
+                    if p.topic.starts_with("v1/devices/me/attributes/request/") {
+                        let ask: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if ask["sharedKeys"]
+                            .as_str()
+                            .is_some_and(|k| k.contains("fw_title"))
+                        {
+                            let id = parts.last().copied().unwrap_or_default();
+                            let _ = client.try_publish(
+                                format!("v1/devices/me/attributes/response/{id}"),
+                                QoS::AtLeastOnce,
+                                false,
+                                serde_json::to_vec(&json!({"shared": offer})).unwrap_or_default(),
+                            );
+                        }
+                    } else if let [_, _, _, req, _, n] = parts.as_slice() {
+                        let n: usize = n.parse().unwrap_or(0);
+                        let size: usize = std::str::from_utf8(&p.payload)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        assert_eq!(size, CHUNK, "the payload is the configured chunk size");
+                        seen.lock().unwrap().push((req.to_string(), n));
+                        if hold.lock().unwrap().is_some_and(|h| n >= h) {
+                            continue;
+                        }
+                        let start = (n * size).min(image.len());
+                        let end = (start + size).min(image.len());
+                        let _ = client.try_publish(
+                            format!("v2/fw/response/{req}/chunk/{n}"),
+                            QoS::AtLeastOnce,
+                            false,
+                            image[start..end].to_vec(),
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    (asked, task)
+}
+
+fn fw_states(tb: &Collector) -> Vec<Value> {
+    tb.all()
+        .iter()
+        .filter(|s| s.topic == "v1/devices/me/telemetry")
+        .filter_map(|s| {
+            let v = s.json();
+            v["values"].get("fw_state").map(|_| v["values"].clone())
+        })
+        .collect()
+}
+
+fn states(tb: &Collector) -> Vec<String> {
+    fw_states(tb)
+        .iter()
+        .map(|v| v["fw_state"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_downloaded_resumed_verified_handed_over_and_a_bad_one_fails() {
+    let mut w = World::new("");
+    let tb = w.collect("v1/devices/me/telemetry").await;
+    let image: Vec<u8> = (0..10 * CHUNK + 300)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let sha = outpost_sha256(&image);
+    let offer = json!({
+        "fw_title": "gw-fw", "fw_version": "2.0.1", "fw_checksum": sha,
+        "fw_checksum_algorithm": "SHA256", "fw_size": image.len(),
+    });
+    let hold = Arc::new(Mutex::new(Some(5)));
+    let (asked, fixture_task) = fixture(w.up.port, offer.clone(), image.clone(), hold.clone());
+    let extra = "access_token = \"DEV-TOKEN\"\n[sink.tb.firmware]\nchunk_size = \"1 KiB\"\nchunk_timeout = \"2s\"";
+    let op = w.start(&tb_config(&w.site(), extra));
+    let (local, mut notices) = subscriber(w.port, "fw-agent", "outpost/firmware").await;
+
+    // Chunks 0..4 come; the platform then goes away mid-download.
+    assert!(
+        wait_until(Duration::from_secs(15), || asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, n)| *n == 5)),
+        "chunks asked: {:?}\n{}",
+        asked.lock().unwrap(),
+        op.log_text()
+    );
+    assert_eq!(states(&tb).first().map(String::as_str), Some("DOWNLOADING"));
+    let first_request = asked.lock().unwrap()[0].0.clone();
+    w.up.stop();
+    *hold.lock().unwrap() = None;
+    w.up.restart();
+    let done = wait_until(Duration::from_secs(30), || {
+        states(&tb).iter().any(|s| s == "UPDATING")
+    });
+    assert!(
+        done,
+        "states {:?}; asked {:?}\n{}",
+        states(&tb),
+        asked.lock().unwrap(),
+        op.log_text()
+    );
+    let asked_now = asked.lock().unwrap().clone();
+    let after: Vec<usize> = asked_now
+        .iter()
+        .filter(|(r, _)| *r != first_request)
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        after.first(),
+        Some(&5),
+        "resumed at the chunk that was not answered: {asked_now:?}"
+    );
+    assert!(
+        !after.contains(&0),
+        "nothing asked twice from the start: {asked_now:?}"
+    );
+    assert_eq!(
+        states(&tb),
+        ["DOWNLOADING", "DOWNLOADED", "VERIFIED", "UPDATING"]
+    );
+
+    // The agent gets the image and says it is installed.
+    let (topic, payload) = next(&mut notices).await;
+    assert_eq!(topic, "outpost/firmware");
+    let notice: Value = serde_json::from_slice(&payload).expect("json");
+    assert_eq!(notice["version"], "2.0.1");
+    let path = notice["path"].as_str().expect("path");
+    assert_eq!(
+        std::fs::read(path).expect("the image file"),
+        image,
+        "byte for byte"
+    );
+    local
+        .publish(
+            "outpost/firmware/result",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"state":"UPDATED"}"#.to_vec(),
+        )
+        .await
+        .expect("publish");
+    assert!(wait_until(Duration::from_secs(10), || states(&tb)
+        .last()
+        .map(String::as_str)
+        == Some("UPDATED")));
+    let last = fw_states(&tb).last().cloned().unwrap_or_default();
+    assert_eq!(last["current_fw_title"], "gw-fw");
+    assert_eq!(last["current_fw_version"], "2.0.1");
+
+    // A broken checksum: FAILED with the reason, nothing handed over.
+    let before = states(&tb).len();
+    let bad = json!({
+        "fw_title": "gw-fw", "fw_version": "2.0.2", "fw_checksum": "0123456789abcdef0123456789abcdef",
+        "fw_checksum_algorithm": "MD5", "fw_size": image.len(),
+    });
+    platform_sends(w.up.port, "v1/devices/me/attributes", bad).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || states(&tb)
+            .last()
+            .map(String::as_str)
+            == Some("FAILED")),
+        "states {:?}\n{}",
+        states(&tb),
+        op.log_text()
+    );
+    assert_eq!(
+        states(&tb)[before..],
+        ["DOWNLOADING", "DOWNLOADED", "FAILED"]
+    );
+    let failed = fw_states(&tb).last().cloned().unwrap_or_default();
+    assert!(
+        failed["fw_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("MD5 checksum mismatch")),
+        "{failed}"
+    );
+    fixture_task.abort();
+}
+
+fn outpost_sha256(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
