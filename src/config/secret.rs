@@ -15,6 +15,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "thing_token",
     "activation_code",
     "device_tokens",
+    "child_tokens",
 ];
 
 /// What a secret shows as.

@@ -179,6 +179,9 @@ pub fn spawn(
             ];
             if t.mode == crate::config::TbMode::Gateway {
                 parts.push(("presence", presence(ctx, upstream_tx, &cancel)));
+                for (device, token) in &t.firmware.child_tokens {
+                    parts.extend(child_firmware(ctx, name, t, device, token, &cancel));
+                }
             }
             parts
         }
@@ -284,6 +287,53 @@ fn local_side(
             cancel.clone(),
         )))
     })
+}
+
+/// A child's firmware session and its local side (see
+/// `sink::thingsboard::child_firmware`).
+fn child_firmware(
+    ctx: &SinkCtx,
+    sink: &str,
+    t: &crate::config::ThingsboardSinkConfig,
+    device: &str,
+    token: &str,
+    cancel: &CancellationToken,
+) -> [(&'static str, Make); 2] {
+    use crate::sink::thingsboard::child_firmware::ChildFirmware;
+    let (down_tx, down_rx) = inbox(64);
+    let (up_tx, up_rx) = inbox(64);
+    let local = local_side(
+        ctx,
+        None,
+        vec![ChildFirmware::result_topic(t, device)],
+        Duration::from_secs(10),
+        down_rx,
+        up_tx,
+        cancel,
+    );
+    let io = SessionIo {
+        local: Some(down_tx),
+        upstream: Some(up_rx),
+        ..SessionIo::default()
+    };
+    let name = format!("{sink}/firmware/{device}");
+    let settings = ChildFirmware::settings(t, device, token);
+    let (t, device, ctx, cancel) = (t.clone(), device.to_string(), ctx.clone(), cancel.clone());
+    let session: Make = Box::new(move || {
+        let platform = ChildFirmware::new(&t, &device, &ctx.state_dir);
+        let stats = Arc::new(SinkStats::default());
+        let u = Uplink::new(
+            &name,
+            &settings,
+            platform,
+            ctx.ingest.outbox().clone(),
+            stats,
+        )?
+        .queueless()
+        .with_io(io.clone());
+        Ok(Box::pin(u.run(cancel.clone())))
+    });
+    [("child firmware local", local), ("child firmware", session)]
 }
 
 /// Hands the notices of devices going away to a gateway sink's session.

@@ -218,8 +218,8 @@ pub trait Platform: Send + 'static {
 
     /// A report about outpost itself, on the platform's topics (`None`:
     /// this platform takes no reports).
-    fn report(&self, _report: Report) -> Option<Publish> {
-        None
+    fn report(&self, _report: Report) -> Vec<Publish> {
+        Vec::new()
     }
 
     /// A platform-specific hint appended to a CONNACK refusal.

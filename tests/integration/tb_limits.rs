@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::thingsboard::{platform_sends, tb_config};
+use crate::thingsboard::{answer_session_limits, tb_config};
 
 /// One message outpost sent, as the platform counts it.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ fn counted(s: &Seen) -> Option<Counted> {
         return None; // the platform's own answers
     }
     let v: Value = serde_json::from_slice(&s.payload).unwrap_or(Value::Null);
-    let telemetry = s.topic == "v1/gateway/telemetry";
+    let telemetry = s.topic == "v1/gateway/telemetry" || s.topic == "v1/devices/me/telemetry";
     let mut children = Vec::new();
     if s.topic.starts_with("v1/gateway/") {
         if let Some(d) = v.get("device").and_then(Value::as_str) {
@@ -50,7 +50,16 @@ fn counted(s: &Seen) -> Option<Counted> {
             }
         }
     }
-    let points = children.iter().map(|(_, p)| p).sum();
+    let own = |v: &Value| v["values"].as_object().map_or(0, |o| o.len() as u64);
+    let points = if s.topic == "v1/devices/me/telemetry" {
+        // The gateway's own telemetry (health): `{"ts":..,"values":{..}}`.
+        match &v {
+            Value::Array(a) => a.iter().map(own).sum(),
+            other => own(other),
+        }
+    } else {
+        children.iter().map(|(_, p)| p).sum()
+    };
     Some(Counted {
         at: s.at,
         telemetry,
@@ -103,44 +112,28 @@ fn check(
 async fn every_session_limit_is_obeyed_per_window_and_per_child_and_every_reading_arrives() {
     let w = World::new("");
     let tb = w.collect("v1/#").await;
-    let extra = "mode = \"gateway\"\naccess_token = \"GW\"";
+    // Health telemetry every 2 s: it counts against the gateway's windows
+    // too, and says when the sink is held back.
+    let extra = "mode = \"gateway\"\naccess_token = \"GW\"\n\n[health]\ninterval = \"2s\"";
     let op = w.start(&tb_config(&w.site(), extra));
-    let request = || {
-        tb.all().into_iter().find(|s| {
-            s.topic.starts_with("v1/devices/me/rpc/request/")
-                && s.json()["method"] == "getSessionLimits"
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || request().is_some()),
-        "outpost asks for its limits"
-    );
-    let id = request()
-        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
-        .unwrap_or_default();
     // Per child (rateLimits) and for the gateway session (gatewayRateLimits).
     let child = ("6:1,60:3600", "3:1", "8:1,100:3600");
-    let session = ("8:1,40:3600", "4:1,30:3600", "20:1,400:3600");
+    let session = ("8:1,90:3600", "4:1,60:3600", "60:1,2000:3600");
     let limits = json!({
         "maxPayloadSize": 65536,
         "maxInflightMessages": 20,
         "rateLimits": {"messages": child.0, "telemetryMessages": child.1, "telemetryDataPoints": child.2},
         "gatewayRateLimits": {"messages": session.0, "telemetryMessages": session.1, "telemetryDataPoints": session.2},
     });
-    platform_sends(
-        w.up.port,
-        &format!("v1/devices/me/rpc/response/{id}"),
-        limits,
-    )
-    .await;
+    answer_session_limits(&tb, w.up.port, limits).await;
     assert!(wait_until(Duration::from_secs(5), || op
         .log_text()
         .contains("ThingsBoard session limits received")));
 
     // 5 children, 12 readings each, 2 keys a reading: 120 data points, at
-    // most 20 a second for the gateway and 8 a second per child. One
-    // message per reading would be 60 telemetry messages: over the hourly
-    // 30, so only readings of several children per message get there.
+    // most 60 a second for the gateway and 8 a second per child; health
+    // telemetry (about 35 keys every 2 s, cut to fit) shares the gateway's
+    // windows, hourly ones included.
     let (children, each) = (5usize, 12usize);
     let mut msgs = Vec::new();
     for c in 0..children {
@@ -181,7 +174,12 @@ async fn every_session_limit_is_obeyed_per_window_and_per_child_and_every_readin
             .sum();
         got >= children * each
     });
-    assert!(arrived, "every reading arrives; log:\n{}", op.log_text());
+    assert!(
+        arrived,
+        "every reading arrives; status {}\n{}",
+        op.status_json(),
+        op.log_text()
+    );
 
     let sent: Vec<Counted> = tb.all().iter().filter_map(counted).collect();
     let mut failures = Vec::new();
@@ -289,5 +287,56 @@ async fn every_session_limit_is_obeyed_per_window_and_per_child_and_every_readin
         op.status_json()["sinks"]["tb"]["undeliverable"],
         0,
         "nothing dead-lettered for a limit"
+    );
+}
+
+/// A hang-up while the budget held outpost back is taken as the platform
+/// enforcing its own count, not as a record it cannot take: the budget is
+/// halved (up to three times) before the record sent first is blamed. The
+/// fixture's mosquitto closes any connection that sends a packet over 700
+/// bytes, so the big record here truly is poison: it must still end in the
+/// dead letters, only after the budget had its chances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_while_the_limit_holds_outpost_back_halves_the_budget_before_a_record_is_blamed()
+{
+    let w = World::new("max_packet_size 700");
+    let extra = "access_token = \"DEV\"\nrate_limits = \"2:1\"";
+    let op = w.start(&tb_config(&w.site(), extra));
+    let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(900));
+    assert_eq!(
+        publish_all(
+            w.port,
+            "big",
+            vec![("sensors/big/telemetry".into(), big.into_bytes())]
+        )
+        .await,
+        1
+    );
+    let dead = || outpost::store::dead_letters(&op.outbox()).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(60), || !dead().is_empty()),
+        "the record is found in the end; log:\n{}",
+        op.log_text()
+    );
+    let log = op.log_text();
+    let halvings = log.matches("sending at half the budget").count();
+    assert_eq!(halvings, 3, "three halvings first:\n{log}");
+    let blamed = log.find("moved to the dead letters").unwrap_or(0);
+    let last_halving = log
+        .rfind("sending at half the budget")
+        .unwrap_or(usize::MAX);
+    assert!(
+        last_halving < blamed,
+        "the budget was halved before the record was blamed:\n{log}"
+    );
+    assert!(
+        dead()[0].reason.contains("closed the connection 3 times"),
+        "{:?}",
+        dead()
+    );
+    assert!(
+        op.status_json()["sinks"]["tb"]["connects"].as_u64() >= Some(6),
+        "six sessions: three halvings, three strikes: {}",
+        op.status_json()
     );
 }

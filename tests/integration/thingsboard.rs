@@ -261,6 +261,25 @@ pub(crate) async fn gateway_with_downlink(extra: &str) -> (World, Collector, Out
     (w, tb, op, port)
 }
 
+/// Plays ThingsBoard: waits for outpost's `getSessionLimits` request (seen
+/// by `tb`, a collector on `v1/#`) and answers it with `limits`.
+pub(crate) async fn answer_session_limits(tb: &Collector, port: u16, limits: Value) {
+    let request = || {
+        tb.all().into_iter().find(|s| {
+            s.topic.starts_with("v1/devices/me/rpc/request/")
+                && s.json()["method"] == "getSessionLimits"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || request().is_some()),
+        "outpost asks for its limits"
+    );
+    let id = request()
+        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    platform_sends(port, &format!("v1/devices/me/rpc/response/{id}"), limits).await;
+}
+
 pub(crate) async fn platform_sends(port: u16, topic: &str, body: Value) {
     let msg = vec![(topic.to_string(), serde_json::to_vec(&body).expect("json"))];
     assert_eq!(
@@ -417,31 +436,13 @@ async fn session_limits_from_get_session_limits_are_obeyed() {
     let _op = w.start(&tb_config(&w.site(), extra));
 
     // Play ThingsBoard: answer getSessionLimits.
-    let request = || {
-        tb.all().into_iter().find(|s| {
-            s.topic.starts_with("v1/devices/me/rpc/request/")
-                && s.json()["method"] == "getSessionLimits"
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || request().is_some()),
-        "outpost asks for its limits"
-    );
-    let id = request()
-        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
-        .unwrap_or_default();
     let limits = serde_json::json!({
         "maxPayloadSize": 2048,
         "maxInflightMessages": 10,
         "rateLimits": {"messages": "50:1", "telemetryMessages": "50:1"},
         "gatewayRateLimits": {"messages": "5:1,40:10", "telemetryMessages": "5:1"}
     });
-    platform_sends(
-        w.up.port,
-        &format!("v1/devices/me/rpc/response/{id}"),
-        limits,
-    )
-    .await;
+    answer_session_limits(&tb, w.up.port, limits).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let start = std::time::Instant::now();

@@ -157,6 +157,23 @@ sink = "ttn"
         json!({"downlinks": [{"f_port": 15, "frm_payload": "vu8=", "priority": "NORMAL", "confirmed": true}]})
     );
     assert_eq!(pushes.count(), 1, "the bad request is not sent");
+
+    // A clear request empties the device's queue: an empty down/replace.
+    publish_all(
+        w.port,
+        "app-clear",
+        vec![("ttn/dev1/down".into(), br#"{"clear":true}"#.to_vec())],
+    )
+    .await;
+    assert_eq!(
+        pushes.wait_for(2, Duration::from_secs(10)).await,
+        2,
+        "{}",
+        op.log_text()
+    );
+    let clear = &pushes.all()[1];
+    assert_eq!(clear.topic, "v3/app1@ttn/devices/dev1/down/replace");
+    assert_eq!(clear.json(), json!({"downlinks": []}));
     assert!(
         op.log_text().contains("f_port 234 is outside 1..=233"),
         "{}",
@@ -212,9 +229,9 @@ sink = "ttn"
         "{:?}",
         replies[1]
     );
-    assert_eq!(pushes.wait_for(2, Duration::from_secs(10)).await, 2);
+    assert_eq!(pushes.wait_for(3, Duration::from_secs(10)).await, 3);
     assert_eq!(
-        pushes.all()[1].json(),
+        pushes.all()[2].json(),
         json!({"downlinks": [{"f_port": 2, "frm_payload": "AQI="}]})
     );
 }

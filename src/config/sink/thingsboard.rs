@@ -1,5 +1,6 @@
 //! `type = "thingsboard"`: ThingsBoard's device or gateway API.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -136,6 +137,17 @@ pub struct FirmwareConfig {
     /// `{"state":"FAILED","error":"..."}`.
     #[serde(default = "default_fw_result")]
     pub result_topic: String,
+    /// Gateway mode: children whose firmware outpost downloads, with their
+    /// own ThingsBoard access tokens (the gateway API has no firmware
+    /// transfer: each such child gets a device session of its own).
+    #[serde(default)]
+    pub child_tokens: BTreeMap<String, String>,
+    /// Where a child's verified image is announced (`{device}`).
+    #[serde(default = "default_fw_child_notice")]
+    pub child_notice_topic: String,
+    /// Where the child (or its agent) answers (`{device}`).
+    #[serde(default = "default_fw_child_result")]
+    pub child_result_topic: String,
 }
 
 fn default_true() -> bool {
@@ -143,6 +155,12 @@ fn default_true() -> bool {
 }
 fn default_fw_chunk() -> ByteSize {
     ByteSize(16 << 10)
+}
+fn default_fw_child_notice() -> String {
+    "devices/{device}/firmware".into()
+}
+fn default_fw_child_result() -> String {
+    "devices/{device}/firmware/result".into()
 }
 fn default_fw_chunk_timeout() -> Seconds {
     Seconds(Duration::from_secs(10))
@@ -166,6 +184,9 @@ impl Default for FirmwareConfig {
             max_size: default_fw_max(),
             notice_topic: default_fw_notice(),
             result_topic: default_fw_result(),
+            child_tokens: BTreeMap::new(),
+            child_notice_topic: default_fw_child_notice(),
+            child_result_topic: default_fw_child_result(),
         }
     }
 }
@@ -218,9 +239,17 @@ pub(super) fn check(
             "must be between 1 byte and 16 MiB (chunks are also kept within max_payload_size)",
         );
     }
+    if !fw.child_tokens.is_empty() && t.mode != TbMode::Gateway {
+        problems.add(
+            at("firmware.child_tokens"),
+            "children exist in gateway mode only (mode = \"gateway\")",
+        );
+    }
     for (key, topic) in [
         ("firmware.notice_topic", &fw.notice_topic),
         ("firmware.result_topic", &fw.result_topic),
+        ("firmware.child_notice_topic", &fw.child_notice_topic),
+        ("firmware.child_result_topic", &fw.child_result_topic),
     ] {
         if topic.is_empty() || topic.contains(['+', '#']) {
             problems.add(at(key), "a topic name (no wildcards)");

@@ -86,6 +86,20 @@ fn per_slave(snap: &Value, key: &str) -> Vec<(Labels, u64)> {
     out
 }
 
+/// 1 or 0 per entry of `section` (`sinks`, `serial`), labelled `label`,
+/// from the entry's `key` (true, or an object, is 1).
+fn flags(snap: &Value, section: &str, label: &str, key: &str) -> Vec<(Labels, i64)> {
+    snap[section]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, e)| {
+            let on = e[key] == true || e[key].is_object();
+            (vec![(label.into(), name.clone())], i64::from(on))
+        })
+        .collect()
+}
+
 /// This process's resident memory (bytes) and CPU time (seconds).
 fn process() -> (i64, f64) {
     let page = i64::try_from(page_size()).unwrap_or(4096);
@@ -186,32 +200,12 @@ pub fn render(snap: &Value) -> String {
     m.gauges(
         "outpost_sink_connected",
         "1 while the sink is connected to its platform.",
-        snap["sinks"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(name, s)| {
-                (
-                    vec![("sink".into(), name.clone())],
-                    i64::from(s["connected"] == true),
-                )
-            })
-            .collect(),
+        flags(snap, "sinks", "sink", "connected"),
     );
     m.gauges(
         "outpost_sink_held_back",
         "1 while the platform's rate limit holds the sink's next publish back.",
-        snap["sinks"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(name, s)| {
-                (
-                    vec![("sink".into(), name.clone())],
-                    i64::from(s["held_back"].is_object()),
-                )
-            })
-            .collect(),
+        flags(snap, "sinks", "sink", "held_back"),
     );
     m.counters(
         "outpost_sink_connects",
@@ -269,17 +263,7 @@ pub fn render(snap: &Value) -> String {
     m.gauges(
         "outpost_serial_open",
         "1 while the serial port is open.",
-        snap["serial"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(name, p)| {
-                (
-                    vec![("port".into(), name.clone())],
-                    i64::from(p["open"] == true),
-                )
-            })
-            .collect(),
+        flags(snap, "serial", "port", "open"),
     );
     m.counters(
         "outpost_serial_readings",

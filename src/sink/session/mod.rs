@@ -124,8 +124,7 @@ pub struct Uplink<E: Platform> {
     shape: (f64, f64),
     /// What the current (or last) connection did, for poison detection.
     session: SessionLog,
-    /// (first row of the head publish, consecutive failed sessions, in
-    /// half strikes: see `poison`).
+    /// (first row of the head publish, consecutive failed sessions).
     suspect: Option<(i64, u32)>,
     /// While above zero, one record per publish; counts down with PUBACKs.
     careful: u32,
@@ -133,6 +132,9 @@ pub struct Uplink<E: Platform> {
     /// connection, so a renewed certificate is used without a restart, and
     /// an expired one keeps this sink (only) from connecting.
     mtls: Option<Mtls>,
+    /// A session without an outbox queue of its own (it sends what its
+    /// platform makes, never records).
+    queueless: bool,
 }
 
 /// Why a session ended.
@@ -199,6 +201,7 @@ impl<E: Platform> Uplink<E> {
             suspect: None,
             careful: 0,
             mtls,
+            queueless: false,
         })
     }
 
@@ -214,6 +217,12 @@ impl<E: Platform> Uplink<E> {
         self
     }
 
+    /// A session that has no outbox queue (it never carries records).
+    pub fn queueless(mut self) -> Self {
+        self.queueless = true;
+        self
+    }
+
     /// Connects the session to the rest of outpost (see [`SessionIo`]).
     pub fn with_io(mut self, io: SessionIo) -> Self {
         self.io = io;
@@ -222,9 +231,14 @@ impl<E: Platform> Uplink<E> {
 
     /// Delivers until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let Some(notify) = self.outbox.notifier(&self.name) else {
-            tracing::error!(sink = %self.name, "no outbox queue for this sink");
-            return;
+        let notify = match self.outbox.notifier(&self.name) {
+            Some(n) => n,
+            // A session that carries no records (a child's firmware).
+            None if self.queueless => Arc::new(tokio::sync::Notify::new()),
+            None => {
+                tracing::error!(sink = %self.name, "no outbox queue for this sink");
+                return;
+            }
         };
         if let Some(inbox) = self.io.upstream.clone() {
             self.upstream = Some(inbox.lock_owned().await);
@@ -437,6 +451,7 @@ impl<E: Platform> Uplink<E> {
                             let n = ids.len() as u64;
                             if !ids.is_empty() {
                                 self.session.acks = self.session.acks.saturating_add(1);
+                                self.rate.acked();
                                 self.suspect = None;
                                 self.careful = self.careful.saturating_sub(1);
                             }
@@ -450,12 +465,12 @@ impl<E: Platform> Uplink<E> {
                     None => return End::Failed(Box::new(ConnectionError::RequestsDone)),
                 },
                 Some(up) = next_upstream(&mut self.upstream) => {
-                    let publish = match up {
-                        Upstream::Publish(p) => Some(p),
+                    let publishes = match up {
+                        Upstream::Publish(p) => vec![p],
                         Upstream::Report(r) => self.encoder.report(r),
                         Upstream::Presence(n) => {
                             self.encoder.presence(n);
-                            None
+                            Vec::new()
                         }
                         Upstream::Local { topic, payload } => {
                             for action in self.encoder.on_local(&topic, &payload) {
@@ -463,10 +478,10 @@ impl<E: Platform> Uplink<E> {
                                     return end;
                                 }
                             }
-                            None
+                            Vec::new()
                         }
                     };
-                    if let Some(p) = publish {
+                    for p in publishes {
                         if let Err(end) = self.send(client, &mut flight, p).await {
                             return end;
                         }

@@ -74,21 +74,19 @@ impl<E: Platform> Uplink<E> {
         };
         let Some(&first) = head.first() else { return };
         // A hang-up while the rate limit held outpost back is most likely
-        // the platform enforcing its limit (its count and ours differ):
-        // it counts half a strike, so a record that truly breaks the
-        // session is still found, after twice as many.
-        let weight = if self.session.limited {
-            tracing::info!(sink = %self.name, "the platform hung up while its rate limit held outpost back: counted half against the record sent first");
-            1
-        } else {
-            2
+        // the platform enforcing its limit (its count of what was sent is
+        // higher than ours): the budget is halved instead of a strike. Once
+        // it is at its smallest, hang-ups count against the record again.
+        if self.session.limited && self.rate.tighten() {
+            tracing::warn!(sink = %self.name, halvings = self.rate.shift(),
+                "the platform hung up while its rate limit held outpost back: sending at half the budget, not blaming the record sent first");
+            return;
+        }
+        let count = match self.suspect {
+            Some((id, n)) if id == first => n.saturating_add(1),
+            _ => 1,
         };
-        let halves = match self.suspect {
-            Some((id, n)) if id == first => n.saturating_add(weight),
-            _ => weight,
-        };
-        self.suspect = Some((first, halves));
-        let count = halves / 2;
+        self.suspect = Some((first, count));
         if head.len() > 1 {
             if count >= 2 && self.careful == 0 {
                 tracing::warn!(sink = %self.name, "the platform dropped the connection twice right after the same batch; sending one record per publish to find the cause");

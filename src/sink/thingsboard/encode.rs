@@ -363,9 +363,10 @@ pub(super) fn cost(topic: &str, payload: &[u8], gateway: bool) -> Cost {
     }
     let points = if !telemetry {
         0
-    } else if gateway {
+    } else if gateway && topic.starts_with("v1/gateway/") {
         children.iter().map(|(_, p)| p).sum()
     } else {
+        // Device telemetry, or the gateway's own (health).
         points_of(&v)
     };
     Cost {
@@ -445,6 +446,17 @@ mod tests {
             false,
         );
         assert_eq!((c.telemetry, c.points), (true, 2));
+        let c = cost(
+            "v1/devices/me/telemetry",
+            br#"{"ts":1,"values":{"a":1,"b":2,"c":3}}"#,
+            true,
+        );
+        assert_eq!(
+            (c.telemetry, c.points),
+            (true, 3),
+            "the gateway's own telemetry"
+        );
+        assert!(c.children.is_empty());
         let c = cost("v1/devices/me/attributes", br#"{"x":1}"#, false);
         assert_eq!(c, Cost::message());
     }

@@ -147,10 +147,8 @@ impl Firmware {
         self.cfg.enabled && self.dir.is_some()
     }
 
-    /// Keeps its files in `state_dir/firmware` (and reads what an earlier
-    /// run left there).
-    pub(super) fn with_dir(mut self, state_dir: &Path) -> Firmware {
-        let dir = state_dir.join("firmware");
+    /// Keeps its files in `dir` (and reads what an earlier run left there).
+    pub(super) fn in_dir(mut self, dir: PathBuf) -> Firmware {
         self.kept = std::fs::read(dir.join("state.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -452,6 +450,30 @@ impl Firmware {
     }
 }
 
+/// What the firmware module asks for, as a platform's actions.
+pub(super) fn actions(steps: Steps) -> Vec<crate::sink::Action> {
+    use crate::sink::{Action, Downlink};
+    let mut out: Vec<Action> = steps.upstream.into_iter().map(Action::Upstream).collect();
+    if let Some((topic, values)) = steps.notice {
+        out.push(Action::Local(Downlink::Settings { topic, values }));
+    }
+    out
+}
+
+/// A name safe as one path component.
+pub(super) fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
 /// The checksum of `data` as ThingsBoard writes it (lower-case hex).
 pub(super) fn digest(algorithm: &str, data: &[u8]) -> Result<String, String> {
     use std::fmt::Write as _;
@@ -505,5 +527,62 @@ mod tests {
         );
         assert_eq!(digest("CRC32", data).expect("crc"), "414fa339");
         assert!(digest("MURMUR3_32", data).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+
+    fn offer(size: u64) -> Map<String, Value> {
+        let v = json!({"fw_title": "t", "fw_version": "1", "fw_checksum": "x", "fw_checksum_algorithm": "SHA256", "fw_size": size});
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn an_image_over_max_size_fails_before_any_download() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = FirmwareConfig {
+            max_size: crate::units::ByteSize(1000),
+            ..FirmwareConfig::default()
+        };
+        let mut fw = Firmware::new(&cfg).in_dir(dir.path().join("firmware"));
+        let steps = fw.offered(&offer(1001));
+        assert_eq!(steps.upstream.len(), 1, "FAILED only, no chunk asked");
+        let v: Value = serde_json::from_slice(&steps.upstream[0].payload).expect("json");
+        assert_eq!(v["values"]["fw_state"], "FAILED");
+        assert!(v["values"]["fw_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_size"));
+        // The same image is not tried again; a smaller one is.
+        assert!(fw.offered(&offer(1001)).upstream.is_empty());
+        let mut next = offer(500);
+        next.insert("fw_version".into(), json!("2"));
+        let steps = fw.offered(&next);
+        assert!(steps
+            .upstream
+            .iter()
+            .any(|p| p.topic.starts_with("v2/fw/request/")));
+    }
+
+    #[test]
+    fn an_image_larger_than_the_free_space_fails() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = FirmwareConfig {
+            max_size: crate::units::ByteSize(u64::MAX),
+            ..FirmwareConfig::default()
+        };
+        let mut fw = Firmware::new(&cfg).in_dir(dir.path().join("firmware"));
+        let steps = fw.offered(&offer(u64::MAX / 2));
+        let v: Value = serde_json::from_slice(&steps.upstream[0].payload).expect("json");
+        assert_eq!(v["values"]["fw_state"], "FAILED");
+        assert!(
+            v["values"]["fw_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not enough space"),
+            "{v}"
+        );
     }
 }

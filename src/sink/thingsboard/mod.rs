@@ -9,6 +9,7 @@
 //! (self-provisioning of credentials).
 
 mod admit;
+pub mod child_firmware;
 mod children;
 mod encode;
 mod firmware;
@@ -136,7 +137,7 @@ impl Thingsboard {
             &mut self.firmware,
             firmware::Firmware::new(&Default::default()),
         );
-        self.firmware = fw.with_dir(state_dir);
+        self.firmware = fw.in_dir(state_dir.join("firmware"));
         self.limit = PayloadLimit::new(configured, Some(file));
         self.limit
             .set_max_points(Some(points).filter(|p| *p != u64::MAX));
@@ -219,11 +220,7 @@ impl Thingsboard {
 
     /// What the firmware module asks for, as actions.
     fn fw_actions(&self, steps: firmware::Steps) -> Vec<Action> {
-        let mut out: Vec<Action> = steps.upstream.into_iter().map(Action::Upstream).collect();
-        if let Some((topic, values)) = steps.notice {
-            out.push(Action::Local(Downlink::Settings { topic, values }));
-        }
-        out
+        firmware::actions(steps)
     }
 
     /// Shared attributes of outpost's own device: firmware offers go to the
@@ -335,8 +332,8 @@ impl Platform for Thingsboard {
         })
     }
 
-    fn report(&self, report: Report) -> Option<Publish> {
-        Some(self.own_report(report))
+    fn report(&self, report: Report) -> Vec<Publish> {
+        self.own_report(report)
     }
 
     /// ThingsBoard stores telemetry by (device, key, ts): arrival order

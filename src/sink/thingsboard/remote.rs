@@ -72,15 +72,43 @@ impl Thingsboard {
     }
 
     /// A report on outpost's own device.
-    pub(super) fn own_report(&self, report: Report) -> Publish {
+    /// A report as publishes: telemetry is cut into messages of at most
+    /// the data points the shortest window allows (same ts: ThingsBoard
+    /// merges them).
+    pub(super) fn own_report(&self, report: Report) -> Vec<Publish> {
         match report {
-            Report::Attributes(a) => {
-                Publish::control(self.own_attributes_topic(), &Value::Object(a))
+            Report::Attributes(a) => vec![Publish::control(
+                self.own_attributes_topic(),
+                &Value::Object(a),
+            )],
+            Report::Telemetry { ts, values } => {
+                let most = self
+                    .budget
+                    .session
+                    .max_points()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(usize::MAX)
+                    .max(1);
+                let mut out = Vec::new();
+                let mut part = serde_json::Map::new();
+                for (k, v) in values {
+                    part.insert(k, v);
+                    if part.len() >= most {
+                        out.push(std::mem::take(&mut part));
+                    }
+                }
+                if !part.is_empty() || out.is_empty() {
+                    out.push(part);
+                }
+                out.into_iter()
+                    .map(|values| {
+                        Publish::control(
+                            self.own_telemetry_topic(),
+                            &serde_json::json!({"ts": ts, "values": values}),
+                        )
+                    })
+                    .collect()
             }
-            Report::Telemetry { ts, values } => Publish::control(
-                self.own_telemetry_topic(),
-                &serde_json::json!({"ts": ts, "values": values}),
-            ),
         }
     }
 

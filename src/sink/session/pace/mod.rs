@@ -98,6 +98,9 @@ impl BudgetSpec {
 /// asking costs O(1) however many events a long window holds.
 #[derive(Debug, Clone)]
 struct Window {
+    /// The platform's capacity, and the one in force (halved by
+    /// [`Budget::tighten`]).
+    full: u64,
     capacity: u64,
     len: Duration,
     /// For status: `telemetryDataPoints 200:1`.
@@ -125,6 +128,7 @@ impl Meter {
                 .windows
                 .iter()
                 .map(|(n, d)| Window {
+                    full: *n as u64,
                     capacity: *n as u64,
                     len: *d,
                     name: format!("{kind} {n}:{}", d.as_secs()),
@@ -134,6 +138,12 @@ impl Meter {
                 .collect(),
             events: VecDeque::new(),
             popped: 0,
+        }
+    }
+
+    fn set_shift(&mut self, shift: u32) {
+        for w in &mut self.windows {
+            w.capacity = w.full.checked_shr(shift).unwrap_or(0).max(1);
         }
     }
 
@@ -265,6 +275,14 @@ impl Meters {
         }
     }
 
+    fn shifted(l: &Limits, shift: u32) -> Meters {
+        let mut m = Meters::new(l);
+        m.messages.set_shift(shift);
+        m.telemetry.set_shift(shift);
+        m.points.set_shift(shift);
+        m
+    }
+
     /// When a message of `points` (telemetry or not) fits; and what holds it.
     fn next_allowed(
         &mut self,
@@ -311,7 +329,19 @@ pub struct Budget {
     spec: BudgetSpec,
     session: Meters,
     children: Recent<Meters>,
+    /// Every capacity is divided by 2^shift: the platform hung up while
+    /// the budget held outpost back, so its count of what was sent is
+    /// higher than ours (see [`Budget::tighten`]).
+    shift: u32,
+    /// PUBACKs since the last hang-up, toward relaxing one step.
+    calm: u32,
 }
+
+/// Halvings of the budget at most.
+pub const MAX_SHIFT: u32 = 3;
+
+/// PUBACKs without a hang-up before a halving is undone.
+const CALM_ACKS: u32 = 500;
 
 impl Default for Budget {
     fn default() -> Budget {
@@ -330,7 +360,53 @@ impl Budget {
             session: Meters::new(&spec.session),
             children: Recent::new(MAX_CHILD_METERS),
             spec,
+            shift: 0,
+            calm: 0,
         }
+    }
+
+    /// Halves every capacity, after the platform hung up while this budget
+    /// held outpost back; false once it is at its smallest (the hang-up is
+    /// then not the limit's doing).
+    pub fn tighten(&mut self) -> bool {
+        self.calm = 0;
+        if !self.is_limited() || self.shift >= MAX_SHIFT {
+            return false;
+        }
+        self.shift = self.shift.saturating_add(1);
+        self.apply_shift();
+        true
+    }
+
+    /// A PUBACK: after enough of them, one halving is undone.
+    pub fn acked(&mut self) {
+        if self.shift == 0 {
+            return;
+        }
+        self.calm = self.calm.saturating_add(1);
+        if self.calm >= CALM_ACKS {
+            self.calm = 0;
+            self.shift = self.shift.saturating_sub(1);
+            self.apply_shift();
+        }
+    }
+
+    /// How many halvings are in force.
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    fn apply_shift(&mut self) {
+        let shift = self.shift;
+        for m in [
+            &mut self.session.messages,
+            &mut self.session.telemetry,
+            &mut self.session.points,
+        ] {
+            m.set_shift(shift);
+        }
+        // Children's meters pick the shift up when they are made again.
+        self.children = Recent::new(MAX_CHILD_METERS);
     }
 
     pub fn spec(&self) -> &BudgetSpec {
@@ -349,7 +425,10 @@ impl Budget {
             .map(|(until, by)| Held { until, by });
         if let Some(limits) = &self.spec.child {
             for (child, points) in &cost.children {
-                let meters = self.children.entry(child, || Meters::new(limits));
+                let shift = self.shift;
+                let meters = self
+                    .children
+                    .entry(child, || Meters::shifted(limits, shift));
                 if let Some((until, by)) = meters.next_allowed(now, cost.telemetry, *points) {
                     if worst.as_ref().map_or(true, |w| until > w.until) {
                         let child: String = child.chars().take(64).collect();
@@ -368,6 +447,9 @@ impl Budget {
     /// answer) over the same history. Children start afresh: they are
     /// met again within one publish.
     pub fn inherit(&mut self, old: Budget) {
+        self.shift = old.shift;
+        self.calm = old.calm;
+        self.apply_shift();
         self.session.messages.take_events(old.session.messages);
         self.session.telemetry.take_events(old.session.telemetry);
         self.session.points.take_events(old.session.points);
@@ -450,188 +532,4 @@ impl<E: crate::sink::Platform> super::Uplink<E> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(m: &str, t: &str, p: &str) -> Limits {
-        Limits {
-            messages: RateSpec::parse(m).expect("m"),
-            telemetry_messages: RateSpec::parse(t).expect("t"),
-            telemetry_points: RateSpec::parse(p).expect("p"),
-        }
-    }
-
-    fn tel(points: u64) -> Cost {
-        Cost {
-            telemetry: true,
-            points,
-            children: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn waits_when_a_window_is_full() {
-        let mut b = Budget::new(BudgetSpec::messages(
-            &RateSpec::parse("3:1,5:10").expect("parse"),
-        ));
-        let t0 = Instant::now();
-        for i in 0..3 {
-            assert_eq!(b.next_allowed(t0, &Cost::message()), None, "message {i}");
-            b.record(t0, &Cost::message());
-        }
-        let held = b.next_allowed(t0, &Cost::message()).expect("held");
-        assert_eq!(held.until, t0 + Duration::from_secs(1));
-        assert_eq!(held.by, "messages 3:1");
-        let t1 = t0 + Duration::from_secs(1);
-        for _ in 0..2 {
-            assert_eq!(b.next_allowed(t1, &Cost::message()), None);
-            b.record(t1, &Cost::message());
-        }
-        // Five in ten seconds: the next one waits for the first to age out.
-        let held = b.next_allowed(t1, &Cost::message()).expect("held");
-        assert_eq!(held.until, t0 + Duration::from_secs(10));
-        assert_eq!(held.by, "messages 5:10");
-    }
-
-    #[test]
-    fn data_points_are_weighed_and_only_telemetry_counts_against_them() {
-        let mut b = Budget::new(BudgetSpec {
-            session: spec("100:1", "100:1", "10:1,15:60"),
-            child: None,
-        });
-        let t0 = Instant::now();
-        assert_eq!(b.next_allowed(t0, &tel(6)), None);
-        b.record(t0, &tel(6));
-        let held = b.next_allowed(t0, &tel(6)).expect("6 + 6 > 10");
-        assert_eq!(held.by, "telemetryDataPoints 10:1");
-        assert_eq!(b.next_allowed(t0, &tel(4)), None, "6 + 4 fits");
-        assert_eq!(b.next_allowed(t0, &Cost::message()), None, "not telemetry");
-        let t1 = t0 + Duration::from_secs(1);
-        b.record(t1, &tel(6));
-        // 12 in the minute: 6 more would be 18 > 15.
-        let held = b.next_allowed(t1, &tel(6)).expect("minute window");
-        assert_eq!(held.by, "telemetryDataPoints 15:60");
-        assert_eq!(held.until, t0 + Duration::from_secs(60));
-    }
-
-    #[test]
-    fn each_child_has_its_own_windows_beside_the_gateways() {
-        let mut b = Budget::new(BudgetSpec {
-            session: spec("100:1", "", "50:1"),
-            child: Some(spec("2:1", "", "5:1")),
-        });
-        let t0 = Instant::now();
-        let ab = Cost {
-            telemetry: true,
-            points: 6,
-            children: vec![("A".into(), 3), ("B".into(), 3)],
-        };
-        assert_eq!(b.next_allowed(t0, &ab), None);
-        b.record(t0, &ab);
-        let again = b.next_allowed(t0, &ab).expect("3 + 3 > 5 for each child");
-        assert!(again.by.ends_with("of child A"), "{again:?}");
-        let c = Cost {
-            telemetry: true,
-            points: 5,
-            children: vec![("C".into(), 5)],
-        };
-        assert_eq!(b.next_allowed(t0, &c), None, "another child is not held");
-        let a_msg = Cost {
-            telemetry: false,
-            points: 0,
-            children: vec![("A".into(), 0)],
-        };
-        b.record(t0, &a_msg);
-        let held = b.next_allowed(t0, &a_msg).expect("two messages of A");
-        assert_eq!(held.by, "messages 2:1 of child A");
-    }
-
-    #[test]
-    fn memory_is_bounded_and_merging_never_lets_more_through() {
-        let mut b = Budget::new(BudgetSpec {
-            session: spec("", "", "1000000:3600"),
-            child: None,
-        });
-        let t0 = Instant::now();
-        for i in 0..(3 * MAX_REMEMBERED as u64) {
-            let at = t0 + Duration::from_millis(i);
-            b.record(at, &tel(10));
-        }
-        assert!(b.session.points.events.len() <= MAX_REMEMBERED);
-        let total: u64 = b.session.points.events.iter().map(|(_, c)| c).sum();
-        assert_eq!(
-            total,
-            30 * MAX_REMEMBERED as u64,
-            "nothing is forgotten early"
-        );
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!(b.next_allowed(later, &tel(10)), None);
-        assert!(b.next_allowed(later, &tel(1_000_000)).is_some());
-    }
-
-    #[test]
-    fn the_long_run_rate_follows_the_strictest_window() {
-        let b = Budget::new(BudgetSpec {
-            session: spec("100:1,3000:60", "", "200:1"),
-            child: None,
-        });
-        // 4 points a record: 200/4 = 50 records a second.
-        let r = b.records_per_second(10.0, 4.0).expect("limited");
-        assert!((r - 50.0).abs() < 1e-9, "{r}");
-        assert_eq!(Budget::none().records_per_second(1.0, 1.0), None);
-    }
-}
-
-#[cfg(test)]
-mod sliding {
-    use super::*;
-
-    /// The running sums agree with counting every event by hand, through
-    /// events leaving the windows and merges.
-    #[test]
-    fn new_windows_keep_what_was_sent() {
-        let t0 = Instant::now();
-        let mut old = Budget::new(BudgetSpec::messages(
-            &RateSpec::parse("100:1").expect("spec"),
-        ));
-        for _ in 0..5 {
-            old.record(t0, &Cost::message());
-        }
-        let mut new = Budget::new(BudgetSpec::messages(&RateSpec::parse("6:1").expect("spec")));
-        new.inherit(old);
-        assert_eq!(new.next_allowed(t0, &Cost::message()), None, "5 + 1 fits");
-        new.record(t0, &Cost::message());
-        assert!(
-            new.next_allowed(t0, &Cost::message()).is_some(),
-            "the 5 still count"
-        );
-    }
-
-    #[test]
-    fn running_sums_match_a_full_count() {
-        let mut m = Meter::new(&RateSpec::parse("50:1,400:10").expect("spec"), "messages");
-        let t0 = Instant::now();
-        let mut all: Vec<(Instant, u64)> = Vec::new();
-        let mut rng = fastrand::Rng::with_seed(7);
-        for step in 0..5_000u64 {
-            let now = t0 + Duration::from_millis(step * 7);
-            let cost = rng.u64(1..5);
-            m.advance(now);
-            for w in &m.windows {
-                let by_hand: u64 = all
-                    .iter()
-                    .filter(|(t, _)| now.duration_since(*t) < w.len)
-                    .map(|(_, c)| c)
-                    .sum();
-                assert_eq!(w.sum, by_hand, "step {step}, window {}", w.name);
-            }
-            m.record(now, cost);
-            all.push((now, cost));
-        }
-        assert!(
-            m.events.len() < 2_000,
-            "old events are dropped: {}",
-            m.events.len()
-        );
-    }
-}
+mod tests;
