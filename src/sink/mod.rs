@@ -241,6 +241,26 @@ pub trait Platform: Send + 'static {
         rumqttc::QoS::AtLeastOnce
     }
 
+    /// Queued records checked again (a limit or template may have changed
+    /// since they were stored) and encoded: the publishes, and the records
+    /// the platform can no longer take, with why. A platform whose check is
+    /// its encoding does both in one pass.
+    fn encode_admitted(
+        &mut self,
+        records: Vec<Record>,
+        admit: &dyn Admit,
+    ) -> (Vec<Publish>, Vec<(Record, Refusal)>) {
+        let mut ok = Vec::with_capacity(records.len());
+        let mut refused = Vec::new();
+        for r in records {
+            match admit.admit(&r) {
+                Ok(()) => ok.push(r),
+                Err(why) => refused.push((r, why)),
+            }
+        }
+        (self.encode(&ok), refused)
+    }
+
     /// A message on a local topic the platform watches: what goes up.
     fn on_local(&mut self, _topic: &str, _payload: &[u8]) -> Vec<Action> {
         Vec::new()

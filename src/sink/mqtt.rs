@@ -59,6 +59,45 @@ impl Platform for MqttEncoder {
     fn admission(&self) -> Arc<dyn Admit> {
         Arc::new(self.clone())
     }
+
+    /// The check is the encoding: each envelope is made once, checked alone
+    /// against the packet limit, and batched from there.
+    fn encode_admitted(
+        &mut self,
+        records: Vec<Record>,
+        _admit: &dyn Admit,
+    ) -> (Vec<Publish>, Vec<(Record, Refusal)>) {
+        let mut ok = Vec::with_capacity(records.len());
+        let mut refused = Vec::new();
+        for r in records {
+            let topic = render_topic(&self.template, &r);
+            let payload = match self.format {
+                PayloadFormat::Raw => r.payload.clone(),
+                PayloadFormat::Envelope | PayloadFormat::Batch => envelope(&r),
+            };
+            // A batch of one adds `[` and `]`.
+            let alone = match self.format {
+                PayloadFormat::Batch => payload.len().saturating_add(2),
+                _ => payload.len(),
+            };
+            match self.check(&topic, alone) {
+                Ok(()) => ok.push((r.id, topic, payload)),
+                Err(why) => refused.push((r, why)),
+            }
+        }
+        let publishes = match self.format {
+            PayloadFormat::Batch => self.batches(ok),
+            PayloadFormat::Raw | PayloadFormat::Envelope => ok
+                .into_iter()
+                .map(|(id, topic, payload)| Publish {
+                    topic,
+                    payload,
+                    ids: vec![id],
+                })
+                .collect(),
+        };
+        (publishes, refused)
+    }
 }
 
 /// A record goes if its topic (from the template) is a topic name and its
@@ -66,15 +105,20 @@ impl Platform for MqttEncoder {
 impl Admit for MqttEncoder {
     fn admit(&self, r: &Record) -> Result<(), Refusal> {
         let p = self.encode_one(r);
-        check_publish(&p.topic, p.payload.len(), self.max_packet).map_err(|mut why| {
-            let topic: String = p.topic.chars().take(80).collect();
-            why.reason = format!("{}: `{topic}`", why.reason);
-            why
-        })
+        self.check(&p.topic, p.payload.len())
     }
 }
 
 impl MqttEncoder {
+    /// Can a publish of `len` bytes go on `topic`?
+    fn check(&self, topic: &str, len: usize) -> Result<(), Refusal> {
+        check_publish(topic, len, self.max_packet).map_err(|mut why| {
+            let topic: String = topic.chars().take(80).collect();
+            why.reason = format!("{}: `{topic}`", why.reason);
+            why
+        })
+    }
+
     /// One record alone (admission checks a batch's reading this way too:
     /// a reading that fits alone always finds a batch it fits in).
     fn encode_one(&self, r: &Record) -> Publish {
@@ -100,12 +144,21 @@ impl MqttEncoder {
     /// appears; each group split where `batch_max` or the packet limit
     /// would be passed. Within a topic the readings keep their order.
     fn encode_batches(&self, records: &[Record]) -> Vec<Publish> {
+        self.batches(
+            records
+                .iter()
+                .map(|r| (r.id, render_topic(&self.template, r), envelope(r)))
+                .collect(),
+        )
+    }
+
+    /// [`MqttEncoder::encode_batches`] of envelopes already made: (record
+    /// id, its topic, its envelope).
+    fn batches(&self, items: Vec<(i64, String, Vec<u8>)>) -> Vec<Publish> {
         let mut out: Vec<Publish> = Vec::new();
         // The open publish of each topic: its index in `out`.
         let mut open: Vec<(String, usize)> = Vec::new();
-        for r in records {
-            let topic = render_topic(&self.template, r);
-            let one = envelope(r);
+        for (id, topic, one) in items {
             let room = self
                 .max_packet
                 .saturating_sub(topic.len())
@@ -121,7 +174,7 @@ impl MqttEncoder {
                         p.payload.extend(one);
                         p.payload.push(close);
                     }
-                    p.ids.push(r.id);
+                    p.ids.push(id);
                     continue;
                 }
             }
@@ -137,7 +190,7 @@ impl MqttEncoder {
             out.push(Publish {
                 topic,
                 payload,
-                ids: vec![r.id],
+                ids: vec![id],
             });
         }
         out
@@ -201,6 +254,47 @@ mod tests {
         ))
         .expect("cfg");
         MqttEncoder::new(&cfg)
+    }
+
+    /// Checking and encoding in one pass gives what checking each record
+    /// and then encoding the rest gives, in every format.
+    #[test]
+    fn one_pass_admission_matches_admit_then_encode() {
+        let big = format!("{{\"v\":\"{}\"}}", "\\\"".repeat(600));
+        let rs = vec![
+            record(1, "a", r#"{"v":1}"#),
+            record(2, "b", &big),
+            record(3, "a", r#"{"v":3}"#),
+            record(4, "c+d", r#"{"v":4}"#),
+            record(5, "b", "21.5 not json"),
+        ];
+        for format in ["raw", "envelope", "batch"] {
+            let cfg: MqttSinkConfig = toml::from_str(&format!(
+                "url = \"mqtt://localhost\"\nformat = \"{format}\"\nmax_packet_size = 1024"
+            ))
+            .expect("cfg");
+            let mut e = MqttEncoder::new(&cfg);
+            let admit = e.clone();
+            let (ok, bad): (Vec<_>, Vec<_>) =
+                rs.iter().cloned().partition(|r| admit.admit(r).is_ok());
+            let want = e.encode(&ok);
+            let (got, refused) = e.encode_admitted(rs.clone(), &admit);
+            assert_eq!(got, want, "{format}");
+            let refused_ids: Vec<i64> = refused.iter().map(|(r, _)| r.id).collect();
+            assert_eq!(
+                refused_ids,
+                bad.iter().map(|r| r.id).collect::<Vec<_>>(),
+                "{format}"
+            );
+            for (r, why) in &refused {
+                assert_eq!(
+                    Some(why),
+                    admit.admit(r).err().as_ref(),
+                    "{format}: the same reason"
+                );
+            }
+            assert!(refused_ids.contains(&4), "{format}: `+` in the topic");
+        }
     }
 
     #[test]

@@ -570,16 +570,14 @@ impl<E: Platform> Uplink<E> {
                     return Ok(());
                 }
             };
-            let mut records: Vec<Record> = Vec::with_capacity(batch);
-            for r in flight.take(batch) {
-                match self.admit.admit(&r) {
-                    Ok(()) => records.push(r),
-                    Err(why) => self.refuse(r.id, &r.device, why.reason).await,
-                }
-            }
+            let records = flight.take(batch);
             #[cfg(debug_assertions)]
             fault(&records);
-            for publish in self.encoder.encode(&records) {
+            let (publishes, refused) = self.encoder.encode_admitted(records, self.admit.as_ref());
+            for (r, why) in refused {
+                self.refuse(r.id, &r.device, why.reason).await;
+            }
+            for publish in publishes {
                 self.send(client, flight, publish).await?;
             }
         }
