@@ -49,7 +49,7 @@ use super::{
     Upstream,
 };
 use crate::net::BrokerUrl;
-use crate::record::{now_ms, Record};
+use crate::record::now_ms;
 use crate::route::Admit;
 use crate::source::Ingest;
 use crate::stats::{self, SinkStats};
@@ -658,7 +658,7 @@ impl<E: Platform> Uplink<E> {
 /// release build): with `OUTPOST_TEST_FAULTS=1`, the first record of device
 /// `outpost-fault-sink` panics the session, once per process.
 #[cfg(debug_assertions)]
-fn fault(records: &[Record]) {
+fn fault(records: &[crate::record::Record]) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static DONE: AtomicBool = AtomicBool::new(false);
     if std::env::var_os("OUTPOST_TEST_FAULTS").is_some()
