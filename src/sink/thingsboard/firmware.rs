@@ -57,19 +57,11 @@ impl Offer {
 
     /// The image's file name: title and version, made safe for a path.
     fn file(&self, ext: &str) -> String {
-        let safe = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || ".-_".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .take(64)
-                .collect()
-        };
-        format!("{}-{}.{ext}", safe(&self.title), safe(&self.version))
+        format!(
+            "{}-{}.{ext}",
+            safe_name(&self.title),
+            safe_name(&self.version)
+        )
     }
 }
 
