@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crate::config::{ReadingsConfig, RouteConfig};
 use crate::recent::Recent;
-use crate::record::{device_name_problem, now_ms, Reading, Record, RecordKind};
+use crate::record::{device_name_problem, elements, now_ms, Record, RecordKind, Scan};
 use crate::topic::TopicFilter;
 
 /// 2000-01-01T00:00:00Z in milliseconds: earlier times are not plausible.
@@ -224,7 +224,7 @@ impl Router {
 
     fn route_at(&mut self, topic: &str, payload: &[u8], now: i64) -> Routed {
         let mut out = Routed::default();
-        let mut parts: Option<Vec<(Vec<u8>, Reading)>> = None;
+        let mut parts: Option<Vec<(Vec<u8>, Stamp)>> = None;
         let mut sinks: Vec<&str> = Vec::new();
         let routes = std::mem::take(&mut self.routes);
         for r in &routes {
@@ -256,7 +256,7 @@ impl Router {
         device: &str,
         topic: &str,
         payload: &[u8],
-        reading: &Reading,
+        reading: &Stamp,
         now: i64,
         out: &mut Routed,
     ) {
@@ -305,26 +305,40 @@ impl Router {
 /// "values":{..}}, ..]` or `[{"temp":1}, ..]`, as ThingsBoard reads
 /// telemetry) is one reading per element; anything else is one reading.
 /// Lists longer than [`MAX_PARTS`] stay one reading.
-fn split(payload: &[u8]) -> Vec<(Vec<u8>, Reading)> {
+fn split(payload: &[u8]) -> Vec<(Vec<u8>, Stamp)> {
     if payload.first() == Some(&b'[') {
-        if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(payload) {
+        if let Some(items) = elements(payload) {
             let objects = !items.is_empty()
                 && items.len() <= MAX_PARTS
-                && items.iter().all(serde_json::Value::is_object);
+                && items.iter().all(|i| i.first() == Some(&b'{'));
             if objects {
                 return items
-                    .iter()
-                    .map(|item| {
-                        // Serializing a serde_json::Value cannot fail.
-                        let bytes = serde_json::to_vec(item).unwrap_or_default();
-                        let reading = Reading::parse(&bytes);
-                        (bytes, reading)
+                    .into_iter()
+                    .map(|bytes| {
+                        let stamp = Stamp::of(&bytes);
+                        (bytes, stamp)
                     })
                     .collect();
             }
         }
     }
-    vec![(payload.to_vec(), Reading::parse(payload))]
+    vec![(payload.to_vec(), Stamp::of(payload))]
+}
+
+/// What routing needs of a reading: the time it gives, if any.
+struct Stamp {
+    ts: Option<i64>,
+    ts_given: bool,
+}
+
+impl Stamp {
+    fn of(payload: &[u8]) -> Stamp {
+        let scan = Scan::of(payload);
+        Stamp {
+            ts: scan.ts,
+            ts_given: scan.ts_given,
+        }
+    }
 }
 
 /// Elements of a list split into readings at most.
@@ -367,7 +381,7 @@ mod tests {
         let ts: Vec<i64> = got.iter().map(|x| x.ts).collect();
         assert_eq!(ts, [a, b]);
         assert_eq!(
-            Reading::parse(&got[1].payload).values,
+            crate::record::Reading::parse(&got[1].payload).values,
             serde_json::json!({"t": 2})
         );
         // Plain objects: stamped one after the other.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::{MqttSinkConfig, PayloadFormat};
-use crate::record::{Reading, Record};
+use crate::record::{Record, Scan};
 use crate::route::{Admit, Refusal};
 
 use super::session::Settings;
@@ -37,13 +37,34 @@ impl MqttEncoder {
     }
 }
 
-/// Fills a checked topic template (`site1/{device}/{kind}`).
+/// Fills a checked topic template (`site1/{device}/{kind}`) in one pass:
+/// a name that itself holds `{topic}` is not filled again.
 pub fn render_topic(template: &str, r: &Record) -> String {
-    template
-        .replace("{device}", &r.device)
-        .replace("{kind}", r.kind.as_str())
-        .replace("{sink}", &r.sink)
-        .replace("{topic}", &r.topic)
+    let mut out = String::with_capacity(
+        template
+            .len()
+            .saturating_add(r.device.len())
+            .saturating_add(r.topic.len()),
+    );
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        let (text, tail) = rest.split_at(at);
+        out.push_str(text);
+        let fields = [
+            ("{device}", r.device.as_str()),
+            ("{kind}", r.kind.as_str()),
+            ("{sink}", r.sink.as_str()),
+            ("{topic}", r.topic.as_str()),
+        ];
+        let (field, value) = fields
+            .into_iter()
+            .find(|(field, _)| tail.starts_with(field))
+            .unwrap_or(("{", "{"));
+        out.push_str(value);
+        rest = tail.get(field.len()..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Platform for MqttEncoder {
@@ -199,9 +220,14 @@ impl MqttEncoder {
 
 /// `{"ts":..,"device":..,"values":..}` of one record.
 fn envelope(r: &Record) -> Vec<u8> {
-    let reading = Reading::parse(&r.payload);
-    // Serializing a serde_json::Value cannot fail.
-    serde_json::to_vec(&reading.envelope(r.ts, &r.device)).unwrap_or_default()
+    let mut out = Vec::with_capacity(
+        r.payload
+            .len()
+            .saturating_add(r.device.len())
+            .saturating_add(40),
+    );
+    Scan::of(&r.payload).write_envelope(r.ts, &r.device, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -295,6 +321,17 @@ mod tests {
             }
             assert!(refused_ids.contains(&4), "{format}: `+` in the topic");
         }
+    }
+
+    #[test]
+    fn the_template_is_filled_once() {
+        let mut r = record(1, "a{topic}", "{}");
+        r.topic = "x/{device}".into();
+        assert_eq!(
+            render_topic("{sink}/{device}/{kind}/{topic}/{other}{", &r),
+            "up/a{topic}/telemetry/x/{device}/{other}{"
+        );
+        assert_eq!(render_topic("plain", &r), "plain");
     }
 
     #[test]

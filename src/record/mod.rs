@@ -7,10 +7,14 @@
 //! timestamp and overwrites itself on platforms that key values by (device,
 //! key, ts).
 
+mod scan;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+pub use scan::{elements, Scan};
 
 /// Longest device name, in bytes.
 pub const MAX_DEVICE_NAME: usize = 256;
