@@ -467,6 +467,51 @@ pub fn delete(
         .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
 }
 
+/// Deletes the rows of `ids` from `sink`'s queue; returns how many were
+/// there and their size. A run of consecutive ids (an acknowledged batch
+/// usually is one) is one range statement, not a statement per row.
+pub fn delete_many(
+    tx: &Transaction<'_>,
+    sink: &str,
+    table: &str,
+    ids: &[i64],
+) -> rusqlite::Result<(u64, u64)> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut measure = tx.prepare_cached(&format!(
+        "SELECT COUNT(*), COALESCE(SUM({}), 0) FROM {table} WHERE id BETWEEN ?1 AND ?2",
+        size_expr(sink)
+    ))?;
+    let mut delete =
+        tx.prepare_cached(&format!("DELETE FROM {table} WHERE id BETWEEN ?1 AND ?2"))?;
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    for (first, last) in runs(&sorted) {
+        let (n, size) = measure.query_row(params![first, last], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        if n > 0 {
+            delete.execute(params![first, last])?;
+            rows = rows.saturating_add(u64::try_from(n).unwrap_or(0));
+            bytes = bytes.saturating_add(u64::try_from(size).unwrap_or(0));
+        }
+    }
+    Ok((rows, bytes))
+}
+
+/// The runs of consecutive values in sorted, distinct `ids`, as (first,
+/// last).
+fn runs(ids: &[i64]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &id in ids {
+        match out.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(id) => *last = id,
+            _ => out.push((id, id)),
+        }
+    }
+    out
+}
+
 /// The oldest rows across all queues: (id, sink, size, ingested_at).
 pub fn oldest(
     tx: &Transaction<'_>,

@@ -369,3 +369,56 @@ fn dead_letters_are_retried_into_their_queue_or_purged() {
     w.join();
     assert!(dead_letters(&path).expect("list").is_empty());
 }
+
+/// Deletes of ranges, gaps, repeats, ids already gone and ids of another
+/// queue remove exactly the rows named and keep the counts right: the
+/// depths the writer keeps equal those a reopen counts from the rows.
+#[test]
+fn deletes_in_runs_remove_exactly_the_ids_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let sinks = ["a".to_string(), "b".to_string()];
+    let (ob, w) =
+        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("open");
+    let kept = rt().block_on(async {
+        let recs = (0..40)
+            .map(|i| rec(if i % 4 == 3 { "b" } else { "a" }, "d", i))
+            .collect();
+        ob.append(recs).await.expect("append");
+        let a = ob.fetch("a", 0, 100).await.expect("fetch");
+        let b = ob.fetch("b", 0, 100).await.expect("fetch");
+        let ids: Vec<i64> = a.iter().map(|r| r.id).collect();
+        // Two runs, one lone id, a repeat, and an id of queue b.
+        let mut gone: Vec<i64> = ids.get(0..5).expect("5").to_vec();
+        gone.extend_from_slice(ids.get(9..14).expect("14"));
+        gone.push(ids[20]);
+        gone.push(ids[2]);
+        gone.push(b[0].id);
+        gone.reverse();
+        ob.delete("a", gone.clone()).await.expect("delete");
+        // Again, with ids already deleted beside a new one.
+        ob.delete("a", vec![ids[0], ids[1], ids[29]])
+            .await
+            .expect("delete");
+        ob.flush().await.expect("flush");
+        let left = ob.fetch("a", 0, 100).await.expect("fetch");
+        let want: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !gone.contains(id) && *id != ids[29])
+            .collect();
+        assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), want);
+        assert_eq!(ob.fetch("b", 0, 100).await.expect("fetch").len(), b.len());
+        let stats = ob.stats();
+        assert_eq!(stats["a"].depth.records, want.len() as u64);
+        (stats["a"].depth, stats["b"].depth)
+    });
+    drop(ob);
+    w.join();
+    let (ob, w) =
+        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("reopen");
+    let stats = ob.stats();
+    assert_eq!((stats["a"].depth, stats["b"].depth), kept);
+    drop(ob);
+    w.join();
+}

@@ -163,18 +163,27 @@ impl State {
     }
 
     fn added(&mut self, sink: &str, size: u64) {
-        let d = self.depths.entry(sink.to_string()).or_default();
+        if !self.depths.contains_key(sink) {
+            self.depths.insert(sink.to_string(), Depth::default());
+        }
+        let Some(d) = self.depths.get_mut(sink) else {
+            return;
+        };
         d.records = d.records.saturating_add(1);
         d.bytes = d.bytes.saturating_add(size);
         self.total_bytes = self.total_bytes.saturating_add(size);
     }
 
     fn removed(&mut self, sink: &str, size: u64) {
+        self.removed_many(sink, 1, size);
+    }
+
+    fn removed_many(&mut self, sink: &str, rows: u64, bytes: u64) {
         if let Some(d) = self.depths.get_mut(sink) {
-            d.records = d.records.saturating_sub(1);
-            d.bytes = d.bytes.saturating_sub(size);
+            d.records = d.records.saturating_sub(rows);
+            d.bytes = d.bytes.saturating_sub(bytes);
         }
-        self.total_bytes = self.total_bytes.saturating_sub(size);
+        self.total_bytes = self.total_bytes.saturating_sub(bytes);
     }
 }
 
@@ -409,11 +418,8 @@ fn apply(
                 let Some(table) = state.tables.get(sink).cloned() else {
                     continue;
                 };
-                for id in ids {
-                    if let Some(size) = db::delete(tx, sink, &table, *id)? {
-                        state.removed(sink, size);
-                    }
-                }
+                let (rows, bytes) = db::delete_many(tx, sink, &table, ids)?;
+                state.removed_many(sink, rows, bytes);
             }
             Command::DeadLetter { sink, ids, reason } => {
                 let Some(table) = state.tables.get(sink).cloned() else {
