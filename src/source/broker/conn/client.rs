@@ -144,32 +144,47 @@ impl Client {
                     Err(IoError::Codec(e)) => return self.violation(conn, e.reason(), &e.to_string()),
                     Err(e) => return End::Lost(e.to_string()),
                 },
-                Some((tag, outcome)) = next_commit(&mut self.commits) => {
-                    let result = match outcome {
-                        Ok(done) => {
-                            self.inner.ingest.count(&done);
-                            if done.rejected > 0 {
-                                self.not_stored(tag, "the outbox is full (store.full_policy = \"reject_new\")")
-                            } else {
-                                self.gate.committed(tag);
-                                Ok(())
-                            }
+                Some(first) = next_commit(&mut self.commits) => {
+                    // One commit of the outbox usually holds several of
+                    // this client's publishes: their acknowledgements go
+                    // out in one write.
+                    let mut next = Some(first);
+                    while let Some(commit) = next {
+                        let result = self.committed(commit);
+                        self.release(conn);
+                        if let Err(end) = result {
+                            return end;
                         }
-                        Err(e) => {
-                            stats::add(&self.inner.ingest.stats().ingest.refused, 1);
-                            self.inner.note_store_failure(&e);
-                            self.not_stored(tag, &e.to_string())
-                        }
-                    };
-                    self.release(conn);
-                    if let Err(end) = result {
-                        return end;
+                        next = self.commits.as_mut().and_then(|(_, rx)| rx.try_recv().ok());
                     }
                 }
                 _ = self.wake.notified() => self.write_pending(conn),
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     return End::Lost("keep-alive timeout".into());
                 }
+            }
+        }
+    }
+
+    /// The outbox's answer for the publish tagged `tag`.
+    fn committed(&mut self, (tag, outcome): Tagged) -> Result<(), End> {
+        match outcome {
+            Ok(done) => {
+                self.inner.ingest.count(&done);
+                if done.rejected > 0 {
+                    self.not_stored(
+                        tag,
+                        "the outbox is full (store.full_policy = \"reject_new\")",
+                    )
+                } else {
+                    self.gate.committed(tag);
+                    Ok(())
+                }
+            }
+            Err(e) => {
+                stats::add(&self.inner.ingest.stats().ingest.refused, 1);
+                self.inner.note_store_failure(&e);
+                self.not_stored(tag, &e.to_string())
             }
         }
     }
