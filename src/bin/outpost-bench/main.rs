@@ -79,7 +79,8 @@ struct Args {
     /// outpost's `store.synchronous`: full or normal.
     #[arg(long, default_value = "full")]
     synchronous: String,
-    /// Extra keys for outpost's `[sink.up]` (e.g. `format = "batch"`).
+    /// Extra keys for outpost's `[sink.up]` (e.g. `format = "batch"`), for
+    /// the `outpost` and `old` targets (and added to `batch`'s).
     #[arg(long, default_value = "")]
     sink: String,
 }
@@ -120,7 +121,6 @@ impl Running {
                     outpost.to_path_buf()
                 };
                 let sink = match target {
-                    "old" => String::new(),
                     "batch" => format!("format = \"batch\"\n{}", args.sink),
                     _ => args.sink.clone(),
                 };
