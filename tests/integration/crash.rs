@@ -246,3 +246,51 @@ async fn an_acknowledged_reading_whose_delete_was_lost_is_sent_again() {
     op.terminate();
     assert_eq!(op.queued(), 0, "the clean stop committed the delete");
 }
+
+/// Acknowledged rows are deleted together a few milliseconds after their
+/// PUBACKs. When the connection ends first, they are deleted before the
+/// next connection reads the queue, so a reconnect sends nothing already
+/// acknowledged again. The debug build's hold is stretched to 60 s so the
+/// reconnect lands while the rows are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_acknowledged_before_a_reconnect_are_not_sent_again() {
+    let mut w = World::new("");
+    let col = w.collect("site1/#").await;
+    let op = w.start_with_env(
+        &w.site().mqtt("", ""),
+        &[("OUTPOST_TEST_ACK_HOLD_MS", "60000")],
+    );
+    let reading = |seq: u32| {
+        (
+            "sensors/d1/telemetry".to_string(),
+            format!("{{\"seq\":{seq}}}").into_bytes(),
+        )
+    };
+    assert_eq!(
+        publish_all(w.port, "held-acks", (0..5).map(reading).collect()).await,
+        5
+    );
+    assert_eq!(col.wait_for(5, Duration::from_secs(15)).await, 5);
+    let acked = wait_until(Duration::from_secs(5), || {
+        op.status_json()["sinks"]["up"]["delivered"].as_u64() == Some(5)
+    });
+    assert!(acked, "the upstream acknowledged: {}", op.status_json());
+    assert_eq!(op.queued(), 5, "held: acknowledged, not deleted yet");
+
+    w.up.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || op.queued() == 0),
+        "deleted when the connection ended, not left for the next one to send; log:\n{}",
+        op.log_text()
+    );
+    assert_eq!(publish_all(w.port, "held-acks", vec![reading(99)]).await, 1);
+    assert_eq!(col.wait_for(6, Duration::from_secs(15)).await, 6);
+    col.settle(Duration::from_millis(500), Duration::from_secs(5))
+        .await;
+    let seqs: Vec<u64> = col
+        .all()
+        .iter()
+        .filter_map(|s| s.json()["values"]["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4, 99], "nothing sent twice");
+}

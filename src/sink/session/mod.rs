@@ -13,11 +13,14 @@
 //! waits an exponential backoff with jitter, and a refused CONNACK (bad
 //! credentials) waits the maximum and says so once in plain words.
 //!
-//! One job per file: this loop; [`flight`] (rows in flight and their packet
+//! One job per file: this loop; [`act`] (what a platform asks for);
+//! [`acked`] (deletes held a moment); [`flight`] (rows in flight and their packet
 //! ids); [`fetch`] (reading the queue); [`poison`] (records a platform can
 //! never take); [`backoff`]; [`pace`] (rate windows); [`tls`]; [`explain`]
 //! (failures in words); [`settings`].
 
+mod acked;
+mod act;
 mod backoff;
 mod explain;
 mod fetch;
@@ -40,20 +43,20 @@ pub use pace::{Budget, BudgetSpec, Cost, Held, Limits};
 pub use settings::Settings;
 pub use tls::{client_identity, tls_config};
 
+use acked::Acked;
 use flight::{Flight, LiveSplit};
 use poison::SessionLog;
 use tls::Mtls;
 
 use super::{
-    check_publish, Action, Agent, ControlEvent, Downlink, Platform, Publish, Ready, SinkError,
-    Upstream,
+    check_publish, Agent, ControlEvent, Downlink, Platform, Publish, Ready, SinkError, Upstream,
 };
 use crate::net::BrokerUrl;
 use crate::record::now_ms;
 use crate::route::Admit;
 use crate::source::Ingest;
 use crate::stats::{self, SinkStats};
-use crate::store::Outbox;
+use crate::store::{Outbox, StoreError};
 use crate::throttle::Throttle;
 use crate::units::RateSpec;
 
@@ -128,6 +131,8 @@ pub struct Uplink<E: Platform> {
     suspect: Option<(i64, u32)>,
     /// While above zero, one record per publish; counts down with PUBACKs.
     careful: u32,
+    /// Acknowledged rows whose delete is held back a moment.
+    acked: Acked,
     /// mTLS: the TLS setup is rebuilt from the files before every
     /// connection, so a renewed certificate is used without a restart, and
     /// an expired one keeps this sink (only) from connecting.
@@ -200,6 +205,7 @@ impl<E: Platform> Uplink<E> {
             session: SessionLog::default(),
             suspect: None,
             careful: 0,
+            acked: Acked::default(),
             mtls,
             queueless: false,
         })
@@ -280,56 +286,6 @@ impl<E: Platform> Uplink<E> {
         }
     }
 
-    /// Carries out one thing the platform asked for.
-    async fn act(
-        &mut self,
-        client: &AsyncClient,
-        flight: &mut Flight,
-        action: Action,
-    ) -> Result<(), End> {
-        match action {
-            Action::Upstream(publish) => self.send(client, flight, publish).await?,
-            Action::Limits { max_inflight, rate } => self.apply_limits(flight, max_inflight, rate),
-            Action::Ingest { topic, payload } => match &self.io.ingest {
-                Some(ingest) => {
-                    if ingest.submit(&topic, &payload).await.is_err() {
-                        return Err(End::Shutdown);
-                    }
-                }
-                None => tracing::debug!(sink = %self.name, "no ingest for an upstream reading"),
-            },
-            Action::Local(cmd) => match &self.io.local {
-                Some(local) => {
-                    let _ = local.send(cmd).await;
-                }
-                None => tracing::debug!(sink = %self.name, "no local side for a downlink message"),
-            },
-            Action::Own {
-                method,
-                params,
-                reply,
-            } => {
-                tracing::info!(sink = %self.name, %method, "RPC to outpost");
-                let answer = match &self.io.agent {
-                    Some(agent) => agent.call(&method, &params),
-                    None => serde_json::json!({"error": "outpost answers no RPC on this sink"}),
-                };
-                self.send(client, flight, reply(answer)).await?;
-            }
-            Action::Control(event) => match &self.io.control {
-                Some(control) => {
-                    if control.try_send(event).is_err() {
-                        tracing::warn!(sink = %self.name, "remote configuration busy; dropped an update (it is asked again on reconnect)");
-                    }
-                }
-                None => {
-                    tracing::debug!(sink = %self.name, "remote configuration is not taken through this sink")
-                }
-            },
-        }
-        Ok(())
-    }
-
     async fn session(&mut self, shutdown: &CancellationToken, notify: &tokio::sync::Notify) -> End {
         self.session = SessionLog::default();
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUESTS);
@@ -343,7 +299,11 @@ impl<E: Platform> Uplink<E> {
                 }
             }
         });
-        let end = self.deliver(&client, &mut events, shutdown, notify).await;
+        let mut end = self.deliver(&client, &mut events, shutdown, notify).await;
+        // Before the next connection fetches from the queue's head.
+        if self.delete_acked().await.is_err() {
+            end = End::Shutdown;
+        }
         if matches!(end, End::Shutdown) {
             // Say goodbye properly; the broker then discards no will and the
             // socket closes cleanly. Bounded: the peer may be gone.
@@ -426,6 +386,9 @@ impl<E: Platform> Uplink<E> {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.acked.due() && self.delete_acked().await.is_err() {
+                return End::Shutdown;
+            }
             if draining.is_none() {
                 if let Err(end) = self.fill(client, &mut flight).await {
                     return end;
@@ -455,9 +418,7 @@ impl<E: Platform> Uplink<E> {
                                 self.suspect = None;
                                 self.careful = self.careful.saturating_sub(1);
                             }
-                            if self.outbox.delete(&self.name, ids).await.is_err() {
-                                return End::Shutdown;
-                            }
+                            self.acked.add(ids);
                             stats::add(&self.stats.delivered, n);
                         }
                     }
@@ -500,6 +461,7 @@ impl<E: Platform> Uplink<E> {
                     flight.live_dirty = flight.live.is_some();
                 }
                 _ = tokio::time::sleep_until(unblock.unwrap_or(deadline)), if unblock.is_some() && draining.is_none() => {}
+                _ = tokio::time::sleep_until(self.acked.due_at().unwrap_or(deadline)), if self.acked.due_at().is_some() => {}
                 _ = shutdown.cancelled(), if draining.is_none() => {
                     tracing::info!(sink = %self.name, in_flight = flight.len(), "stopping: waiting for in-flight acknowledgements");
                     draining = Some(crate::units::deadline(self.grace));
@@ -510,6 +472,15 @@ impl<E: Platform> Uplink<E> {
                 }
             }
         }
+    }
+
+    /// Hands the acknowledged rows to the outbox to delete.
+    async fn delete_acked(&mut self) -> Result<(), StoreError> {
+        let ids = self.acked.take();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.outbox.delete(&self.name, ids).await
     }
 
     /// Publishes queued records until the in-flight window is full or the
