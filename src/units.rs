@@ -67,6 +67,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((num * mult as f64) as u64)
 }
 
+/// `default`, or in a debug build the milliseconds in the environment
+/// variable `var`: integration tests stretch a few of outpost's waits this
+/// way to land a kill or a reconnect inside them. A release build never
+/// reads the variable.
+pub fn test_stretch(var: &str, default: Duration) -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
+        return Duration::from_millis(ms);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = var;
+    default
+}
+
 /// `d` from now on tokio's clock; a year from now if `d` cannot be added
 /// (a deadline that far is as good as none, and is no panic).
 pub fn deadline(d: Duration) -> tokio::time::Instant {

@@ -280,6 +280,22 @@ mod tests {
         }
     }
 
+    /// Up to `most` parts, each one of `pieces` or a random byte.
+    pub(crate) fn random_payload(
+        rng: &mut fastrand::Rng,
+        pieces: &[&[u8]],
+        most: usize,
+    ) -> Vec<u8> {
+        let mut p = Vec::new();
+        for _ in 0..rng.usize(0..most) {
+            match pieces.get(rng.usize(..pieces.len().saturating_mul(2))) {
+                Some(piece) => p.extend_from_slice(piece),
+                None => p.push(rng.u8(..)),
+            }
+        }
+        p
+    }
+
     /// Property: any bytes parse (as JSON or as a string value), and what
     /// parses re-encodes as an envelope, for random, broken, deep and
     /// binary payloads.
@@ -299,14 +315,7 @@ mod tests {
             b"\xff\xfe",
         ];
         for _ in 0..20_000 {
-            let mut p = Vec::new();
-            for _ in 0..rng.usize(0..40) {
-                if rng.bool() {
-                    p.extend_from_slice(pieces[rng.usize(..pieces.len())]);
-                } else {
-                    p.push(rng.u8(..));
-                }
-            }
+            let p = random_payload(&mut rng, &pieces, 40);
             let r = Reading::parse(&p);
             assert!(r.ts.map_or(true, |t| t >= 0));
             assert!(serde_json::to_vec(&r.envelope(1, "d")).is_ok());

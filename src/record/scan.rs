@@ -434,15 +434,7 @@ mod tests {
             b" ",
         ];
         for _ in 0..20_000 {
-            let mut p = Vec::new();
-            for _ in 0..rng.usize(0..30) {
-                if rng.u8(..4) > 0 {
-                    p.extend_from_slice(pieces[rng.usize(..pieces.len())]);
-                } else {
-                    p.push(rng.u8(..));
-                }
-            }
-            agree(&p);
+            agree(&crate::record::tests::random_payload(&mut rng, &pieces, 30));
         }
     }
 }

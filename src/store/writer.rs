@@ -32,14 +32,7 @@ const DELETE_WINDOW: Duration = Duration::from_millis(20);
 /// (`OUTPOST_TEST_DELETE_WINDOW_MS`) to kill outpost while an
 /// acknowledged reading's delete is still pending. Never in a release build.
 fn delete_window() -> Duration {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("OUTPOST_TEST_DELETE_WINDOW_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Duration::from_millis(ms);
-    }
-    DELETE_WINDOW
+    crate::units::test_stretch("OUTPOST_TEST_DELETE_WINDOW_MS", DELETE_WINDOW)
 }
 
 #[derive(Clone)]

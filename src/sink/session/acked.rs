@@ -20,14 +20,7 @@ const MOST: usize = 1024;
 /// (`OUTPOST_TEST_ACK_HOLD_MS`) to end a connection while rows are held.
 /// Never in a release build.
 fn hold() -> Duration {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("OUTPOST_TEST_ACK_HOLD_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Duration::from_millis(ms);
-    }
-    HOLD
+    crate::units::test_stretch("OUTPOST_TEST_ACK_HOLD_MS", HOLD)
 }
 
 #[derive(Debug)]
