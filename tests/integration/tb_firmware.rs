@@ -105,6 +105,27 @@ fn states(tb: &Collector) -> Vec<String> {
         .collect()
 }
 
+/// The update agent answers UPDATED on `topic`; the platform hears it.
+async fn report_updated(local: &AsyncClient, topic: &str, tb: &Collector) {
+    local
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            br#"{"state":"UPDATED"}"#.to_vec(),
+        )
+        .await
+        .expect("publish");
+    assert!(
+        wait_until(Duration::from_secs(10), || states(tb)
+            .last()
+            .map(String::as_str)
+            == Some("UPDATED")),
+        "UPDATED reaches the platform: {:?}",
+        states(tb)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_is_downloaded_resumed_verified_handed_over_and_a_bad_one_fails() {
     let mut w = World::new("");
@@ -180,19 +201,7 @@ async fn an_image_is_downloaded_resumed_verified_handed_over_and_a_bad_one_fails
         image,
         "byte for byte"
     );
-    local
-        .publish(
-            "outpost/firmware/result",
-            QoS::AtLeastOnce,
-            false,
-            br#"{"state":"UPDATED"}"#.to_vec(),
-        )
-        .await
-        .expect("publish");
-    assert!(wait_until(Duration::from_secs(10), || states(&tb)
-        .last()
-        .map(String::as_str)
-        == Some("UPDATED")));
+    report_updated(&local, "outpost/firmware/result", &tb).await;
     let last = fw_states(&tb).last().cloned().unwrap_or_default();
     assert_eq!(last["current_fw_title"], "gw-fw");
     assert_eq!(last["current_fw_version"], "2.0.1");
@@ -270,19 +279,7 @@ async fn a_child_with_its_own_token_is_updated_over_its_own_device_session() {
     let path = notice["path"].as_str().expect("path");
     assert!(path.contains("children/valve-1/"), "{path}");
     assert_eq!(std::fs::read(path).expect("image"), image);
-    local
-        .publish(
-            "devices/valve-1/firmware/result",
-            QoS::AtLeastOnce,
-            false,
-            br#"{"state":"UPDATED"}"#.to_vec(),
-        )
-        .await
-        .expect("publish");
-    assert!(wait_until(Duration::from_secs(10), || states(&tb)
-        .last()
-        .map(String::as_str)
-        == Some("UPDATED")));
+    report_updated(&local, "devices/valve-1/firmware/result", &tb).await;
     assert!(
         !op.log_text().contains("VALVE-TOKEN"),
         "the token is never logged"
