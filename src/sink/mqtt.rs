@@ -92,16 +92,8 @@ impl Platform for MqttEncoder {
         let mut refused = Vec::new();
         for r in records {
             let topic = render_topic(&self.template, &r);
-            let payload = match self.format {
-                PayloadFormat::Raw => r.payload.clone(),
-                PayloadFormat::Envelope | PayloadFormat::Batch => envelope(&r),
-            };
-            // A batch of one adds `[` and `]`.
-            let alone = match self.format {
-                PayloadFormat::Batch => payload.len().saturating_add(2),
-                _ => payload.len(),
-            };
-            match self.check(&topic, alone) {
+            let payload = self.payload(&r);
+            match self.check(&topic, self.alone(payload.len())) {
                 Ok(()) => ok.push((r.id, topic, payload)),
                 Err(why) => refused.push((r, why)),
             }
@@ -125,8 +117,8 @@ impl Platform for MqttEncoder {
 /// encoded payload fits the packet limit.
 impl Admit for MqttEncoder {
     fn admit(&self, r: &Record) -> Result<(), Refusal> {
-        let p = self.encode_one(r);
-        self.check(&p.topic, p.payload.len())
+        let len = self.alone(self.payload(r).len());
+        self.check(&render_topic(&self.template, r), len)
     }
 }
 
@@ -140,23 +132,29 @@ impl MqttEncoder {
         })
     }
 
-    /// One record alone (admission checks a batch's reading this way too:
-    /// a reading that fits alone always finds a batch it fits in).
-    fn encode_one(&self, r: &Record) -> Publish {
-        let payload = match self.format {
+    /// A record's payload on its own: the sensor's bytes or its envelope.
+    fn payload(&self, r: &Record) -> Vec<u8> {
+        match self.format {
             PayloadFormat::Raw => r.payload.clone(),
-            PayloadFormat::Envelope => envelope(r),
-            PayloadFormat::Batch => {
-                let mut p = Vec::with_capacity(r.payload.len().saturating_add(48));
-                p.push(b'[');
-                p.extend(envelope(r));
-                p.push(b']');
-                p
-            }
-        };
+            PayloadFormat::Envelope | PayloadFormat::Batch => envelope(r),
+        }
+    }
+
+    /// The size of a publish that carries one payload of `len` bytes alone
+    /// (a batch of one adds `[` and `]`). Admission checks a batch's reading
+    /// this way: a reading that fits alone always finds a batch it fits in.
+    fn alone(&self, len: usize) -> usize {
+        match self.format {
+            PayloadFormat::Batch => len.saturating_add(2),
+            PayloadFormat::Raw | PayloadFormat::Envelope => len,
+        }
+    }
+
+    /// One record in a publish of its own (`raw` and `envelope`).
+    fn encode_one(&self, r: &Record) -> Publish {
         Publish {
             topic: render_topic(&self.template, r),
-            payload,
+            payload: self.payload(r),
             ids: vec![r.id],
         }
     }
