@@ -72,6 +72,13 @@ impl Collector {
         Ok(Collector { arrivals, task })
     }
 
+    /// Forgets every arrival so far (between two runs on one broker).
+    pub fn clear(&self) {
+        if let Ok(mut a) = self.arrivals.lock() {
+            a.clear();
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.arrivals.lock().map(|a| a.len()).unwrap_or(0)
     }
@@ -98,15 +105,33 @@ impl Drop for Collector {
     }
 }
 
-/// Publishes `n` readings at QoS 1 on `bench/dev{p}/telemetry`, paced or
-/// as fast as acknowledgements allow; returns each publish-to-PUBACK
-/// latency (ms).
+/// How a set of publishers spaces its readings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// As fast as acknowledgements allow.
+    FlatOut,
+    /// A total rate, readings spread evenly in time: publisher `p` of `n`
+    /// starts `p/n` of a period after the first, so the broker sees one
+    /// reading every `1/rate` seconds.
+    Spread(u64),
+    /// A total rate, every publisher on the same tick: the broker sees
+    /// bursts of one reading per publisher (sensors that sample on the
+    /// second boundary).
+    Lockstep(u64),
+}
+
+/// When a publisher's first reading goes out, and the period after it.
+type Schedule = Option<(tokio::time::Instant, Duration)>;
+
+/// Publishes `n` readings at QoS 1 on `bench/dev{p}/telemetry`, on the
+/// schedule or as fast as acknowledgements allow; returns each
+/// publish-to-PUBACK latency (ms).
 pub async fn publisher(
     port: u16,
     p: usize,
     n: usize,
     pad: usize,
-    pace: Option<Duration>,
+    schedule: Schedule,
 ) -> anyhow::Result<Vec<f64>> {
     let mut opts = MqttOptions::new(
         format!("bench-pub-{p}-{:08x}", fastrand::u32(..)),
@@ -118,8 +143,8 @@ pub async fn publisher(
     let (client, mut events) = AsyncClient::new(opts, 200);
     let padding = "x".repeat(pad);
     let feeder = tokio::spawn(async move {
-        let mut tick = pace.map(|p| {
-            let mut t = tokio::time::interval(p);
+        let mut tick = schedule.map(|(first, period)| {
+            let mut t = tokio::time::interval_at(first, period);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
@@ -164,20 +189,36 @@ pub async fn publisher(
     Ok(lat)
 }
 
-/// `publishers` × `messages` readings at a total `rate` (0: flat out);
-/// returns every PUBACK latency and how long it took.
+/// `publishers` × `messages` readings at `pace`; returns every PUBACK
+/// latency and how long it took.
 pub async fn publish_all(
     port: u16,
     publishers: usize,
     messages: usize,
     pad: usize,
-    rate: u64,
+    pace: Pace,
 ) -> anyhow::Result<(Vec<f64>, Duration)> {
     let start = Instant::now();
-    let pace = (rate > 0).then(|| Duration::from_secs_f64(publishers as f64 / rate as f64));
+    // Paced publishers begin together once all of them had time to
+    // connect, so the first period is not a burst of late starters.
+    let first = tokio::time::Instant::now() + Duration::from_millis(500);
+    let schedule = |p: usize| -> Schedule {
+        let (rate, spread) = match pace {
+            Pace::FlatOut => return None,
+            Pace::Spread(rate) => (rate, true),
+            Pace::Lockstep(rate) => (rate, false),
+        };
+        let period = Duration::from_secs_f64(publishers as f64 / rate.max(1) as f64);
+        let offset = if spread {
+            period.mul_f64(p as f64 / publishers as f64)
+        } else {
+            Duration::ZERO
+        };
+        Some((first + offset, period))
+    };
     let mut tasks = Vec::new();
     for p in 0..publishers {
-        tasks.push(tokio::spawn(publisher(port, p, messages, pad, pace)));
+        tasks.push(tokio::spawn(publisher(port, p, messages, pad, schedule(p))));
     }
     let mut lat = Vec::with_capacity(publishers * messages);
     for t in tasks {

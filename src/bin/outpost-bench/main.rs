@@ -6,7 +6,9 @@
 //! - the disk's own fsync latency (p50/p99), in the state directory;
 //! - bytes written to storage per reading at a paced low rate (the broker
 //!   process's `/proc/PID/io` `write_bytes`);
-//! - PUBACK and end-to-end latency p99 at a paced rate;
+//! - PUBACK and end-to-end latency p99 at a paced rate, once with the
+//!   readings spread evenly in time and once in bursts (every publisher
+//!   on the same tick);
 //! - delivered readings/s, CPU-seconds per reading and bytes per reading
 //!   flat out;
 //! - the drain rate of a backlog queued during an outage;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use load::Collector;
+use load::{Collector, Pace};
 use procs::{free_port, Proc, ScratchDir};
 
 #[derive(Parser, Debug)]
@@ -83,6 +85,9 @@ struct Args {
     /// the `outpost` and `old` targets (and added to `batch`'s).
     #[arg(long, default_value = "")]
     sink: String,
+    /// Print the paced phases' latency quantiles (p50 … max), not only p99.
+    #[arg(long)]
+    quantiles: bool,
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -278,61 +283,64 @@ async fn run_phase(
     // Let a bridge connect upstream before measuring.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     match phase {
-        "low" | "paced" => {
-            let (rate, secs) = if phase == "low" {
-                (args.low_rate, args.low_secs)
-            } else {
-                (args.paced_rate, args.paced_secs)
-            };
-            let publishers = (rate as usize).clamp(1, 20);
-            let each = (rate * secs) as usize / publishers;
-            let total = each * publishers;
+        "low" => {
+            let (rate, secs) = (args.low_rate, args.low_secs);
             let w0 = procs::write_bytes(r.pid());
-            let (mut acks, _) = load::publish_all(r.port, publishers, each, args.pad, rate).await?;
-            col.wait(total, Duration::from_secs(10)).await;
-            // The last deletes (outpost) and the next autosave (bridge).
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let run = paced(args, &r, &col, target, Pace::Spread(rate), secs).await?;
             let written = procs::write_bytes(r.pid()).saturating_sub(w0);
-            let mut e2e: Vec<f64> = col
-                .arrivals
-                .lock()
-                .map(|a| a.iter().map(|(us, _, _)| *us as f64 / 1000.0).collect())
-                .unwrap_or_default();
-            acks.sort_by(f64::total_cmp);
-            e2e.sort_by(f64::total_cmp);
-            let lost = total.saturating_sub(unique(&col));
-            if lost > 0 {
-                eprintln!("{target}: {lost} of {total} readings never arrived");
-            }
-            Ok(if phase == "low" {
-                vec![(
-                    format!("bytes written per reading, {rate}/s"),
-                    "B",
+            Ok(vec![(
+                format!("bytes written per reading, {rate}/s"),
+                "B",
+                false,
+                Some(written as f64 / run.total as f64),
+            )])
+        }
+        "paced" => {
+            let (rate, secs) = (args.paced_rate, args.paced_secs);
+            let spread = paced(args, &r, &col, target, Pace::Spread(rate), secs).await?;
+            col.clear();
+            let burst = paced(args, &r, &col, target, Pace::Lockstep(rate), secs).await?;
+            let per = burst.publishers;
+            let every = 1000 * per as u64 / rate.max(1);
+            Ok(vec![
+                (
+                    format!("PUBACK p99, {rate}/s"),
+                    "ms",
                     false,
-                    Some(written as f64 / total as f64),
-                )]
-            } else {
-                vec![
-                    (
-                        format!("PUBACK p99, {rate}/s"),
-                        "ms",
-                        false,
-                        Some(percentile(&acks, 0.99)),
-                    ),
-                    (
-                        format!("end-to-end p99, {rate}/s"),
-                        "ms",
-                        false,
-                        Some(percentile(&e2e, 0.99)),
-                    ),
-                ]
-            })
+                    Some(percentile(&spread.acks, 0.99)),
+                ),
+                (
+                    format!("end-to-end p99, {rate}/s"),
+                    "ms",
+                    false,
+                    Some(percentile(&spread.e2e, 0.99)),
+                ),
+                (
+                    format!("PUBACK p99, bursts of {per} every {every} ms"),
+                    "ms",
+                    false,
+                    Some(percentile(&burst.acks, 0.99)),
+                ),
+                (
+                    format!("end-to-end p99, bursts of {per} every {every} ms"),
+                    "ms",
+                    false,
+                    Some(percentile(&burst.e2e, 0.99)),
+                ),
+            ])
         }
         "flat" => {
             let total = args.publishers * args.messages;
             let (w0, c0) = (procs::write_bytes(r.pid()), procs::cpu_secs(r.pid()));
             let start = Instant::now();
-            load::publish_all(r.port, args.publishers, args.messages, args.pad, 0).await?;
+            load::publish_all(
+                r.port,
+                args.publishers,
+                args.messages,
+                args.pad,
+                Pace::FlatOut,
+            )
+            .await?;
             col.wait(total, Duration::from_secs(15)).await;
             let secs = last_arrival(&col).map_or(start.elapsed(), |t| t.duration_since(start));
             let cpu = procs::cpu_secs(r.pid()) - c0;
@@ -379,7 +387,7 @@ async fn run_phase(
             }
             let publishers = 20;
             let each = args.backlog / publishers;
-            load::publish_all(r.port, publishers, each, args.pad, 0).await?;
+            load::publish_all(r.port, publishers, each, args.pad, Pace::FlatOut).await?;
             let total = each * publishers;
             // The cloud comes back.
             r.upstream = Some(procs::upstream(r.dir.path(), r.up_port, true)?);
@@ -492,6 +500,72 @@ async fn broker_only(args: &Args, phase: &str, port: u16, pid: u32) -> anyhow::R
 }
 
 /// Distinct readings that arrived.
+/// What one paced run observed.
+struct PacedRun {
+    publishers: usize,
+    total: usize,
+    /// Publish-to-PUBACK latencies (ms), sorted.
+    acks: Vec<f64>,
+    /// Publish-to-upstream latencies (ms), sorted.
+    e2e: Vec<f64>,
+}
+
+/// `rate` readings a second for `secs` from up to 20 publishers, then
+/// the wait for the last of them upstream (and for outpost's last
+/// deletes and the bridge's next autosave, so the bytes they write are
+/// counted).
+async fn paced(
+    args: &Args,
+    r: &Running,
+    col: &Collector,
+    target: &str,
+    pace: Pace,
+    secs: u64,
+) -> anyhow::Result<PacedRun> {
+    let rate = match pace {
+        Pace::Spread(rate) | Pace::Lockstep(rate) => rate,
+        Pace::FlatOut => bail!("a paced run needs a rate"),
+    };
+    let publishers = (rate as usize).clamp(1, 20);
+    let each = (rate * secs) as usize / publishers;
+    let total = each * publishers;
+    let (mut acks, _) = load::publish_all(r.port, publishers, each, args.pad, pace).await?;
+    col.wait(total, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut e2e: Vec<f64> = col
+        .arrivals
+        .lock()
+        .map(|a| a.iter().map(|(us, _, _)| *us as f64 / 1000.0).collect())
+        .unwrap_or_default();
+    acks.sort_by(f64::total_cmp);
+    e2e.sort_by(f64::total_cmp);
+    if args.quantiles {
+        let q = |v: &[f64]| {
+            [0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0]
+                .map(|p| format!("{:.2}", percentile(v, p)))
+                .join(" ")
+        };
+        println!(
+            "  {target}, {pace:?}: PUBACK p50 p90 p95 p98 p99 p99.5 p99.9 max: {} ms",
+            q(&acks)
+        );
+        println!(
+            "  {target}, {pace:?}: end-to-end p50 p90 p95 p98 p99 p99.5 p99.9 max: {} ms",
+            q(&e2e)
+        );
+    }
+    let lost = total.saturating_sub(unique(col));
+    if lost > 0 {
+        eprintln!("{target}: {lost} of {total} readings never arrived ({pace:?})");
+    }
+    Ok(PacedRun {
+        publishers,
+        total,
+        acks,
+        e2e,
+    })
+}
+
 fn unique(col: &Collector) -> usize {
     col.arrivals
         .lock()
