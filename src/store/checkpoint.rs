@@ -24,9 +24,9 @@ use super::StoreError;
 /// How often the WAL is copied into the file at the latest.
 const EVERY: Duration = Duration::from_secs(5);
 
-/// WAL frames (4 KiB pages) after which the writer asks for a checkpoint
-/// sooner, so a burst does not grow the WAL beyond `journal_size_limit`.
-pub(crate) const NUDGE_FRAMES: i64 = 1024;
+/// WAL size after which the writer asks for a checkpoint sooner, so a
+/// burst does not grow the WAL beyond `journal_size_limit`.
+pub(crate) const NUDGE_BYTES: i64 = 4 << 20;
 
 pub(crate) struct Checkpointer {
     stop: Arc<AtomicBool>,

@@ -23,6 +23,7 @@
 
 mod checkpoint;
 mod db;
+mod migrate;
 mod read;
 mod writer;
 

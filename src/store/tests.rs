@@ -422,3 +422,121 @@ fn deletes_in_runs_remove_exactly_the_ids_given() {
     drop(ob);
     w.join();
 }
+
+#[test]
+fn a_delete_waits_to_ride_with_the_next_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ob, w) = Outbox::open(
+        dir.path().join("o.db"),
+        &cfg(1 << 20, FullPolicy::DropOldest),
+        &["a".into()],
+    )
+    .expect("open");
+    rt().block_on(async {
+        ob.append(vec![rec("a", "d", 1)]).await.expect("append");
+        let first = ob.fetch("a", 0, 10).await.expect("fetch");
+        ob.delete("a", vec![first[0].id]).await.expect("delete");
+        // Well inside the window: the delete is not committed alone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ob.stats()["a"].depth.records, 1, "a lone delete waits");
+        assert_eq!(ob.fetch("a", 0, 10).await.expect("fetch").len(), 1);
+        // The next reading's commit takes it along.
+        ob.append(vec![rec("a", "d", 2)]).await.expect("append");
+        let left = ob.fetch("a", 0, 10).await.expect("fetch");
+        assert_eq!(left.iter().map(|r| r.ts).collect::<Vec<_>>(), [2]);
+        assert_eq!(ob.stats()["a"].depth.records, 1);
+    });
+    drop(ob);
+    w.join();
+}
+
+#[test]
+fn many_deletes_commit_without_waiting_for_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ob, w) = Outbox::open(
+        dir.path().join("o.db"),
+        &cfg(64 << 20, FullPolicy::DropOldest),
+        &["a".into()],
+    )
+    .expect("open");
+    rt().block_on(async {
+        let n = super::writer::DELETE_ROWS as i64;
+        ob.append((0..n).map(|i| rec("a", "d", i)).collect())
+            .await
+            .expect("append");
+        let mut ids = Vec::new();
+        while let Some(last) = ids.last().copied().or(Some(0)) {
+            let got = ob.fetch("a", last, 4096).await.expect("fetch");
+            if got.is_empty() {
+                break;
+            }
+            ids.extend(got.iter().map(|r| r.id));
+        }
+        assert_eq!(ids.len() as i64, n);
+        // A drain: acknowledgements only, in the session's chunks.
+        for chunk in ids.chunks(1024) {
+            ob.delete("a", chunk.to_vec()).await.expect("delete");
+        }
+        let start = std::time::Instant::now();
+        while ob.stats()["a"].depth.records > 0 && start.elapsed() < Duration::from_millis(600) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ob.stats()["a"].depth.records,
+            0,
+            "enough deletes commit before the window ends"
+        );
+    });
+    drop(ob);
+    w.join();
+}
+
+#[test]
+fn an_outbox_with_larger_pages_is_rebuilt_with_every_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let sinks = ["a".to_string()];
+    let page_size = |path: &std::path::Path| -> i64 {
+        let c = rusqlite::Connection::open(path).expect("open");
+        c.query_row("PRAGMA page_size", [], |r| r.get(0))
+            .expect("page_size")
+    };
+    let (ob, w) =
+        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("open");
+    rt().block_on(async {
+        ob.append((0..50).map(|i| rec("a", "d", i)).collect())
+            .await
+            .expect("append");
+    });
+    drop(ob);
+    w.join();
+    assert_eq!(page_size(&path), super::db::PAGE_SIZE, "a new file");
+    // As an earlier outpost made it.
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        c.execute_batch(
+            "PRAGMA journal_mode = DELETE; PRAGMA page_size = 4096; VACUUM; PRAGMA journal_mode = WAL;",
+        )
+        .expect("4 KiB pages");
+    }
+    assert_eq!(page_size(&path), 4096);
+    let (ob, w) =
+        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("reopen");
+    rt().block_on(async {
+        let all = ob.fetch("a", 0, 100).await.expect("fetch");
+        assert_eq!(
+            all.iter().map(|r| r.ts).collect::<Vec<_>>(),
+            (0..50).collect::<Vec<_>>()
+        );
+        assert_eq!(ob.stats()["a"].depth.records, 50);
+        ob.append(vec![rec("a", "d", 50)]).await.expect("append");
+    });
+    drop(ob);
+    w.join();
+    assert_eq!(page_size(&path), super::db::PAGE_SIZE, "rebuilt");
+    let c = rusqlite::Connection::open(&path).expect("open");
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+}

@@ -438,11 +438,14 @@ done
         }
     }
     assert!(refused5, "the full disk was never noticed:\n{}", log());
+    // As large as the reading just refused: a smaller one may still fit in
+    // what the disk has left, and be taken.
     let (mut c4, _) = Raw::connected(w.port, &Hello::new(V311, "full4")).await;
+    let body = format!("{{\"v\":-1,\"pad\":\"{}\"}}", "p".repeat(2000));
     let got = c4
         .publish(
             "sensors/full4/telemetry",
-            b"{\"v\":1}",
+            body.as_bytes(),
             1,
             false,
             Props::default(),

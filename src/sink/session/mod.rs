@@ -300,8 +300,9 @@ impl<E: Platform> Uplink<E> {
             }
         });
         let mut end = self.deliver(&client, &mut events, shutdown, notify).await;
-        // Before the next connection fetches from the queue's head.
-        if self.delete_acked().await.is_err() {
+        // Committed before the next connection fetches from the queue's
+        // head, which would send these rows again.
+        if self.delete_acked().await.is_err() || self.outbox.flush().await.is_err() {
             end = End::Shutdown;
         }
         if matches!(end, End::Shutdown) {
@@ -474,7 +475,8 @@ impl<E: Platform> Uplink<E> {
         }
     }
 
-    /// Hands the acknowledged rows to the outbox to delete.
+    /// Hands the acknowledged rows to the outbox to delete (committed with
+    /// the next readings, or within a second).
     async fn delete_acked(&mut self) -> Result<(), StoreError> {
         let ids = self.acked.take();
         if ids.is_empty() {
