@@ -331,6 +331,7 @@ pub(crate) fn run(
 
         if let Err(e) = &result {
             state = before;
+            woken.clear();
             if let Some(count) = failures.due("commit") {
                 tracing::error!(error = %e, commands = group.len(), failed_commits = count,
                     "outbox commit failed; nothing in this group was stored (readings are refused until commits work again)");
@@ -344,11 +345,6 @@ pub(crate) fn run(
             state.publish(&shared);
             if db.wal_bytes() >= NUDGE_BYTES {
                 checkpoints.nudge();
-            }
-            for sink in woken {
-                if let Some(n) = shared.notify.get(&sink) {
-                    n.notify_one();
-                }
             }
             log.note(&drops, &state.limits);
         }
@@ -385,6 +381,13 @@ pub(crate) fn run(
                 | Command::Expire
                 | Command::SetLimits(_)
                 | Command::Stop => {}
+            }
+        }
+        // After the callers: a sensor's acknowledgement waits for its
+        // commit, the uplink's fetch can wait for the acknowledgement.
+        for sink in woken {
+            if let Some(n) = shared.notify.get(&sink) {
+                n.notify_one();
             }
         }
         if stop {

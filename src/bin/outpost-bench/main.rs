@@ -237,10 +237,12 @@ fn print_row(r: &Row) {
             None => format!("{t} n/a"),
         })
         .collect();
+    // The disk's own figure, and differences from it, have no ratio.
+    let relative = !r.figure.contains("fsync");
     let ratio: String = r
         .values
         .iter()
-        .filter(|(t, _)| t != "bridge")
+        .filter(|(t, _)| relative && t != "bridge")
         .filter_map(|(t, v)| {
             let (o, b) = v.zip(base).filter(|(_, b)| *b > 0.0)?;
             Some(format!("  {t}/bridge {:.2}x", o / b))
@@ -297,6 +299,9 @@ async fn run_phase(
         }
         "paced" => {
             let (rate, secs) = (args.paced_rate, args.paced_secs);
+            // The disk as it is right now, in the state directory: the
+            // PUBACK goal is relative to its fsync p99.
+            let (_, f99) = procs::fsync_latency(r.dir.path(), 300)?;
             let spread = paced(args, &r, &col, target, Pace::Spread(rate), secs).await?;
             col.clear();
             let burst = paced(args, &r, &col, target, Pace::Lockstep(rate), secs).await?;
@@ -314,6 +319,13 @@ async fn run_phase(
                     "ms",
                     false,
                     Some(percentile(&spread.e2e, 0.99)),
+                ),
+                ("disk fsync p99, just before".into(), "ms", false, Some(f99)),
+                (
+                    format!("PUBACK p99 minus fsync p99, {rate}/s"),
+                    "ms",
+                    false,
+                    Some(percentile(&spread.acks, 0.99) - f99),
                 ),
                 (
                     format!("PUBACK p99, bursts of {per} every {every} ms"),
