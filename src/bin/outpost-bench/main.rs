@@ -299,9 +299,14 @@ async fn run_phase(
         }
         "paced" => {
             let (rate, secs) = (args.paced_rate, args.paced_secs);
-            // The disk as it is right now, in the state directory: the
-            // PUBACK goal is relative to its fsync p99.
-            let (_, f99) = procs::fsync_latency(r.dir.path(), 300)?;
+            // The disk right before, in the state directory, at the same
+            // rate for as long: the PUBACK goal is relative to its fsync
+            // p99.
+            let dir = r.dir.path().to_path_buf();
+            let every = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let n = (rate * secs) as usize;
+            let (_, f99) =
+                tokio::task::spawn_blocking(move || procs::fsync_paced(&dir, n, every)).await??;
             let spread = paced(args, &r, &col, target, Pace::Spread(rate), secs).await?;
             col.clear();
             let burst = paced(args, &r, &col, target, Pace::Lockstep(rate), secs).await?;
@@ -320,7 +325,12 @@ async fn run_phase(
                     false,
                     Some(percentile(&spread.e2e, 0.99)),
                 ),
-                ("disk fsync p99, just before".into(), "ms", false, Some(f99)),
+                (
+                    format!("disk fsync p99, {rate}/s just before"),
+                    "ms",
+                    false,
+                    Some(f99),
+                ),
                 (
                     format!("PUBACK p99 minus fsync p99, {rate}/s"),
                     "ms",

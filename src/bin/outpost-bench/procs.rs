@@ -236,12 +236,26 @@ pub fn cpu_secs(pid: u32) -> f64 {
 /// The disk's own fsync latency in `dir`: p50 and p99 in ms over `n`
 /// writes of 4 KiB, each followed by fdatasync.
 pub fn fsync_latency(dir: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
+    fsync_paced(dir, n, Duration::ZERO)
+}
+
+/// [`fsync_latency`], one fsync every `every`: over the time a paced
+/// phase runs, the disk's own tail (a host's stalls come and go in
+/// seconds, which 300 fsyncs in a row do not see).
+pub fn fsync_paced(dir: &Path, n: usize, every: Duration) -> anyhow::Result<(f64, f64)> {
     use std::io::Write;
     let path = dir.join("fsync-probe");
     let mut f = std::fs::File::create(&path)?;
     let block = vec![0u8; 4096];
     let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
+    let start = Instant::now();
+    for i in 0..n {
+        if let Some(wait) = every
+            .checked_mul(u32::try_from(i).unwrap_or(u32::MAX))
+            .and_then(|at| at.checked_sub(start.elapsed()))
+        {
+            std::thread::sleep(wait);
+        }
         let t = Instant::now();
         f.write_all(&block)?;
         f.sync_data()?;
