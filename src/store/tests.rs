@@ -28,6 +28,18 @@ fn rec(sink: &str, device: &str, n: i64) -> Record {
     }
 }
 
+/// An outbox at `path` holding up to `max_bytes` (the oldest dropped
+/// beyond), with a queue for each of `sinks`.
+fn open(path: &std::path::Path, max_bytes: u64, sinks: &[&str]) -> (Outbox, WriterHandle) {
+    let sinks: Vec<String> = sinks.iter().map(|s| s.to_string()).collect();
+    Outbox::open(
+        path.to_path_buf(),
+        &cfg(max_bytes, FullPolicy::DropOldest),
+        &sinks,
+    )
+    .expect("open the outbox")
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,12 +50,7 @@ fn rt() -> tokio::runtime::Runtime {
 #[test]
 fn append_fetch_delete_in_fifo_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ob, w) = Outbox::open(
-        dir.path().join("o.db"),
-        &cfg(1 << 20, FullPolicy::DropOldest),
-        &["a".into(), "b".into()],
-    )
-    .expect("open");
+    let (ob, w) = open(&dir.path().join("o.db"), 1 << 20, &["a", "b"]);
     rt().block_on(async {
         let recs = (0..10)
             .map(|i| rec(if i % 2 == 0 { "a" } else { "b" }, "d", i))
@@ -254,12 +261,7 @@ fn a_first_schema_outbox_is_moved_with_every_record_in_order() {
             .expect("insert");
         }
     }
-    let (ob, w) = Outbox::open(
-        path.clone(),
-        &cfg(1 << 20, FullPolicy::DropOldest),
-        &["a".into(), "b".into()],
-    )
-    .expect("open and migrate");
+    let (ob, w) = open(&path, 1 << 20, &["a", "b"]);
     rt().block_on(async {
         let a = ob.fetch("a", 0, 10).await.expect("fetch");
         assert_eq!(
@@ -295,12 +297,7 @@ fn a_first_schema_outbox_is_moved_with_every_record_in_order() {
 fn dead_letters_are_retried_into_their_queue_or_purged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("o.db");
-    let (ob, w) = Outbox::open(
-        path.clone(),
-        &cfg(1 << 20, FullPolicy::DropOldest),
-        &["a".into()],
-    )
-    .expect("open");
+    let (ob, w) = open(&path, 1 << 20, &["a"]);
     rt().block_on(async {
         ob.append(vec![rec("a", "d", 1), rec("a", "d", 2), rec("a", "d", 3)])
             .await
@@ -377,9 +374,8 @@ fn dead_letters_are_retried_into_their_queue_or_purged() {
 fn deletes_in_runs_remove_exactly_the_ids_given() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("o.db");
-    let sinks = ["a".to_string(), "b".to_string()];
-    let (ob, w) =
-        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("open");
+    let sinks = ["a", "b"];
+    let (ob, w) = open(&path, 1 << 20, &sinks);
     let kept = rt().block_on(async {
         let recs = (0..40)
             .map(|i| rec(if i % 4 == 3 { "b" } else { "a" }, "d", i))
@@ -415,8 +411,7 @@ fn deletes_in_runs_remove_exactly_the_ids_given() {
     });
     drop(ob);
     w.join();
-    let (ob, w) =
-        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("reopen");
+    let (ob, w) = open(&path, 1 << 20, &sinks);
     let stats = ob.stats();
     assert_eq!((stats["a"].depth, stats["b"].depth), kept);
     drop(ob);
@@ -426,12 +421,7 @@ fn deletes_in_runs_remove_exactly_the_ids_given() {
 #[test]
 fn a_delete_waits_to_ride_with_the_next_readings() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ob, w) = Outbox::open(
-        dir.path().join("o.db"),
-        &cfg(1 << 20, FullPolicy::DropOldest),
-        &["a".into()],
-    )
-    .expect("open");
+    let (ob, w) = open(&dir.path().join("o.db"), 1 << 20, &["a"]);
     rt().block_on(async {
         ob.append(vec![rec("a", "d", 1)]).await.expect("append");
         let first = ob.fetch("a", 0, 10).await.expect("fetch");
@@ -453,12 +443,7 @@ fn a_delete_waits_to_ride_with_the_next_readings() {
 #[test]
 fn many_deletes_commit_without_waiting_for_readings() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ob, w) = Outbox::open(
-        dir.path().join("o.db"),
-        &cfg(64 << 20, FullPolicy::DropOldest),
-        &["a".into()],
-    )
-    .expect("open");
+    let (ob, w) = open(&dir.path().join("o.db"), 64 << 20, &["a"]);
     rt().block_on(async {
         let n = super::writer::DELETE_ROWS as i64;
         ob.append((0..n).map(|i| rec("a", "d", i)).collect())
@@ -495,14 +480,13 @@ fn many_deletes_commit_without_waiting_for_readings() {
 fn an_outbox_with_larger_pages_is_rebuilt_with_every_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("o.db");
-    let sinks = ["a".to_string()];
+    let sinks = ["a"];
     let page_size = |path: &std::path::Path| -> i64 {
         let c = rusqlite::Connection::open(path).expect("open");
         c.query_row("PRAGMA page_size", [], |r| r.get(0))
             .expect("page_size")
     };
-    let (ob, w) =
-        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("open");
+    let (ob, w) = open(&path, 1 << 20, &sinks);
     rt().block_on(async {
         ob.append((0..50).map(|i| rec("a", "d", i)).collect())
             .await
@@ -520,8 +504,7 @@ fn an_outbox_with_larger_pages_is_rebuilt_with_every_record() {
         .expect("4 KiB pages");
     }
     assert_eq!(page_size(&path), 4096);
-    let (ob, w) =
-        Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &sinks).expect("reopen");
+    let (ob, w) = open(&path, 1 << 20, &sinks);
     rt().block_on(async {
         let all = ob.fetch("a", 0, 100).await.expect("fetch");
         assert_eq!(

@@ -236,13 +236,15 @@ pub fn cpu_secs(pid: u32) -> f64 {
 /// The disk's own fsync latency in `dir`: p50 and p99 in ms over `n`
 /// writes of 4 KiB, each followed by fdatasync.
 pub fn fsync_latency(dir: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
-    fsync_paced(dir, n, Duration::ZERO)
+    let lat = fsync_paced(dir, n, Duration::ZERO)?;
+    Ok((crate::percentile(&lat, 0.5), crate::percentile(&lat, 0.99)))
 }
 
-/// [`fsync_latency`], one fsync every `every`: over the time a paced
-/// phase runs, the disk's own tail (a host's stalls come and go in
-/// seconds, which 300 fsyncs in a row do not see).
-pub fn fsync_paced(dir: &Path, n: usize, every: Duration) -> anyhow::Result<(f64, f64)> {
+/// The latencies (ms, sorted) of `n` fsyncs as [`fsync_latency`] makes
+/// them, one every `every`: over the time a paced phase runs, the disk's
+/// own tail (a host's stalls come and go in seconds, which 300 fsyncs in
+/// a row do not see).
+pub fn fsync_paced(dir: &Path, n: usize, every: Duration) -> anyhow::Result<Vec<f64>> {
     use std::io::Write;
     let path = dir.join("fsync-probe");
     let mut f = std::fs::File::create(&path)?;
@@ -263,5 +265,5 @@ pub fn fsync_paced(dir: &Path, n: usize, every: Duration) -> anyhow::Result<(f64
     }
     let _ = std::fs::remove_file(&path);
     lat.sort_by(f64::total_cmp);
-    Ok((crate::percentile(&lat, 0.5), crate::percentile(&lat, 0.99)))
+    Ok(lat)
 }
