@@ -24,6 +24,7 @@
 mod checkpoint;
 mod db;
 mod migrate;
+mod pace;
 mod read;
 mod writer;
 
@@ -196,6 +197,9 @@ pub(crate) struct Shared {
     notify: HashMap<String, Arc<Notify>>,
     stats: Mutex<BTreeMap<String, QueueStats>>,
     dead: Mutex<DeadStats>,
+    /// Commits that worked (the tests count them).
+    #[cfg(test)]
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// A cheap, cloneable handle to the outbox.
@@ -266,6 +270,8 @@ impl Outbox {
             notify,
             stats: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(DeadStats::default()),
+            #[cfg(test)]
+            commits: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(64 * 1024);
         let state = writer::State::load(&db, limits)?;

@@ -523,3 +523,39 @@ fn an_outbox_with_larger_pages_is_rebuilt_with_every_record() {
         .expect("journal_mode");
     assert_eq!(mode, "wal");
 }
+
+/// Readings arriving one at a time, 5,000 a second, share commits (see
+/// `pace`): one commit each would rewrite the same pages thousands of
+/// times a second.
+#[test]
+fn readings_many_per_millisecond_share_commits() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ob, w) = open(&dir.path().join("o.db"), 64 << 20, &["a"]);
+    let n: u32 = 1_000;
+    let every = Duration::from_micros(200);
+    let sender = {
+        let ob = ob.clone();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            for i in 0..n {
+                // On a schedule: a late sender catches up, the rate holds.
+                if let Some(wait) = (every * i).checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                ob.submit_blocking(vec![rec("a", "d", i64::from(i))])
+                    .expect("submit");
+            }
+        })
+    };
+    sender.join().expect("sender");
+    rt().block_on(async { ob.flush().await.expect("flush") });
+    assert_eq!(ob.stats()["a"].depth.records, u64::from(n));
+    let commits = ob.shared.commits.load(Ordering::Relaxed);
+    assert!(
+        u64::from(n) >= 4 * commits,
+        "{n} readings took {commits} commits"
+    );
+    drop(ob);
+    w.join();
+}

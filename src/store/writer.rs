@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::checkpoint::{Checkpointer, NUDGE_BYTES};
 use super::db::{self, Db, Depth};
+use super::pace::{self, Pace};
 use super::{
     Appended, Command, DeadDone, DeadOp, DeadStats, Limits, Pick, Qos2Op, QueueStats, Shared,
     StoreError,
@@ -214,6 +215,40 @@ fn gather(rx: &mut mpsc::Receiver<Command>, group: &mut Vec<Command>, stop: &mut
     }
 }
 
+/// [`gather`], again and again for up to `wait`, until the group holds
+/// [`pace::ENOUGH`] readings. Polled: tokio's timers tick in whole
+/// milliseconds, longer than the wait.
+fn gather_for(
+    rx: &mut mpsc::Receiver<Command>,
+    group: &mut Vec<Command>,
+    stop: &mut bool,
+    wait: Duration,
+) {
+    const POLL: Duration = Duration::from_micros(100);
+    let until = Instant::now()
+        .checked_add(wait)
+        .unwrap_or_else(Instant::now);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || *stop || group.len() >= MAX_GROUP || readings(group) >= pace::ENOUGH {
+            return;
+        }
+        std::thread::sleep(left.min(POLL));
+        gather(rx, group, stop);
+    }
+}
+
+/// New readings in `group`.
+fn readings(group: &[Command]) -> usize {
+    group
+        .iter()
+        .map(|c| match c {
+            Command::Append { records, .. } => records.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Does the group hold something that must be on disk when its caller
 /// hears back (records, QoS 2 releases, a flush, dead letters)? Deletes of
 /// delivered records do not: losing one only sends a record again.
@@ -272,6 +307,7 @@ pub(crate) fn run(
     // A full disk fails every commit: one line a minute says so.
     let mut failures = crate::throttle::Throttle::default();
     let mut stop = false;
+    let mut pace = Pace::default();
     while let Some(first) = rx.blocking_recv() {
         let mut group = Vec::with_capacity(64);
         stop |= matches!(first, Command::Stop);
@@ -303,6 +339,14 @@ pub(crate) fn run(
                 }
             }
         }
+        // New readings arriving many per millisecond: let the next ones
+        // ride in this commit (see `pace`).
+        if !stop {
+            if let Some(wait) = pace.wait(readings(&group), Instant::now()) {
+                gather_for(&mut rx, &mut group, &mut stop, wait);
+            }
+        }
+        pace.committed(readings(&group), Instant::now());
         let durable = needs_sync(&group);
         if let Err(e) = db.set_durable(durable) {
             tracing::warn!(error = %e, "cannot set the outbox's sync level");
@@ -343,6 +387,10 @@ pub(crate) fn run(
                 }
             }
             state.publish(&shared);
+            #[cfg(test)]
+            shared
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if db.wal_bytes() >= NUDGE_BYTES {
                 checkpoints.nudge();
             }

@@ -59,6 +59,12 @@ struct Args {
     low_rate: u64,
     #[arg(long, default_value_t = 15)]
     low_secs: u64,
+    /// The low-rate phase's second rate, on the same broker: readings per
+    /// second and seconds.
+    #[arg(long, default_value_t = 5000)]
+    high_rate: u64,
+    #[arg(long, default_value_t = 8)]
+    high_secs: u64,
     /// Paced phase: readings per second and seconds.
     #[arg(long, default_value_t = 200)]
     paced_rate: u64,
@@ -286,16 +292,23 @@ async fn run_phase(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     match phase {
         "low" => {
-            let (rate, secs) = (args.low_rate, args.low_secs);
-            let w0 = procs::write_bytes(r.pid());
-            let run = paced(args, &r, &col, target, Pace::Spread(rate), secs).await?;
-            let written = procs::write_bytes(r.pid()).saturating_sub(w0);
-            Ok(vec![(
-                format!("bytes written per reading, {rate}/s"),
-                "B",
-                false,
-                Some(written as f64 / run.total as f64),
-            )])
+            let mut rows = Vec::new();
+            for (rate, secs) in [
+                (args.low_rate, args.low_secs),
+                (args.high_rate, args.high_secs),
+            ] {
+                let w0 = procs::write_bytes(r.pid());
+                let run = paced(args, &r, &col, target, Pace::Spread(rate), secs).await?;
+                let written = procs::write_bytes(r.pid()).saturating_sub(w0);
+                rows.push((
+                    format!("bytes written per reading, {rate}/s"),
+                    "B",
+                    false,
+                    Some(written as f64 / run.total as f64),
+                ));
+                col.clear();
+            }
+            Ok(rows)
         }
         "paced" => {
             let (rate, secs) = (args.paced_rate, args.paced_secs);
