@@ -217,7 +217,7 @@ fn gather(rx: &mut mpsc::Receiver<Command>, group: &mut Vec<Command>, stop: &mut
 
 /// [`gather`], again and again for up to `wait`, until the group holds
 /// [`pace::ENOUGH`] readings. Polled: tokio's timers tick in whole
-/// milliseconds, longer than the wait.
+/// milliseconds, too coarse for a wait of a few.
 fn gather_for(
     rx: &mut mpsc::Receiver<Command>,
     group: &mut Vec<Command>,
