@@ -297,14 +297,24 @@ async fn run_phase(
                 (args.low_rate, args.low_secs),
                 (args.high_rate, args.high_secs),
             ] {
-                let w0 = procs::write_bytes(r.pid());
+                // outpost's WAL checkpoints run on a thread of their own.
+                let checkpoints = || procs::thread_write_bytes(r.pid(), "outbox-checkpoi");
+                let (w0, c0) = (procs::write_bytes(r.pid()), checkpoints());
                 let run = paced(args, &r, &col, target, Pace::Spread(rate), secs).await?;
                 let written = procs::write_bytes(r.pid()).saturating_sub(w0);
+                let by_checkpoints = checkpoints().saturating_sub(c0);
                 rows.push((
                     format!("bytes written per reading, {rate}/s"),
                     "B",
                     false,
                     Some(written as f64 / run.total as f64),
+                ));
+                rows.push((
+                    format!("of which WAL checkpoints, {rate}/s"),
+                    "%",
+                    false,
+                    (target != "bridge" && written > 0)
+                        .then(|| 100.0 * by_checkpoints as f64 / written as f64),
                 ));
                 col.clear();
             }

@@ -212,6 +212,25 @@ fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// [`write_bytes`] of the threads of `pid` whose name begins with `name`
+/// (the kernel keeps 15 bytes of a thread's name).
+pub fn thread_write_bytes(pid: u32, name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end().starts_with(name))
+        })
+        .map(|t| {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            proc_field(pid, &format!("task/{tid}/io"), "write_bytes:")
+        })
+        .sum()
+}
+
 /// Bytes the process caused to be written to storage (page-dirtying time).
 pub fn write_bytes(pid: u32) -> u64 {
     proc_field(pid, "io", "write_bytes:")
