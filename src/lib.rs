@@ -18,7 +18,8 @@
 //!
 //! Layers, bottom to top; each imports only the ones below it:
 //!
-//! 1. leaf types: [`record`] (the record, its kind, the clock), [`topic`]
+//! 1. leaf types: [`clock`] (outpost's clock and the wall clock's trust),
+//!    [`record`] (the record, its kind), [`topic`]
 //!    (filters, templates), [`units`] (sizes, durations, rates), [`net`]
 //!    (broker URLs, loopback ports), [`files`] (private state files),
 //!    [`throttle`] (log lines at most once a minute per key), [`recent`]
@@ -47,6 +48,7 @@
 )]
 
 pub mod access;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

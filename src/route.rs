@@ -21,13 +21,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::clock::{self, Now};
 use crate::config::{ReadingsConfig, RouteConfig};
 use crate::recent::Recent;
-use crate::record::{device_name_problem, elements, now_ms, Record, RecordKind, Scan};
+use crate::record::{device_name_problem, elements, Record, RecordKind, Scan, TsSource};
 use crate::topic::TopicFilter;
 
 /// 2000-01-01T00:00:00Z in milliseconds: earlier times are not plausible.
 pub const EARLIEST_TS: i64 = 946_684_800_000;
+
+/// While the wall clock is not trusted, a payload's ts is judged without
+/// it: plausible from [`EARLIEST_TS`] to this long after outpost was built
+/// (or after the wall clock, if that reads later).
+pub const UNTRUSTED_AHEAD_MS: i64 = 20 * 365 * 86_400_000;
 
 /// Devices whose last automatic stamp is remembered; beyond, the ones
 /// heard from least recently are forgotten.
@@ -99,7 +105,8 @@ struct Route {
 /// Turns local messages into records.
 pub struct Router {
     routes: Vec<Route>,
-    /// device → last automatic stamp.
+    /// device → outpost's clock at its last automatic stamp (stamps of a
+    /// device keep increasing on that clock, whatever the wall clock does).
     last_ts: Recent<i64>,
     /// How far past the gateway clock a payload's ts may be.
     max_ahead_ms: i64,
@@ -160,6 +167,7 @@ impl Router {
 
     pub fn set_readings(&mut self, cfg: &ReadingsConfig) {
         self.max_ahead_ms = i64::try_from(cfg.max_ts_ahead.0.as_millis()).unwrap_or(i64::MAX);
+        crate::clock::set_flag_file(cfg.synchronized_file.clone());
     }
 
     /// What `sink` takes (replaces what it took).
@@ -198,31 +206,63 @@ impl Router {
         self.last_ts.len()
     }
 
-    /// The next automatic stamp for `device`.
-    pub fn stamp(&mut self, device: &str) -> i64 {
-        self.stamp_at(device, now_ms())
+    /// The next automatic stamp for `device`, and whether it is
+    /// provisional.
+    pub fn stamp(&mut self, device: &str) -> (i64, TsSource) {
+        self.stamp_at(device, &clock::now())
     }
 
-    fn stamp_at(&mut self, device: &str, now: i64) -> i64 {
+    /// A stamp from the wall clock, strictly increasing per device on
+    /// outpost's clock (so a step back of the wall clock never holds a
+    /// device's stamps in the future), provisional while the wall clock is
+    /// not trusted.
+    fn stamp_at(&mut self, device: &str, now: &Now) -> (i64, TsSource) {
         let last = self.last_ts.entry(device, || i64::MIN);
-        let ts = now.max(last.saturating_add(1));
-        *last = ts;
-        ts
+        let mono = now.mono.max(last.saturating_add(1));
+        *last = mono;
+        let ts = mono.saturating_add(now.offset());
+        let source = if now.trusted {
+            TsSource::Trusted
+        } else {
+            TsSource::Provisional {
+                offset: now.offset(),
+            }
+        };
+        (ts, source)
     }
 
-    /// Is a payload's `ts` plausible at `now`?
-    fn plausible(&self, ts: i64, now: i64) -> bool {
-        ts >= EARLIEST_TS && ts <= now.saturating_add(self.max_ahead_ms)
+    /// Is a payload's `ts` plausible at `now`? Judged against the wall
+    /// clock only when it is trusted.
+    fn plausible(&self, ts: i64, now: &Now) -> bool {
+        let latest = if now.trusted {
+            now.wall.saturating_add(self.max_ahead_ms)
+        } else {
+            now.wall
+                .max(clock::BUILD_MS)
+                .saturating_add(UNTRUSTED_AHEAD_MS)
+        };
+        ts >= EARLIEST_TS && ts <= latest
     }
 
     /// What a message on `topic` becomes: one record per sink whose route
     /// matches (the first matching route per sink wins), each admitted or
     /// refused. Nothing when no route matches.
     pub fn route(&mut self, topic: &str, payload: &[u8]) -> Routed {
-        self.route_at(topic, payload, now_ms())
+        self.route_now(topic, payload, &clock::now())
     }
 
+    /// [`Router::route`] at a wall-clock time `now` that is trusted.
+    #[cfg(test)]
     fn route_at(&mut self, topic: &str, payload: &[u8], now: i64) -> Routed {
+        let now = Now {
+            wall: now,
+            mono: now,
+            trusted: true,
+        };
+        self.route_now(topic, payload, &now)
+    }
+
+    fn route_now(&mut self, topic: &str, payload: &[u8], now: &Now) -> Routed {
         let mut out = Routed::default();
         let mut parts: Option<Vec<(Vec<u8>, Stamp)>> = None;
         let mut sinks: Vec<&str> = Vec::new();
@@ -257,17 +297,17 @@ impl Router {
         topic: &str,
         payload: &[u8],
         reading: &Stamp,
-        now: i64,
+        now: &Now,
         out: &mut Routed,
     ) {
         let device = device.to_string();
         let given = reading.ts.filter(|t| self.plausible(*t, now));
         out.ts_replaced |= reading.ts_given && given.is_none();
         let named = check_device(&device);
-        let ts = match (given, &named) {
-            (Some(ts), _) => ts,
+        let (ts, ts_source) = match (given, &named) {
+            (Some(ts), _) => (ts, TsSource::Trusted),
             // A device that cannot be a device keeps no clock either.
-            (None, Err(_)) => now,
+            (None, Err(_)) => (now.wall, TsSource::Trusted),
             (None, Ok(())) => self.stamp_at(&device, now),
         };
         // A name that cannot be one is kept short in the dead letters
@@ -284,6 +324,7 @@ impl Router {
             ts,
             topic: kept_topic,
             payload: payload.to_vec(),
+            ts_source,
         };
         let verdict = named.and_then(|()| match self.admits.get(&r.sink) {
             Some(a) => a.admit(&record),
@@ -521,5 +562,100 @@ mod tests {
         let recs = r.route_at("s/d/t", b"1", NOW).records;
         let sinks: Vec<&str> = recs.iter().map(|r| r.sink.as_str()).collect();
         assert_eq!(sinks, ["a", "b"]);
+    }
+
+    /// 2025-01-01: a Pi without a real-time clock, booted without network.
+    const OLD: i64 = 1_735_689_600_000;
+
+    fn untrusted(wall: i64, mono: i64) -> Now {
+        Now {
+            wall,
+            mono,
+            trusted: false,
+        }
+    }
+
+    #[test]
+    fn a_sensors_own_ts_is_kept_while_the_clock_is_wrong() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        let right = clock::BUILD_MS + 86_400_000;
+        let given = format!("{{\"ts\":{right},\"v\":1}}");
+        // The clock reads 2025: a ts two years "ahead" of it is kept.
+        let got = r.route_now("s/d/t", given.as_bytes(), &untrusted(OLD, 5_000));
+        assert_eq!(got.records[0].ts, right);
+        assert_eq!(got.records[0].ts_source, TsSource::Trusted);
+        assert!(!got.ts_replaced);
+        // The clock reads 1970: a valid 2005 ts is kept too.
+        let y2005 = 1_104_537_600_000;
+        let got = r.route_now(
+            "s/d/t",
+            format!("{{\"ts\":{y2005}}}").as_bytes(),
+            &untrusted(0, 6_000),
+        );
+        assert_eq!(got.records[0].ts, y2005);
+        // Still implausible without the clock: before 2000, or decades
+        // past this build.
+        for bad in [EARLIEST_TS - 1, clock::BUILD_MS + UNTRUSTED_AHEAD_MS + 1] {
+            let got = r.route_now(
+                "s/d/t",
+                format!("{{\"ts\":{bad}}}").as_bytes(),
+                &untrusted(OLD, 7_000),
+            );
+            assert!(got.ts_replaced, "{bad}");
+        }
+    }
+
+    #[test]
+    fn automatic_stamps_of_an_untrusted_clock_are_provisional_with_its_offset() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        let now = untrusted(OLD, 5_000);
+        let a = r.route_now("s/d/t", b"{}", &now).records.remove(0);
+        let b = r.route_now("s/d/t", b"{}", &now).records.remove(0);
+        assert_eq!(a.ts, OLD);
+        assert_eq!(b.ts, OLD + 1);
+        for rec in [&a, &b] {
+            assert_eq!(
+                rec.ts_source,
+                TsSource::Provisional {
+                    offset: OLD - 5_000
+                }
+            );
+        }
+        // Once trusted, they are corrected by the step and stay 1 ms apart.
+        let later = Now {
+            wall: NOW,
+            mono: 65_000,
+            trusted: true,
+        };
+        let fix = |rec: &Record| match rec.ts_source {
+            TsSource::Provisional { offset } => clock::correct(rec.ts, offset, &later),
+            _ => rec.ts,
+        };
+        assert_eq!(fix(&a), NOW - 60_000);
+        assert_eq!(fix(&b), NOW - 60_000 + 1);
+    }
+
+    #[test]
+    fn a_step_back_of_the_wall_clock_does_not_hold_stamps_in_the_future() {
+        let mut r = Router::new(&[route("s/+/t", "up")]).unwrap();
+        let day = 86_400_000;
+        let ahead = Now {
+            wall: NOW + day,
+            mono: 1_000,
+            trusted: true,
+        };
+        let first = r.route_now("s/d/t", b"{}", &ahead).records[0].ts;
+        assert_eq!(first, NOW + day);
+        // NTP steps the clock a day back, one second later.
+        let back = Now {
+            wall: NOW + 1_000,
+            mono: 2_000,
+            trusted: true,
+        };
+        let next = r.route_now("s/d/t", b"{}", &back).records[0].ts;
+        assert_eq!(next, NOW + 1_000, "stamped from the clock as it reads now");
+        // Stamps of one device still never repeat within a millisecond.
+        let again = r.route_now("s/d/t", b"{}", &back).records[0].ts;
+        assert_eq!(again, NOW + 1_001);
     }
 }

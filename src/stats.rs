@@ -32,10 +32,24 @@ pub struct SinkStats {
     pub connects: AtomicU64,
     /// Records acknowledged by the upstream broker and deleted.
     pub delivered: AtomicU64,
+    /// outpost's clock at the last PUBACK (0: none yet).
+    pub last_ack_ms: std::sync::atomic::AtomicI64,
+    /// A publish has waited for its PUBACK past `ack_timeout` (the session
+    /// then reconnects); cleared by the next PUBACK.
+    pub stalled: AtomicBool,
+    /// Connections ended because the broker stopped acknowledging.
+    pub stalls: AtomicU64,
     /// Records that can never be sent (larger than the upstream packet limit).
     pub undeliverable: AtomicU64,
     /// Readings of one device with the same ts and key (ThingsBoard keeps one).
     pub ts_clashes: AtomicU64,
+    /// Readings stamped while the wall clock was not trusted, by what their
+    /// ts was when they first left: corrected by the step NTP made;
+    /// estimated (stamped in an earlier run, the time outpost was down
+    /// unknown); sent as stamped (the clock was still not trusted).
+    pub ts_corrected: AtomicU64,
+    pub ts_estimated: AtomicU64,
+    pub ts_provisional: AtomicU64,
     /// Times one of the sink's tasks ended unexpectedly and was restarted.
     pub restarts: AtomicU64,
     /// Tasks of the sink that are running now (its session, its local side).
@@ -121,10 +135,11 @@ impl PortStats {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
-    /// When this process started (ms since the epoch).
-    pub started_ms: i64,
+    /// When this process started (uptime is measured from it, never from
+    /// the wall clock).
+    pub started: std::time::Instant,
     pub ingest: IngestStats,
     pub sinks: BTreeMap<String, Arc<SinkStats>>,
     pub serial: BTreeMap<String, Arc<PortStats>>,
@@ -133,7 +148,7 @@ pub struct Stats {
 impl Stats {
     pub fn new<'a>(sinks: impl IntoIterator<Item = &'a String>) -> Stats {
         Stats {
-            started_ms: crate::record::now_ms(),
+            started: std::time::Instant::now(),
             ingest: IngestStats::default(),
             sinks: sinks
                 .into_iter()

@@ -43,6 +43,16 @@ pub struct ReadingsConfig {
     /// not used (the reading is stamped at ingest, and counted).
     #[serde(default = "default_max_ts_ahead")]
     pub max_ts_ahead: Seconds,
+    /// A file whose existence says the system clock is synchronized,
+    /// besides the kernel's own state (systemd-timesyncd creates this one
+    /// when it has set the clock). Until one of them says so, automatic
+    /// stamps are provisional and corrected before they leave.
+    #[serde(default = "default_synchronized_file")]
+    pub synchronized_file: std::path::PathBuf,
+}
+
+fn default_synchronized_file() -> std::path::PathBuf {
+    std::path::PathBuf::from(crate::clock::TIMESYNCD_FLAG)
 }
 
 fn default_max_ts_ahead() -> Seconds {
@@ -53,6 +63,7 @@ impl Default for ReadingsConfig {
     fn default() -> Self {
         ReadingsConfig {
             max_ts_ahead: default_max_ts_ahead(),
+            synchronized_file: default_synchronized_file(),
         }
     }
 }

@@ -87,15 +87,10 @@ impl History {
 fn sample(status: &StatusSource) -> Sample {
     let s = &status.stats;
     Sample {
-        at_ms: crate::record::now_ms(),
+        at_ms: crate::clock::mono_ms(),
         accepted: stats::get(&s.ingest.accepted),
         delivered: s.sinks.values().map(|k| stats::get(&k.delivered)).sum(),
-        queued: status
-            .outbox
-            .stats()
-            .values()
-            .map(|q| q.depth.records)
-            .sum(),
+        queued: status.outbox.stats().values().map(|q| q.waiting()).sum(),
     }
 }
 

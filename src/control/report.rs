@@ -101,32 +101,33 @@ impl Health {
     ) -> Map<String, Value> {
         let mut v = Map::new();
         let queues = status.outbox.stats();
-        let now_ms = crate::record::now_ms();
+        let now_ms = crate::clock::mono_ms();
+        let oldest_at = status.outbox.oldest_ingested();
         let mut queued_total: u64 = 0;
+        v.insert(
+            "clock_synchronized".into(),
+            json!(crate::clock::sync_state().trusted()),
+        );
         for (name, s) in &status.stats.sinks {
             let q = queues.get(name).copied().unwrap_or_default();
-            queued_total = queued_total.saturating_add(q.depth.records);
-            v.insert(format!("queued_{name}"), json!(q.depth.records));
+            queued_total = queued_total.saturating_add(q.waiting());
+            v.insert(format!("queued_{name}"), json!(q.waiting()));
             v.insert(format!("dropped_{name}"), json!(q.dropped));
             v.insert(format!("delivered_{name}"), json!(stats::get(&s.delivered)));
             v.insert(
                 format!("connected_{name}"),
                 json!(s.connected.load(std::sync::atomic::Ordering::Relaxed)),
             );
-            let oldest = match status.outbox.fetch(name, 0, 1).await {
-                Ok(r) => r
-                    .first()
-                    .map(|r| now_ms.saturating_sub(r.ts).max(0) / 1000)
-                    .unwrap_or(0),
-                Err(_) => 0,
-            };
+            let oldest = oldest_at
+                .get(name)
+                .map_or(0, |at| now_ms.saturating_sub(*at).max(0) / 1000);
             v.insert(format!("oldest_queued_s_{name}"), json!(oldest));
             let held = s.held_back(now_ms);
             v.insert(format!("held_back_{name}"), json!(held.is_some()));
             if let Some((by, _)) = held {
                 v.insert(format!("held_back_by_{name}"), json!(by));
             }
-            if let Some(secs) = s.drain_estimate_s(q.depth.records, now_ms) {
+            if let Some(secs) = s.drain_estimate_s(q.waiting(), now_ms) {
                 v.insert(format!("drain_estimate_s_{name}"), json!(secs));
             }
         }

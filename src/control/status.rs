@@ -41,7 +41,8 @@ fn disk_free(dir: &std::path::Path) -> Option<u64> {
 
 impl StatusSource {
     pub fn snapshot(&self) -> Value {
-        let now = crate::record::now_ms();
+        // Ages and waits on outpost's clock: a wall-clock step moves none.
+        let now = crate::clock::mono_ms();
         let queues = self.outbox.stats();
         let oldest = self.outbox.oldest_ingested();
         let dead = self.outbox.dead_stats();
@@ -56,18 +57,28 @@ impl StatusSource {
                     json!({
                         "connected": s.connected.load(std::sync::atomic::Ordering::Relaxed),
                         "connects": stats::get(&s.connects),
-                        "queued": q.depth.records,
+                        "queued": q.waiting(),
+                        "delivered_undeleted": q.delivered_undeleted,
+                        "last_puback_age_s": match s.last_ack_ms.load(std::sync::atomic::Ordering::Relaxed) {
+                            0 => None,
+                            at => Some(now.saturating_sub(at).max(0) / 1000),
+                        },
+                        "stalled": s.stalled.load(std::sync::atomic::Ordering::Relaxed),
+                        "stalls": stats::get(&s.stalls),
                         "queued_bytes": q.depth.bytes,
                         "oldest_queued_age_s": oldest.get(name).map(|at| now.saturating_sub(*at).max(0) / 1000),
                         "dropped": q.dropped,
                         "delivered": stats::get(&s.delivered),
                         "undeliverable": stats::get(&s.undeliverable),
                         "ts_clashes": stats::get(&s.ts_clashes),
+                        "ts_corrected": stats::get(&s.ts_corrected),
+                        "ts_estimated": stats::get(&s.ts_estimated),
+                        "ts_provisional": stats::get(&s.ts_provisional),
                         "restarts": stats::get(&s.restarts),
                         "tasks_running": stats::get(&s.running),
                         "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
                         "held_back": s.held_back(now).map(|(by, ms)| json!({"by": by, "for_ms": ms})),
-                        "drain_estimate_s": s.drain_estimate_s(q.depth.records, now),
+                        "drain_estimate_s": s.drain_estimate_s(q.waiting(), now),
                         "next_attempt_in_ms": match s.next_attempt_ms.load(std::sync::atomic::Ordering::Relaxed) {
                             0 => None,
                             at => Some(at.saturating_sub(now).max(0)),
@@ -126,9 +137,15 @@ impl StatusSource {
             })
         });
         let http = self.http.lock().map(|h| h.clone()).unwrap_or_default();
+        let sync = crate::clock::sync_state();
         json!({
+            "clock": {
+                "synchronized": sync.trusted(),
+                "state": sync.describe(),
+                "wall_ms": crate::clock::wall_ms(),
+            },
             "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": now.saturating_sub(self.stats.started_ms) / 1000,
+            "uptime_s": self.stats.started.elapsed().as_secs(),
             "hint": self.first_start.as_ref().and_then(|f| f.hint()),
             "state_dir": self.state_dir.as_ref().map(|d| d.display().to_string()),
             "disk_free_bytes": self.state_dir.as_deref().and_then(disk_free),
@@ -183,6 +200,13 @@ pub fn render(v: &Value) -> String {
     if let Some(hint) = v["hint"].as_str() {
         let _ = writeln!(out, "  {hint}");
     }
+    if let Some(state) = v
+        .get("clock")
+        .and_then(|c| c.get("state"))
+        .and_then(Value::as_str)
+    {
+        let _ = writeln!(out, "  clock: {state}");
+    }
     let http = v.get("http");
     let field = |k: &str| http.and_then(|h| h.get(k)).and_then(Value::as_str);
     match (field("url"), field("error")) {
@@ -221,10 +245,15 @@ pub fn render(v: &Value) -> String {
         );
     }
     for (name, s) in v["sinks"].as_object().into_iter().flatten() {
-        let state = if s["connected"] == true {
-            "connected"
-        } else {
-            "NOT connected"
+        let state = match (s["connected"] == true, s["stalled"] == true) {
+            (true, true) => "connected but STALLED (the broker acknowledges nothing)",
+            (true, false) => "connected",
+            (false, true) => "NOT connected (STALLED: the broker acknowledged nothing)",
+            (false, false) => "NOT connected",
+        };
+        let last_ack = match s["last_puback_age_s"].as_i64() {
+            Some(age) => format!(", last PUBACK {} ago", uptime(age)),
+            None => String::new(),
         };
         let oldest = match s["oldest_queued_age_s"].as_i64() {
             Some(age) => format!(", oldest waiting {}", uptime(age)),
@@ -232,7 +261,7 @@ pub fn render(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  sink {name}: {state}, {} queued ({} bytes{oldest}), {} delivered, {} dropped, {} undeliverable",
+            "  sink {name}: {state}, {} queued ({} bytes{oldest}), {} delivered{last_ack}, {} dropped, {} undeliverable",
             s["queued"], s["queued_bytes"], s["delivered"], s["dropped"], s["undeliverable"]
         );
         if s["connected"] != true {
@@ -258,6 +287,17 @@ pub fn render(v: &Value) -> String {
             let _ = writeln!(
                 out,
                 "    held back by the platform's rate limit ({by}){drain}"
+            );
+        }
+        let (fixed, guessed, raw) = (
+            s["ts_corrected"].as_u64().unwrap_or(0),
+            s["ts_estimated"].as_u64().unwrap_or(0),
+            s["ts_provisional"].as_u64().unwrap_or(0),
+        );
+        if fixed.saturating_add(guessed).saturating_add(raw) > 0 {
+            let _ = writeln!(
+                out,
+                "    stamped while the clock was not synchronized: {fixed} corrected before sending, {guessed} estimated (stamped before a restart), {raw} sent as stamped"
             );
         }
         if s["restarts"].as_u64().unwrap_or(0) > 0 {

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::record::now_ms;
 use crate::route::Router;
 use crate::source::broker::Broker;
 use crate::stats::Stats;
@@ -69,7 +68,7 @@ impl Health {
             router_lockable(router, within).await?;
         }
         if let Some(stats) = &self.stats {
-            sinks_up(stats, now_ms())?;
+            sinks_up(stats, crate::clock::mono_ms())?;
         }
         if let Some(broker) = &self.broker {
             if !broker.health().healthy.load(Ordering::Relaxed) {

@@ -158,7 +158,7 @@ async fn run_loaded(
 
     let store_path = config.store_path();
     let (outbox, writer) = Outbox::open(store_path.clone(), &config.store, &sink_names)?;
-    let queued: u64 = outbox.stats().values().map(|s| s.depth.records).sum();
+    let queued: u64 = outbox.stats().values().map(|s| s.waiting()).sum();
     tracing::info!(path = %store_path.display(), queued, synchronous = ?config.store.synchronous, "outbox open");
 
     let mut tasks = JoinSet::new();

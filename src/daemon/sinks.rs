@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use super::DaemonError;
 use crate::config::SinkConfig;
 use crate::control::downlink;
-use crate::record::now_ms;
 use crate::sink::mqtt::MqttEncoder;
 use crate::sink::session::{self, inbox, Backoff, SessionIo, Uplink};
 use crate::sink::thethingsio::{self, Thethingsio};
@@ -228,7 +227,9 @@ async fn supervise(
             if cancel.is_cancelled() {
                 return;
             }
-            stats.down_since_ms.store(now_ms(), Ordering::Relaxed);
+            stats
+                .down_since_ms
+                .store(crate::clock::mono_ms().max(1), Ordering::Relaxed);
             stats::add(&stats.restarts, 1);
             if started.elapsed() > Duration::from_secs(600) {
                 backoff.reset();

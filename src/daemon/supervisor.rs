@@ -40,7 +40,7 @@ pub fn stopping() {
 /// One line for `systemctl status`.
 fn status_line(outbox: &Outbox, stats: &Stats) -> String {
     let queues = outbox.stats();
-    let queued: u64 = queues.values().map(|q| q.depth.records).sum();
+    let queued: u64 = queues.values().map(|q| q.waiting()).sum();
     let connected = stats
         .sinks
         .values()

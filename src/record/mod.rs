@@ -9,8 +9,6 @@
 
 mod scan;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -80,12 +78,29 @@ impl RecordKind {
     }
 }
 
-/// The gateway clock: milliseconds since the Unix epoch.
+/// The wall clock: milliseconds since the Unix epoch. A timestamp, never
+/// an age (ages come from [`crate::clock::mono_ms`]).
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::wall_ms()
+}
+
+/// Where a record's `ts` came from, and what became of it since.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TsSource {
+    /// From the payload, or stamped while the wall clock was trusted.
+    #[default]
+    Trusted,
+    /// Stamped by outpost while the wall clock was not trusted; `offset`
+    /// is the wall clock minus outpost's clock at that moment
+    /// ([`crate::clock::Now::offset`]).
+    Provisional { offset: i64 },
+    /// Was provisional; corrected by the step the wall clock made since,
+    /// before it left.
+    Corrected,
+    /// Was provisional in an earlier run of outpost: corrected as if outpost
+    /// had been down for no time (that time is unknown), so it may be late
+    /// by as long as outpost was down.
+    Estimated,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +116,8 @@ pub struct Record {
     pub topic: String,
     /// The payload as the sensor sent it.
     pub payload: Vec<u8>,
+    /// Whether `ts` can be trusted (see [`TsSource`]).
+    pub ts_source: TsSource,
 }
 
 impl Record {

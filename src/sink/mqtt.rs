@@ -249,6 +249,7 @@ mod tests {
             ts: 1234,
             topic: "sensors/t1/telemetry".into(),
             payload: br#"{"temp":21.5}"#.to_vec(),
+            ts_source: Default::default(),
         };
         let p = e.encode(std::slice::from_ref(&r)).remove(0);
         assert_eq!(p.topic, "site1/t1/telemetry");
@@ -269,6 +270,7 @@ mod tests {
             ts: 1000 + id,
             topic: format!("sensors/{device}/telemetry"),
             payload: payload.as_bytes().to_vec(),
+            ts_source: Default::default(),
         }
     }
 

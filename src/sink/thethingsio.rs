@@ -352,6 +352,7 @@ mod tests {
             ts,
             topic: "t".into(),
             payload: payload.as_bytes().to_vec(),
+            ts_source: Default::default(),
         }
     }
 

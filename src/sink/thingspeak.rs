@@ -266,6 +266,7 @@ fields = {{ temp = "field1", hum = "field2", note = "status" }}"#
             ts,
             topic: "t".into(),
             payload: payload.to_string().into_bytes(),
+            ts_source: Default::default(),
         }
     }
 

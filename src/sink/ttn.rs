@@ -454,6 +454,7 @@ mod tests {
             ts: 0,
             topic: "ttn/dev1/down".into(),
             payload: br#"{"clear":true}"#.to_vec(),
+            ts_source: Default::default(),
         };
         let p = downlink_publish("app1@ttn", &r, &d, replace);
         assert_eq!(p.topic, "v3/app1@ttn/devices/dev1/down/replace");

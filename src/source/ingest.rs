@@ -185,11 +185,21 @@ impl Ingest {
         values: Map<String, Value>,
     ) -> Result<Vec<u8>, StoreError> {
         let (payload, routed) = self.with_router(|r| {
+            let (ts, source) = r.stamp(device);
             let mut body = Map::new();
-            body.insert("ts".into(), Value::from(r.stamp(device)));
+            body.insert("ts".into(), Value::from(ts));
             body.insert("values".into(), Value::Object(values));
             let payload = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
-            let routed = r.route(topic, &payload);
+            let mut routed = r.route(topic, &payload);
+            // The ts in the payload is outpost's own stamp: as provisional
+            // as the clock it came from.
+            let ours = routed
+                .records
+                .iter_mut()
+                .chain(routed.refused.iter_mut().map(|(r, _)| r));
+            for rec in ours.filter(|rec| rec.ts == ts) {
+                rec.ts_source = source;
+            }
             (payload, routed)
         });
         if !routed.records.is_empty() || !routed.refused.is_empty() {

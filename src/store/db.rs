@@ -21,11 +21,14 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
 use super::migrate;
 use super::StoreError;
 use crate::config::Synchronous;
-use crate::record::{Record, RecordKind};
+use crate::record::{Record, RecordKind, TsSource};
 
 /// 1: one `records` table with text sink names and an index (to 0.1);
-/// 2: a table per sink.
-const SCHEMA_VERSION: i64 = 2;
+/// 2: a table per sink; 3: `ingested_at` on outpost's clock, `ts_offset`.
+const SCHEMA_VERSION: i64 = 3;
+
+/// The `counters` row that keeps outpost's clock across restarts.
+const CLOCK: (&str, &str) = ("", "clock_ms");
 
 /// Pages of 1 KiB. A commit appends each page it changed to the WAL as a
 /// frame of 24 bytes plus the page, and the kernel writes back every 4 KiB
@@ -75,7 +78,10 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 ";
 
-/// A queue table's columns (`id` is the row id).
+/// A queue table's columns (`id` is the row id). `ingested_at` is
+/// outpost's clock ([`crate::clock::mono_ms`]), never the wall clock, so
+/// ages survive clock steps; `ts_offset` is set only for a provisional
+/// stamp ([`TsSource::Provisional`]).
 fn queue_table(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
@@ -85,7 +91,8 @@ fn queue_table(table: &str) -> String {
             kind        INTEGER NOT NULL,
             device      TEXT    NOT NULL,
             topic       TEXT    NOT NULL,
-            payload     BLOB    NOT NULL
+            payload     BLOB    NOT NULL,
+            ts_offset   INTEGER
         )"
     )
 }
@@ -253,10 +260,34 @@ impl Db {
         if version < 2 && migrate::has_table(&tx, "records")? {
             migrate::v1(&tx)?;
         }
+        // outpost's clock goes on from where this file last saw it.
+        crate::clock::resume(saved_clock(&tx)?);
+        if version < 3 {
+            let tables = read_tables(&tx)?;
+            let now = crate::clock::now();
+            migrate::v3(&tx, &tables, now.wall, now.mono)?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
         tx.commit()?;
         self.tables = read_tables(&self.conn)?;
+        // Rows stored after the last save of the clock (a crash) are
+        // younger than anything from now on.
+        crate::clock::resume(self.newest_ingested()?.saturating_add(1));
         Ok(())
+    }
+
+    /// The newest `ingested_at` in any queue (`i64::MIN` if none).
+    fn newest_ingested(&self) -> rusqlite::Result<i64> {
+        let mut newest = i64::MIN;
+        for table in self.tables.values() {
+            let n: Option<i64> =
+                self.conn
+                    .query_row(&format!("SELECT MAX(ingested_at) FROM {table}"), [], |r| {
+                        r.get(0)
+                    })?;
+            newest = newest.max(n.unwrap_or(i64::MIN));
+        }
+        Ok(newest)
     }
 
     /// Commits that must survive a power cut (`synchronous` as configured)
@@ -404,26 +435,53 @@ impl Db {
     }
 }
 
+/// Inserts a record; `mono` is outpost's clock now (its `ingested_at`).
 pub fn insert(
     tx: &Transaction<'_>,
     table: &str,
     id: i64,
     r: &Record,
-    now: i64,
+    mono: i64,
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(&format!(
-        "INSERT INTO {table} (id, ts, ingested_at, kind, device, topic, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT INTO {table} (id, ts, ingested_at, kind, device, topic, payload, ts_offset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?;
+    let offset = match r.ts_source {
+        TsSource::Provisional { offset } => Some(offset),
+        _ => None,
+    };
     stmt.execute(params![
         id,
         r.ts,
-        now,
+        mono,
         kind_code(r.kind),
         r.device,
         r.topic,
-        r.payload
+        r.payload,
+        offset
     ])?;
+    Ok(())
+}
+
+/// outpost's clock as the file last saved it (0 for a new file).
+pub(super) fn saved_clock(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "SELECT value FROM counters WHERE sink = ?1 AND name = ?2",
+        params![CLOCK.0, CLOCK.1],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0))
+}
+
+/// Saves outpost's clock, to go on from after a restart.
+pub fn save_clock(tx: &Transaction<'_>, mono: i64) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO counters (sink, name, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sink, name) DO UPDATE SET value = MAX(value, excluded.value)",
+    )?;
+    stmt.execute(params![CLOCK.0, CLOCK.1, mono])?;
     Ok(())
 }
 
@@ -624,6 +682,7 @@ pub fn dead_rows(tx: &Transaction<'_>, pick: super::Pick) -> rusqlite::Result<Ve
                 ts: r.get(4)?,
                 topic: r.get(5)?,
                 payload: r.get(6)?,
+                ts_source: Default::default(),
             },
             u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
         ))

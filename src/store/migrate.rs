@@ -85,3 +85,37 @@ pub(super) fn repage(conn: &Connection, path: &Path) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+/// Schema 3: ages on outpost's own clock, and provisional stamps. Each
+/// queue gains `ts_offset` (set only for a stamp taken while the wall clock
+/// was not trusted), and `ingested_at`, which was the wall clock, becomes
+/// outpost's clock: every row keeps the age it had by the wall clock now.
+pub(super) fn v3(
+    tx: &Transaction<'_>,
+    tables: &HashMap<String, String>,
+    wall: i64,
+    mono: i64,
+) -> rusqlite::Result<()> {
+    let mut rows: i64 = 0;
+    for table in tables.values() {
+        let has: i64 = tx.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = 'ts_offset'"),
+            [],
+            |r| r.get(0),
+        )?;
+        if has == 0 {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN ts_offset INTEGER"))?;
+        }
+        rows = rows.saturating_add(tx.execute(
+            &format!("UPDATE {table} SET ingested_at = ?2 - MAX(0, ?1 - ingested_at)"),
+            params![wall, mono],
+        )? as i64);
+    }
+    if rows > 0 {
+        tracing::info!(
+            records = rows,
+            "outbox moved to schema 3 (ages on outpost's own clock)"
+        );
+    }
+    Ok(())
+}

@@ -80,9 +80,21 @@ pub struct Appended {
 /// Counters of one sink's queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Rows in the queue, as of the last commit; this includes
+    /// [`QueueStats::delivered_undeleted`].
     pub depth: Depth,
     /// Records dropped by the bounds (size or age), since the outbox was created.
     pub dropped: u64,
+    /// Rows the platform acknowledged whose delete is not committed yet
+    /// (deletes ride with the next commit, and are retried if one fails).
+    pub delivered_undeleted: u64,
+}
+
+impl QueueStats {
+    /// Records still waiting for their platform.
+    pub fn waiting(&self) -> u64 {
+        self.depth.records.saturating_sub(self.delivered_undeleted)
+    }
 }
 
 /// An incoming QoS 2 PUBLISH that was stored: `(client id, packet id)`.
@@ -135,6 +147,23 @@ pub(crate) enum Done {
     Once(oneshot::Sender<Result<Appended, StoreError>>),
     /// For callers with many appends outstanding (one per held PUBACK).
     Tagged(mpsc::UnboundedSender<Tagged>, u64),
+}
+
+impl Shared {
+    /// Counts acknowledged rows handed over to delete (`add`), or whose
+    /// delete committed.
+    pub(crate) fn deleting(&self, sink: &str, n: u64, add: bool) {
+        let mut d = match self.deleting.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        let e = d.entry(sink.to_string()).or_default();
+        *e = if add {
+            e.saturating_add(n)
+        } else {
+            e.saturating_sub(n)
+        };
+    }
 }
 
 impl Done {
@@ -195,6 +224,9 @@ pub(crate) enum Command {
 
 pub(crate) struct Shared {
     notify: HashMap<String, Arc<Notify>>,
+    /// Per sink, acknowledged rows handed to the writer to delete and not
+    /// committed yet.
+    deleting: Mutex<HashMap<String, u64>>,
     stats: Mutex<BTreeMap<String, QueueStats>>,
     dead: Mutex<DeadStats>,
     /// Commits that worked (the tests count them).
@@ -268,6 +300,7 @@ impl Outbox {
             .collect();
         let shared = Arc::new(Shared {
             notify,
+            deleting: Mutex::new(HashMap::new()),
             stats: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(DeadStats::default()),
             #[cfg(test)]
@@ -434,6 +467,7 @@ impl Outbox {
     /// the command is queued; the delete commits a moment later, without a
     /// sync of its own (see the module docs).
     pub async fn delete(&self, sink: &str, ids: Vec<i64>) -> Result<(), StoreError> {
+        self.shared.deleting(sink, ids.len() as u64, true);
         self.tx
             .send(Command::Delete {
                 sink: sink.to_string(),
@@ -574,10 +608,20 @@ impl Outbox {
 
     /// Queue depth and drop counts per sink, as of the last commit.
     pub fn stats(&self) -> BTreeMap<String, QueueStats> {
-        match self.shared.stats.lock() {
+        let mut stats = match self.shared.stats.lock() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
+        };
+        let deleting = match self.shared.deleting.lock() {
+            Ok(d) => d.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for (sink, n) in deleting {
+            if let Some(q) = stats.get_mut(&sink) {
+                q.delivered_undeleted = n.min(q.depth.records);
+            }
         }
+        stats
     }
 }
 

@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::db::{explain, kind_of, read_tables};
 use super::StoreError;
-use crate::record::Record;
+use crate::clock;
+use crate::record::{Record, TsSource};
 
 /// The outbox's second connection: it reads what the writer committed
 /// (WAL readers never wait for the writer), so a sink fetching its next
@@ -48,7 +49,10 @@ impl Reader {
         Ok(self.tables.get(sink).cloned())
     }
 
-    /// Rows of `sink` with `after < id < before`, oldest first.
+    /// Rows of `sink` with `after < id < before`, oldest first. A
+    /// provisional stamp is corrected here, once the wall clock is
+    /// trusted: every reading leaves with the best time known when it
+    /// leaves.
     pub fn fetch(
         &mut self,
         sink: &str,
@@ -63,21 +67,26 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT id, ts, kind, device, topic, payload FROM {table}
+                "SELECT id, ts, kind, device, topic, payload, ts_offset, ingested_at FROM {table}
                  WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3"
             ))
             .map_err(|e| explain(&path, e))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let now = clock::now();
+        let run_began = clock::run_began_ms();
         let rows = stmt
             .query_map(params![after, before, limit], |r| {
+                let stamped: i64 = r.get(1)?;
+                let (ts, ts_source) = stamp(stamped, r.get(6)?, r.get(7)?, &now, run_began);
                 Ok(Record {
                     id: r.get(0)?,
                     sink: sink.to_string(),
-                    ts: r.get(1)?,
+                    ts,
                     kind: kind_of(r.get(2)?),
                     device: r.get(3)?,
                     topic: r.get(4)?,
                     payload: r.get(5)?,
+                    ts_source,
                 })
             })
             .map_err(|e| explain(&path, e))?;
@@ -111,6 +120,31 @@ impl Reader {
                 |r| r.get(0),
             )
             .map_err(|e| explain(&self.path, e))
+    }
+}
+
+/// A stored `ts` as it leaves: a provisional one (`offset` set) is
+/// corrected by the wall clock's step once that clock is trusted; one
+/// stored before this run began (`ingested_at` below `run_began`) can only
+/// be estimated.
+pub(super) fn stamp(
+    ts: i64,
+    offset: Option<i64>,
+    ingested_at: i64,
+    now: &clock::Now,
+    run_began: i64,
+) -> (i64, TsSource) {
+    match offset {
+        None => (ts, TsSource::Trusted),
+        Some(offset) if !now.trusted => (ts, TsSource::Provisional { offset }),
+        Some(offset) => {
+            let fixed = clock::correct(ts, offset, now);
+            if ingested_at < run_began {
+                (fixed, TsSource::Estimated)
+            } else {
+                (fixed, TsSource::Corrected)
+            }
+        }
     }
 }
 

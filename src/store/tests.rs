@@ -25,6 +25,7 @@ fn rec(sink: &str, device: &str, n: i64) -> Record {
         ts: n,
         topic: format!("s/{device}/t"),
         payload: format!("{{\"n\":{n}}}").into_bytes(),
+        ts_source: Default::default(),
     }
 }
 
@@ -282,7 +283,7 @@ fn a_first_schema_outbox_is_moved_with_every_record_in_order() {
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     let old: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE name = 'records'",
@@ -558,4 +559,123 @@ fn readings_many_per_millisecond_share_commits() {
     );
     drop(ob);
     w.join();
+}
+
+/// Ages are outpost's clock: the row's `ingested_at` is that clock, not
+/// the wall clock, so a wall-clock step cannot make it old.
+#[test]
+fn rows_age_on_outposts_clock_not_the_wall_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (ob, w) = open(&path, 1 << 20, &["a"]);
+    let before = crate::clock::mono_ms();
+    rt().block_on(async {
+        ob.append(vec![rec("a", "d", 1)]).await.expect("append");
+        let at = ob.oldest_ingested()["a"];
+        assert!(
+            at >= before && at <= crate::clock::mono_ms(),
+            "ingested_at {at} is not outpost's clock ({before}..)"
+        );
+        ob.expire().await.expect("expire");
+        ob.flush().await.expect("flush");
+        assert_eq!(ob.fetch("a", 0, 10).await.expect("fetch").len(), 1);
+    });
+    drop(ob);
+    w.join();
+    // outpost's clock was saved in the file when the writer stopped.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let saved: i64 = conn
+        .query_row(
+            "SELECT value FROM counters WHERE sink = '' AND name = 'clock_ms'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the clock is saved");
+    assert!(saved >= before, "{saved} < {before}");
+}
+
+/// A schema-2 file kept `ingested_at` on the wall clock: each row keeps the
+/// age it had, now counted on outpost's clock.
+#[test]
+fn a_schema_2_outbox_keeps_its_rows_ages_on_outposts_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (ob, w) = open(&path, 1 << 20, &["a"]);
+    rt().block_on(async {
+        ob.append((0..3).map(|i| rec("a", "d", i)).collect())
+            .await
+            .expect("append");
+    });
+    drop(ob);
+    w.join();
+    let half_hour = 1_800_000;
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(&format!(
+            "ALTER TABLE q1 DROP COLUMN ts_offset;
+             UPDATE q1 SET ingested_at = {};
+             DELETE FROM counters WHERE name = 'clock_ms';
+             PRAGMA user_version = 2;",
+            crate::clock::wall_ms() - half_hour
+        ))
+        .expect("make it a schema-2 file");
+    }
+    let mut c = cfg(1 << 20, FullPolicy::DropOldest);
+    c.max_age = Seconds(Duration::from_secs(3600));
+    let (ob, w) = Outbox::open(path.clone(), &c, &["a".into()]).expect("reopen");
+    rt().block_on(async {
+        let age = crate::clock::mono_ms() - ob.oldest_ingested()["a"];
+        assert!(
+            (half_hour - 5_000..half_hour + 5_000).contains(&age),
+            "age {age} ms"
+        );
+        ob.expire().await.expect("expire");
+        ob.flush().await.expect("flush");
+        assert_eq!(ob.fetch("a", 0, 10).await.expect("fetch").len(), 3);
+        // Under a 10-minute bound they are too old, on outpost's clock.
+        c.max_age = Seconds(Duration::from_secs(600));
+        ob.set_limits(&c).await.expect("limits");
+        ob.flush().await.expect("flush");
+        assert!(ob.fetch("a", 0, 10).await.expect("fetch").is_empty());
+        assert_eq!(ob.stats()["a"].dropped, 3);
+    });
+    drop(ob);
+    w.join();
+}
+
+/// A provisional stamp leaves corrected once the clock is trusted; one
+/// stored in an earlier run is marked an estimate.
+#[test]
+fn provisional_stamps_are_corrected_when_read_once_the_clock_is_trusted() {
+    use crate::clock::Now;
+    use crate::record::TsSource;
+    let stamped = 1_735_689_600_000; // 2025-01-01, mono 10 s
+    let offset = stamped - 10_000;
+    let untrusted = Now {
+        wall: stamped + 50_000,
+        mono: 60_000,
+        trusted: false,
+    };
+    assert_eq!(
+        read::stamp(stamped, Some(offset), 10_000, &untrusted, 0),
+        (stamped, TsSource::Provisional { offset })
+    );
+    let trusted = Now {
+        wall: 1_796_644_800_000,
+        mono: 70_000,
+        trusted: true,
+    };
+    let right = trusted.wall - 60_000;
+    assert_eq!(
+        read::stamp(stamped, Some(offset), 10_000, &trusted, 0),
+        (right, TsSource::Corrected)
+    );
+    assert_eq!(
+        read::stamp(stamped, Some(offset), 10_000, &trusted, 20_000),
+        (right, TsSource::Estimated)
+    );
+    assert_eq!(
+        read::stamp(42, None, 10_000, &trusted, 0),
+        (42, TsSource::Trusted)
+    );
 }

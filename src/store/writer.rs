@@ -15,8 +15,8 @@ use super::{
     Appended, Command, DeadDone, DeadOp, DeadStats, Limits, Pick, Qos2Op, QueueStats, Shared,
     StoreError,
 };
+use crate::clock;
 use crate::config::FullPolicy;
-use crate::record::now_ms;
 
 /// Most commands applied in one transaction. Large enough that a burst is a
 /// handful of commits; small enough that one commit stays short.
@@ -24,6 +24,14 @@ const MAX_GROUP: usize = 4096;
 
 /// Rows looked at per step when making room or expiring.
 const EVICT_STEP: usize = 256;
+
+/// How long the writer waits before it tries again the deletes of a commit
+/// that failed (a full or failing disk), if nothing else comes first.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// outpost's clock is saved with a commit at most this often (and when the
+/// writer stops): after a crash, ages resume from at most this long ago.
+const SAVE_CLOCK_EVERY_MS: i64 = 10_000;
 
 /// How long deletes wait for the next commit of new readings, to ride in
 /// its transaction: at low rates the delete of the last reading and the
@@ -57,6 +65,8 @@ pub(crate) struct State {
     dropped: HashMap<String, u64>,
     total_bytes: u64,
     dead: DeadStats,
+    /// outpost's clock when it was last saved in the file.
+    clock_saved: i64,
 }
 
 impl State {
@@ -93,6 +103,7 @@ impl State {
                 bytes,
                 dropped: dead_dropped,
             },
+            clock_saved: i64::MIN,
         })
     }
 
@@ -308,10 +319,31 @@ pub(crate) fn run(
     let mut failures = crate::throttle::Throttle::default();
     let mut stop = false;
     let mut pace = Pace::default();
-    while let Some(first) = rx.blocking_recv() {
+    // Deletes of a commit that failed, tried again with the next one: a
+    // delivered row whose delete is lost would be sent again.
+    let mut carry: Vec<Command> = Vec::new();
+    loop {
         let mut group = Vec::with_capacity(64);
-        stop |= matches!(first, Command::Stop);
-        group.push(first);
+        if carry.is_empty() {
+            match rx.blocking_recv() {
+                Some(first) => {
+                    stop |= matches!(first, Command::Stop);
+                    group.push(first);
+                }
+                None => break,
+            }
+        } else {
+            group.append(&mut carry);
+            // Not at once: what failed needs the disk to change first.
+            match clock.block_on(async { tokio::time::timeout(RETRY_AFTER, rx.recv()).await }) {
+                Ok(Some(c)) => {
+                    stop |= matches!(c, Command::Stop);
+                    group.push(c);
+                }
+                Ok(None) => stop = true,
+                Err(_) => {}
+            }
+        }
         gather(&mut rx, &mut group, &mut stop);
         // Only deletes (and the like) so far: wait for readings to commit
         // with, or for enough deletes, so a stream of acknowledgements is
@@ -424,8 +456,14 @@ pub(crate) fn run(
                     );
                 }
                 Command::Qos2(Qos2Op::Forget(_)) => {}
-                Command::Delete { .. }
-                | Command::DeadLetter { .. }
+                Command::Delete { sink, ids } => {
+                    if result.is_ok() {
+                        shared.deleting(&sink, ids.len() as u64, false);
+                    } else {
+                        carry.push(Command::Delete { sink, ids });
+                    }
+                }
+                Command::DeadLetter { .. }
                 | Command::Expire
                 | Command::SetLimits(_)
                 | Command::Stop => {}
@@ -455,7 +493,12 @@ fn apply(
     woken: &mut Vec<String>,
     acted: &mut Vec<DeadDone>,
 ) -> rusqlite::Result<()> {
-    let now = now_ms();
+    let now = clock::now();
+    let stopping = group.iter().any(|c| matches!(c, Command::Stop));
+    if stopping || now.mono.saturating_sub(state.clock_saved) >= SAVE_CLOCK_EVERY_MS {
+        db::save_clock(tx, now.mono)?;
+        state.clock_saved = now.mono;
+    }
     for cmd in group {
         match cmd {
             Command::Append {
@@ -467,7 +510,7 @@ fn apply(
                 let mut outcome = Appended::default();
                 for (r, reason) in dead {
                     let id = state.take_id();
-                    db::insert_dead(tx, id, r, reason, now)?;
+                    db::insert_dead(tx, id, r, reason, now.wall)?;
                     db::add_counter(tx, &r.sink, "dead_lettered", 1)?;
                     state.dead_added(tx, r.stored_size())?;
                 }
@@ -480,7 +523,7 @@ fn apply(
                     }
                     let table = state.table(tx, &r.sink)?;
                     let id = state.take_id();
-                    db::insert(tx, &table, id, r, now)?;
+                    db::insert(tx, &table, id, r, now.mono)?;
                     state.added(&r.sink, size);
                     outcome.stored = outcome.stored.saturating_add(1);
                     if !woken.contains(&r.sink) {
@@ -488,7 +531,7 @@ fn apply(
                     }
                 }
                 if let (Some((client, pkid)), true) = (mark, outcome.stored > 0) {
-                    db::qos2_mark(tx, client, *pkid, now)?;
+                    db::qos2_mark(tx, client, *pkid, now.wall)?;
                 }
                 outcomes.push(outcome);
             }
@@ -504,7 +547,7 @@ fn apply(
                     continue;
                 };
                 for id in ids {
-                    if let Some(size) = db::dead_letter(tx, sink, &table, *id, reason, now)? {
+                    if let Some(size) = db::dead_letter(tx, sink, &table, *id, reason, now.wall)? {
                         state.removed(sink, size);
                         db::add_counter(tx, sink, "dead_lettered", 1)?;
                         state.dead_added(tx, size)?;
@@ -513,8 +556,8 @@ fn apply(
             }
             Command::Dead {
                 op, pick, sinks, ..
-            } => acted.push(act_on_dead(tx, state, *op, *pick, sinks, now, woken)?),
-            Command::Expire => expire(tx, state, drops, now)?,
+            } => acted.push(act_on_dead(tx, state, *op, *pick, sinks, now.mono, woken)?),
+            Command::Expire => expire(tx, state, drops, now.mono)?,
             Command::SetLimits(l) => {
                 tracing::info!(max_bytes = l.max_bytes, max_age_ms = l.max_age_ms, policy = ?l.policy, "outbox bounds changed");
                 state.limits = *l;
@@ -611,13 +654,15 @@ fn make_room(
     Ok(state.total_bytes.saturating_add(size) <= max)
 }
 
+/// Removes what outpost's clock says is older than `max_age` (`mono`:
+/// that clock now; a wall-clock step changes nothing here).
 fn expire(
     tx: &Transaction<'_>,
     state: &mut State,
     drops: &mut Drops,
-    now: i64,
+    mono: i64,
 ) -> rusqlite::Result<()> {
-    let cutoff = now.saturating_sub(state.limits.max_age_ms);
+    let cutoff = mono.saturating_sub(state.limits.max_age_ms);
     loop {
         let rows = db::oldest(tx, &state.tables, EVICT_STEP)?;
         let mut removed: u64 = 0;

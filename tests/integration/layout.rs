@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, bottom to top (see `src/lib.rs`).
 const LAYERS: &[(&str, u8)] = &[
+    ("clock", 0),
     ("record", 0),
     ("topic", 0),
     ("units", 0),

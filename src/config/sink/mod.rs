@@ -81,6 +81,11 @@ macro_rules! sink_config {
             /// How long a stop waits for in-flight publishes to be acknowledged.
             #[serde(default = "crate::config::sink::defaults::shutdown_grace")]
             pub shutdown_grace: crate::units::Seconds,
+            /// A publish unacknowledged this long ends the connection: the
+            /// session reconnects and sends again from the oldest row.
+            /// Default: twice `keep_alive`, at least 10s.
+            #[serde(default)]
+            pub ack_timeout: Option<crate::units::Seconds>,
         }
 
         impl $name {
@@ -93,6 +98,10 @@ macro_rules! sink_config {
                     reconnect_min: self.reconnect_min.0,
                     reconnect_max: self.reconnect_max.0,
                     shutdown_grace: self.shutdown_grace.0,
+                    ack_timeout: self.ack_timeout.map_or_else(
+                        || $crate::config::sink::defaults::ack_timeout(self.keep_alive.0),
+                        |t| t.0,
+                    ),
                 }
             }
         }
@@ -118,6 +127,11 @@ pub mod defaults {
     pub fn shutdown_grace() -> Seconds {
         Seconds(Duration::from_secs(3))
     }
+    /// Twice the keep-alive, at least 10 s: a broker that answers pings but
+    /// acknowledges nothing for that long has stalled.
+    pub fn ack_timeout(keep_alive: Duration) -> Duration {
+        keep_alive.saturating_mul(2).max(Duration::from_secs(10))
+    }
     pub fn inflight() -> u16 {
         100
     }
@@ -141,6 +155,7 @@ pub struct Connection<'a> {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub shutdown_grace: Duration,
+    pub ack_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +275,9 @@ fn check_connection(at: &dyn Fn(&str) -> String, c: &Connection<'_>, problems: &
     }
     if c.shutdown_grace > Duration::from_secs(600) {
         problems.add(at("shutdown_grace"), "must be at most 10m");
+    }
+    if c.ack_timeout < Duration::from_secs(1) || c.ack_timeout > Duration::from_secs(86_400) {
+        problems.add(at("ack_timeout"), "must be between 1s and 1d");
     }
 }
 

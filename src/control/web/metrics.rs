@@ -203,6 +203,24 @@ pub fn render(snap: &Value) -> String {
         flags(snap, "sinks", "sink", "connected"),
     );
     m.gauges(
+        "outpost_sink_stalled",
+        "1 while a publish of the sink has waited for its PUBACK past ack_timeout.",
+        flags(snap, "sinks", "sink", "stalled"),
+    );
+    m.gauges(
+        "outpost_sink_last_puback_age_seconds",
+        "Seconds since the sink's platform last acknowledged a publish (absent before the first).",
+        snap["sinks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, s)| {
+                let age = s["last_puback_age_s"].as_i64()?;
+                Some((vec![("sink".into(), name.clone())], age))
+            })
+            .collect(),
+    );
+    m.gauges(
         "outpost_sink_held_back",
         "1 while the platform's rate limit holds the sink's next publish back.",
         flags(snap, "sinks", "sink", "held_back"),

@@ -184,7 +184,7 @@ async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
 
 async fn render_page(web: &Web, notice: Option<&str>) -> Response {
     let snap = web.status.snapshot();
-    let (accepted, delivered, queued) = web.history.series(crate::record::now_ms());
+    let (accepted, delivered, queued) = web.history.series(crate::clock::mono_ms());
     let path = web.store_path.clone();
     let dead = tokio::task::spawn_blocking(move || {
         if path.exists() {
@@ -242,7 +242,7 @@ async fn api_history(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respons
     if let Err(r) = login(&web, &headers).await {
         return r;
     }
-    let (accepted, delivered, queued) = web.history.series(crate::record::now_ms());
+    let (accepted, delivered, queued) = web.history.series(crate::clock::mono_ms());
     axum::Json(serde_json::json!({
         "seconds_ago_and_value": {
             "accepted_per_s": accepted,

@@ -96,6 +96,24 @@ pub fn render(v: &View<'_>) -> String {
     if let Some(n) = v.notice {
         let _ = write!(o, "<p class=\"hint\" id=\"notice\">{}</p>", esc(n));
     }
+    let clock = s.get("clock");
+    let state = clock
+        .and_then(|c| c.get("state"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    if clock.and_then(|c| c.get("synchronized")) == Some(&Value::Bool(false)) {
+        let _ = write!(
+            o,
+            "<p class=\"hint\" id=\"clock\">The system clock is {}.</p>",
+            esc(state)
+        );
+    } else {
+        let _ = write!(
+            o,
+            "<p class=\"muted\" id=\"clock\">Clock: {}.</p>",
+            esc(state)
+        );
+    }
     sinks(&mut o, s, v.delivered);
     charts(&mut o, v);
     local(&mut o, s);
@@ -128,7 +146,11 @@ fn sinks(o: &mut String, s: &Value, delivered: &Series) {
     let rate = recent_rate(delivered);
     for (name, k) in s["sinks"].as_object().into_iter().flatten() {
         let up = k["connected"] == true;
-        let state = if up { "connected" } else { "not connected" };
+        let state = match (up, k["stalled"] == true) {
+            (_, true) => "stalled",
+            (true, false) => "connected",
+            (false, false) => "not connected",
+        };
         let _ = write!(
             o,
             "<div class=\"card sink\" data-sink=\"{n}\" data-state=\"{state}\"><b>{n}</b> \

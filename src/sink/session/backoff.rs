@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 /// Exponential backoff with ±25 % jitter, so a site full of gateways does not
-/// reconnect in lockstep after an outage.
+/// reconnect in lockstep after an outage. `max` is a maximum: no wait,
+/// jitter included, exceeds it, so the first attempt after the cloud
+/// returns comes within `reconnect_max`.
 #[derive(Debug)]
 pub struct Backoff {
     min: Duration,
@@ -28,13 +30,13 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = self.next.saturating_mul(2).min(self.max);
-        jitter(base)
+        jitter(base).min(self.max)
     }
 
     /// The longest wait, for failures that retrying soon cannot fix.
     pub fn give_up_delay(&mut self) -> Duration {
         self.next = self.max;
-        jitter(self.max)
+        jitter(self.max).min(self.max)
     }
 }
 
@@ -54,5 +56,21 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn no_wait_exceeds_the_maximum_jitter_included() {
+        let max = Duration::from_secs(8);
+        let mut b = Backoff::new(Duration::from_secs(1), max);
+        for _ in 0..1_000 {
+            assert!(b.next_delay() <= max);
+            assert!(b.give_up_delay() <= max);
+        }
+        let mut b = Backoff::new(max, max);
+        let waits: Vec<Duration> = (0..200).map(|_| b.next_delay()).collect();
+        assert!(
+            waits.iter().all(|w| *w <= max && *w >= max * 3 / 4),
+            "{waits:?}"
+        );
     }
 }

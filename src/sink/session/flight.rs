@@ -26,8 +26,10 @@ pub(super) struct Flight {
     pub(super) outgoing: VecDeque<Publish>,
     /// The rate limit allows the next publish then.
     pub(super) blocked_until: Option<Instant>,
-    pub(super) awaiting_pkid: VecDeque<Vec<i64>>,
-    pub(super) in_flight: HashMap<u16, Vec<i64>>,
+    /// Handed to rumqttc, with when: waiting for their packet id ...
+    pub(super) awaiting_pkid: VecDeque<(Vec<i64>, Instant)>,
+    /// ... and sent, waiting for their PUBACK.
+    pub(super) in_flight: HashMap<u16, (Vec<i64>, Instant)>,
     /// QoS 0: rows written to the socket since the last PINGREQ ...
     pub(super) written: Vec<Vec<i64>>,
     /// ... and rows written before the PINGREQ now awaiting its PINGRESP.
@@ -118,23 +120,37 @@ impl Flight {
     }
 
     pub(super) fn sent(&mut self, ids: Vec<i64>) {
-        self.awaiting_pkid.push_back(ids);
+        self.awaiting_pkid.push_back((ids, Instant::now()));
+    }
+
+    /// How long the oldest publish still unacknowledged has waited (QoS 1;
+    /// at QoS 0 the keep-alive's ping is the acknowledgement, and rumqttc
+    /// ends a connection whose ping goes unanswered).
+    pub(super) fn oldest_wait(&self, now: Instant) -> Option<std::time::Duration> {
+        self.awaiting_pkid
+            .iter()
+            .map(|(_, at)| *at)
+            .chain(self.in_flight.values().map(|(_, at)| *at))
+            .min()
+            .map(|at| now.saturating_duration_since(at))
     }
 
     /// Tracks packet ids; returns the rows a PUBACK has delivered.
     pub(super) fn on_event(&mut self, ev: &Event) -> Option<Vec<i64>> {
         match ev {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(ids) = self.awaiting_pkid.pop_front() {
+                if let Some((ids, at)) = self.awaiting_pkid.pop_front() {
                     if !self.qos0 {
-                        self.in_flight.insert(*pkid, ids);
+                        self.in_flight.insert(*pkid, (ids, at));
                     } else if !ids.is_empty() {
                         self.written.push(ids);
                     }
                 }
                 None
             }
-            Event::Incoming(Packet::PubAck(ack)) => self.in_flight.remove(&ack.pkid),
+            Event::Incoming(Packet::PubAck(ack)) => {
+                self.in_flight.remove(&ack.pkid).map(|(ids, _)| ids)
+            }
             Event::Outgoing(Outgoing::PingReq) if self.qos0 => {
                 self.pinged.append(&mut self.written);
                 None
@@ -164,5 +180,27 @@ mod tests {
         assert_eq!(f.on_event(&ack(2)), None);
         assert_eq!(f.on_event(&ack(1)), Some(vec![10]));
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_unacknowledged_publish_is_timed_from_its_hand_over() {
+        let mut f = Flight::new(4);
+        assert_eq!(f.oldest_wait(Instant::now()), None);
+        let t0 = Instant::now();
+        f.sent(vec![1]);
+        f.sent(vec![2]);
+        f.on_event(&Event::Outgoing(Outgoing::Publish(7)));
+        let later = t0 + std::time::Duration::from_secs(30);
+        let wait = f.oldest_wait(later).expect("waiting");
+        assert!(wait >= std::time::Duration::from_millis(29_990), "{wait:?}");
+        // Its PUBACK: the next one (still waiting for its packet id) is timed.
+        let ack = Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid: 7 }));
+        assert_eq!(f.on_event(&ack), Some(vec![1]));
+        assert!(f.oldest_wait(later).is_some());
+        f.on_event(&Event::Outgoing(Outgoing::Publish(8)));
+        f.on_event(&Event::Incoming(Packet::PubAck(rumqttc::PubAck {
+            pkid: 8,
+        })));
+        assert_eq!(f.oldest_wait(later), None);
     }
 }

@@ -107,6 +107,8 @@ pub struct Uplink<E: Platform> {
     window: usize,
     max_packet: usize,
     grace: Duration,
+    /// A publish unacknowledged this long ends the connection.
+    ack_timeout: Duration,
     backoff: Backoff,
     encoder: E,
     /// What the platform can take; a record that no longer passes (a
@@ -140,12 +142,18 @@ pub struct Uplink<E: Platform> {
     /// A session without an outbox queue of its own (it sends what its
     /// platform makes, never records).
     queueless: bool,
+    /// Records up to this id have had their stamp counted (a record sent
+    /// again after a reconnect is not counted twice).
+    ts_counted: i64,
 }
 
 /// Why a session ended.
 enum End {
     Shutdown,
     Failed(Box<ConnectionError>),
+    /// The broker kept the connection but acknowledged nothing for this
+    /// long.
+    Stalled(Duration),
 }
 
 impl<E: Platform> Uplink<E> {
@@ -192,6 +200,7 @@ impl<E: Platform> Uplink<E> {
             window: cfg.inflight as usize,
             max_packet: cfg.max_packet,
             grace: cfg.grace,
+            ack_timeout: cfg.ack_timeout,
             backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
             admit: encoder.admission(),
             logs: Throttle::default(),
@@ -208,6 +217,7 @@ impl<E: Platform> Uplink<E> {
             acked: Acked::default(),
             mtls,
             queueless: false,
+            ts_counted: 0,
         })
     }
 
@@ -262,18 +272,27 @@ impl<E: Platform> Uplink<E> {
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             let delay = match end {
                 End::Shutdown => return,
-                End::Failed(e) => {
+                ended => {
                     if self.session.connected {
                         self.check_poison().await;
                     }
-                    let text = e.to_string();
-                    let delay = self.explain(*e);
+                    let (text, delay) = match ended {
+                        End::Failed(e) => (e.to_string(), self.explain(*e)),
+                        End::Stalled(waited) => (
+                            format!(
+                                "the broker stopped acknowledging: no PUBACK for {} s (ack_timeout)",
+                                waited.as_secs()
+                            ),
+                            self.backoff.next_delay(),
+                        ),
+                        End::Shutdown => return,
+                    };
                     if let Ok(mut last) = self.stats.last_error.lock() {
                         *last = Some(text);
                     }
                     let wait = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
                     self.stats.next_attempt_ms.store(
-                        now_ms().saturating_add(wait),
+                        crate::clock::mono_ms().saturating_add(wait).max(1),
                         std::sync::atomic::Ordering::Relaxed,
                     );
                     delay
@@ -414,6 +433,7 @@ impl<E: Platform> Uplink<E> {
                         if let Some(ids) = flight.on_event(&ev) {
                             let n = ids.len() as u64;
                             if !ids.is_empty() {
+                                self.acknowledged();
                                 self.session.acks = self.session.acks.saturating_add(1);
                                 self.rate.acked();
                                 self.suspect = None;
@@ -450,6 +470,11 @@ impl<E: Platform> Uplink<E> {
                     }
                 }
                 _ = ticker.tick(), if draining.is_none() => {
+                    if let Some(waited) = flight.oldest_wait(Instant::now()) {
+                        if waited >= self.ack_timeout {
+                            return self.stalled(waited, flight.len());
+                        }
+                    }
                     let drained = !flight.more && flight.fetched_is_empty() && flight.outgoing.is_empty();
                     for p in self.encoder.tick(std::time::Instant::now(), drained) {
                         if let Err(end) = self.send(client, &mut flight, p).await {
@@ -472,6 +497,55 @@ impl<E: Platform> Uplink<E> {
                     return End::Shutdown;
                 }
             }
+        }
+    }
+
+    /// A PUBACK came: the broker acknowledges again.
+    fn acknowledged(&self) {
+        use std::sync::atomic::Ordering;
+        self.stats
+            .last_ack_ms
+            .store(crate::clock::mono_ms().max(1), Ordering::Relaxed);
+        if self.stats.stalled.swap(false, Ordering::Relaxed) {
+            tracing::info!(sink = %self.name, "sink {}: the upstream broker acknowledges publishes again", self.name);
+        }
+    }
+
+    /// Ends a connection whose broker stopped acknowledging: what it holds
+    /// is sent again from the oldest row on the next one.
+    fn stalled(&self, waited: Duration, in_flight: usize) -> End {
+        use std::sync::atomic::Ordering;
+        self.stats.stalled.store(true, Ordering::Relaxed);
+        stats::add(&self.stats.stalls, 1);
+        tracing::warn!(
+            sink = %self.name,
+            waited_s = waited.as_secs(),
+            ack_timeout_s = self.ack_timeout.as_secs(),
+            in_flight,
+            "sink {}: no PUBACK for {} s (ack_timeout {} s) with {} publish(es) in flight: reconnecting, and sending again from the oldest queued record",
+            self.name,
+            waited.as_secs(),
+            self.ack_timeout.as_secs(),
+            in_flight
+        );
+        End::Stalled(waited)
+    }
+
+    /// Counts the records leaving with a stamp that was provisional, once
+    /// per record.
+    fn count_stamps(&mut self, records: &[crate::record::Record]) {
+        use crate::record::TsSource;
+        for r in records.iter().filter(|r| r.id > self.ts_counted) {
+            let counter = match r.ts_source {
+                TsSource::Trusted => continue,
+                TsSource::Corrected => &self.stats.ts_corrected,
+                TsSource::Estimated => &self.stats.ts_estimated,
+                TsSource::Provisional { .. } => &self.stats.ts_provisional,
+            };
+            stats::add(counter, 1);
+        }
+        if let Some(last) = records.iter().map(|r| r.id).max() {
+            self.ts_counted = self.ts_counted.max(last);
         }
     }
 
@@ -544,6 +618,7 @@ impl<E: Platform> Uplink<E> {
                 }
             };
             let records = flight.take(batch);
+            self.count_stamps(&records);
             #[cfg(debug_assertions)]
             fault(&records);
             let (publishes, refused) = self.encoder.encode_admitted(records, self.admit.as_ref());

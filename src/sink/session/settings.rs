@@ -21,6 +21,8 @@ pub struct Settings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub grace: Duration,
+    /// A publish unacknowledged this long ends the connection.
+    pub ack_timeout: Duration,
 }
 
 impl Settings {
@@ -41,6 +43,7 @@ impl Settings {
             reconnect_min: c.reconnect_min,
             reconnect_max: c.reconnect_max,
             grace: c.shutdown_grace,
+            ack_timeout: c.ack_timeout,
         }
     }
 

@@ -179,6 +179,7 @@ mod tests {
             ts: 1_795_000_000_000,
             topic: String::new(),
             payload: payload.to_vec(),
+            ts_source: Default::default(),
         }
     }
 

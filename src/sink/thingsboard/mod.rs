@@ -444,6 +444,7 @@ mod tests {
             ts,
             topic: String::new(),
             payload: payload.as_bytes().to_vec(),
+            ts_source: Default::default(),
         }
     }
 

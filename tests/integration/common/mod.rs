@@ -13,6 +13,7 @@
 //! - [`sqlite`]: the outbox file read from outside;
 //! - [`world`]: the preamble most tests share (upstream, temp dir, port,
 //!   config header, start), folded into one builder;
+//! - [`proxy`]: a proxy before the upstream that can withhold its PUBACKs;
 //! - [`watched`]: an outpost watched by an upstream collector, with the
 //!   canary that proves it still serves everyone after a hostile case.
 //!
@@ -24,6 +25,7 @@ mod clients;
 mod collector;
 mod http;
 mod process;
+mod proxy;
 mod pty;
 mod raw;
 mod sqlite;
@@ -39,6 +41,7 @@ pub use clients::*;
 pub use collector::*;
 pub use http::*;
 pub use process::wait_exit;
+pub use proxy::*;
 pub use pty::*;
 pub use raw::*;
 pub use sqlite::*;

@@ -501,8 +501,9 @@ impl<E: crate::sink::Platform> super::Uplink<E> {
         use std::sync::atomic::Ordering;
         let until = held.map_or(0, |h| {
             let wait = h.until.saturating_duration_since(Instant::now());
-            crate::record::now_ms()
+            crate::clock::mono_ms()
                 .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+                .max(1)
         });
         let was = self.stats.held_until_ms.swap(until, Ordering::Relaxed);
         if (was == 0) != (until == 0) || held.is_some() {
