@@ -113,6 +113,7 @@ impl Health {
             queued_total = queued_total.saturating_add(q.waiting());
             v.insert(format!("queued_{name}"), json!(q.waiting()));
             v.insert(format!("dropped_{name}"), json!(q.dropped));
+            v.insert(format!("refused_{name}"), json!(q.refused));
             v.insert(format!("delivered_{name}"), json!(stats::get(&s.delivered)));
             v.insert(
                 format!("connected_{name}"),

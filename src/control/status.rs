@@ -68,6 +68,7 @@ impl StatusSource {
                         "queued_bytes": q.depth.bytes,
                         "oldest_queued_age_s": oldest.get(name).map(|at| now.saturating_sub(*at).max(0) / 1000),
                         "dropped": q.dropped,
+                        "refused": q.refused,
                         "delivered": stats::get(&s.delivered),
                         "undeliverable": stats::get(&s.undeliverable),
                         "ts_clashes": stats::get(&s.ts_clashes),
@@ -261,8 +262,8 @@ pub fn render(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  sink {name}: {state}, {} queued ({} bytes{oldest}), {} delivered{last_ack}, {} dropped, {} undeliverable",
-            s["queued"], s["queued_bytes"], s["delivered"], s["dropped"], s["undeliverable"]
+            "  sink {name}: {state}, {} queued ({} bytes{oldest}), {} delivered{last_ack}, {} dropped (accepted, then removed by a bound), {} refused (outbox full), {} undeliverable",
+            s["queued"], s["queued_bytes"], s["delivered"], s["dropped"], s["refused"], s["undeliverable"]
         );
         if s["connected"] != true {
             let next = match s["next_attempt_in_ms"].as_i64() {

@@ -83,8 +83,13 @@ pub struct QueueStats {
     /// Rows in the queue, as of the last commit; this includes
     /// [`QueueStats::delivered_undeleted`].
     pub depth: Depth,
-    /// Records dropped by the bounds (size or age), since the outbox was created.
+    /// Records dropped by the bounds (size or age), since the outbox was
+    /// created: accepted, then removed.
     pub dropped: u64,
+    /// Records refused because the outbox was full (`reject_new`, or one
+    /// record larger than the whole outbox): never accepted, never
+    /// acknowledged, so never lost.
+    pub refused: u64,
     /// Rows the platform acknowledged whose delete is not committed yet
     /// (deletes ride with the next commit, and are retried if one fails).
     pub delivered_undeleted: u64,

@@ -136,7 +136,9 @@ fn reject_new_keeps_the_oldest() {
             all.iter().map(|r| r.ts).collect::<Vec<_>>(),
             (0..10).collect::<Vec<_>>()
         );
-        assert_eq!(ob.stats()["a"].dropped, 15);
+        // Refused, never accepted: not counted as dropped.
+        assert_eq!(ob.stats()["a"].refused, 15);
+        assert_eq!(ob.stats()["a"].dropped, 0);
     });
     drop(ob);
     w.join();

@@ -63,6 +63,7 @@ pub(crate) struct State {
     next_id: i64,
     depths: HashMap<String, Depth>,
     dropped: HashMap<String, u64>,
+    refused: HashMap<String, u64>,
     total_bytes: u64,
     dead: DeadStats,
     /// outpost's clock when it was last saved in the file.
@@ -73,11 +74,15 @@ impl State {
     pub(crate) fn load(db: &Db, limits: Limits) -> Result<State, StoreError> {
         let depths = db.depths().map_err(|e| db::explain(db.path(), e))?;
         let counters = db.counters().map_err(|e| db::explain(db.path(), e))?;
-        let dropped = counters
-            .into_iter()
-            .filter(|((_, name), _)| name == "dropped")
-            .map(|((sink, _), v)| (sink, v))
-            .collect();
+        let named = |want: &str| -> HashMap<String, u64> {
+            counters
+                .iter()
+                .filter(|((_, name), _)| name == want)
+                .map(|((sink, _), v)| (sink.clone(), *v))
+                .collect()
+        };
+        let dropped = named("dropped");
+        let refused = named("refused");
         let total_bytes = depths.values().map(|d| d.bytes).sum();
         let (count, bytes) = db.dead_size().map_err(|e| db::explain(db.path(), e))?;
         let dead_dropped = db
@@ -97,6 +102,7 @@ impl State {
             next_id,
             depths,
             dropped,
+            refused,
             total_bytes,
             dead: DeadStats {
                 count,
@@ -118,6 +124,11 @@ impl State {
             view.entry(sink.clone())
                 .or_insert_with(QueueStats::default)
                 .dropped = *n;
+        }
+        for (sink, n) in &self.refused {
+            view.entry(sink.clone())
+                .or_insert_with(QueueStats::default)
+                .refused = *n;
         }
         for sink in shared.notify.keys() {
             view.entry(sink.clone()).or_default();
@@ -202,14 +213,20 @@ impl State {
     }
 }
 
-/// Drops counted in this group, to persist and to log.
+/// Drops (accepted records a bound removed) and refusals (records never
+/// accepted) counted in this group, to persist and to log.
 #[derive(Default)]
-struct Drops(BTreeMap<String, u64>);
+struct Drops(BTreeMap<String, u64>, BTreeMap<String, u64>);
 
 impl Drops {
     fn add(&mut self, sink: &str, n: u64) {
         let e = self.0.entry(sink.to_string()).or_default();
         *e = e.saturating_add(n);
+    }
+
+    fn refuse(&mut self, sink: &str) {
+        let e = self.1.entry(sink.to_string()).or_default();
+        *e = e.saturating_add(1);
     }
 }
 
@@ -517,7 +534,7 @@ fn apply(
                 for r in records {
                     let size = r.stored_size();
                     if !make_room(tx, state, drops, size)? {
-                        drops.add(&r.sink, 1);
+                        drops.refuse(&r.sink);
                         outcome.rejected = outcome.rejected.saturating_add(1);
                         continue;
                     }
@@ -572,6 +589,11 @@ fn apply(
     for (sink, n) in &drops.0 {
         db::add_counter(tx, sink, "dropped", *n)?;
         let e = state.dropped.entry(sink.clone()).or_default();
+        *e = e.saturating_add(*n);
+    }
+    for (sink, n) in &drops.1 {
+        db::add_counter(tx, sink, "refused", *n)?;
+        let e = state.refused.entry(sink.clone()).or_default();
         *e = e.saturating_add(*n);
     }
     Ok(())
@@ -690,16 +712,21 @@ fn expire(
 #[derive(Default)]
 struct DropLog {
     pending: BTreeMap<String, u64>,
+    refused: BTreeMap<String, u64>,
     last: Option<Instant>,
 }
 
 impl DropLog {
     fn note(&mut self, drops: &Drops, limits: &Limits) {
+        for (sink, n) in &drops.1 {
+            let e = self.refused.entry(sink.clone()).or_default();
+            *e = e.saturating_add(*n);
+        }
         for (sink, n) in &drops.0 {
             let e = self.pending.entry(sink.clone()).or_default();
             *e = e.saturating_add(*n);
         }
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.refused.is_empty() {
             return;
         }
         if self
@@ -707,6 +734,17 @@ impl DropLog {
             .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
         {
             return;
+        }
+        for (sink, n) in std::mem::take(&mut self.refused) {
+            tracing::warn!(
+                sink = %sink,
+                refused = n,
+                policy = ?limits.policy,
+                max_bytes = limits.max_bytes,
+                "outbox full: {n} new reading(s) for sink {sink} refused, never acknowledged (store.max_bytes {}, policy {:?})",
+                limits.max_bytes,
+                limits.policy
+            );
         }
         for (sink, n) in std::mem::take(&mut self.pending) {
             tracing::warn!(

@@ -193,6 +193,11 @@ pub fn render(snap: &Value) -> String {
         per_sink(snap, "dropped"),
     );
     m.counters(
+        "outpost_records_refused",
+        "Records refused because the outbox was full: never acknowledged, since the outbox was created.",
+        per_sink(snap, "refused"),
+    );
+    m.counters(
         "outpost_records_dead_lettered",
         "Records of the sink moved to the dead letters since outpost started.",
         per_sink(snap, "undeliverable"),

@@ -166,8 +166,9 @@ fn sinks(o: &mut String, s: &Value, delivered: &Series) {
         }
         let _ = write!(
             o,
-            ") · <span class=\"delivered\" data-value=\"{d}\">{d}</span> delivered · {} dropped · {} dead-lettered",
+            ") · <span class=\"delivered\" data-value=\"{d}\">{d}</span> delivered · {} dropped · {} refused (outbox full) · {} dead-lettered",
             k["dropped"],
+            k["refused"],
             k["undeliverable"],
             d = k["delivered"],
         );
