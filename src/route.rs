@@ -30,6 +30,10 @@ use crate::topic::TopicFilter;
 /// 2000-01-01T00:00:00Z in milliseconds: earlier times are not plausible.
 pub const EARLIEST_TS: i64 = 946_684_800_000;
 
+/// A change of the wall clock's offset to outpost's clock at least this
+/// large is a step of the clock, not the wobble of reading two clocks.
+const STEP_MS: i64 = 1_000;
+
 /// While the wall clock is not trusted, a payload's ts is judged without
 /// it: plausible from [`EARLIEST_TS`] to this long after outpost was built
 /// (or after the wall clock, if that reads later).
@@ -105,9 +109,8 @@ struct Route {
 /// Turns local messages into records.
 pub struct Router {
     routes: Vec<Route>,
-    /// device → outpost's clock at its last automatic stamp (stamps of a
-    /// device keep increasing on that clock, whatever the wall clock does).
-    last_ts: Recent<i64>,
+    /// device → (outpost's clock, the stamp) at its last automatic stamp.
+    last_ts: Recent<(i64, i64)>,
     /// How far past the gateway clock a payload's ts may be.
     max_ahead_ms: i64,
     admits: HashMap<String, Arc<dyn Admit>>,
@@ -217,15 +220,24 @@ impl Router {
     /// device's stamps in the future), provisional while the wall clock is
     /// not trusted.
     fn stamp_at(&mut self, device: &str, now: &Now) -> (i64, TsSource) {
-        let last = self.last_ts.entry(device, || i64::MIN);
-        let mono = now.mono.max(last.saturating_add(1));
-        *last = mono;
-        let ts = mono.saturating_add(now.offset());
+        let last = self.last_ts.entry(device, || (i64::MIN, i64::MIN));
+        let mono = now.mono.max(last.0.saturating_add(1));
+        let mut ts = mono.saturating_add(now.offset());
+        // The two clocks are read a moment apart, so their offset wobbles
+        // by a millisecond: that must not give a device two equal stamps.
+        // A real step back (a second or more) is followed.
+        if ts <= last.1 && last.1.saturating_sub(ts) < STEP_MS {
+            ts = last.1.saturating_add(1);
+        }
+        *last = (mono, ts);
         let source = if now.trusted {
             TsSource::Trusted
         } else {
+            // The offset this stamp was taken at (bumps included), so its
+            // correction is outpost's clock at the stamp plus the true
+            // offset: distinct for every stamp of the device.
             TsSource::Provisional {
-                offset: now.offset(),
+                offset: ts.saturating_sub(mono),
             }
         };
         (ts, source)

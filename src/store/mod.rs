@@ -21,6 +21,7 @@
 //! refuses is counted per sink in the file itself, so the count survives
 //! restarts and can be reported upstream.
 
+mod bounds;
 mod checkpoint;
 mod db;
 mod migrate;

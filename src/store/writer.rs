@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Transaction;
 use tokio::sync::mpsc;
 
+use super::bounds::{expire, make_room, DropLog, Drops};
 use super::checkpoint::{Checkpointer, NUDGE_BYTES};
 use super::db::{self, Db, Depth};
 use super::pace::{self, Pace};
@@ -16,14 +17,10 @@ use super::{
     StoreError,
 };
 use crate::clock;
-use crate::config::FullPolicy;
 
 /// Most commands applied in one transaction. Large enough that a burst is a
 /// handful of commits; small enough that one commit stays short.
 const MAX_GROUP: usize = 4096;
-
-/// Rows looked at per step when making room or expiring.
-const EVICT_STEP: usize = 256;
 
 /// How long the writer waits before it tries again the deletes of a commit
 /// that failed (a full or failing disk), if nothing else comes first.
@@ -56,18 +53,18 @@ fn delete_window() -> Duration {
 
 #[derive(Clone)]
 pub(crate) struct State {
-    limits: Limits,
+    pub(super) limits: Limits,
     /// sink → queue table (new ones join when their first record does).
-    tables: HashMap<String, String>,
+    pub(super) tables: HashMap<String, String>,
     /// The next record id (above every id the file has seen).
-    next_id: i64,
-    depths: HashMap<String, Depth>,
-    dropped: HashMap<String, u64>,
-    refused: HashMap<String, u64>,
-    total_bytes: u64,
-    dead: DeadStats,
+    pub(super) next_id: i64,
+    pub(super) depths: HashMap<String, Depth>,
+    pub(super) dropped: HashMap<String, u64>,
+    pub(super) refused: HashMap<String, u64>,
+    pub(super) total_bytes: u64,
+    pub(super) dead: DeadStats,
     /// outpost's clock when it was last saved in the file.
-    clock_saved: i64,
+    pub(super) clock_saved: i64,
 }
 
 impl State {
@@ -200,7 +197,7 @@ impl State {
         self.total_bytes = self.total_bytes.saturating_add(size);
     }
 
-    fn removed(&mut self, sink: &str, size: u64) {
+    pub(super) fn removed(&mut self, sink: &str, size: u64) {
         self.removed_many(sink, 1, size);
     }
 
@@ -210,23 +207,6 @@ impl State {
             d.bytes = d.bytes.saturating_sub(bytes);
         }
         self.total_bytes = self.total_bytes.saturating_sub(bytes);
-    }
-}
-
-/// Drops (accepted records a bound removed) and refusals (records never
-/// accepted) counted in this group, to persist and to log.
-#[derive(Default)]
-struct Drops(BTreeMap<String, u64>, BTreeMap<String, u64>);
-
-impl Drops {
-    fn add(&mut self, sink: &str, n: u64) {
-        let e = self.0.entry(sink.to_string()).or_default();
-        *e = e.saturating_add(n);
-    }
-
-    fn refuse(&mut self, sink: &str) {
-        let e = self.1.entry(sink.to_string()).or_default();
-        *e = e.saturating_add(1);
     }
 }
 
@@ -635,126 +615,4 @@ fn act_on_dead(
         done.done = done.done.saturating_add(1);
     }
     Ok(done)
-}
-
-/// Makes room for `size` more bytes under the configured policy. Returns
-/// false if the record must be refused.
-fn make_room(
-    tx: &Transaction<'_>,
-    state: &mut State,
-    drops: &mut Drops,
-    size: u64,
-) -> rusqlite::Result<bool> {
-    let max = state.limits.max_bytes;
-    if size > max {
-        return Ok(false);
-    }
-    if state.total_bytes.saturating_add(size) <= max {
-        return Ok(true);
-    }
-    if state.limits.policy == FullPolicy::RejectNew {
-        return Ok(false);
-    }
-    while state.total_bytes.saturating_add(size) > max {
-        let rows = db::oldest(tx, &state.tables, EVICT_STEP)?;
-        if rows.is_empty() {
-            break;
-        }
-        for (id, sink, _, _) in rows {
-            if state.total_bytes.saturating_add(size) <= max {
-                break;
-            }
-            let Some(table) = state.tables.get(&sink).cloned() else {
-                continue;
-            };
-            if let Some(row_size) = db::delete(tx, &sink, &table, id)? {
-                state.removed(&sink, row_size);
-                drops.add(&sink, 1);
-            }
-        }
-    }
-    Ok(state.total_bytes.saturating_add(size) <= max)
-}
-
-/// Removes what outpost's clock says is older than `max_age` (`mono`:
-/// that clock now; a wall-clock step changes nothing here).
-fn expire(
-    tx: &Transaction<'_>,
-    state: &mut State,
-    drops: &mut Drops,
-    mono: i64,
-) -> rusqlite::Result<()> {
-    let cutoff = mono.saturating_sub(state.limits.max_age_ms);
-    loop {
-        let rows = db::oldest(tx, &state.tables, EVICT_STEP)?;
-        let mut removed: u64 = 0;
-        for (id, sink, _, ingested_at) in &rows {
-            if *ingested_at >= cutoff {
-                return Ok(());
-            }
-            let Some(table) = state.tables.get(sink).cloned() else {
-                continue;
-            };
-            if let Some(size) = db::delete(tx, sink, &table, *id)? {
-                state.removed(sink, size);
-                drops.add(sink, 1);
-                removed = removed.saturating_add(1);
-            }
-        }
-        if rows.len() < EVICT_STEP || removed == 0 {
-            return Ok(());
-        }
-    }
-}
-
-/// Logs drops at most every few seconds, with the totals since the last line,
-/// so a full outbox under load does not flood the journal.
-#[derive(Default)]
-struct DropLog {
-    pending: BTreeMap<String, u64>,
-    refused: BTreeMap<String, u64>,
-    last: Option<Instant>,
-}
-
-impl DropLog {
-    fn note(&mut self, drops: &Drops, limits: &Limits) {
-        for (sink, n) in &drops.1 {
-            let e = self.refused.entry(sink.clone()).or_default();
-            *e = e.saturating_add(*n);
-        }
-        for (sink, n) in &drops.0 {
-            let e = self.pending.entry(sink.clone()).or_default();
-            *e = e.saturating_add(*n);
-        }
-        if self.pending.is_empty() && self.refused.is_empty() {
-            return;
-        }
-        if self
-            .last
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
-            return;
-        }
-        for (sink, n) in std::mem::take(&mut self.refused) {
-            tracing::warn!(
-                sink = %sink,
-                refused = n,
-                policy = ?limits.policy,
-                max_bytes = limits.max_bytes,
-                "outbox full: {n} new reading(s) for sink {sink} refused, never acknowledged (store.max_bytes {}, policy {:?})",
-                limits.max_bytes,
-                limits.policy
-            );
-        }
-        for (sink, n) in std::mem::take(&mut self.pending) {
-            tracing::warn!(
-                sink = %sink,
-                dropped = n,
-                policy = ?limits.policy,
-                max_bytes = limits.max_bytes,
-                "outbox bound reached: records dropped (counted; see store.max_bytes, store.max_age)"
-            );
-        }
-        self.last = Some(Instant::now());
-    }
 }

@@ -90,7 +90,15 @@ async fn payload_timestamps_in_ms_or_seconds_are_kept_and_implausible_ones_never
 {
     let w = World::new("");
     let col = w.collect("site1/#").await;
-    let op = w.start(&w.site().mqtt("", ""));
+    // The clock is synchronized (timesyncd's flag): max_ts_ahead is
+    // measured from it (an untrusted clock is not used to judge a ts).
+    let flag = w.path().join("synchronized");
+    std::fs::write(&flag, b"").expect("flag");
+    let op = w.start(&format!(
+        "{}\n[readings]\nsynchronized_file = \"{}\"\n",
+        w.site().mqtt("", ""),
+        flag.display()
+    ));
     let start = now_ms();
     let past = start - 60_000;
     let year_ahead = start + 366 * 86_400_000;

@@ -14,12 +14,14 @@
 //! credentials) waits the maximum and says so once in plain words.
 //!
 //! One job per file: this loop; [`act`] (what a platform asks for);
-//! [`acked`] (deletes held a moment); [`flight`] (rows in flight and their packet
+//! [`acked`] (deletes held a moment); [`acks`] (stalled acknowledgements,
+//! stamps counted as they leave); [`flight`] (rows in flight and their packet
 //! ids); [`fetch`] (reading the queue); [`poison`] (records a platform can
 //! never take); [`backoff`]; [`pace`] (rate windows); [`tls`]; [`explain`]
 //! (failures in words); [`settings`].
 
 mod acked;
+mod acks;
 mod act;
 mod backoff;
 mod explain;
@@ -497,55 +499,6 @@ impl<E: Platform> Uplink<E> {
                     return End::Shutdown;
                 }
             }
-        }
-    }
-
-    /// A PUBACK came: the broker acknowledges again.
-    fn acknowledged(&self) {
-        use std::sync::atomic::Ordering;
-        self.stats
-            .last_ack_ms
-            .store(crate::clock::mono_ms().max(1), Ordering::Relaxed);
-        if self.stats.stalled.swap(false, Ordering::Relaxed) {
-            tracing::info!(sink = %self.name, "sink {}: the upstream broker acknowledges publishes again", self.name);
-        }
-    }
-
-    /// Ends a connection whose broker stopped acknowledging: what it holds
-    /// is sent again from the oldest row on the next one.
-    fn stalled(&self, waited: Duration, in_flight: usize) -> End {
-        use std::sync::atomic::Ordering;
-        self.stats.stalled.store(true, Ordering::Relaxed);
-        stats::add(&self.stats.stalls, 1);
-        tracing::warn!(
-            sink = %self.name,
-            waited_s = waited.as_secs(),
-            ack_timeout_s = self.ack_timeout.as_secs(),
-            in_flight,
-            "sink {}: no PUBACK for {} s (ack_timeout {} s) with {} publish(es) in flight: reconnecting, and sending again from the oldest queued record",
-            self.name,
-            waited.as_secs(),
-            self.ack_timeout.as_secs(),
-            in_flight
-        );
-        End::Stalled(waited)
-    }
-
-    /// Counts the records leaving with a stamp that was provisional, once
-    /// per record.
-    fn count_stamps(&mut self, records: &[crate::record::Record]) {
-        use crate::record::TsSource;
-        for r in records.iter().filter(|r| r.id > self.ts_counted) {
-            let counter = match r.ts_source {
-                TsSource::Trusted => continue,
-                TsSource::Corrected => &self.stats.ts_corrected,
-                TsSource::Estimated => &self.stats.ts_estimated,
-                TsSource::Provisional { .. } => &self.stats.ts_provisional,
-            };
-            stats::add(counter, 1);
-        }
-        if let Some(last) = records.iter().map(|r| r.id).max() {
-            self.ts_counted = self.ts_counted.max(last);
         }
     }
 
