@@ -19,19 +19,21 @@ const EVICT_STEP: usize = 256;
 /// Drops (accepted records a bound removed) and refusals (records never
 /// accepted) counted in this group, to persist and to log.
 #[derive(Default)]
-pub(super) struct Drops(
-    pub(super) BTreeMap<String, u64>,
-    pub(super) BTreeMap<String, u64>,
-);
+pub(super) struct Drops {
+    /// Accepted records a bound removed, per sink.
+    pub(super) dropped: BTreeMap<String, u64>,
+    /// Records refused for want of room, per sink.
+    pub(super) refused: BTreeMap<String, u64>,
+}
 
 impl Drops {
     pub(super) fn add(&mut self, sink: &str, n: u64) {
-        let e = self.0.entry(sink.to_string()).or_default();
+        let e = self.dropped.entry(sink.to_string()).or_default();
         *e = e.saturating_add(n);
     }
 
     pub(super) fn refuse(&mut self, sink: &str) {
-        let e = self.1.entry(sink.to_string()).or_default();
+        let e = self.refused.entry(sink.to_string()).or_default();
         *e = e.saturating_add(1);
     }
 }
@@ -117,11 +119,11 @@ pub(super) struct DropLog {
 
 impl DropLog {
     pub(super) fn note(&mut self, drops: &Drops, limits: &Limits) {
-        for (sink, n) in &drops.1 {
+        for (sink, n) in &drops.refused {
             let e = self.refused.entry(sink.clone()).or_default();
             *e = e.saturating_add(*n);
         }
-        for (sink, n) in &drops.0 {
+        for (sink, n) in &drops.dropped {
             let e = self.pending.entry(sink.clone()).or_default();
             *e = e.saturating_add(*n);
         }

@@ -566,12 +566,12 @@ fn apply(
             Command::Flush(_) | Command::Qos2(Qos2Op::Pending(..)) | Command::Stop => {}
         }
     }
-    for (sink, n) in &drops.0 {
+    for (sink, n) in &drops.dropped {
         db::add_counter(tx, sink, "dropped", *n)?;
         let e = state.dropped.entry(sink.clone()).or_default();
         *e = e.saturating_add(*n);
     }
-    for (sink, n) in &drops.1 {
+    for (sink, n) in &drops.refused {
         db::add_counter(tx, sink, "refused", *n)?;
         let e = state.refused.entry(sink.clone()).or_default();
         *e = e.saturating_add(*n);
