@@ -13,7 +13,7 @@ use crate::units::{ByteSize, Seconds};
 pub enum FullPolicy {
     /// Make room by deleting the oldest queued records (counted as dropped).
     DropOldest,
-    /// Keep what is queued and refuse new records (counted as dropped).
+    /// Keep what is queued and refuse new records (counted as refused).
     RejectNew,
 }
 
@@ -45,6 +45,11 @@ pub struct StoreConfig {
     /// reached the oldest go, counted.
     #[serde(default = "default_dead_letters_max_bytes")]
     pub dead_letters_max_bytes: ByteSize,
+    /// Space held back on the outbox's filesystem (a file beside it), given
+    /// up when the disk fills so that deliveries can still be deleted and a
+    /// drain finish; 0 holds none.
+    #[serde(default = "default_disk_reserve")]
+    pub disk_reserve: ByteSize,
 }
 
 fn default_store_path() -> PathBuf {
@@ -65,6 +70,9 @@ fn default_synchronous() -> Synchronous {
 fn default_dead_letters_max_bytes() -> ByteSize {
     ByteSize(16 << 20)
 }
+fn default_disk_reserve() -> ByteSize {
+    ByteSize(16 << 20)
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -75,6 +83,7 @@ impl Default for StoreConfig {
             full_policy: default_full_policy(),
             synchronous: default_synchronous(),
             dead_letters_max_bytes: default_dead_letters_max_bytes(),
+            disk_reserve: default_disk_reserve(),
         }
     }
 }
@@ -95,5 +104,8 @@ pub(super) fn check(s: &StoreConfig, problems: &mut Vec<Problem>) {
             "store.dead_letters_max_bytes",
             "must be between 4 KiB and 1 TiB",
         );
+    }
+    if s.disk_reserve.0 > 1 << 30 {
+        problems.add("store.disk_reserve", "must be at most 1 GiB (0 holds none)");
     }
 }

@@ -108,6 +108,10 @@ impl Health {
             "clock_synchronized".into(),
             json!(crate::clock::sync_state().trusted()),
         );
+        v.insert(
+            "outbox_condition".into(),
+            json!(status.outbox.disk().condition.as_str()),
+        );
         for (name, s) in &status.stats.sinks {
             let q = queues.get(name).copied().unwrap_or_default();
             queued_total = queued_total.saturating_add(q.waiting());

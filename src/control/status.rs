@@ -139,11 +139,21 @@ impl StatusSource {
         });
         let http = self.http.lock().map(|h| h.clone()).unwrap_or_default();
         let sync = crate::clock::sync_state();
+        let disk = self.outbox.disk();
         json!({
             "clock": {
                 "synchronized": sync.trusted(),
                 "state": sync.describe(),
                 "wall_ms": crate::clock::wall_ms(),
+            },
+            "outbox": {
+                "condition": disk.condition.as_str(),
+                "ok": disk.condition == crate::store::Condition::Ok,
+                "detail": disk.detail,
+                "for_s": (disk.condition != crate::store::Condition::Ok)
+                    .then(|| now.saturating_sub(disk.since_ms).max(0) / 1000),
+                "reserve_held": disk.reserve_held,
+                "reserve_bytes": disk.reserve_bytes,
             },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.stats.started.elapsed().as_secs(),
@@ -183,13 +193,43 @@ pub fn uptime(secs: i64) -> String {
     }
 }
 
+/// What `status` says about the outbox's disk: nothing when all is well.
+pub fn outbox_line(o: &Value) -> Option<String> {
+    let condition = o.get("condition").and_then(Value::as_str)?;
+    let since = o["for_s"]
+        .as_i64()
+        .map(|s| format!(" for {}", uptime(s)))
+        .unwrap_or_default();
+    let detail = o["detail"]
+        .as_str()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    match condition {
+        "ok" if o["reserve_held"] == true || o["reserve_bytes"] == 0 => None,
+        "ok" => Some(
+            "outbox: ok, but the space store.disk_reserve holds back could not be reserved"
+                .to_string(),
+        ),
+        "disk full" => Some(format!(
+            "outbox: DISK FULL{since}: new readings are refused, queued ones still drain (the reserved space was released for that); free space on its filesystem"
+        )),
+        "read-only filesystem" => Some(format!(
+            "outbox: READ-ONLY FILESYSTEM{since}: new readings are refused, queued ones are kept; outpost opens the outbox again by itself once the filesystem is writable (see dmesg)"
+        )),
+        other => Some(format!(
+            "outbox: {}{since}{detail}: new readings are refused; outpost tries again every 2 s (see dmesg)",
+            other.to_uppercase()
+        )),
+    }
+}
+
 /// The snapshot as `outpost status` prints it for a person.
 pub fn render(v: &Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "outpost {} (pid {}, up {}): {} accepted, {} refused (outbox full), {} undeliverable, {} with an implausible ts restamped",
+        "outpost {} (pid {}, up {}): {} accepted, {} refused (not stored: outbox or disk full), {} undeliverable, {} with an implausible ts restamped",
         v["version"].as_str().unwrap_or("?"),
         v["pid"],
         uptime(v["uptime_s"].as_i64().unwrap_or(0)),
@@ -207,6 +247,9 @@ pub fn render(v: &Value) -> String {
         .and_then(Value::as_str)
     {
         let _ = writeln!(out, "  clock: {state}");
+    }
+    if let Some(line) = outbox_line(&v["outbox"]) {
+        let _ = writeln!(out, "  {line}");
     }
     let http = v.get("http");
     let field = |k: &str| http.and_then(|h| h.get(k)).and_then(Value::as_str);
@@ -262,7 +305,7 @@ pub fn render(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  sink {name}: {state}, {} queued ({} bytes{oldest}), {} delivered{last_ack}, {} dropped (accepted, then removed by a bound), {} refused (outbox full), {} undeliverable",
+            "  sink {name}: {state}, {} queued ({} bytes{oldest}), {} delivered{last_ack}, {} dropped (accepted, then removed by a bound), {} refused (not stored: outbox or disk full), {} undeliverable",
             s["queued"], s["queued_bytes"], s["delivered"], s["dropped"], s["refused"], s["undeliverable"]
         );
         if s["connected"] != true {

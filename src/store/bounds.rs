@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Transaction;
 
 use super::db;
-use super::writer::State;
+use super::state::State;
 use super::Limits;
 use crate::config::FullPolicy;
 

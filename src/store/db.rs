@@ -18,6 +18,8 @@ use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
 
+use super::dead::DEAD_SIZE;
+use super::disk::Fault;
 use super::migrate;
 use super::StoreError;
 use crate::config::Synchronous;
@@ -97,12 +99,6 @@ fn queue_table(table: &str) -> String {
     )
 }
 
-/// What a dead letter occupies for `dead_letters_max_bytes`: the same as
-/// the record did in its queue ([`Record::stored_size`]).
-const DEAD_SIZE: &str =
-    "LENGTH(payload) + LENGTH(CAST(device AS BLOB)) + LENGTH(CAST(topic AS BLOB)) \
-     + LENGTH(CAST(sink AS BLOB)) + 48";
-
 /// What a row occupies for the `max_bytes` bound (as [`Record::stored_size`]).
 fn size_expr(sink: &str) -> String {
     format!(
@@ -162,18 +158,25 @@ const WAL_MAX_BYTES: i64 = 6 << 20;
 pub fn explain(path: &Path, e: rusqlite::Error) -> StoreError {
     let code = e.sqlite_error_code();
     let p = path.to_path_buf();
-    match code {
-        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+    match (code, super::space::classify(path, &e)) {
+        (_, Fault::Full) => StoreError::DiskFull { path: p },
+        (_, Fault::ReadOnly) => StoreError::ReadOnly { path: p },
+        (_, Fault::Io(detail)) => StoreError::Io { path: p, detail },
+        (Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt), _) => {
+            StoreError::Corrupt {
+                path: p,
+                detail: e.to_string(),
+            }
+        }
+        (
+            Some(ErrorCode::ReadOnly)
+            | Some(ErrorCode::CannotOpen)
+            | Some(ErrorCode::PermissionDenied),
+            _,
+        ) => StoreError::Unwritable {
             path: p,
             detail: e.to_string(),
         },
-        Some(ErrorCode::ReadOnly)
-        | Some(ErrorCode::CannotOpen)
-        | Some(ErrorCode::PermissionDenied) => StoreError::Unwritable {
-            path: p,
-            detail: e.to_string(),
-        },
-        Some(ErrorCode::DiskFull) => StoreError::DiskFull { path: p },
         _ => StoreError::Sqlite {
             path: p,
             detail: e.to_string(),
@@ -198,7 +201,24 @@ impl Db {
                 detail: format!("cannot create the directory: {e}"),
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| explain(path, e))?;
+        Db::connect(path, sync, Connection::open(path))
+    }
+
+    /// Opens the outbox again, never creating it: a filesystem unmounted
+    /// underneath outpost leaves the bare mount point, where a new empty
+    /// outbox must not appear.
+    pub fn reopen(path: &Path, sync: Synchronous) -> Result<Db, StoreError> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Db::connect(path, sync, Connection::open_with_flags(path, flags))
+    }
+
+    fn connect(
+        path: &Path,
+        sync: Synchronous,
+        conn: rusqlite::Result<Connection>,
+    ) -> Result<Db, StoreError> {
+        let conn = conn.map_err(|e| explain(path, e))?;
         let mut db = Db {
             conn,
             path: path.to_path_buf(),
@@ -310,6 +330,42 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Rows changed through this connection so far.
+    pub fn total_changes(&self) -> u64 {
+        self.conn.total_changes()
+    }
+
+    pub fn sync(&self) -> Synchronous {
+        self.sync
+    }
+
+    /// (page size, pages in the file, pages on the freelist).
+    pub fn pages(&self) -> rusqlite::Result<(u64, u64, u64)> {
+        let get = |pragma: &str| -> rusqlite::Result<u64> {
+            self.conn
+                .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i64>(0))
+                .map(|n| u64::try_from(n).unwrap_or(0))
+        };
+        Ok((
+            get("page_size")?,
+            get("page_count")?,
+            get("freelist_count")?,
+        ))
+    }
+
+    /// Rewrites the file without its free pages and copies the result
+    /// back at once, so the file shrinks (on a full disk, after a drain).
+    /// The copy goes through the WAL: it needs room for the pages in use.
+    pub fn compact(&self) -> rusqlite::Result<()> {
+        self.conn
+            .execute_batch("PRAGMA temp_store = MEMORY; VACUUM;")?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        Ok(())
     }
 
     pub fn page_size(&self) -> rusqlite::Result<i64> {
@@ -584,51 +640,6 @@ pub fn add_counter(tx: &Transaction<'_>, sink: &str, name: &str, by: u64) -> rus
     Ok(())
 }
 
-/// Writes a record straight to the dead letters (refused at ingest).
-pub fn insert_dead(
-    tx: &Transaction<'_>,
-    id: i64,
-    r: &Record,
-    reason: &str,
-    now: i64,
-) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT OR REPLACE INTO dead_letters (id, sink, device, kind, ts, topic, payload, reason, moved_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    stmt.execute(params![
-        id,
-        r.sink,
-        r.device,
-        r.kind.as_str(),
-        r.ts,
-        r.topic,
-        r.payload,
-        reason,
-        now
-    ])?;
-    Ok(())
-}
-
-/// Moves one queued row to the dead letters; returns its size.
-pub fn dead_letter(
-    tx: &Transaction<'_>,
-    sink: &str,
-    table: &str,
-    id: i64,
-    reason: &str,
-    now: i64,
-) -> rusqlite::Result<Option<u64>> {
-    let mut copy = tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO dead_letters (id, sink, device, kind, ts, topic, payload, reason, moved_at)
-         SELECT id, ?2, device,
-                CASE kind WHEN 1 THEN 'attributes' WHEN 2 THEN 'claim' WHEN 3 THEN 'rpc' WHEN 4 THEN 'attributes_request' ELSE 'telemetry' END,
-                ts, topic, payload, ?3, ?4 FROM {table} WHERE id = ?1"
-    ))?;
-    copy.execute(params![id, sink, reason, now])?;
-    delete(tx, sink, table, id)
-}
-
 pub fn qos2_mark(tx: &Transaction<'_>, client: &str, pkid: u16, now: i64) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO inbound_qos2 (client, pkid, at) VALUES (?1, ?2, ?3)",
@@ -646,52 +657,5 @@ pub fn qos2_release(tx: &Transaction<'_>, client: &str, pkid: u16) -> rusqlite::
 pub fn qos2_forget(tx: &Transaction<'_>, client: &str) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached("DELETE FROM inbound_qos2 WHERE client = ?1")?;
     stmt.execute(params![client])?;
-    Ok(())
-}
-
-/// Removes the oldest dead letter; returns its size if there was one.
-pub fn drop_oldest_dead(tx: &Transaction<'_>) -> rusqlite::Result<Option<u64>> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "DELETE FROM dead_letters WHERE id = (SELECT MIN(id) FROM dead_letters)
-         RETURNING {DEAD_SIZE}"
-    ))?;
-    stmt.query_row([], |r| r.get::<_, i64>(0))
-        .optional()
-        .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
-}
-
-/// The dead letters `pick` names, oldest first, each with its size.
-pub fn dead_rows(tx: &Transaction<'_>, pick: super::Pick) -> rusqlite::Result<Vec<(Record, u64)>> {
-    let (clause, id) = match pick {
-        super::Pick::One(id) => ("WHERE id = ?1", id),
-        super::Pick::All => ("WHERE ?1 = ?1", 0),
-    };
-    let mut stmt = tx.prepare(&format!(
-        "SELECT id, sink, device, kind, ts, topic, payload,
-                {DEAD_SIZE}
-         FROM dead_letters {clause} ORDER BY id"
-    ))?;
-    let rows = stmt.query_map(params![id], |r| {
-        let kind: String = r.get(3)?;
-        Ok((
-            Record {
-                id: r.get(0)?,
-                sink: r.get(1)?,
-                device: r.get(2)?,
-                kind: RecordKind::parse(&kind).unwrap_or(RecordKind::Telemetry),
-                ts: r.get(4)?,
-                topic: r.get(5)?,
-                payload: r.get(6)?,
-                ts_source: Default::default(),
-            },
-            u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
-        ))
-    })?;
-    rows.collect()
-}
-
-pub fn delete_dead(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
-    stmt.execute(params![id])?;
     Ok(())
 }

@@ -24,9 +24,14 @@
 mod bounds;
 mod checkpoint;
 mod db;
+mod dead;
+mod disk;
 mod migrate;
+mod open;
 mod pace;
 mod read;
+mod space;
+mod state;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +45,7 @@ use crate::config::{FullPolicy, StoreConfig};
 use crate::record::Record;
 
 pub use db::Depth;
+pub use disk::Condition;
 pub use read::{dead_letters, DeadLetter};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,6 +68,19 @@ pub enum StoreError {
         path = path.display()
     )]
     DiskFull { path: PathBuf },
+    #[error(
+        "the filesystem holding the outbox {path} is read-only (the kernel remounts \
+         a filesystem so after an I/O error); new readings are refused, those stored \
+         are kept, and outpost opens the outbox again by itself once it is writable",
+        path = path.display()
+    )]
+    ReadOnly { path: PathBuf },
+    #[error(
+        "I/O error writing the outbox {path} ({detail}); new readings are refused, \
+         outpost tries again every 2 s; check the disk (dmesg)",
+        path = path.display()
+    )]
+    Io { path: PathBuf, detail: String },
     #[error("outbox {path}: {detail}", path = path.display())]
     Sqlite { path: PathBuf, detail: String },
     #[error("the outbox is closed (outpost is shutting down)")]
@@ -235,6 +254,7 @@ pub(crate) struct Shared {
     deleting: Mutex<HashMap<String, u64>>,
     stats: Mutex<BTreeMap<String, QueueStats>>,
     dead: Mutex<DeadStats>,
+    disk: Mutex<DiskView>,
     /// Commits that worked (the tests count them).
     #[cfg(test)]
     commits: std::sync::atomic::AtomicU64,
@@ -264,6 +284,8 @@ impl WriterHandle {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_bytes: u64,
+    /// `store.disk_reserve`.
+    pub disk_reserve: u64,
     pub max_age_ms: i64,
     pub policy: FullPolicy,
     pub dead_max_bytes: u64,
@@ -273,11 +295,25 @@ impl Limits {
     pub fn of(cfg: &StoreConfig) -> Limits {
         Limits {
             max_bytes: cfg.max_bytes.0,
+            disk_reserve: cfg.disk_reserve.0,
             max_age_ms: i64::try_from(cfg.max_age.0.as_millis()).unwrap_or(i64::MAX),
             policy: cfg.full_policy,
             dead_max_bytes: cfg.dead_letters_max_bytes.0,
         }
     }
+}
+
+/// The outbox's filesystem as the writer last found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskView {
+    pub condition: Condition,
+    /// The error behind the condition, where there is one.
+    pub detail: Option<String>,
+    /// outpost's clock ([`crate::clock::mono_ms`]) when it began.
+    pub since_ms: i64,
+    /// The reserve file (`store.disk_reserve`) is in place.
+    pub reserve_held: bool,
+    pub reserve_bytes: u64,
 }
 
 /// The dead letters, as of the last commit.
@@ -298,8 +334,8 @@ impl Outbox {
         cfg: &StoreConfig,
         sinks: &[String],
     ) -> Result<(Outbox, WriterHandle), StoreError> {
-        let db = db::Db::open(&path, cfg.synchronous)?;
         let limits = Limits::of(cfg);
+        let (db, disk) = open::on_disk(&path, cfg.synchronous, limits.disk_reserve)?;
         let notify = sinks
             .iter()
             .map(|s| (s.clone(), Arc::new(Notify::new())))
@@ -309,23 +345,43 @@ impl Outbox {
             deleting: Mutex::new(HashMap::new()),
             stats: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(DeadStats::default()),
+            disk: Mutex::new(DiskView::default()),
             #[cfg(test)]
             commits: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(64 * 1024);
-        let state = writer::State::load(&db, limits)?;
+        let state = state::State::load(&db, limits)?;
         let reader = Arc::new(Mutex::new(read::Reader::open(&path)?));
         let checkpointer = checkpoint::Checkpointer::start(&path)?;
         state.publish(&shared);
         let thread_shared = shared.clone();
+        let thread_reader = reader.clone();
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
-            .spawn(move || writer::run(db, rx, thread_shared, state, checkpointer))
+            .spawn(move || {
+                writer::run(
+                    db,
+                    rx,
+                    thread_shared,
+                    state,
+                    checkpointer,
+                    thread_reader,
+                    disk,
+                )
+            })
             .map_err(|e| StoreError::Sqlite {
                 path: path.clone(),
                 detail: format!("cannot start the writer thread: {e}"),
             })?;
         Ok((Outbox { tx, shared, reader }, WriterHandle(handle)))
+    }
+
+    /// The outbox's filesystem: full, read-only, failing, or fine.
+    pub fn disk(&self) -> DiskView {
+        match self.shared.disk.lock() {
+            Ok(d) => d.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// Appends records and waits until they are committed.

@@ -1,8 +1,8 @@
 //! The outbox's writer thread: group commit, bounds, and the in-memory view
 //! of queue depths that the rest of outpost reads.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Transaction;
@@ -10,13 +10,18 @@ use tokio::sync::mpsc;
 
 use super::bounds::{expire, make_room, DropLog, Drops};
 use super::checkpoint::{Checkpointer, NUDGE_BYTES};
-use super::db::{self, Db, Depth};
+use super::db::{self, Db};
+use super::dead;
+use super::disk::{Condition, Disk, Room};
 use super::pace::{self, Pace};
+use super::read::Reader;
+use super::space;
+use super::state::State;
 use super::{
-    Appended, Command, DeadDone, DeadOp, DeadStats, Limits, Pick, Qos2Op, QueueStats, Shared,
-    StoreError,
+    Appended, Command, DeadDone, DeadOp, DiskView, Limits, Pick, Qos2Op, Shared, StoreError,
 };
 use crate::clock;
+use crate::record::Record;
 
 /// Most commands applied in one transaction. Large enough that a burst is a
 /// handful of commits; small enough that one commit stays short.
@@ -49,165 +54,6 @@ pub(super) const DELETE_ROWS: usize = 16_384;
 /// acknowledged reading's delete is still pending. Never in a release build.
 fn delete_window() -> Duration {
     crate::units::test_stretch("OUTPOST_TEST_DELETE_WINDOW_MS", DELETE_WINDOW)
-}
-
-#[derive(Clone)]
-pub(crate) struct State {
-    pub(super) limits: Limits,
-    /// sink → queue table (new ones join when their first record does).
-    pub(super) tables: HashMap<String, String>,
-    /// The next record id (above every id the file has seen).
-    pub(super) next_id: i64,
-    pub(super) depths: HashMap<String, Depth>,
-    pub(super) dropped: HashMap<String, u64>,
-    pub(super) refused: HashMap<String, u64>,
-    pub(super) total_bytes: u64,
-    pub(super) dead: DeadStats,
-    /// outpost's clock when it was last saved in the file.
-    pub(super) clock_saved: i64,
-}
-
-impl State {
-    pub(crate) fn load(db: &Db, limits: Limits) -> Result<State, StoreError> {
-        let depths = db.depths().map_err(|e| db::explain(db.path(), e))?;
-        let counters = db.counters().map_err(|e| db::explain(db.path(), e))?;
-        let named = |want: &str| -> HashMap<String, u64> {
-            counters
-                .iter()
-                .filter(|((_, name), _)| name == want)
-                .map(|((sink, _), v)| (sink.clone(), *v))
-                .collect()
-        };
-        let dropped = named("dropped");
-        let refused = named("refused");
-        let total_bytes = depths.values().map(|d| d.bytes).sum();
-        let (count, bytes) = db.dead_size().map_err(|e| db::explain(db.path(), e))?;
-        let dead_dropped = db
-            .counters()
-            .map_err(|e| db::explain(db.path(), e))?
-            .into_iter()
-            .filter(|((_, name), _)| name == "dead_dropped")
-            .map(|(_, v)| v)
-            .sum();
-        let next_id = db
-            .max_id()
-            .map_err(|e| db::explain(db.path(), e))?
-            .saturating_add(1);
-        Ok(State {
-            limits,
-            tables: db.tables().clone(),
-            next_id,
-            depths,
-            dropped,
-            refused,
-            total_bytes,
-            dead: DeadStats {
-                count,
-                bytes,
-                dropped: dead_dropped,
-            },
-            clock_saved: i64::MIN,
-        })
-    }
-
-    pub(crate) fn publish(&self, shared: &Shared) {
-        let mut view = BTreeMap::new();
-        for (sink, d) in &self.depths {
-            view.entry(sink.clone())
-                .or_insert_with(QueueStats::default)
-                .depth = *d;
-        }
-        for (sink, n) in &self.dropped {
-            view.entry(sink.clone())
-                .or_insert_with(QueueStats::default)
-                .dropped = *n;
-        }
-        for (sink, n) in &self.refused {
-            view.entry(sink.clone())
-                .or_insert_with(QueueStats::default)
-                .refused = *n;
-        }
-        for sink in shared.notify.keys() {
-            view.entry(sink.clone()).or_default();
-        }
-        match shared.stats.lock() {
-            Ok(mut s) => *s = view,
-            Err(p) => *p.into_inner() = view,
-        }
-        match shared.dead.lock() {
-            Ok(mut d) => *d = self.dead,
-            Err(p) => *p.into_inner() = self.dead,
-        }
-    }
-
-    /// A record moved to the dead letters; the oldest go beyond the bound.
-    fn dead_added(&mut self, tx: &Transaction<'_>, size: u64) -> rusqlite::Result<()> {
-        self.dead.count = self.dead.count.saturating_add(1);
-        self.dead.bytes = self.dead.bytes.saturating_add(size);
-        let mut dropped: u64 = 0;
-        while self.dead.bytes > self.limits.dead_max_bytes {
-            match db::drop_oldest_dead(tx)? {
-                Some(n) => {
-                    self.dead.bytes = self.dead.bytes.saturating_sub(n);
-                    self.dead.count = self.dead.count.saturating_sub(1);
-                    dropped = dropped.saturating_add(1);
-                }
-                None => {
-                    self.dead = DeadStats {
-                        dropped: self.dead.dropped,
-                        ..DeadStats::default()
-                    };
-                    break;
-                }
-            }
-        }
-        if dropped > 0 {
-            self.dead.dropped = self.dead.dropped.saturating_add(dropped);
-            db::add_counter(tx, "", "dead_dropped", dropped)?;
-        }
-        Ok(())
-    }
-
-    /// A new record id.
-    fn take_id(&mut self) -> i64 {
-        let id = self.next_id;
-        self.next_id = self.next_id.saturating_add(1);
-        id
-    }
-
-    /// The queue table of `sink` (made in `tx` if new).
-    fn table(&mut self, tx: &Transaction<'_>, sink: &str) -> rusqlite::Result<String> {
-        if let Some(t) = self.tables.get(sink) {
-            return Ok(t.clone());
-        }
-        let t = Db::table_for(tx, &self.tables, sink)?;
-        self.tables.insert(sink.to_string(), t.clone());
-        Ok(t)
-    }
-
-    fn added(&mut self, sink: &str, size: u64) {
-        if !self.depths.contains_key(sink) {
-            self.depths.insert(sink.to_string(), Depth::default());
-        }
-        let Some(d) = self.depths.get_mut(sink) else {
-            return;
-        };
-        d.records = d.records.saturating_add(1);
-        d.bytes = d.bytes.saturating_add(size);
-        self.total_bytes = self.total_bytes.saturating_add(size);
-    }
-
-    pub(super) fn removed(&mut self, sink: &str, size: u64) {
-        self.removed_many(sink, 1, size);
-    }
-
-    fn removed_many(&mut self, sink: &str, rows: u64, bytes: u64) {
-        if let Some(d) = self.depths.get_mut(sink) {
-            d.records = d.records.saturating_sub(rows);
-            d.bytes = d.bytes.saturating_sub(bytes);
-        }
-        self.total_bytes = self.total_bytes.saturating_sub(bytes);
-    }
 }
 
 /// Takes what else is pending, up to [`MAX_GROUP`].
@@ -290,17 +136,41 @@ fn deleted_rows(group: &[Command]) -> usize {
         .sum()
 }
 
+/// The writer thread's files and what it knows about them.
+struct Writer {
+    db: Db,
+    checkpoints: Checkpointer,
+    /// The sinks' connection, opened again with the writer's.
+    reader: Arc<Mutex<Reader>>,
+    shared: Arc<Shared>,
+    state: State,
+    disk: Disk,
+    log: DropLog,
+    /// A failing disk fails every commit: one line a minute says so.
+    failures: crate::throttle::Throttle,
+}
+
+/// What one commit of a group produced, for its callers.
+#[derive(Default)]
+struct Outputs {
+    appended: Vec<Appended>,
+    woken: Vec<String>,
+    acted: Vec<DeadDone>,
+    drops: Drops,
+}
+
 /// Runs until [`Command::Stop`] or every sender is gone; the checkpoints
 /// stop with it.
 pub(crate) fn run(
-    mut db: Db,
+    db: Db,
     mut rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-    mut state: State,
+    state: State,
     checkpoints: Checkpointer,
+    reader: Arc<Mutex<Reader>>,
+    disk: Disk,
 ) {
     let window = delete_window();
-    let mut log = DropLog::default();
     // For waiting on the channel with a timeout (the deletes' window).
     let clock = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -312,8 +182,17 @@ pub(crate) fn run(
             return;
         }
     };
-    // A full disk fails every commit: one line a minute says so.
-    let mut failures = crate::throttle::Throttle::default();
+    let mut w = Writer {
+        db,
+        checkpoints,
+        reader,
+        shared,
+        state,
+        disk,
+        log: DropLog::default(),
+        failures: crate::throttle::Throttle::default(),
+    };
+    w.publish_disk();
     let mut stop = false;
     let mut pace = Pace::default();
     // Deletes of a commit that failed, tried again with the next one: a
@@ -321,7 +200,8 @@ pub(crate) fn run(
     let mut carry: Vec<Command> = Vec::new();
     loop {
         let mut group = Vec::with_capacity(64);
-        if carry.is_empty() {
+        let probing = matches!(w.disk.condition(), Condition::ReadOnly | Condition::Failing);
+        if carry.is_empty() && !probing {
             match rx.blocking_recv() {
                 Some(first) => {
                     stop |= matches!(first, Command::Stop);
@@ -345,7 +225,7 @@ pub(crate) fn run(
         // Only deletes (and the like) so far: wait for readings to commit
         // with, or for enough deletes, so a stream of acknowledgements is
         // a few commits, not thousands.
-        if !stop && may_wait(&group) {
+        if !stop && !group.is_empty() && may_wait(&group) {
             let until = Instant::now()
                 .checked_add(window)
                 .unwrap_or_else(Instant::now);
@@ -376,64 +256,20 @@ pub(crate) fn run(
             }
         }
         pace.committed(readings(&group), Instant::now());
-        let durable = needs_sync(&group);
-        if let Err(e) = db.set_durable(durable) {
-            tracing::warn!(error = %e, "cannot set the outbox's sync level");
-        }
+        w.probe();
 
-        let before = state.clone();
-        let mut drops = Drops::default();
-        let mut outcomes: Vec<Appended> = Vec::new();
-        let mut woken: Vec<String> = Vec::new();
-        let mut acted: Vec<DeadDone> = Vec::new();
-        let result = db
-            .transaction()
-            .and_then(|tx| {
-                apply(
-                    &tx,
-                    &group,
-                    &mut state,
-                    &mut drops,
-                    &mut outcomes,
-                    &mut woken,
-                    &mut acted,
-                )?;
-                tx.commit()
-            })
-            .map_err(|e| db::explain(db.path(), e));
-
-        if let Err(e) = &result {
-            state = before;
-            woken.clear();
-            if let Some(count) = failures.due("commit") {
-                tracing::error!(error = %e, commands = group.len(), failed_commits = count,
-                    "outbox commit failed; nothing in this group was stored (readings are refused until commits work again)");
-            }
-        } else {
-            if state.tables.len() != db.tables().len() {
-                if let Err(e) = db.learn() {
-                    tracing::warn!(error = %e, "cannot read the outbox's queue tables");
-                }
-            }
-            state.publish(&shared);
-            #[cfg(test)]
-            shared
-                .commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if db.wal_bytes() >= NUDGE_BYTES {
-                checkpoints.nudge();
-            }
-            log.note(&drops, &state.limits);
-        }
-
-        let mut outcomes = outcomes.into_iter();
-        let mut acted = acted.into_iter();
+        let (result, refusal, out) = w.commit(&group);
+        let mut appended = out.appended.into_iter();
+        let mut acted = out.acted.into_iter();
         for cmd in group {
             match cmd {
                 Command::Append { done, .. } => {
-                    let outcome = outcomes.next().unwrap_or_default();
+                    let answer = match &refusal {
+                        Some(e) => Err(e.clone()),
+                        None => result.clone().map(|()| appended.next().unwrap_or_default()),
+                    };
                     if let Some(done) = done {
-                        done.send(result.clone().map(|_| outcome));
+                        done.send(answer);
                     }
                 }
                 Command::Flush(reply) => {
@@ -441,21 +277,21 @@ pub(crate) fn run(
                 }
                 Command::Dead { reply, .. } => {
                     let done = acted.next().unwrap_or_default();
-                    let _ = reply.send(result.clone().map(|_| done));
+                    let _ = reply.send(result.clone().map(|()| done));
                 }
                 Command::Qos2(Qos2Op::Release(_, reply)) => {
                     let _ = reply.send(result.clone());
                 }
                 Command::Qos2(Qos2Op::Pending(client, reply)) => {
                     let _ = reply.send(
-                        db.qos2_pending(&client)
-                            .map_err(|e| db::explain(db.path(), e)),
+                        w.db.qos2_pending(&client)
+                            .map_err(|e| db::explain(w.db.path(), e)),
                     );
                 }
                 Command::Qos2(Qos2Op::Forget(_)) => {}
                 Command::Delete { sink, ids } => {
                     if result.is_ok() {
-                        shared.deleting(&sink, ids.len() as u64, false);
+                        w.shared.deleting(&sink, ids.len() as u64, false);
                     } else {
                         carry.push(Command::Delete { sink, ids });
                     }
@@ -468,10 +304,13 @@ pub(crate) fn run(
         }
         // After the callers: a sensor's acknowledgement waits for its
         // commit, the uplink's fetch can wait for the acknowledgement.
-        for sink in woken {
-            if let Some(n) = shared.notify.get(&sink) {
+        for sink in out.woken {
+            if let Some(n) = w.shared.notify.get(&sink) {
                 n.notify_one();
             }
+        }
+        if result.is_ok() {
+            w.maintain();
         }
         if stop {
             break;
@@ -481,14 +320,231 @@ pub(crate) fn run(
     tracing::debug!("outbox writer stopped");
 }
 
+impl Writer {
+    /// Commits `group`. New readings are tried only when the disk admits
+    /// them; when they are what a full disk cannot take, the rest of the
+    /// group is committed without them. Returns the commit's outcome, the
+    /// error new readings are refused with (if they were), and what the
+    /// callers hear.
+    fn commit(
+        &mut self,
+        group: &[Command],
+    ) -> (Result<(), StoreError>, Option<StoreError>, Outputs) {
+        let bytes = append_bytes(group);
+        let mut admit = bytes == 0 || self.disk.admits(bytes, self.room());
+        let mut refusal = (!admit).then(|| self.refusal());
+        loop {
+            let durable = needs_sync(group);
+            if let Err(e) = self.db.set_durable(durable) {
+                tracing::warn!(error = %e, "cannot set the outbox's sync level");
+            }
+            let before = self.state.clone();
+            let changes = self.db.total_changes();
+            let mut out = Outputs::default();
+            let result = self.db.transaction().and_then(|tx| {
+                apply(&tx, group, &mut self.state, admit, &mut out)?;
+                tx.commit()
+            });
+            match result {
+                Ok(()) => {
+                    let wrote = self.db.total_changes() != changes;
+                    self.committed(&out, wrote);
+                    return (Ok(()), refusal, out);
+                }
+                Err(e) => {
+                    self.state = before;
+                    let fault = space::classify(self.db.path(), &e);
+                    let err = db::explain(self.db.path(), e);
+                    let had_appends = admit && bytes > 0;
+                    let response = self.disk.failed(fault, had_appends, clock::mono_ms());
+                    if response.release_reserve {
+                        self.release_reserve();
+                    }
+                    if let Some(count) = self.failures.due("commit") {
+                        tracing::error!(error = %err, commands = group.len(), failed_commits = count,
+                            "outbox commit failed: {err}");
+                    }
+                    self.publish_disk();
+                    if response.retry_without_appends {
+                        admit = false;
+                        refusal = Some(err);
+                        continue;
+                    }
+                    return (Err(err.clone()), refusal.or(Some(err)), Outputs::default());
+                }
+            }
+        }
+    }
+
+    /// After a commit that worked.
+    fn committed(&mut self, out: &Outputs, wrote: bool) {
+        if let Some(was) = self.disk.committed(wrote, clock::mono_ms()) {
+            tracing::info!(
+                was = was.as_str(),
+                "the outbox is writable again: commits work"
+            );
+            self.publish_disk();
+        }
+        if self.state.tables.len() != self.db.tables().len() {
+            if let Err(e) = self.db.learn() {
+                tracing::warn!(error = %e, "cannot read the outbox's queue tables");
+            }
+        }
+        self.state.publish(&self.shared);
+        #[cfg(test)]
+        self.shared
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.db.wal_bytes() >= NUDGE_BYTES {
+            self.checkpoints.nudge();
+        }
+        self.log.note(&out.drops, &self.state.limits);
+    }
+
+    /// What new readings are refused with while the disk does not admit
+    /// them.
+    fn refusal(&self) -> StoreError {
+        let path = self.db.path().to_path_buf();
+        match self.disk.condition() {
+            Condition::ReadOnly => StoreError::ReadOnly { path },
+            Condition::Failing => StoreError::Io {
+                path,
+                detail: self.disk.detail().unwrap_or("I/O error").to_string(),
+            },
+            Condition::Full | Condition::Ok => StoreError::DiskFull { path },
+        }
+    }
+
+    fn room(&self) -> Room {
+        space::room(self.db.path(), self.db.pages().ok())
+    }
+
+    fn release_reserve(&mut self) {
+        let path = self.db.path().to_path_buf();
+        match space::release_reserve(&path) {
+            Ok(true) => tracing::warn!(
+                path = %space::reserve_path(&path).display(),
+                "the disk holding the outbox is full: released the reserved space so that \
+                 delivered readings can still be deleted; new readings are refused until there is room"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot release the outbox's reserved space"),
+        }
+    }
+
+    /// On a full disk: compact a drained file, and take the reserve back
+    /// once there is room.
+    fn maintain(&mut self) {
+        if self.disk.condition() == Condition::Ok && self.disk.reserve_held() {
+            return;
+        }
+        let now = clock::mono_ms();
+        if self.disk.compact(self.room(), now) {
+            let started = Instant::now();
+            match self.db.compact() {
+                Ok(()) => tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    free_bytes = self.room().free,
+                    "compacted the drained outbox to give its free pages back to the full disk"
+                ),
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot compact the outbox yet (too little room); trying again later")
+                }
+            }
+        }
+        if self.disk.restore(self.room(), now) {
+            let path = self.db.path().to_path_buf();
+            match space::make_reserve(&path, self.reserve_bytes()) {
+                Ok(()) => tracing::info!(
+                    "the disk holding the outbox has room again: new readings are accepted, space reserved again"
+                ),
+                Err(e) => {
+                    self.disk.reserve_missing();
+                    tracing::warn!(error = %e, "cannot reserve space beside the outbox");
+                }
+            }
+        }
+        self.publish_disk();
+    }
+
+    fn reserve_bytes(&self) -> u64 {
+        self.state.limits.disk_reserve
+    }
+
+    /// A read-only or failing outbox: open it again (a filesystem mounted
+    /// again is a new file under the old descriptors), every
+    /// [`super::disk::PROBE_MS`].
+    fn probe(&mut self) {
+        if !self.disk.probe_due(clock::mono_ms()) {
+            return;
+        }
+        let path = self.db.path().to_path_buf();
+        if space::read_only(space::dir_of(&path)) {
+            return;
+        }
+        match reopen(&path, self.db.sync(), self.state.limits) {
+            Ok((db, checkpoints, reader, state)) => {
+                self.db = db;
+                self.checkpoints = checkpoints;
+                *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = reader;
+                self.state = state;
+                self.state.publish(&self.shared);
+                tracing::info!(path = %path.display(), "opened the outbox again");
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot open the outbox again yet"),
+        }
+    }
+
+    /// What status shows about the disk.
+    fn publish_disk(&self) {
+        let view = DiskView {
+            condition: self.disk.condition(),
+            detail: self.disk.detail().map(str::to_string),
+            since_ms: self.disk.since(),
+            reserve_held: self.disk.reserve_held(),
+            reserve_bytes: self.reserve_bytes(),
+        };
+        match self.shared.disk.lock() {
+            Ok(mut d) => *d = view,
+            Err(p) => *p.into_inner() = view,
+        }
+    }
+}
+
+/// The outbox's connections, opened again.
+fn reopen(
+    path: &Path,
+    sync: crate::config::Synchronous,
+    limits: Limits,
+) -> Result<(Db, Checkpointer, Reader, State), StoreError> {
+    let db = Db::reopen(path, sync)?;
+    let state = State::load(&db, limits)?;
+    let reader = Reader::open(path)?;
+    let checkpoints = Checkpointer::start(path)?;
+    Ok((db, checkpoints, reader, state))
+}
+
+/// Bytes of new readings (and ingest dead letters) in `group`.
+fn append_bytes(group: &[Command]) -> u64 {
+    group
+        .iter()
+        .map(|c| match c {
+            Command::Append { records, dead, .. } => records
+                .iter()
+                .map(Record::stored_size)
+                .chain(dead.iter().map(|(r, _)| r.stored_size()))
+                .sum::<u64>(),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn apply(
     tx: &Transaction<'_>,
     group: &[Command],
     state: &mut State,
-    drops: &mut Drops,
-    outcomes: &mut Vec<Appended>,
-    woken: &mut Vec<String>,
-    acted: &mut Vec<DeadDone>,
+    admit: bool,
+    out: &mut Outputs,
 ) -> rusqlite::Result<()> {
     let now = clock::now();
     let stopping = group.iter().any(|c| matches!(c, Command::Stop));
@@ -498,6 +554,7 @@ fn apply(
     }
     for cmd in group {
         match cmd {
+            Command::Append { .. } if !admit => {}
             Command::Append {
                 records,
                 dead,
@@ -507,14 +564,14 @@ fn apply(
                 let mut outcome = Appended::default();
                 for (r, reason) in dead {
                     let id = state.take_id();
-                    db::insert_dead(tx, id, r, reason, now.wall)?;
+                    dead::insert_dead(tx, id, r, reason, now.wall)?;
                     db::add_counter(tx, &r.sink, "dead_lettered", 1)?;
                     state.dead_added(tx, r.stored_size())?;
                 }
                 for r in records {
                     let size = r.stored_size();
-                    if !make_room(tx, state, drops, size)? {
-                        drops.refuse(&r.sink);
+                    if !make_room(tx, state, &mut out.drops, size)? {
+                        out.drops.refuse(&r.sink);
                         outcome.rejected = outcome.rejected.saturating_add(1);
                         continue;
                     }
@@ -523,14 +580,14 @@ fn apply(
                     db::insert(tx, &table, id, r, now.mono)?;
                     state.added(&r.sink, size);
                     outcome.stored = outcome.stored.saturating_add(1);
-                    if !woken.contains(&r.sink) {
-                        woken.push(r.sink.clone());
+                    if !out.woken.contains(&r.sink) {
+                        out.woken.push(r.sink.clone());
                     }
                 }
                 if let (Some((client, pkid)), true) = (mark, outcome.stored > 0) {
                     db::qos2_mark(tx, client, *pkid, now.wall)?;
                 }
-                outcomes.push(outcome);
+                out.appended.push(outcome);
             }
             Command::Delete { sink, ids } => {
                 let Some(table) = state.tables.get(sink).cloned() else {
@@ -544,7 +601,8 @@ fn apply(
                     continue;
                 };
                 for id in ids {
-                    if let Some(size) = db::dead_letter(tx, sink, &table, *id, reason, now.wall)? {
+                    if let Some(size) = dead::dead_letter(tx, sink, &table, *id, reason, now.wall)?
+                    {
                         state.removed(sink, size);
                         db::add_counter(tx, sink, "dead_lettered", 1)?;
                         state.dead_added(tx, size)?;
@@ -553,8 +611,16 @@ fn apply(
             }
             Command::Dead {
                 op, pick, sinks, ..
-            } => acted.push(act_on_dead(tx, state, *op, *pick, sinks, now.mono, woken)?),
-            Command::Expire => expire(tx, state, drops, now.mono)?,
+            } => out.acted.push(act_on_dead(
+                tx,
+                state,
+                *op,
+                *pick,
+                sinks,
+                now.mono,
+                &mut out.woken,
+            )?),
+            Command::Expire => expire(tx, state, &mut out.drops, now.mono)?,
             Command::SetLimits(l) => {
                 tracing::info!(max_bytes = l.max_bytes, max_age_ms = l.max_age_ms, policy = ?l.policy, "outbox bounds changed");
                 state.limits = *l;
@@ -566,12 +632,12 @@ fn apply(
             Command::Flush(_) | Command::Qos2(Qos2Op::Pending(..)) | Command::Stop => {}
         }
     }
-    for (sink, n) in &drops.dropped {
+    for (sink, n) in &out.drops.dropped {
         db::add_counter(tx, sink, "dropped", *n)?;
         let e = state.dropped.entry(sink.clone()).or_default();
         *e = e.saturating_add(*n);
     }
-    for (sink, n) in &drops.refused {
+    for (sink, n) in &out.drops.refused {
         db::add_counter(tx, sink, "refused", *n)?;
         let e = state.refused.entry(sink.clone()).or_default();
         *e = e.saturating_add(*n);
@@ -592,7 +658,7 @@ fn act_on_dead(
     woken: &mut Vec<String>,
 ) -> rusqlite::Result<DeadDone> {
     let mut done = DeadDone::default();
-    for (mut r, size) in db::dead_rows(tx, pick)? {
+    for (mut r, size) in dead::dead_rows(tx, pick)? {
         if op == DeadOp::Retry {
             if !sinks.contains(&r.sink) {
                 done.kept.push((r.id, r.sink));
@@ -602,13 +668,13 @@ fn act_on_dead(
             let dead_id = r.id;
             r.id = state.take_id();
             db::insert(tx, &table, r.id, &r, now)?;
-            db::delete_dead(tx, dead_id)?;
+            dead::delete_dead(tx, dead_id)?;
             state.added(&r.sink, r.stored_size());
             if !woken.contains(&r.sink) {
                 woken.push(r.sink.clone());
             }
         } else {
-            db::delete_dead(tx, r.id)?;
+            dead::delete_dead(tx, r.id)?;
         }
         state.dead.count = state.dead.count.saturating_sub(1);
         state.dead.bytes = state.dead.bytes.saturating_sub(size);

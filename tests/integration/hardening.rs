@@ -352,7 +352,8 @@ async fn a_full_disk_refuses_like_reject_new_and_recovers_when_space_returns() {
     let state = w.path().join("state");
     std::fs::create_dir_all(&state).expect("state dir");
     let ctl = w.path().join("ctl");
-    let text = w.site().mqtt("", "").replace(
+    // A reserve small enough for the 4 MiB disk.
+    let text = w.site().mqtt("disk_reserve = \"512 KiB\"", "").replace(
         &format!("state_dir = \"{}\"", w.path().display()),
         &format!("state_dir = \"{}\"", state.display()),
     );

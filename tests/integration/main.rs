@@ -14,6 +14,7 @@ mod clock;
 mod conformance;
 mod crash;
 mod data_path;
+mod disk;
 mod first_start;
 mod hardening;
 mod hostile;

@@ -150,7 +150,7 @@ pub fn render(snap: &Value) -> String {
     );
     m.counter(
         "outpost_records_refused",
-        "Readings refused because the outbox was full (the sender was told, or kept them).",
+        "Readings refused because the outbox or its disk was full, or the disk failing (the sender was told, or kept them).",
         n(&snap["refused"]),
     );
     m.counter(
@@ -256,6 +256,24 @@ pub fn render(snap: &Value) -> String {
         "outpost_outbox_bytes",
         "Bytes of records queued in the outbox, all sinks.",
         i64::try_from(outbox.saturating_add(n(&dead["bytes"]))).unwrap_or(i64::MAX),
+    );
+    let condition = snap
+        .get("outbox")
+        .and_then(|o| o.get("condition"))
+        .and_then(Value::as_str)
+        .unwrap_or("ok");
+    m.gauges(
+        "outpost_outbox_condition",
+        "1 for the outbox filesystem's condition now (ok, disk full, read-only filesystem, I/O errors).",
+        ["ok", "disk full", "read-only filesystem", "I/O errors"]
+            .iter()
+            .map(|c| {
+                (
+                    vec![("condition".to_string(), (*c).to_string())],
+                    i64::from(*c == condition),
+                )
+            })
+            .collect(),
     );
     let b = &snap["broker"];
     m.gauge(

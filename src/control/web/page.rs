@@ -80,7 +80,7 @@ pub fn render(v: &View<'_>) -> String {
     let _ = write!(
         o,
         "<h1>outpost {}</h1><div class=\"muted\" id=\"summary\">up <span id=\"uptime\">{}</span> · pid {} · \
-         {} accepted · {} refused (outbox full) · {} undeliverable · state directory {} with {} free</div>",
+         {} accepted · {} refused (not stored: outbox or disk full) · {} undeliverable · state directory {} with {} free</div>",
         esc(s["version"].as_str().unwrap_or("?")),
         uptime(s["uptime_s"].as_i64().unwrap_or(0)),
         s["pid"],
@@ -113,6 +113,9 @@ pub fn render(v: &View<'_>) -> String {
             "<p class=\"muted\" id=\"clock\">Clock: {}.</p>",
             esc(state)
         );
+    }
+    if let Some(line) = crate::control::status::outbox_line(&s["outbox"]) {
+        let _ = write!(o, "<p class=\"hint\" id=\"outbox\">{}</p>", esc(&line));
     }
     sinks(&mut o, s, v.delivered);
     charts(&mut o, v);
@@ -166,7 +169,7 @@ fn sinks(o: &mut String, s: &Value, delivered: &Series) {
         }
         let _ = write!(
             o,
-            ") · <span class=\"delivered\" data-value=\"{d}\">{d}</span> delivered · {} dropped · {} refused (outbox full) · {} dead-lettered",
+            ") · <span class=\"delivered\" data-value=\"{d}\">{d}</span> delivered · {} dropped · {} refused (not stored: outbox or disk full) · {} dead-lettered",
             k["dropped"],
             k["refused"],
             k["undeliverable"],

@@ -13,6 +13,7 @@
 //! - [`sqlite`]: the outbox file read from outside;
 //! - [`world`]: the preamble most tests share (upstream, temp dir, port,
 //!   config header, start), folded into one builder;
+//! - [`image`]: a small ext4 filesystem on a loop device, to fill or fail;
 //! - [`proxy`]: a proxy before the upstream that can withhold its PUBACKs;
 //! - [`watched`]: an outpost watched by an upstream collector, with the
 //!   canary that proves it still serves everyone after a hostile case.
@@ -24,6 +25,7 @@ mod binary;
 mod clients;
 mod collector;
 mod http;
+mod image;
 mod process;
 mod proxy;
 mod pty;
@@ -40,6 +42,7 @@ pub use binary::*;
 pub use clients::*;
 pub use collector::*;
 pub use http::*;
+pub use image::*;
 pub use process::wait_exit;
 pub use proxy::*;
 pub use pty::*;
