@@ -112,6 +112,11 @@ impl Health {
             "outbox_condition".into(),
             json!(status.outbox.disk().condition.as_str()),
         );
+        let alarms = status.outbox.alarms();
+        v.insert("outbox_alarms".into(), json!(alarms.len()));
+        if let Some(a) = alarms.last() {
+            v.insert("outbox_alarm".into(), json!(a.summary));
+        }
         for (name, s) in &status.stats.sinks {
             let q = queues.get(name).copied().unwrap_or_default();
             queued_total = queued_total.saturating_add(q.waiting());

@@ -154,6 +154,10 @@ impl StatusSource {
                     .then(|| now.saturating_sub(disk.since_ms).max(0) / 1000),
                 "reserve_held": disk.reserve_held,
                 "reserve_bytes": disk.reserve_bytes,
+                "alarms": self.outbox.alarms().iter().map(|a| json!({
+                    "summary": a.summary,
+                    "report": a.report.display().to_string(),
+                })).collect::<Vec<_>>(),
             },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.stats.started.elapsed().as_secs(),
@@ -223,6 +227,23 @@ pub fn outbox_line(o: &Value) -> Option<String> {
     }
 }
 
+/// The outbox's alarms, one line each: what happened and where the report
+/// is (deleting the report clears the alarm).
+pub fn alarm_lines(o: &Value) -> Vec<String> {
+    o.get("alarms")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            format!(
+                "OUTBOX ALARM: {} (report: {}; delete it once read)",
+                a["summary"].as_str().unwrap_or("?"),
+                a["report"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
 /// The snapshot as `outpost status` prints it for a person.
 pub fn render(v: &Value) -> String {
     use std::fmt::Write;
@@ -249,6 +270,9 @@ pub fn render(v: &Value) -> String {
         let _ = writeln!(out, "  clock: {state}");
     }
     if let Some(line) = outbox_line(&v["outbox"]) {
+        let _ = writeln!(out, "  {line}");
+    }
+    for line in alarm_lines(&v["outbox"]) {
         let _ = writeln!(out, "  {line}");
     }
     let http = v.get("http");

@@ -32,6 +32,10 @@ const SCHEMA_VERSION: i64 = 3;
 /// The `counters` row that keeps outpost's clock across restarts.
 const CLOCK: (&str, &str) = ("", "clock_ms");
 
+/// The `counters` row that keeps the next record id, so ids are not
+/// reused after a queue empties (and a file that lost commits shows it).
+const NEXT_ID: (&str, &str) = ("", "next_id");
+
 /// Pages of 1 KiB. A commit appends each page it changed to the WAL as a
 /// frame of 24 bytes plus the page, and the kernel writes back every 4 KiB
 /// page-cache page a commit dirtied: a 4 KiB page's frame always straddles
@@ -433,6 +437,30 @@ impl Db {
         Ok(out)
     }
 
+    /// The next record id: above every id in the file, and at least what
+    /// was saved last.
+    pub fn next_id(&self) -> rusqlite::Result<i64> {
+        let saved: i64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM counters WHERE sink = ?1 AND name = ?2",
+                params![NEXT_ID.0, NEXT_ID.1],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        Ok(self.max_id()?.saturating_add(1).max(saved))
+    }
+
+    /// `PRAGMA quick_check`: `None` when the file is sound, else SQLite's
+    /// first complaint.
+    pub fn quick_check(&self) -> rusqlite::Result<Option<String>> {
+        let first: String = self
+            .conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        Ok((first != "ok").then_some(first))
+    }
+
     /// The highest id in any queue or the dead letters.
     pub fn max_id(&self) -> rusqlite::Result<i64> {
         let mut max: i64 =
@@ -529,6 +557,16 @@ pub(super) fn saved_clock(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
     )
     .optional()
     .map(|v| v.unwrap_or(0))
+}
+
+/// Saves the next record id.
+pub fn save_next_id(tx: &Transaction<'_>, next: i64) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO counters (sink, name, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sink, name) DO UPDATE SET value = MAX(value, excluded.value)",
+    )?;
+    stmt.execute(params![NEXT_ID.0, NEXT_ID.1, next])?;
+    Ok(())
 }
 
 /// Saves outpost's clock, to go on from after a restart.

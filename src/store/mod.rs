@@ -21,6 +21,8 @@
 //! refuses is counted per sink in the file itself, so the count survives
 //! restarts and can be reported upstream.
 
+mod alarm;
+mod apply;
 mod bounds;
 mod checkpoint;
 mod db;
@@ -30,8 +32,10 @@ mod migrate;
 mod open;
 mod pace;
 mod read;
+mod salvage;
 mod space;
 mod state;
+mod types;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,83 +48,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::config::{FullPolicy, StoreConfig};
 use crate::record::Record;
 
+pub use alarm::Alarm;
 pub use db::Depth;
 pub use disk::Condition;
 pub use read::{dead_letters, DeadLetter};
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error(
-        "outbox {path} is not a SQLite database or is damaged ({detail}); \
-         move it aside (mv {path} {path}.corrupt) and start again: outpost creates a new empty outbox",
-        path = path.display()
-    )]
-    Corrupt { path: PathBuf, detail: String },
-    #[error(
-        "cannot write the outbox {path} ({detail}); check that the directory exists, \
-         is on a writable filesystem and belongs to the user outpost runs as",
-        path = path.display()
-    )]
-    Unwritable { path: PathBuf, detail: String },
-    #[error(
-        "disk full writing the outbox {path}; records already stored are kept. \
-         Free space on that filesystem or lower store.max_bytes",
-        path = path.display()
-    )]
-    DiskFull { path: PathBuf },
-    #[error(
-        "the filesystem holding the outbox {path} is read-only (the kernel remounts \
-         a filesystem so after an I/O error); new readings are refused, those stored \
-         are kept, and outpost opens the outbox again by itself once it is writable",
-        path = path.display()
-    )]
-    ReadOnly { path: PathBuf },
-    #[error(
-        "I/O error writing the outbox {path} ({detail}); new readings are refused, \
-         outpost tries again every 2 s; check the disk (dmesg)",
-        path = path.display()
-    )]
-    Io { path: PathBuf, detail: String },
-    #[error("outbox {path}: {detail}", path = path.display())]
-    Sqlite { path: PathBuf, detail: String },
-    #[error("the outbox is closed (outpost is shutting down)")]
-    Closed,
-}
-
-/// What became of an appended batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Appended {
-    /// Records now stored.
-    pub stored: usize,
-    /// Records refused because the outbox is full and the policy is `reject_new`
-    /// (or a single record is larger than the whole outbox).
-    pub rejected: usize,
-}
-
-/// Counters of one sink's queue.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueStats {
-    /// Rows in the queue, as of the last commit; this includes
-    /// [`QueueStats::delivered_undeleted`].
-    pub depth: Depth,
-    /// Records dropped by the bounds (size or age), since the outbox was
-    /// created: accepted, then removed.
-    pub dropped: u64,
-    /// Records refused because the outbox was full (`reject_new`, or one
-    /// record larger than the whole outbox): never accepted, never
-    /// acknowledged, so never lost.
-    pub refused: u64,
-    /// Rows the platform acknowledged whose delete is not committed yet
-    /// (deletes ride with the next commit, and are retried if one fails).
-    pub delivered_undeleted: u64,
-}
-
-impl QueueStats {
-    /// Records still waiting for their platform.
-    pub fn waiting(&self) -> u64 {
-        self.depth.records.saturating_sub(self.delivered_undeleted)
-    }
-}
+pub use types::{Appended, DeadDone, DeadOp, DeadStats, DiskView, Pick, QueueStats, StoreError};
 
 /// An incoming QoS 2 PUBLISH that was stored: `(client id, packet id)`.
 /// Kept until the client releases the packet id (PUBREL), so a resend of
@@ -135,33 +67,6 @@ pub(crate) enum Qos2Op {
     Forget(String),
     /// The unreleased ids of a client.
     Pending(String, oneshot::Sender<Result<Vec<u16>, StoreError>>),
-}
-
-/// Which dead letters an operator acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pick {
-    One(i64),
-    All,
-}
-
-/// What an operator does with dead letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadOp {
-    /// Back into its sink's queue, at the end (after a config change made
-    /// it sendable; if it still is not, it comes back with the reason).
-    Retry,
-    /// Gone for good.
-    Purge,
-}
-
-/// What a retry or purge did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeadDone {
-    /// Records requeued or purged.
-    pub done: usize,
-    /// Dead letters left where they are: `(id, sink)` of sinks that are no
-    /// longer configured (a retry only).
-    pub kept: Vec<(i64, String)>,
 }
 
 /// A commit outcome, tagged with the caller's sequence number.
@@ -255,6 +160,8 @@ pub(crate) struct Shared {
     stats: Mutex<BTreeMap<String, QueueStats>>,
     dead: Mutex<DeadStats>,
     disk: Mutex<DiskView>,
+    /// The outbox file (its alarms' reports lie beside it).
+    path: PathBuf,
     /// Commits that worked (the tests count them).
     #[cfg(test)]
     commits: std::sync::atomic::AtomicU64,
@@ -303,28 +210,6 @@ impl Limits {
     }
 }
 
-/// The outbox's filesystem as the writer last found it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DiskView {
-    pub condition: Condition,
-    /// The error behind the condition, where there is one.
-    pub detail: Option<String>,
-    /// outpost's clock ([`crate::clock::mono_ms`]) when it began.
-    pub since_ms: i64,
-    /// The reserve file (`store.disk_reserve`) is in place.
-    pub reserve_held: bool,
-    pub reserve_bytes: u64,
-}
-
-/// The dead letters, as of the last commit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeadStats {
-    pub count: u64,
-    pub bytes: u64,
-    /// Dead letters removed to stay within `dead_letters_max_bytes`.
-    pub dropped: u64,
-}
-
 impl Outbox {
     /// Opens (or creates) the outbox file and starts its writer thread.
     /// `sinks` are the queues that will be read; others may exist in the file
@@ -335,7 +220,7 @@ impl Outbox {
         sinks: &[String],
     ) -> Result<(Outbox, WriterHandle), StoreError> {
         let limits = Limits::of(cfg);
-        let (db, disk) = open::on_disk(&path, cfg.synchronous, limits.disk_reserve)?;
+        let (db, disk) = open::open(&path, cfg.synchronous, limits.disk_reserve)?;
         let notify = sinks
             .iter()
             .map(|s| (s.clone(), Arc::new(Notify::new())))
@@ -346,6 +231,7 @@ impl Outbox {
             stats: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(DeadStats::default()),
             disk: Mutex::new(DiskView::default()),
+            path: path.clone(),
             #[cfg(test)]
             commits: std::sync::atomic::AtomicU64::new(0),
         });
@@ -374,6 +260,11 @@ impl Outbox {
                 detail: format!("cannot start the writer thread: {e}"),
             })?;
         Ok((Outbox { tx, shared, reader }, WriterHandle(handle)))
+    }
+
+    /// Alarms about the outbox that a person must read (see `alarm`).
+    pub fn alarms(&self) -> Vec<Alarm> {
+        alarm::list(&self.shared.path)
     }
 
     /// The outbox's filesystem: full, read-only, failing, or fine.

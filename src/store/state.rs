@@ -47,10 +47,7 @@ impl State {
             .filter(|((_, name), _)| name == "dead_dropped")
             .map(|(_, v)| v)
             .sum();
-        let next_id = db
-            .max_id()
-            .map_err(|e| db::explain(db.path(), e))?
-            .saturating_add(1);
+        let next_id = db.next_id().map_err(|e| db::explain(db.path(), e))?;
         Ok(State {
             limits,
             tables: db.tables().clone(),

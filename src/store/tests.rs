@@ -165,20 +165,6 @@ fn expired_records_are_dropped_and_counted() {
 }
 
 #[test]
-fn a_file_that_is_not_a_database_is_named_in_the_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("o.db");
-    std::fs::write(&path, vec![0x42u8; 8192]).expect("write");
-    let err = Outbox::open(path.clone(), &cfg(1 << 20, FullPolicy::DropOldest), &[])
-        .err()
-        .expect("must fail");
-    let text = err.to_string();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
-    assert!(text.contains(&path.display().to_string()), "{text}");
-    assert!(text.contains("move it aside"), "{text}");
-}
-
-#[test]
 fn an_unwritable_directory_is_named_in_the_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blocker = dir.path().join("file");

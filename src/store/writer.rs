@@ -5,21 +5,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::Transaction;
 use tokio::sync::mpsc;
 
-use super::bounds::{expire, make_room, DropLog, Drops};
+use super::alarm::{self, Last};
+use super::bounds::{DropLog, Drops};
 use super::checkpoint::{Checkpointer, NUDGE_BYTES};
 use super::db::{self, Db};
-use super::dead;
 use super::disk::{Condition, Disk, Room};
 use super::pace::{self, Pace};
 use super::read::Reader;
 use super::space;
 use super::state::State;
-use super::{
-    Appended, Command, DeadDone, DeadOp, DiskView, Limits, Pick, Qos2Op, Shared, StoreError,
-};
+use super::{Appended, Command, DeadDone, DiskView, Limits, Qos2Op, Shared, StoreError};
 use crate::clock;
 use crate::record::Record;
 
@@ -33,7 +30,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// outpost's clock is saved with a commit at most this often (and when the
 /// writer stops): after a crash, ages resume from at most this long ago.
-const SAVE_CLOCK_EVERY_MS: i64 = 10_000;
+pub(super) const SAVE_CLOCK_EVERY_MS: i64 = 10_000;
+
+/// The last queue seen is written beside the outbox at most this often
+/// (and when the writer stops): a few hundred bytes a minute, next to the
+/// outbox's own writes of every reading.
+const LAST_EVERY_MS: i64 = 60_000;
 
 /// How long deletes wait for the next commit of new readings, to ride in
 /// its transaction: at low rates the delete of the last reading and the
@@ -148,15 +150,21 @@ struct Writer {
     log: DropLog,
     /// A failing disk fails every commit: one line a minute says so.
     failures: crate::throttle::Throttle,
+    /// What `alarm::Last` says now, and when it was written.
+    last: Option<(Last, i64)>,
 }
 
 /// What one commit of a group produced, for its callers.
 #[derive(Default)]
-struct Outputs {
-    appended: Vec<Appended>,
-    woken: Vec<String>,
-    acted: Vec<DeadDone>,
-    drops: Drops,
+pub(super) struct Outputs {
+    pub(super) appended: Vec<Appended>,
+    pub(super) woken: Vec<String>,
+    pub(super) acted: Vec<DeadDone>,
+    pub(super) drops: Drops,
+    /// The clock and next id were saved in this commit.
+    pub(super) saved: bool,
+    /// The writer stops after this commit.
+    pub(super) stopping: bool,
 }
 
 /// Runs until [`Command::Stop`] or every sender is gone; the checkpoints
@@ -191,6 +199,7 @@ pub(crate) fn run(
         disk,
         log: DropLog::default(),
         failures: crate::throttle::Throttle::default(),
+        last: None,
     };
     w.publish_disk();
     let mut stop = false;
@@ -342,7 +351,7 @@ impl Writer {
             let changes = self.db.total_changes();
             let mut out = Outputs::default();
             let result = self.db.transaction().and_then(|tx| {
-                apply(&tx, group, &mut self.state, admit, &mut out)?;
+                super::apply::apply(&tx, group, &mut self.state, admit, &mut out)?;
                 tx.commit()
             });
             match result {
@@ -395,10 +404,34 @@ impl Writer {
         self.shared
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if out.saved {
+            self.write_last(out.stopping);
+        }
         if self.db.wal_bytes() >= NUDGE_BYTES {
             self.checkpoints.nudge();
         }
         self.log.note(&out.drops, &self.state.limits);
+    }
+
+    /// Rewrites the last queue seen (`alarm::Last`) at most every
+    /// [`LAST_EVERY_MS`] while it changes, and when the writer stops.
+    fn write_last(&mut self, stopping: bool) {
+        let now = clock::mono_ms();
+        let last = Last {
+            next_id: self.state.next_id,
+            queued: self.state.depths.values().map(|d| d.records).sum(),
+        };
+        let due = match self.last {
+            None => true,
+            Some((was, at)) => was != last && (stopping || now.saturating_sub(at) >= LAST_EVERY_MS),
+        };
+        if !due {
+            return;
+        }
+        match alarm::write_last(self.db.path(), last) {
+            Ok(()) => self.last = Some((last, now)),
+            Err(e) => tracing::debug!(error = %e, "cannot write the outbox's last queue length"),
+        }
     }
 
     /// What new readings are refused with while the disk does not admit
@@ -537,148 +570,4 @@ fn append_bytes(group: &[Command]) -> u64 {
             _ => 0,
         })
         .sum()
-}
-
-fn apply(
-    tx: &Transaction<'_>,
-    group: &[Command],
-    state: &mut State,
-    admit: bool,
-    out: &mut Outputs,
-) -> rusqlite::Result<()> {
-    let now = clock::now();
-    let stopping = group.iter().any(|c| matches!(c, Command::Stop));
-    if stopping || now.mono.saturating_sub(state.clock_saved) >= SAVE_CLOCK_EVERY_MS {
-        db::save_clock(tx, now.mono)?;
-        state.clock_saved = now.mono;
-    }
-    for cmd in group {
-        match cmd {
-            Command::Append { .. } if !admit => {}
-            Command::Append {
-                records,
-                dead,
-                mark,
-                ..
-            } => {
-                let mut outcome = Appended::default();
-                for (r, reason) in dead {
-                    let id = state.take_id();
-                    dead::insert_dead(tx, id, r, reason, now.wall)?;
-                    db::add_counter(tx, &r.sink, "dead_lettered", 1)?;
-                    state.dead_added(tx, r.stored_size())?;
-                }
-                for r in records {
-                    let size = r.stored_size();
-                    if !make_room(tx, state, &mut out.drops, size)? {
-                        out.drops.refuse(&r.sink);
-                        outcome.rejected = outcome.rejected.saturating_add(1);
-                        continue;
-                    }
-                    let table = state.table(tx, &r.sink)?;
-                    let id = state.take_id();
-                    db::insert(tx, &table, id, r, now.mono)?;
-                    state.added(&r.sink, size);
-                    outcome.stored = outcome.stored.saturating_add(1);
-                    if !out.woken.contains(&r.sink) {
-                        out.woken.push(r.sink.clone());
-                    }
-                }
-                if let (Some((client, pkid)), true) = (mark, outcome.stored > 0) {
-                    db::qos2_mark(tx, client, *pkid, now.wall)?;
-                }
-                out.appended.push(outcome);
-            }
-            Command::Delete { sink, ids } => {
-                let Some(table) = state.tables.get(sink).cloned() else {
-                    continue;
-                };
-                let (rows, bytes) = db::delete_many(tx, sink, &table, ids)?;
-                state.removed_many(sink, rows, bytes);
-            }
-            Command::DeadLetter { sink, ids, reason } => {
-                let Some(table) = state.tables.get(sink).cloned() else {
-                    continue;
-                };
-                for id in ids {
-                    if let Some(size) = dead::dead_letter(tx, sink, &table, *id, reason, now.wall)?
-                    {
-                        state.removed(sink, size);
-                        db::add_counter(tx, sink, "dead_lettered", 1)?;
-                        state.dead_added(tx, size)?;
-                    }
-                }
-            }
-            Command::Dead {
-                op, pick, sinks, ..
-            } => out.acted.push(act_on_dead(
-                tx,
-                state,
-                *op,
-                *pick,
-                sinks,
-                now.mono,
-                &mut out.woken,
-            )?),
-            Command::Expire => expire(tx, state, &mut out.drops, now.mono)?,
-            Command::SetLimits(l) => {
-                tracing::info!(max_bytes = l.max_bytes, max_age_ms = l.max_age_ms, policy = ?l.policy, "outbox bounds changed");
-                state.limits = *l;
-            }
-            Command::Qos2(Qos2Op::Release((client, pkid), _)) => {
-                db::qos2_release(tx, client, *pkid)?
-            }
-            Command::Qos2(Qos2Op::Forget(client)) => db::qos2_forget(tx, client)?,
-            Command::Flush(_) | Command::Qos2(Qos2Op::Pending(..)) | Command::Stop => {}
-        }
-    }
-    for (sink, n) in &out.drops.dropped {
-        db::add_counter(tx, sink, "dropped", *n)?;
-        let e = state.dropped.entry(sink.clone()).or_default();
-        *e = e.saturating_add(*n);
-    }
-    for (sink, n) in &out.drops.refused {
-        db::add_counter(tx, sink, "refused", *n)?;
-        let e = state.refused.entry(sink.clone()).or_default();
-        *e = e.saturating_add(*n);
-    }
-    Ok(())
-}
-
-/// An operator's retry or purge. A retried record gets a new id at the end
-/// of its queue (its ts is kept), and is counted against `max_bytes` like
-/// any new record but never refused for it: it was accepted once.
-fn act_on_dead(
-    tx: &Transaction<'_>,
-    state: &mut State,
-    op: DeadOp,
-    pick: Pick,
-    sinks: &[String],
-    now: i64,
-    woken: &mut Vec<String>,
-) -> rusqlite::Result<DeadDone> {
-    let mut done = DeadDone::default();
-    for (mut r, size) in dead::dead_rows(tx, pick)? {
-        if op == DeadOp::Retry {
-            if !sinks.contains(&r.sink) {
-                done.kept.push((r.id, r.sink));
-                continue;
-            }
-            let table = state.table(tx, &r.sink)?;
-            let dead_id = r.id;
-            r.id = state.take_id();
-            db::insert(tx, &table, r.id, &r, now)?;
-            dead::delete_dead(tx, dead_id)?;
-            state.added(&r.sink, r.stored_size());
-            if !woken.contains(&r.sink) {
-                woken.push(r.sink.clone());
-            }
-        } else {
-            dead::delete_dead(tx, r.id)?;
-        }
-        state.dead.count = state.dead.count.saturating_sub(1);
-        state.dead.bytes = state.dead.bytes.saturating_sub(size);
-        done.done = done.done.saturating_add(1);
-    }
-    Ok(done)
 }

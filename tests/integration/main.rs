@@ -13,6 +13,7 @@ mod cli;
 mod clock;
 mod conformance;
 mod crash;
+mod damage;
 mod data_path;
 mod disk;
 mod first_start;

@@ -275,6 +275,14 @@ pub fn render(snap: &Value) -> String {
             })
             .collect(),
     );
+    m.gauge(
+        "outpost_outbox_alarms",
+        "Alarms about the outbox (damaged and salvaged, or short of what it held) whose reports have not been deleted.",
+        snap.get("outbox")
+            .and_then(|o| o.get("alarms"))
+            .and_then(Value::as_array)
+            .map_or(0, |a| i64::try_from(a.len()).unwrap_or(i64::MAX)),
+    );
     let b = &snap["broker"];
     m.gauge(
         "outpost_local_clients",

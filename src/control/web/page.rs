@@ -117,6 +117,9 @@ pub fn render(v: &View<'_>) -> String {
     if let Some(line) = crate::control::status::outbox_line(&s["outbox"]) {
         let _ = write!(o, "<p class=\"hint\" id=\"outbox\">{}</p>", esc(&line));
     }
+    for line in crate::control::status::alarm_lines(&s["outbox"]) {
+        let _ = write!(o, "<p class=\"hint ERROR alarm\">{}</p>", esc(&line));
+    }
     sinks(&mut o, s, v.delivered);
     charts(&mut o, v);
     local(&mut o, s);
