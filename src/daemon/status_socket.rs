@@ -101,10 +101,18 @@ pub fn find_socket(state_dir: &Path, explicit_config: bool) -> Result<PathBuf, S
 pub fn ask(socket: &Path, request: &Value) -> Result<Value, String> {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach outpost at {} ({e}); is it running with this config?",
-            socket.display()
-        )
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            format!(
+                "not allowed to talk to outpost at {} ({e}): the socket is open to group outpost; \
+                 add yourself with `sudo adduser $USER outpost` and log in again (or use sudo)",
+                socket.display()
+            )
+        } else {
+            format!(
+                "cannot reach outpost at {} ({e}); is it running with this config?",
+                socket.display()
+            )
+        }
     })?;
     let timeout = Some(Duration::from_secs(10));
     let _ = stream.set_read_timeout(timeout);
@@ -171,6 +179,14 @@ pub async fn serve(
             return;
         }
     };
+    // Connecting takes write permission on the socket: the service's group
+    // (`outpost`, where the README puts the people who run the box) gets it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open the status socket to the service's group");
+        }
+    }
     let note = notes_dir().join(std::process::id().to_string());
     let noted = std::fs::create_dir_all(note.parent().unwrap_or(Path::new("/")))
         .and_then(|_| std::fs::write(&note, path.as_os_str().as_encoded_bytes()));
