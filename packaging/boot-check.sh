@@ -9,7 +9,10 @@
 #   2. a reading published inside reaches a mosquitto started inside on
 #      another port;
 #   3. `systemctl reload` applies a changed config without a new PID, and a
-#      broken file is refused while the service keeps running;
+#      broken file or a missing ca_file is refused while the service keeps
+#      running (same PID, no restart); a member of group outpost can run
+#      `outpost status`; with port 1883 taken the service runs on, names
+#      the other listener, and listens once the port is free;
 #   4. the journal carries the structured fields (SINK, DEVICE, ERROR);
 #   5. a wedged outbox stops the watchdog pings, systemd restarts the
 #      service, and the readings queued before are delivered after;
@@ -176,7 +179,56 @@ within 10 refused || fail "the broken file was not reported"
 write_config ""
 inside systemctl reload outpost || fail "systemctl reload outpost failed"
 within 20 connected || fail "no connection after restoring the file"
-echo "3. reload applied a changed route with the same PID ($pid); a broken file was refused: ok"
+# A file that parses but names a CA file that is not there: refused by
+# check-config and by the reload; the service keeps running, same PID.
+write_config ""
+inside sed -i 's|^url = "mqtt://127.0.0.1:18830"|url = "mqtts://127.0.0.1:18830"\nca_file = "/etc/outpost/missing-ca.pem"|' /etc/outpost/outpost.toml
+! inside outpost check-config --config /etc/outpost/outpost.toml >/dev/null 2>&1 || fail "check-config passed a missing ca_file"
+said=$(inside outpost check-config --config /etc/outpost/outpost.toml 2>&1 || true)
+echo "$said" | grepq "sink.up.ca_file" || fail "check-config does not name sink.up.ca_file: $said"
+restarts_before=$(show NRestarts)
+inside systemctl reload outpost || fail "systemctl reload outpost failed"
+refused_ca() { local s; s=$(inside outpost status --config /etc/outpost/outpost.toml); echo "$s" | grepq "RELOAD REFUSED" && echo "$s" | grepq "sink.up.ca_file"; }
+within 10 refused_ca || fail "status does not say the reload was refused: $(inside outpost status --config /etc/outpost/outpost.toml)"
+[ "$(show ActiveState)/$(show SubState)" = active/running ] && [ "$(show MainPID)" = "$pid" ] && [ "$(show NRestarts)" = "$restarts_before" ] \
+  || fail "a reload with a missing ca_file stopped or restarted the service: $(show ActiveState)/$(show SubState) PID $(show MainPID) NRestarts $(show NRestarts)"
+inside mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/t3/telemetry -m '{"temp":23}'
+got=$(inside mosquitto_sub -h 127.0.0.1 -p 18830 -c -i collector -q 1 -t 'site/#' -C 1 -W 20 -v) || fail "no reading after the refused reload"
+write_config ""
+inside systemctl reload outpost || fail "systemctl reload outpost failed"
+within 20 connected || fail "no connection after restoring the file"
+echo "3. reload applied a changed route with the same PID ($pid); a broken file and a missing ca_file were refused, the service kept running: ok"
+
+# 3b. The people who run the box: a user in group outpost reads the
+# status; one who is not is told to join it.
+inside useradd -m -G outpost tech
+inside useradd -m guest
+inside runuser -u tech -- outpost status | grepq "^outpost " || fail "outpost status as a member of group outpost: $(inside runuser -u tech -- outpost status 2>&1)"
+# (It fails, so its output is read first: pipefail would see the failure.)
+said=$(inside runuser -u guest -- outpost status 2>&1 || true)
+echo "$said" | grepq -F 'adduser $USER outpost' || fail "a user outside group outpost is not told to join it: $said"
+echo "3b. outpost status works for group outpost, and says to join it otherwise: ok"
+
+# 3c. Port 1883 taken by another program at start: outpost runs on (the
+# outbox, the sink, the status), names the port and the other listener,
+# and listens once the port is free, without a restart.
+inside systemctl stop outpost
+inside systemd-run --quiet --unit=squatter mosquitto -p 1883
+within 10 inside sh -c 'grep -q ":075B 00000000:0000 0A" /proc/net/tcp' || fail "the squatter did not listen on 1883"
+inside systemctl start outpost || fail "outpost did not start with 1883 taken"
+within 30 running || fail "outpost did not reach running with 1883 taken: $(show ActiveState)/$(show SubState)"
+pid=$(show MainPID)
+named() { inside journalctl -u outpost --no-pager -o cat | grepq "127.0.0.1:1883.*another program listens on 127.0.0.1:1883"; }
+within 10 named || fail "the journal does not name the port and the other listener"
+inside systemctl status outpost --no-pager | grepq "NOT listening (broker.listen)" || fail "systemctl status does not say the listener is down: $(inside systemctl status outpost --no-pager)"
+inside systemctl stop squatter
+listening() { ! inside outpost status --json --config /etc/outpost/outpost.toml | grepq "broker.listen"; }
+within 40 listening || fail "outpost did not listen once the port was free"
+[ "$(show MainPID)" = "$pid" ] && [ "$(show NRestarts)" = "$restarts_before" ] || fail "outpost restarted to get the port"
+inside mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/t4/telemetry -m '{"temp":24}' || fail "no PUBACK once the port was free"
+got=$(inside mosquitto_sub -h 127.0.0.1 -p 18830 -c -i collector -q 1 -t 'site/#' -C 1 -W 20 -v) || fail "the reading taken once the port was free did not arrive"
+echo "$got" | grepq '^site/t4/telemetry ' || fail "unexpected upstream message: $got"
+echo "3c. port 1883 taken: ran on, named the other listener, listened once it was free, same PID: ok"
 
 # 4. Structured fields in the journal.
 big=$(head -c 2000 /dev/zero | tr '\0' x)

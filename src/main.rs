@@ -233,6 +233,18 @@ fn main() -> ExitCode {
 fn check_config(path: Option<PathBuf>) -> ExitCode {
     match config::load_full(path.as_deref()) {
         Ok(loaded) => {
+            // What the text points at, checked as a start would use it.
+            let problems = outpost::control::preflight::check(&loaded.config);
+            if !problems.is_empty() {
+                eprintln!(
+                    "{}",
+                    ConfigError::Invalid {
+                        origin: loaded.source.to_string(),
+                        problems,
+                    }
+                );
+                return ExitCode::FAILURE;
+            }
             print!("{}", loaded.describe());
             ExitCode::SUCCESS
         }
@@ -245,8 +257,16 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 
 fn status(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     use outpost::daemon::status_socket::{ask, find_socket};
-    let (config, _) = config::load(path.as_deref())?;
-    let socket = find_socket(&config.state_dir, path.is_some()).map_err(anyhow::Error::msg)?;
+    // The running daemon answers whatever the file says now: a file
+    // broken since (a reload it refused) still names its state directory.
+    let state_dir = match config::load(path.as_deref()) {
+        Ok((config, _)) => config.state_dir,
+        Err(e) => match path.as_deref().and_then(config::state_dir_of) {
+            Some(dir) => dir,
+            None => return Err(e.into()),
+        },
+    };
+    let socket = find_socket(&state_dir, path.is_some()).map_err(anyhow::Error::msg)?;
     let v = ask(&socket, &serde_json::json!({"op": "status"})).map_err(anyhow::Error::msg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);

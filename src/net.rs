@@ -57,6 +57,58 @@ pub fn is_listening(port: u16) -> bool {
     })
 }
 
+/// The local addresses of this network namespace's sockets listening on
+/// `port` (from `/proc/net/tcp{,6}`; a socket of another user's process
+/// is listed too, though its process is not).
+pub fn listeners_on(port: u16) -> Vec<std::net::SocketAddr> {
+    let want = format!(":{port:04X}");
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let mut cols = line.split_whitespace();
+            let local = cols.nth(1).unwrap_or_default();
+            let state = cols.nth(1).unwrap_or_default();
+            if state != "0A" || !local.ends_with(&want) {
+                continue;
+            }
+            let hex = local.split(':').next().unwrap_or_default();
+            if let Some(ip) = proc_ip(hex) {
+                out.push(std::net::SocketAddr::new(ip, port));
+            }
+        }
+    }
+    out
+}
+
+/// An address as `/proc/net/tcp` writes it: 32-bit words in the host's
+/// order, as hex.
+fn proc_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let words: Vec<[u8; 4]> = hex
+        .as_bytes()
+        .chunks(8)
+        .map(|w| {
+            std::str::from_utf8(w)
+                .ok()
+                .and_then(|w| u32::from_str_radix(w, 16).ok())
+                .map(u32::to_ne_bytes)
+        })
+        .collect::<Option<_>>()?;
+    match words.as_slice() {
+        [a] => Some(std::net::Ipv4Addr::from(*a).into()),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (slot, byte) in bytes.iter_mut().zip(a.iter().chain(b).chain(c).chain(d)) {
+                *slot = *byte;
+            }
+            Some(std::net::Ipv6Addr::from(bytes).into())
+        }
+        _ => None,
+    }
+}
+
 /// A parsed `mqtt://` or `mqtts://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {

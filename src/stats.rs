@@ -135,13 +135,80 @@ impl PortStats {
     }
 }
 
+/// The sinks' counters, by name. Sinks come and go with remote changes
+/// while outpost runs, so the table is behind a lock; readers take a
+/// snapshot.
+#[derive(Debug, Default)]
+pub struct SinkTable(std::sync::RwLock<BTreeMap<String, Arc<SinkStats>>>);
+
+impl SinkTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<SinkStats>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters of sink `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<SinkStats>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every sink's counters, by name.
+    pub fn all(&self) -> Vec<(String, Arc<SinkStats>)> {
+        self.read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
+    }
+
+    /// [`SinkTable::all`], as an iterator.
+    pub fn iter(&self) -> std::vec::IntoIter<(String, Arc<SinkStats>)> {
+        self.all().into_iter()
+    }
+
+    /// Every sink's counters.
+    pub fn values(&self) -> std::vec::IntoIter<Arc<SinkStats>> {
+        self.read()
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// The counters of a sink added while running (kept if it was there).
+    pub fn add(&self, name: &str) -> Arc<SinkStats> {
+        let mut t = self.0.write().unwrap_or_else(|p| p.into_inner());
+        t.entry(name.to_string()).or_default().clone()
+    }
+
+    /// A sink removed while running.
+    pub fn remove(&self, name: &str) {
+        let mut t = self.0.write().unwrap_or_else(|p| p.into_inner());
+        t.remove(name);
+    }
+}
+
+impl IntoIterator for &SinkTable {
+    type Item = (String, Arc<SinkStats>);
+    type IntoIter = std::vec::IntoIter<(String, Arc<SinkStats>)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 #[derive(Debug)]
 pub struct Stats {
     /// When this process started (uptime is measured from it, never from
     /// the wall clock).
     pub started: std::time::Instant,
     pub ingest: IngestStats,
-    pub sinks: BTreeMap<String, Arc<SinkStats>>,
+    pub sinks: SinkTable,
     pub serial: BTreeMap<String, Arc<PortStats>>,
 }
 
@@ -150,10 +217,12 @@ impl Stats {
         Stats {
             started: std::time::Instant::now(),
             ingest: IngestStats::default(),
-            sinks: sinks
-                .into_iter()
-                .map(|s| (s.clone(), Arc::new(SinkStats::default())))
-                .collect(),
+            sinks: SinkTable(std::sync::RwLock::new(
+                sinks
+                    .into_iter()
+                    .map(|s| (s.clone(), Arc::new(SinkStats::default())))
+                    .collect(),
+            )),
             serial: BTreeMap::new(),
         }
     }

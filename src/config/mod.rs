@@ -347,6 +347,30 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     parse_table(&parse_toml(text, origin)?, origin)
 }
 
+/// The `state_dir` a config file names, read leniently (the rest of the
+/// file may be broken): for finding a running daemon.
+pub fn state_dir_of(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let named = match toml::from_str::<toml::Table>(&text) {
+        Ok(table) => table
+            .get("state_dir")
+            .and_then(toml::Value::as_str)
+            .map(str::to_string),
+        // Not TOML at all any more: the line, if it is still there.
+        Err(_) => text.lines().find_map(|l| {
+            let v = l
+                .trim()
+                .strip_prefix("state_dir")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').to_string())
+        }),
+    };
+    Some(PathBuf::from(
+        named.unwrap_or_else(|| "/var/lib/outpost".into()),
+    ))
+}
+
 /// The TOML text as a table (the base a remote overlay is merged onto).
 pub fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Invalid {

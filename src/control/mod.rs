@@ -20,6 +20,7 @@ pub mod downlink;
 pub mod first_start;
 pub mod history;
 pub mod journal;
+pub mod preflight;
 pub mod remote;
 pub mod report;
 pub mod status;

@@ -14,7 +14,7 @@
 //! | health interval | the next report uses it |
 //! | serial ports | the serial tasks are restarted |
 //! | a sink's settings | that sink alone is restarted |
-//! | sinks added or removed | outpost restarts in place (the outbox needs a queue per sink) |
+//! | sinks added or removed | started or stopped alone (their queues stay in the outbox); the local broker never restarts |
 //!
 //! A changed sink that does not connect within `remote.rollback_after` is
 //! rolled back to the last working overlay. The overlay is kept in the state
@@ -101,7 +101,7 @@ impl<A: Applier> Manager<A> {
         let mut next_health = later(self.config.health.interval.0);
         let mut trial = self.trying.then(|| Trial {
             deadline: later(self.config.remote.rollback_after.0),
-            sinks: self.config.sinks.keys().map(|n| (n.clone(), 0)).collect(),
+            sinks: self.touched_sinks(),
             at_start: true,
         });
         // No ThingsBoard sink: nothing arrives, and the loop only waits for
@@ -170,6 +170,20 @@ impl<A: Applier> Manager<A> {
         let table = o.merge(&self.base)?;
         let c = config::parse_table(&table, "remote configuration").map_err(|e| e.to_string())?;
         guard::remote_change(&self.file, &self.config, &c, &o.sources())?;
+        // Only what the change brings: a part already broken in the running
+        // config (a sink's CA file gone) does not block every other change.
+        let known: Vec<String> = super::preflight::check(&self.config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let new: Vec<String> = super::preflight::check(&c)
+            .iter()
+            .map(ToString::to_string)
+            .filter(|p| !known.contains(p))
+            .collect();
+        if !new.is_empty() {
+            return Err(new.join("; "));
+        }
         Ok(c)
     }
 
@@ -191,6 +205,21 @@ impl<A: Applier> Manager<A> {
         };
         if next == self.overlay {
             return None;
+        }
+        // A change rolled back before is not tried again until the
+        // operator sends something different; each offer is answered.
+        if let Some(failed) = stored::load_failed(&self.config.state_dir) {
+            if failed.overlay.sections == next.sections {
+                tracing::warn!(error = %failed.error,
+                    "the remote configuration offered again was rolled back before; not applying it again until a different value is sent");
+                let mut outcome = Outcome::of(&failed.overlay, "rolled_back", Some(failed.error));
+                if let Some(v) = shared.get("config_version") {
+                    outcome.version = Some(v.clone());
+                }
+                self.outcome = outcome;
+                self.report_outcome();
+                return None;
+            }
         }
         let config = match self.check(&next) {
             Ok(c) => c,
@@ -222,6 +251,24 @@ impl<A: Applier> Manager<A> {
             sinks: applied.restarted,
             at_start: false,
         })
+    }
+
+    /// The sinks a change being tried at start touched (added, or with
+    /// settings other than the last good configuration's): only those are
+    /// judged, never a sink that was already down.
+    fn touched_sinks(&self) -> Vec<(String, u64)> {
+        let good = self.check(&self.last_good).ok();
+        self.config
+            .sinks
+            .iter()
+            .filter(|(name, sink)| {
+                good.as_ref()
+                    .and_then(|g| g.sinks.get(*name))
+                    .map(|g| format!("{g:?}"))
+                    != Some(format!("{sink:?}"))
+            })
+            .map(|(name, _)| (name.clone(), 0))
+            .collect()
     }
 
     /// The trial's time is up: confirmed if every sink it restarted is

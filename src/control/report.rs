@@ -112,13 +112,16 @@ impl Health {
             "outbox_condition".into(),
             json!(status.outbox.disk().condition.as_str()),
         );
+        if let Some(why) = super::status::reload_refused() {
+            v.insert("reload_refused".into(), json!(why));
+        }
         let alarms = status.outbox.alarms();
         v.insert("outbox_alarms".into(), json!(alarms.len()));
         if let Some(a) = alarms.last() {
             v.insert("outbox_alarm".into(), json!(a.summary));
         }
         for (name, s) in &status.stats.sinks {
-            let q = queues.get(name).copied().unwrap_or_default();
+            let q = queues.get(&name).copied().unwrap_or_default();
             queued_total = queued_total.saturating_add(q.waiting());
             v.insert(format!("queued_{name}"), json!(q.waiting()));
             v.insert(format!("dropped_{name}"), json!(q.dropped));
@@ -129,7 +132,7 @@ impl Health {
                 json!(s.connected.load(std::sync::atomic::Ordering::Relaxed)),
             );
             let oldest = oldest_at
-                .get(name)
+                .get(&name)
                 .map_or(0, |at| now_ms.saturating_sub(*at).max(0) / 1000);
             v.insert(format!("oldest_queued_s_{name}"), json!(oldest));
             let held = s.held_back(now_ms);

@@ -39,6 +39,55 @@ fn disk_free(dir: &std::path::Path) -> Option<u64> {
     (v.blocks_available() as u64).checked_mul(v.fragment_size() as u64)
 }
 
+/// Why the last reload was refused, until a good file is loaded.
+static RELOAD_REFUSED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Records (or, with `None`, clears) why a reload was refused.
+pub fn set_reload_refused(why: Option<String>) {
+    *RELOAD_REFUSED.lock().unwrap_or_else(|p| p.into_inner()) = why;
+}
+
+/// Why the last reload was refused, if the running config is still the
+/// one from before it.
+pub fn reload_refused() -> Option<String> {
+    RELOAD_REFUSED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Listeners of the local broker that are not listening, by key path,
+/// with why.
+static LISTENERS: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Records (or, with `None`, clears) why a listener is not listening;
+/// a new reason is logged as an ERROR once.
+pub fn set_listener_problem(key: &'static str, why: Option<String>) {
+    let mut l = LISTENERS.lock().unwrap_or_else(|p| p.into_inner());
+    match why {
+        Some(why) => {
+            if l.get(key) != Some(&why) {
+                tracing::error!(key, "{why}; outpost runs on and tries again");
+                l.insert(key, why);
+            }
+        }
+        None => {
+            l.remove(key);
+        }
+    }
+}
+
+/// Listeners not listening, with why.
+pub fn listener_problems() -> Vec<(String, String)> {
+    LISTENERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.clone()))
+        .collect()
+}
+
 impl StatusSource {
     pub fn snapshot(&self) -> Value {
         // Ages and waits on outpost's clock: a wall-clock step moves none.
@@ -51,7 +100,7 @@ impl StatusSource {
             .sinks
             .iter()
             .map(|(name, s)| {
-                let q = queues.get(name).copied().unwrap_or_default();
+                let q = queues.get(&name).copied().unwrap_or_default();
                 (
                     name.clone(),
                     json!({
@@ -66,7 +115,7 @@ impl StatusSource {
                         "stalled": s.stalled.load(std::sync::atomic::Ordering::Relaxed),
                         "stalls": stats::get(&s.stalls),
                         "queued_bytes": q.depth.bytes,
-                        "oldest_queued_age_s": oldest.get(name).map(|at| now.saturating_sub(*at).max(0) / 1000),
+                        "oldest_queued_age_s": oldest.get(&name).map(|at| now.saturating_sub(*at).max(0) / 1000),
                         "dropped": q.dropped,
                         "refused": q.refused,
                         "delivered": stats::get(&s.delivered),
@@ -159,6 +208,11 @@ impl StatusSource {
                     "report": a.report.display().to_string(),
                 })).collect::<Vec<_>>(),
             },
+            "reload_refused": reload_refused(),
+            "listeners_down": listener_problems()
+                .into_iter()
+                .map(|(k, why)| json!({"key": k, "error": why}))
+                .collect::<Vec<_>>(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.stats.started.elapsed().as_secs(),
             "hint": self.first_start.as_ref().and_then(|f| f.hint()),
@@ -262,6 +316,13 @@ pub fn render(v: &Value) -> String {
     if let Some(hint) = v["hint"].as_str() {
         let _ = writeln!(out, "  {hint}");
     }
+    if let Some(why) = v["reload_refused"].as_str() {
+        let _ = writeln!(
+            out,
+            "  RELOAD REFUSED (the running config stays until a good file is loaded): {}",
+            why.replace('\n', "\n    ")
+        );
+    }
     if let Some(state) = v
         .get("clock")
         .and_then(|c| c.get("state"))
@@ -300,6 +361,14 @@ pub fn render(v: &Value) -> String {
         "  dead letters: {} ({} bytes), {} dropped to stay within store.dead_letters_max_bytes",
         d["count"], d["bytes"], d["dropped"]
     );
+    for l in v["listeners_down"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  local broker NOT listening ({}): {}",
+            l["key"].as_str().unwrap_or("?"),
+            l["error"].as_str().unwrap_or("?")
+        );
+    }
     if let Some(b) = v["broker"].as_object() {
         let state = if b["healthy"] == true {
             "healthy"

@@ -181,7 +181,7 @@ mod tests {
     fn a_sink_task_down_past_the_limit_is_unhealthy() {
         let stats = Stats::new(&["up".to_string()]);
         assert_eq!(sinks_up(&stats, 1_000_000_000), Ok(()));
-        let s = &stats.sinks["up"];
+        let s = stats.sinks.get("up").expect("sink up");
         s.down_since_ms.store(1_000_000_000, Ordering::Relaxed);
         assert_eq!(sinks_up(&stats, 1_000_000_000 + 60_000), Ok(()));
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The running daemon as the remote configuration sees it: the parts a
 //! change can reach (log filter, routes, outbox bounds, serial ports,
-//! sinks) and the sink that carries outpost's reports. The decisions
+//! sinks, added and removed too) and the sink that carries outpost's
+//! reports. None of it touches the local broker. The decisions
 //! (check, persist, roll back) are `control::remote`'s.
 
 use std::collections::BTreeMap;
@@ -119,22 +120,40 @@ impl Applier for Live {
             r.set_readings(&next.readings);
         }
         if format!("{:?}", next.store) != format!("{:?}", cur.store) {
-            let same_file = next.store.path == cur.store.path
-                && next.store.synchronous == cur.store.synchronous;
+            let same_file = next.store.path == cur.store.path;
             if same_file {
                 if let Err(e) = self.ctx.ingest.outbox().set_limits(&next.store).await {
                     tracing::error!(error = %e, "cannot change the outbox bounds");
                 }
             } else {
-                applied.restart = Some("store.path or store.synchronous changed");
+                applied.restart = Some("store.path changed (the outbox moves to another file)");
             }
         }
         if format!("{:?}", next.serial) != format!("{:?}", cur.serial) {
             self.restart_serial(next).await;
         }
-        if next.sinks.keys().ne(cur.sinks.keys()) {
-            applied.restart = Some("sinks were added or removed");
+        // Sinks come and go while the broker and the other sinks run on;
+        // only losing the sink that carries the remote configuration takes
+        // a restart (the next start finds the one to use).
+        if self
+            .remote_sink
+            .as_ref()
+            .is_some_and(|r| !next.sinks.contains_key(r))
+        {
+            applied.restart = Some("the sink that carries the remote configuration was removed");
             return applied;
+        }
+        for name in cur.sinks.keys().filter(|n| !next.sinks.contains_key(*n)) {
+            if let Some(h) = self.sinks.remove(name) {
+                h.stop().await;
+            }
+            self.ctx.ingest.outbox().remove_sink(name);
+            self.ctx.ingest.stats().sinks.remove(name);
+            tracing::info!(sink = %name, "sink removed; its queue stays in the outbox");
+        }
+        for name in next.sinks.keys().filter(|n| !cur.sinks.contains_key(*n)) {
+            self.ctx.ingest.outbox().add_sink(name);
+            tracing::info!(sink = %name, "sink added");
         }
         applied.restarted = self.restart_sinks(cur, next).await;
         applied

@@ -9,6 +9,7 @@
 //! the process exits 0.
 
 mod health;
+mod listen;
 mod live;
 pub mod logging;
 mod signals;
@@ -31,7 +32,7 @@ use crate::control::report::Outcome;
 use crate::control::status::StatusSource;
 use crate::route::Router;
 use crate::source;
-use crate::source::broker::{self, Broker, Listener};
+use crate::source::broker::{self, Broker};
 use crate::source::Ingest;
 use crate::stats::Stats;
 use crate::store::Outbox;
@@ -335,29 +336,18 @@ async fn start_broker(
 ) -> Result<Broker, DaemonError> {
     let b = &config.broker;
     let mut listeners = Vec::new();
-    for (addr, key, name) in [
-        (Some(b.listen), "listen", "mqtt"),
-        (b.listen_v5, "listen_v5", "mqtt-2"),
-    ] {
-        let Some(addr) = addr else { continue };
-        let socket = broker::bind(addr, "MQTT 3.1.1 and 5", key).await?;
-        listeners.push(Listener {
-            name,
-            socket: Arc::new(socket),
-            tls: None,
-            use_identity: false,
-        });
-    }
-    if let Some(t) = &b.tls {
-        let acceptor = broker::tls::acceptor(t).map_err(DaemonError::Setup)?;
-        let socket = broker::bind(t.listen, "MQTT over TLS", "tls.listen").await?;
-        tracing::info!(listen = %t.listen, mutual = t.client_ca_file.is_some(), "TLS listener for sensors");
-        listeners.push(Listener {
-            name: "mqtt-tls",
-            socket: Arc::new(socket),
-            tls: Some(acceptor),
-            use_identity: t.use_identity_as_username,
-        });
+    let mut later = Vec::new();
+    for spec in listen::specs(b) {
+        match listen::bind(&spec).await {
+            Ok(l) => {
+                if spec.tls.is_some() {
+                    tracing::info!(listen = %spec.addr, mutual = b.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()), "TLS listener for sensors");
+                }
+                listeners.push(l);
+            }
+            // Served later: the rest of outpost runs meanwhile.
+            Err(e) => later.push((spec, e)),
+        }
     }
     if !b.ack_after_commit {
         tracing::warn!(
@@ -371,7 +361,15 @@ async fn start_broker(
     }
     let broker = Broker::new(b, broker::Limits::of(b), ingest.clone(), auth);
     tasks.spawn(broker::run(broker.clone(), listeners, shutdown.clone()));
-    tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = b.ack_after_commit, "local broker listening");
+    let waiting: Vec<&'static str> = later.iter().map(|(spec, _)| spec.key).collect();
+    for (spec, e) in later {
+        listen::keep_trying(broker.clone(), spec, e, shutdown.clone(), tasks);
+    }
+    if waiting.is_empty() {
+        tracing::info!(listen = %b.listen, listen_v5 = ?b.listen_v5, ack_after_commit = b.ack_after_commit, "local broker listening");
+    } else {
+        tracing::warn!(listen = %b.listen, waiting = ?waiting, "local broker started; still waiting for {} (see above)", waiting.join(", "));
+    }
     Ok(broker)
 }
 

@@ -26,6 +26,16 @@ impl ReloadRequest {
     }
 }
 
+/// A reload that changes nothing: said once as an ERROR, and shown by
+/// status, the page and health telemetry until a good file is loaded.
+fn refuse(why: &str) {
+    tracing::error!(
+        signal = "SIGHUP",
+        "config rejected, keeping the running one: {why}"
+    );
+    crate::control::status::set_reload_refused(Some(why.to_string()));
+}
+
 /// `running`: the file config in force (as its debug text), to tell a
 /// changed file from an unchanged one; `broker`: the local broker, once it
 /// runs.
@@ -56,6 +66,8 @@ pub fn spawn(
                 _ = hup.recv() => {
                     match crate::config::load_full(config_path.as_deref()) {
                         Ok(l) if format!("{:?}", l.file) == running => {
+                            // The file is the running one again.
+                            crate::control::status::set_reload_refused(None);
                             match broker.get().map(|b| b.reload_access()) {
                                 Some(Ok(what)) => tracing::info!(signal = "SIGHUP", access = %what, "config unchanged: the broker's password and ACL files are read again"),
                                 Some(Err(e)) => tracing::error!(signal = "SIGHUP", error = %e, "the broker's password or ACL file has a problem; the running rules stay"),
@@ -63,13 +75,20 @@ pub fn spawn(
                             }
                         }
                         Ok(l) => {
-                            tracing::info!(signal = "SIGHUP", config = %l.source, "config is valid: restarting in place to apply it");
-                            flag.0.store(true, Ordering::SeqCst);
-                            break;
+                            let problems = crate::control::preflight::check(&l.config);
+                            if problems.is_empty() {
+                                tracing::info!(signal = "SIGHUP", config = %l.source, "config is valid: restarting in place to apply it");
+                                crate::control::status::set_reload_refused(None);
+                                flag.0.store(true, Ordering::SeqCst);
+                                break;
+                            }
+                            let e = crate::config::ConfigError::Invalid {
+                                origin: l.source.to_string(),
+                                problems,
+                            };
+                            refuse(&e.to_string());
                         }
-                        Err(e) => {
-                            tracing::error!(signal = "SIGHUP", "config rejected, keeping the running one: {e}");
-                        }
+                        Err(e) => refuse(&e.to_string()),
                     }
                 }
             }

@@ -75,9 +75,9 @@ type Run = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Builds a run of a task; called again to restart it.
 type Make = Box<dyn FnMut() -> Result<Run, DaemonError> + Send>;
 
-/// Starts sink `name`. Fails only on what must stop startup (a bad URL or
-/// CA file); certificate and provisioning problems keep just this sink
-/// waiting, with its records queued.
+/// Starts sink `name`. What keeps it from running (a bad CA file or
+/// certificate, provisioning) keeps just this sink waiting, with its
+/// records queued, and is tried again with backoff.
 pub fn spawn(
     ctx: &SinkCtx,
     name: &str,
@@ -85,13 +85,8 @@ pub fn spawn(
     parent: &CancellationToken,
 ) -> Result<SinkHandle, DaemonError> {
     let cancel = parent.child_token();
-    let stats = ctx
-        .ingest
-        .stats()
-        .sinks
-        .get(name)
-        .cloned()
-        .unwrap_or_default();
+    // A sink added while running gets its counters here.
+    let stats = ctx.ingest.stats().sinks.add(name);
     let mut upstream = None;
     let parts = match sink {
         SinkConfig::Mqtt(_) | SinkConfig::Thingspeak(_) => {
@@ -187,8 +182,21 @@ pub fn spawn(
     };
     let mut tasks = Vec::with_capacity(parts.len());
     for (part, mut make) in parts {
-        // The first build runs now: what stops startup stops it here.
-        let first = make()?;
+        // The first build runs now. One that fails (a CA file missing, a
+        // certificate that cannot be used) keeps this sink waiting, its
+        // records queued, and is tried again with backoff; the rest of
+        // outpost runs.
+        let first = match make() {
+            Ok(run) => Some(run),
+            Err(e) => {
+                tracing::error!(sink = %name, part, error = %e,
+                    "sink not started: {e}; its readings stay queued and it is tried again");
+                if let Ok(mut last) = stats.last_error.lock() {
+                    *last = Some(format!("not started: {e}"));
+                }
+                None
+            }
+        };
         tasks.push(tokio::spawn(supervise(
             name.to_string(),
             part,
@@ -212,11 +220,12 @@ async fn supervise(
     part: &'static str,
     stats: Arc<SinkStats>,
     cancel: CancellationToken,
-    first: Run,
+    first: Option<Run>,
     mut make: Make,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let mut next = Some(first);
+    let mut next = first;
+    let mut said = None::<String>;
     loop {
         if let Some(run) = next.take() {
             stats.running.fetch_add(1, Ordering::Relaxed);
@@ -251,7 +260,14 @@ async fn supervise(
         match make() {
             Ok(run) => next = Some(run),
             Err(e) => {
-                tracing::error!(sink = %sink, part, error = %e, "cannot restart a task of this sink; trying again")
+                let text = e.to_string();
+                if said.as_ref() != Some(&text) {
+                    tracing::error!(sink = %sink, part, error = %e, "cannot start a task of this sink: {e}; trying again");
+                }
+                if let Ok(mut last) = stats.last_error.lock() {
+                    *last = Some(format!("not started: {text}"));
+                }
+                said = Some(text);
             }
         }
     }
@@ -379,13 +395,7 @@ fn uplink(
     let (ctx, name, sink, cancel) = (ctx.clone(), name.to_string(), sink.clone(), cancel.clone());
     Box::new(move || {
         let outbox = ctx.ingest.outbox().clone();
-        let stats = ctx
-            .ingest
-            .stats()
-            .sinks
-            .get(&name)
-            .cloned()
-            .unwrap_or_default();
+        let stats = ctx.ingest.stats().sinks.get(&name).unwrap_or_default();
         let run: Run = match &sink {
             SinkConfig::Mqtt(m) => {
                 let settings = MqttEncoder::settings(m);

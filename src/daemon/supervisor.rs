@@ -59,6 +59,13 @@ fn status_line(outbox: &Outbox, stats: &Stats) -> String {
     if restarts > 0 {
         line.push_str(&format!(" sink task restarts={restarts}"));
     }
+    for (key, why) in crate::control::status::listener_problems() {
+        line = format!("NOT listening ({key}): {why} | {line}");
+    }
+    if let Some(why) = crate::control::status::reload_refused() {
+        let first = why.lines().next().unwrap_or_default().to_string();
+        line = format!("reload refused: {first} | {line}");
+    }
     line
 }
 

@@ -59,7 +59,7 @@ pub(super) fn apply(
                     }
                 }
                 if let (Some((client, pkid)), true) = (mark, outcome.stored > 0) {
-                    db::qos2_mark(tx, client, *pkid, now.wall)?;
+                    super::marks::qos2_mark(tx, client, *pkid, now.wall)?;
                 }
                 out.appended.push(outcome);
             }
@@ -100,9 +100,9 @@ pub(super) fn apply(
                 state.limits = *l;
             }
             Command::Qos2(Qos2Op::Release((client, pkid), _)) => {
-                db::qos2_release(tx, client, *pkid)?
+                super::marks::qos2_release(tx, client, *pkid)?
             }
-            Command::Qos2(Qos2Op::Forget(client)) => db::qos2_forget(tx, client)?,
+            Command::Qos2(Qos2Op::Forget(client)) => super::marks::qos2_forget(tx, client)?,
             Command::Flush(_) | Command::Qos2(Qos2Op::Pending(..)) | Command::Stop => {}
         }
     }

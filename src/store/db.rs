@@ -345,6 +345,14 @@ impl Db {
         self.sync
     }
 
+    /// `store.synchronous` changed while running: from the next commit.
+    pub fn set_sync(&mut self, sync: Synchronous) {
+        if self.sync != sync {
+            self.sync = sync;
+            self.level.set(None);
+        }
+    }
+
     /// (page size, pages in the file, pages on the freelist).
     pub fn pages(&self) -> rusqlite::Result<(u64, u64, u64)> {
         let get = |pragma: &str| -> rusqlite::Result<u64> {
@@ -675,25 +683,5 @@ pub fn add_counter(tx: &Transaction<'_>, sink: &str, name: &str, by: u64) -> rus
          ON CONFLICT (sink, name) DO UPDATE SET value = value + excluded.value",
     )?;
     stmt.execute(params![sink, name, i64::try_from(by).unwrap_or(i64::MAX)])?;
-    Ok(())
-}
-
-pub fn qos2_mark(tx: &Transaction<'_>, client: &str, pkid: u16, now: i64) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT OR REPLACE INTO inbound_qos2 (client, pkid, at) VALUES (?1, ?2, ?3)",
-    )?;
-    stmt.execute(params![client, pkid, now])?;
-    Ok(())
-}
-
-pub fn qos2_release(tx: &Transaction<'_>, client: &str, pkid: u16) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached("DELETE FROM inbound_qos2 WHERE client = ?1 AND pkid = ?2")?;
-    stmt.execute(params![client, pkid])?;
-    Ok(())
-}
-
-pub fn qos2_forget(tx: &Transaction<'_>, client: &str) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached("DELETE FROM inbound_qos2 WHERE client = ?1")?;
-    stmt.execute(params![client])?;
     Ok(())
 }

@@ -28,6 +28,7 @@ mod checkpoint;
 mod db;
 mod dead;
 mod disk;
+mod marks;
 mod migrate;
 mod open;
 mod pace;
@@ -80,6 +81,17 @@ pub(crate) enum Done {
 }
 
 impl Shared {
+    /// The queues that are read.
+    pub(crate) fn sinks(&self) -> Vec<String> {
+        let n = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+        n.keys().cloned().collect()
+    }
+
+    pub(crate) fn notifier(&self, sink: &str) -> Option<Arc<Notify>> {
+        let n = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+        n.get(sink).cloned()
+    }
+
     /// Counts acknowledged rows handed over to delete (`add`), or whose
     /// delete committed.
     pub(crate) fn deleting(&self, sink: &str, n: u64, add: bool) {
@@ -153,7 +165,10 @@ pub(crate) enum Command {
 }
 
 pub(crate) struct Shared {
-    notify: HashMap<String, Arc<Notify>>,
+    /// The queues that are read (the configured sinks, which a remote
+    /// change may add or remove while running), each with what wakes its
+    /// reader.
+    notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Per sink, acknowledged rows handed to the writer to delete and not
     /// committed yet.
     deleting: Mutex<HashMap<String, u64>>,
@@ -193,6 +208,8 @@ pub struct Limits {
     pub max_bytes: u64,
     /// `store.disk_reserve`.
     pub disk_reserve: u64,
+    /// `store.synchronous` (a change applies from the next commit).
+    pub synchronous: crate::config::Synchronous,
     pub max_age_ms: i64,
     pub policy: FullPolicy,
     pub dead_max_bytes: u64,
@@ -203,6 +220,7 @@ impl Limits {
         Limits {
             max_bytes: cfg.max_bytes.0,
             disk_reserve: cfg.disk_reserve.0,
+            synchronous: cfg.synchronous,
             max_age_ms: i64::try_from(cfg.max_age.0.as_millis()).unwrap_or(i64::MAX),
             policy: cfg.full_policy,
             dead_max_bytes: cfg.dead_letters_max_bytes.0,
@@ -226,7 +244,7 @@ impl Outbox {
             .map(|s| (s.clone(), Arc::new(Notify::new())))
             .collect();
         let shared = Arc::new(Shared {
-            notify,
+            notify: Mutex::new(notify),
             deleting: Mutex::new(HashMap::new()),
             stats: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(DeadStats::default()),
@@ -394,7 +412,7 @@ impl Outbox {
     }
 
     /// Changes the bounds while running (`max_bytes`, `max_age`,
-    /// `full_policy`); the file, `path` and `synchronous` stay.
+    /// `full_policy`, `synchronous`); the file (`path`) stays.
     pub async fn set_limits(&self, cfg: &StoreConfig) -> Result<(), StoreError> {
         self.tx
             .send(Command::SetLimits(Limits::of(cfg)))
@@ -455,7 +473,7 @@ impl Outbox {
             .send(Command::Dead {
                 op,
                 pick,
-                sinks: self.shared.notify.keys().cloned().collect(),
+                sinks: self.shared.sinks(),
                 reply,
             })
             .await
@@ -523,10 +541,10 @@ impl Outbox {
     pub fn oldest_ingested(&self) -> BTreeMap<String, i64> {
         let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         self.shared
-            .notify
-            .keys()
-            .filter_map(|sink| match r.oldest_ingested(sink) {
-                Ok(Some(at)) => Some((sink.clone(), at)),
+            .sinks()
+            .into_iter()
+            .filter_map(|sink| match r.oldest_ingested(&sink) {
+                Ok(Some(at)) => Some((sink, at)),
                 _ => None,
             })
             .collect()
@@ -548,7 +566,20 @@ impl Outbox {
 
     /// Woken whenever new records for `sink` are committed.
     pub fn notifier(&self, sink: &str) -> Option<Arc<Notify>> {
-        self.shared.notify.get(sink).cloned()
+        self.shared.notifier(sink)
+    }
+
+    /// A sink added while running: its queue is read from now on.
+    pub fn add_sink(&self, sink: &str) {
+        let mut n = self.shared.notify.lock().unwrap_or_else(|p| p.into_inner());
+        n.entry(sink.to_string()).or_default();
+    }
+
+    /// A sink removed while running: its queue stays in the file (counted
+    /// and bounded, as any queue of an earlier config), unread.
+    pub fn remove_sink(&self, sink: &str) {
+        let mut n = self.shared.notify.lock().unwrap_or_else(|p| p.into_inner());
+        n.remove(sink);
     }
 
     /// The dead letters, as of the last commit.

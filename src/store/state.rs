@@ -82,8 +82,8 @@ impl State {
                 .or_insert_with(QueueStats::default)
                 .refused = *n;
         }
-        for sink in shared.notify.keys() {
-            view.entry(sink.clone()).or_default();
+        for sink in shared.sinks() {
+            view.entry(sink).or_default();
         }
         match shared.stats.lock() {
             Ok(mut s) => *s = view,

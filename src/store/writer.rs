@@ -314,7 +314,7 @@ pub(crate) fn run(
         // After the callers: a sensor's acknowledgement waits for its
         // commit, the uplink's fetch can wait for the acknowledgement.
         for sink in out.woken {
-            if let Some(n) = w.shared.notify.get(&sink) {
+            if let Some(n) = w.shared.notifier(&sink) {
                 n.notify_one();
             }
         }
@@ -343,6 +343,7 @@ impl Writer {
         let mut admit = bytes == 0 || self.disk.admits(bytes, self.room());
         let mut refusal = (!admit).then(|| self.refusal());
         loop {
+            self.db.set_sync(self.state.limits.synchronous);
             let durable = needs_sync(group);
             if let Err(e) = self.db.set_durable(durable) {
                 tracing::warn!(error = %e, "cannot set the outbox's sync level");

@@ -526,26 +526,35 @@ async fn the_local_tls_listener_takes_sensors_with_a_local_ca_certificate_and_re
     assert_eq!(col.wait_for(2, Duration::from_secs(10)).await, 2);
 }
 
-#[test]
-fn a_missing_listener_certificate_stops_startup_naming_the_file() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_listener_certificate_is_refused_by_check_config_and_waits_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let text = config(dir.path(), port, "mqtt://127.0.0.1:1", "", "").replace(
         "max_payload = \"16 KiB\"",
         "max_payload = \"16 KiB\"\n\n[broker.tls]\nlisten = \"127.0.0.1:1\"\ncert_file = \"/nonexistent/gw.pem\"\nkey_file = \"/nonexistent/gw.key\"",
     );
-    let path = dir.path().join("outpost.toml");
-    std::fs::write(&path, text).expect("write");
+    let path = dir.path().join("candidate.toml");
+    std::fs::write(&path, &text).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["run", "--config"])
+        .args(["check-config", "--config"])
         .arg(&path)
         .output()
-        .expect("run");
+        .expect("check-config");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("broker.tls") && err.contains("/nonexistent/gw.pem"),
         "{err}"
+    );
+    // Started all the same: the plain listener serves, the TLS one waits
+    // (and says why) until its certificate is there.
+    let op = Outpost::start(dir.path(), port, &text);
+    assert_eq!(publish_devices(port, 1, 1).await, 1);
+    let down = op.status_json()["listeners_down"].to_string();
+    assert!(
+        down.contains("broker.tls.listen") && down.contains("/nonexistent/gw.pem"),
+        "{down}"
     );
 }
 

@@ -108,6 +108,11 @@ impl Platform {
         );
     }
 
+    /// Every client-attributes message the device sent.
+    pub fn attribute_reports(&self) -> Vec<Value> {
+        self.attributes.all().iter().map(|s| s.json()).collect()
+    }
+
     /// Readings (not health) that reached the platform: their values.
     pub fn readings(&self) -> Vec<Value> {
         let mut out = Vec::new();

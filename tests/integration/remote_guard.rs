@@ -90,7 +90,7 @@ async fn remote_changes_cannot_move_files_weaken_tls_or_overflow_a_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_that_stops_the_start_is_set_aside_and_the_last_good_one_runs() {
+async fn a_change_that_cannot_run_is_refused_or_set_aside_and_the_last_good_one_runs() {
     let w = World::new("");
     let tb = Platform::start(&w.up).await;
     let file = tb_config(&w.site(), "").replace("[remote]\n", "[remote]\nallow_paths = true\n");
@@ -105,23 +105,30 @@ async fn a_change_that_stops_the_start_is_set_aside_and_the_last_good_one_runs()
         .await;
     assert_eq!(tb.report(json!(1)).await["config_status"], "ok");
 
-    // A new sink needs a restart; its CA file is inside the state
-    // directory (allowed) but missing, so the start with it fails.
+    // A new sink whose CA file is inside the state directory (allowed) but
+    // missing: checked as check-config checks a file, so refused before it
+    // runs (once it needed a restart in place that failed, then a fall
+    // back), and nothing restarts.
     let missing = w.path().join("missing-ca.pem");
     tb.set_shared(json!({"config_version": 2, "sinks": {"extra": {
         "type": "mqtt", "url": format!("mqtts://127.0.0.1:{}", free_port()),
         "ca_file": missing.display().to_string()}}}))
         .await;
     let report = tb.report(json!(2)).await;
-    assert_eq!(report["config_status"], "rolled_back", "{report}");
+    assert_eq!(report["config_status"], "rejected", "{report}");
     assert!(
         report["config_error"]
             .as_str()
-            .is_some_and(|e| e.contains("outpost did not start with it") && e.contains("CA file")),
+            .is_some_and(|e| e.contains("sink.extra.ca_file") && e.contains("CA file")),
         "{report}"
     );
-    assert_eq!(op.pid(), pid, "restarted in place, never crash-looped");
+    assert_eq!(op.pid(), pid);
     assert!(op.alive());
+    assert_eq!(
+        op.log_text().matches("outpost running").count(),
+        1,
+        "no restart"
+    );
     // The last good overlay runs: its route works.
     publish_all(
         w.port,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::tb_rules;
 use crate::thingsboard::{gateway_with_downlink, platform_sends};
 
 const EXTRA: &str = r#"child_idle = "2s"
@@ -60,9 +61,10 @@ async fn a_child_asks_for_attributes_and_gets_them_again_after_a_reconnect() {
         "the request reaches the platform"
     );
     let r = requests().remove(0);
+    tb_rules::gateway_attributes_request(&r).expect("a request ThingsBoard accepts");
     assert_eq!(r["device"], "dev-5");
-    assert_eq!(r["shared"], json!(["interval"]));
-    assert_eq!(r["client"], json!([]));
+    assert_eq!(r["keys"], json!(["interval"]));
+    assert_eq!(r["client"], json!(false));
     platform_sends(
         w.up.port,
         "v1/gateway/attributes/response",
@@ -103,9 +105,13 @@ async fn a_child_asks_for_attributes_and_gets_them_again_after_a_reconnect() {
         requests()
     );
     let again = refresh("dev-5").unwrap_or_default();
-    assert_eq!(again["shared"], json!(["interval", "mode"]));
+    for r in requests() {
+        tb_rules::gateway_attributes_request(&r).expect("a request ThingsBoard accepts");
+    }
+    assert_eq!(again["keys"], json!(["interval", "mode"]));
+    assert_eq!(again["client"], json!(false));
     assert_eq!(
-        refresh("dev-6").unwrap_or_default()["shared"],
+        refresh("dev-6").unwrap_or_default()["keys"],
         json!(["mode"])
     );
     platform_sends(
@@ -117,6 +123,60 @@ async fn a_child_asks_for_attributes_and_gets_them_again_after_a_reconnect() {
     let (topic, payload) = answer(&mut rx).await;
     assert_eq!(topic, "devices/dev-5/attributes");
     assert_eq!(payload, json!({"interval": 60}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_both_scopes_is_one_request_per_scope_and_one_answer() {
+    let (w, tb, _op, port) = gateway_with_downlink(EXTRA).await;
+    let (device, mut rx) = subscriber(port, "dev-7", "devices/dev-7/attributes/#").await;
+    device
+        .publish(
+            "devices/dev-7/attributes/request/9",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"clientKeys":"fwv","sharedKeys":"setpoint,mode"}"#.to_vec(),
+        )
+        .await
+        .expect("request");
+    let requests = || seen(&tb, "v1/gateway/attributes/request");
+    assert!(
+        wait_until(Duration::from_secs(10), || requests().len() >= 2),
+        "{:?}",
+        requests()
+    );
+    let rs = requests();
+    for r in &rs {
+        tb_rules::gateway_attributes_request(r).expect("a request ThingsBoard accepts");
+    }
+    let client = rs
+        .iter()
+        .find(|r| r["client"] == true)
+        .expect("client scope");
+    let shared = rs
+        .iter()
+        .find(|r| r["client"] == false)
+        .expect("shared scope");
+    assert_eq!(client["keys"], json!(["fwv"]));
+    assert_eq!(shared["keys"], json!(["setpoint", "mode"]));
+    // ThingsBoard answers each (one key: `value`; several: `values`).
+    platform_sends(
+        w.up.port,
+        "v1/gateway/attributes/response",
+        json!({"id": client["id"], "device": "dev-7", "value": "1.2"}),
+    )
+    .await;
+    platform_sends(
+        w.up.port,
+        "v1/gateway/attributes/response",
+        json!({"id": shared["id"], "device": "dev-7", "values": {"setpoint": 21, "mode": "eco"}}),
+    )
+    .await;
+    let (topic, payload) = answer(&mut rx).await;
+    assert_eq!(topic, "devices/dev-7/attributes/response/9");
+    assert_eq!(
+        payload,
+        json!({"fwv": "1.2", "setpoint": 21, "mode": "eco"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

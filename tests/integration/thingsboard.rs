@@ -716,3 +716,51 @@ async fn live_readings_are_not_starved_by_a_draining_backlog() {
             >= 300
     }));
 }
+
+/// ThingsBoard numbers server-side RPCs per device from small integers
+/// (`DeviceActorMessageProcessor` keeps `rpcSeq` per device), and outpost
+/// numbers its client-side ones from 1: the two meet. A client-side RPC the
+/// platform never answers (its default rule chain does not answer unknown
+/// methods) must not hide a server RPC with the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_rpc_with_the_id_of_a_pending_client_rpc_is_answered() {
+    let (w, tb, _op, port) = gateway_with_downlink("").await;
+    let (device, _answers) = subscriber(port, "dev-4", "devices/dev-4/rpc/client/response/+").await;
+    device
+        .publish(
+            "devices/dev-4/rpc/client/request/1",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"method":"unknownToTheRuleChain","params":{}}"#.to_vec(),
+        )
+        .await
+        .expect("request");
+    let request = || {
+        tb.all().into_iter().find(|s| {
+            s.topic.starts_with("v1/devices/me/rpc/request/")
+                && s.json()["method"] == "unknownToTheRuleChain"
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || request().is_some()));
+    let id = request()
+        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    // Never answered. The server's own RPC with that same id:
+    platform_sends(
+        w.up.port,
+        &format!("v1/devices/me/rpc/request/{id}"),
+        serde_json::json!({"method":"ping"}),
+    )
+    .await;
+    let reply = || {
+        tb.all()
+            .into_iter()
+            .find(|s| s.topic == format!("v1/devices/me/rpc/response/{id}"))
+            .map(|s| s.json())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || reply().is_some()),
+        "the server RPC {id} was dropped as if it were outpost's own request"
+    );
+    assert_eq!(reply(), Some(serde_json::json!({"pong":true})));
+}

@@ -118,29 +118,3 @@ async fn a_server_signed_by_another_ca_is_refused_and_readings_stay_queued() {
         "readings stay queued"
     );
 }
-
-#[test]
-fn a_missing_ca_file_stops_startup_with_its_name() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let text = config(
-        dir.path(),
-        port,
-        "mqtts://127.0.0.1:8883",
-        "",
-        "ca_file = \"/nonexistent/ca.pem\"",
-    );
-    let path = dir.path().join("outpost.toml");
-    std::fs::write(&path, text).expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run outpost");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot read the CA file /nonexistent/ca.pem"),
-        "{err}"
-    );
-}

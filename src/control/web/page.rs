@@ -114,6 +114,13 @@ pub fn render(v: &View<'_>) -> String {
             esc(state)
         );
     }
+    if let Some(why) = s["reload_refused"].as_str() {
+        let _ = write!(
+            o,
+            "<p class=\"hint ERROR\" id=\"reload\">Reload refused (the running config stays until a good file is loaded): {}</p>",
+            esc(why)
+        );
+    }
     if let Some(line) = crate::control::status::outbox_line(&s["outbox"]) {
         let _ = write!(o, "<p class=\"hint\" id=\"outbox\">{}</p>", esc(&line));
     }

@@ -43,8 +43,15 @@ const LEAVING_QUIET: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 enum Pending {
     /// A local device's own request: its response topic and the keys asked
-    /// for (a single-key answer names no key).
-    Local { topic: String, keys: Vec<String> },
+    /// for (a single-key answer names no key). The gateway API asks one
+    /// scope per request, so a request for both is two: the first answer
+    /// waits in `got` for its `partner`'s, and the device gets one answer.
+    Local {
+        topic: String,
+        keys: Vec<String>,
+        partner: Option<u64>,
+        got: Map<String, Value>,
+    },
     /// outpost's refresh after a reconnect: the child's attributes topic.
     Refresh { device: String, keys: Vec<String> },
 }
@@ -135,6 +142,16 @@ fn requested(payload: &[u8]) -> (Vec<String>, Vec<String>) {
     (client, shared)
 }
 
+/// One gateway attribute request: one scope, the names in `keys`.
+fn gateway_request(id: u64, device: &str, client: bool, keys: &[String]) -> Publish {
+    let mut m = Map::new();
+    m.insert("id".into(), Value::from(id));
+    m.insert("device".into(), Value::from(device));
+    m.insert("client".into(), Value::from(client));
+    m.insert("keys".into(), Value::from(keys.to_vec()));
+    Publish::control("v1/gateway/attributes/request", &Value::Object(m))
+}
+
 /// The request topic with its `request` level replaced by `response`
 /// (attribute requests and client-side RPC alike).
 pub(super) fn response_topic(request: &str) -> String {
@@ -145,47 +162,78 @@ pub(super) fn response_topic(request: &str) -> String {
 }
 
 impl Thingsboard {
-    /// A local device's attribute request, sent upstream with a fresh id.
-    pub(super) fn encode_attribute_request(&mut self, r: &Record) -> Publish {
+    /// A local device's attribute request, sent upstream with fresh ids;
+    /// the record rides on the last publish.
+    pub(super) fn encode_attribute_request(&mut self, r: &Record) -> Vec<Publish> {
         let (client, shared) = requested(&r.payload);
-        if self.mode == TbMode::Gateway {
+        let topic = response_topic(&r.topic);
+        let mut out = if self.mode == TbMode::Gateway {
             self.children.remember(&r.device, shared.iter().cloned());
-        }
-        let keys = [client.clone(), shared.clone()].concat();
-        let id = self.children.id(Pending::Local {
-            topic: response_topic(&r.topic),
-            keys,
-        });
-        let mut p = self.attribute_request(id, &r.device, &client, &shared);
-        p.ids = vec![r.id];
-        p
-    }
-
-    fn attribute_request(
-        &self,
-        id: u64,
-        device: &str,
-        client: &[String],
-        shared: &[String],
-    ) -> Publish {
-        if self.mode == TbMode::Gateway {
-            let mut m = Map::new();
-            m.insert("id".into(), Value::from(id));
-            m.insert("device".into(), Value::from(device));
-            m.insert("client".into(), Value::from(client.to_vec()));
-            m.insert("shared".into(), Value::from(shared.to_vec()));
-            Publish::control("v1/gateway/attributes/request", &Value::Object(m))
+            self.gateway_requests(&r.device, &topic, client, shared)
         } else {
+            let keys = [client.clone(), shared.clone()].concat();
+            let id = self.children.id(Pending::Local {
+                topic,
+                keys,
+                partner: None,
+                got: Map::new(),
+            });
             let mut m = Map::new();
             m.insert("clientKeys".into(), Value::from(client.join(",")));
             m.insert("sharedKeys".into(), Value::from(shared.join(",")));
-            Publish::control(
+            vec![Publish::control(
                 format!("v1/devices/me/attributes/request/{id}"),
                 &Value::Object(m),
-            )
+            )]
+        };
+        if let Some(last) = out.last_mut() {
+            last.ids = vec![r.id];
         }
+        out
     }
 
+    /// The gateway API's requests for a local device: one per scope, in the
+    /// form `AbstractGatewaySessionHandler.onDeviceAttributesRequestJson`
+    /// reads (`"client"` a boolean, the names in `"keys"`; anything else
+    /// throws there, and the transport closes the whole gateway session).
+    fn gateway_requests(
+        &mut self,
+        device: &str,
+        topic: &str,
+        client: Vec<String>,
+        shared: Vec<String>,
+    ) -> Vec<Publish> {
+        let mut scopes: Vec<(bool, Vec<String>)> = Vec::new();
+        if !client.is_empty() {
+            scopes.push((true, client));
+        }
+        if !shared.is_empty() || scopes.is_empty() {
+            scopes.push((false, shared));
+        }
+        let ids: Vec<u64> = scopes
+            .iter()
+            .map(|(_, keys)| {
+                self.children.id(Pending::Local {
+                    topic: topic.to_string(),
+                    keys: keys.clone(),
+                    partner: None,
+                    got: Map::new(),
+                })
+            })
+            .collect();
+        if let [a, b] = ids.as_slice() {
+            for (id, other) in [(a, b), (b, a)] {
+                if let Some(Pending::Local { partner, .. }) = self.children.pending.get_mut(id) {
+                    *partner = Some(*other);
+                }
+            }
+        }
+        scopes
+            .iter()
+            .zip(ids)
+            .map(|((client, keys), id)| gateway_request(id, device, *client, keys))
+            .collect()
+    }
     /// Shared keys a child received (pushed by ThingsBoard) are asked for
     /// again after the next reconnect.
     pub(super) fn note_child_keys(&mut self, device: &str, values: &Map<String, Value>) {
@@ -216,7 +264,7 @@ impl Thingsboard {
                     device: device.clone(),
                     keys: keys.clone(),
                 });
-                self.attribute_request(id, &device, &[], &keys)
+                gateway_request(id, &device, false, &keys)
             })
             .collect()
     }
@@ -224,7 +272,11 @@ impl Thingsboard {
     /// An answer on `v1/gateway/attributes/response` (`{"id","device",
     /// "value"|"values"}`) or `v1/devices/me/attributes/response/{id}`
     /// (`{"client":{..},"shared":{..}}`); `None` if it is not ours.
-    pub(super) fn attribute_answer(&mut self, id: Option<u64>, payload: &[u8]) -> Option<Action> {
+    pub(super) fn attribute_answer(
+        &mut self,
+        id: Option<u64>,
+        payload: &[u8],
+    ) -> Option<Vec<Action>> {
         let v: Value = serde_json::from_slice(payload).ok()?;
         let id = id.or_else(|| v.get("id").and_then(Value::as_u64))?;
         let pending = self.children.pending.remove(&id)?;
@@ -244,16 +296,31 @@ impl Thingsboard {
                 values.extend(m.clone());
             }
         }
-        Some(match pending {
-            Pending::Local { topic, .. } => Action::Local(Downlink::Publish {
+        Some(vec![match pending {
+            Pending::Local {
                 topic,
-                payload: serde_json::to_vec(&Value::Object(values)).unwrap_or_default(),
-            }),
+                partner,
+                mut got,
+                ..
+            } => {
+                got.extend(values);
+                // The other scope's answer still to come: it carries both.
+                if let Some(Pending::Local { got: theirs, .. }) =
+                    partner.and_then(|p| self.children.pending.get_mut(&p))
+                {
+                    theirs.extend(got);
+                    return Some(Vec::new());
+                }
+                Action::Local(Downlink::Publish {
+                    topic,
+                    payload: serde_json::to_vec(&Value::Object(got)).unwrap_or_default(),
+                })
+            }
             Pending::Refresh { device, .. } => Action::Local(Downlink::Settings {
                 topic: fill(&self.topics.attributes, &device, ""),
                 values,
             }),
-        })
+        }])
     }
 
     /// `v1/gateway/disconnect` for announced children idle for too long.

@@ -65,7 +65,10 @@ pub struct Thingsboard {
     /// Client-side RPC relayed for local devices: upstream id → local
     /// response topic. Ids only grow, so the oldest go first beyond
     /// [`rpc::MAX_PENDING`].
-    client_rpc: BTreeMap<u64, String>,
+    /// Client-side RPCs awaiting their answer: the local response topic,
+    /// and the body sent (to tell an echo from a server RPC with the same
+    /// id).
+    client_rpc: BTreeMap<u64, (String, Vec<u8>)>,
     next_rpc: u64,
     /// The client certificate presented (mTLS), reported on each connect.
     identity: Option<Identity>,
@@ -301,12 +304,12 @@ impl Platform for Thingsboard {
                 return self.fw_actions(steps);
             }
             if let Some(a) = self.attribute_answer(id.parse().ok(), payload) {
-                return vec![a];
+                return a;
             }
             return self.remote_answer(id, payload);
         }
         if topic == "v1/gateway/attributes/response" && gateway {
-            return self.attribute_answer(None, payload).into_iter().collect();
+            return self.attribute_answer(None, payload).unwrap_or_default();
         }
         if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/response/") {
             if let Some(answer) = self.client_rpc_answer(id, payload) {

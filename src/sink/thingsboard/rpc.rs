@@ -42,18 +42,18 @@ impl Thingsboard {
                 RecordKind::Rpc => {
                     self.next_rpc = self.next_rpc.wrapping_rem(999_999_999).wrapping_add(1);
                     let response = super::children::response_topic(&r.topic);
-                    self.client_rpc.insert(self.next_rpc, response);
+                    let topic = format!("{}/{}", self.topic(RecordKind::Rpc), self.next_rpc);
+                    let mut p = Publish::control(topic, &Value::Object(key_values(&r.payload)));
+                    self.client_rpc
+                        .insert(self.next_rpc, (response, p.payload.clone()));
                     while self.client_rpc.len() > MAX_PENDING {
                         self.client_rpc.pop_first();
                     }
-                    let topic = format!("{}/{}", self.topic(RecordKind::Rpc), self.next_rpc);
-                    let mut p = Publish::control(topic, &Value::Object(key_values(&r.payload)));
                     p.ids = vec![r.id];
                     out.push(p);
                 }
                 RecordKind::AttributesRequest => {
-                    let p = self.encode_attribute_request(r);
-                    out.push(p);
+                    out.extend(self.encode_attribute_request(r));
                 }
                 RecordKind::Telemetry | RecordKind::Attributes => {}
             }
@@ -62,7 +62,7 @@ impl Thingsboard {
 
     /// The answer to a client-side RPC a local device made.
     pub(super) fn client_rpc_answer(&mut self, id: &str, payload: &[u8]) -> Option<Action> {
-        let local = id
+        let (local, _) = id
             .parse::<u64>()
             .ok()
             .and_then(|n| self.client_rpc.remove(&n))?;
@@ -77,10 +77,14 @@ impl Thingsboard {
     /// for the local device `device_name`.
     pub(super) fn device_rpc(&self, id: &str, payload: &[u8]) -> Vec<Action> {
         // Our own requests, echoed by a plain broker standing in for
-        // ThingsBoard: not RPC to us.
+        // ThingsBoard: not RPC to us. Known by id *and* body: ThingsBoard
+        // numbers its server-side RPCs per device from small integers too,
+        // so an id alone clashes with a client-side RPC still pending.
         let ours = id
             .parse::<u64>()
-            .is_ok_and(|n| self.client_rpc.contains_key(&n));
+            .ok()
+            .and_then(|n| self.client_rpc.get(&n))
+            .is_some_and(|(_, sent)| sent.as_slice() == payload);
         let request: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
         if ours || request.get("method").and_then(Value::as_str) == Some("getSessionLimits") {
             return Vec::new();

@@ -173,6 +173,12 @@ impl Broker {
         }
     }
 
+    /// Serves a listener bound after the broker started (its address was
+    /// taken at first) until `shutdown`.
+    pub async fn serve_listener(&self, listener: Listener, shutdown: CancellationToken) {
+        self.clone().serve(Arc::new(listener), shutdown).await;
+    }
+
     /// Accepts on `listener` until `shutdown`.
     async fn serve(self, listener: Arc<Listener>, shutdown: CancellationToken) {
         loop {
