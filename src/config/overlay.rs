@@ -107,6 +107,16 @@ impl Overlay {
                 next.sections.insert(key.to_string(), v);
             }
         }
+        // A shared attribute deleted in ThingsBoard (`{"deleted":[..]}`,
+        // `JsonConverter.getJsonObjectForGateway`/device updates): that part
+        // goes back to the file's value.
+        if let Some(Value::Array(deleted)) = shared.get("deleted") {
+            for name in deleted.iter().filter_map(Value::as_str) {
+                if let Some((_, key)) = SECTIONS.iter().find(|(attr, _)| *attr == name) {
+                    next.sections.remove(*key);
+                }
+            }
+        }
         Ok(next)
     }
 

@@ -73,10 +73,17 @@ pub async fn run(
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(Downlink::Publish { topic, payload }) => client.publish(&topic, payload, false),
-                Some(Downlink::Settings { topic, values }) => {
+                Some(Downlink::Settings { topic, mut values }) => {
                     changes = changes.wrapping_add(1);
                     let entry = settings.entry(topic.clone()).or_default();
                     entry.0 = changes;
+                    // Attributes deleted in ThingsBoard leave the retained
+                    // settings (`{"deleted":[..]}`, JsonConverter.toJson).
+                    if let Some(Value::Array(deleted)) = values.remove("deleted") {
+                        for key in deleted.iter().filter_map(Value::as_str) {
+                            entry.1.remove(key);
+                        }
+                    }
                     entry.1.extend(values);
                     let payload = serde_json::to_vec(&Value::Object(entry.1.clone())).unwrap_or_default();
                     client.publish(&topic, payload, true);

@@ -124,3 +124,29 @@ async fn a_sink_added_while_another_is_down_is_kept_and_the_broker_never_restart
         "the LAN client is still connected"
     );
 }
+
+/// Deleting a shared attribute in ThingsBoard sends `{"deleted":[..]}`
+/// (`JsonConverter.toJson(AttributeUpdateNotificationMsg)`): the remote
+/// setting goes back to the file's value, reported like any change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_shared_attribute_takes_the_setting_back_to_the_file() {
+    let w = World::new("");
+    let tb = Platform::start(&w.up).await;
+    let op = w.start(&tb_config(&w.site(), ""));
+    tb.wait_connected(&op);
+    tb.set_shared(json!({"config_version": 8, "log_level": "debug"}))
+        .await;
+    assert_eq!(tb.report(json!(8)).await["config_status"], "ok");
+    let kept = || std::fs::read_to_string(w.path().join("remote-config.json")).unwrap_or_default();
+    assert!(kept().contains("debug"), "{}", kept());
+    let oks = reports(&tb, 8, "ok");
+
+    tb.set_shared(json!({"deleted": ["log_level"]})).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || !kept().contains("debug")
+            && reports(&tb, 8, "ok") > oks),
+        "the deleted attribute still applies: {}\n{}",
+        kept(),
+        op.log_text()
+    );
+}

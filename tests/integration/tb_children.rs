@@ -104,6 +104,29 @@ async fn a_child_asks_for_attributes_and_gets_them_again_after_a_reconnect() {
         "asked again after the reconnect: {:?}",
         requests()
     );
+    // Each child is connected on the new session before its request.
+    let order: Vec<(String, Value)> = tb
+        .all()
+        .into_iter()
+        .filter(|s| s.topic == "v1/gateway/connect" || s.topic == "v1/gateway/attributes/request")
+        .map(|s| (s.topic.clone(), s.json()))
+        .collect();
+    for device in ["dev-5", "dev-6"] {
+        let last_request = order
+            .iter()
+            .rposition(|(t, v)| t.ends_with("/request") && v["device"] == device)
+            .expect("a refresh request");
+        let connect_before = order[..last_request]
+            .iter()
+            .rposition(|(t, v)| t.ends_with("/connect") && v["device"] == device);
+        let previous_request = order[..last_request]
+            .iter()
+            .rposition(|(t, v)| t.ends_with("/request") && v["device"] == device);
+        assert!(
+            connect_before.is_some_and(|c| previous_request.is_none_or(|p| c > p)),
+            "{device} was not connected on the new session before its request: {order:?}"
+        );
+    }
     let again = refresh("dev-5").unwrap_or_default();
     for r in requests() {
         tb_rules::gateway_attributes_request(&r).expect("a request ThingsBoard accepts");
@@ -177,6 +200,31 @@ async fn a_request_for_both_scopes_is_one_request_per_scope_and_one_answer() {
         payload,
         json!({"fwv": "1.2", "setpoint": 21, "mode": "eco"})
     );
+}
+
+/// The gateway form of a delete: `{"device":..,"data":{"deleted":[..]}}`
+/// (`JsonConverter.getJsonObjectForGateway`): the key leaves the child's
+/// retained settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_deleted_shared_attribute_leaves_its_settings() {
+    let (w, _tb, _op, port) = gateway_with_downlink(EXTRA).await;
+    platform_sends(
+        w.up.port,
+        "v1/gateway/attributes",
+        json!({"device": "dev-8", "data": {"interval": 30, "mode": "eco"}}),
+    )
+    .await;
+    let (_c, mut rx) = subscriber(port, "dev-8", "devices/dev-8/attributes").await;
+    let (_, first) = answer(&mut rx).await;
+    assert_eq!(first, json!({"interval": 30, "mode": "eco"}));
+    platform_sends(
+        w.up.port,
+        "v1/gateway/attributes",
+        json!({"device": "dev-8", "data": {"deleted": ["mode"]}}),
+    )
+    .await;
+    let (_, after) = answer(&mut rx).await;
+    assert_eq!(after, json!({"interval": 30}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

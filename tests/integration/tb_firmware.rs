@@ -253,7 +253,14 @@ async fn a_child_with_its_own_token_is_updated_over_its_own_device_session() {
     let w = World::new("");
     let tb = w.collect("v1/devices/me/telemetry").await;
     let image: Vec<u8> = (0..3 * CHUNK + 10).map(|i| (i * 7 % 253) as u8).collect();
-    let crc = format!("{:08x}", crc32(&image));
+    // As ThingsBoard prints it (`BaseOtaPackageService.generateChecksum`:
+    // Guava's `Hashing.crc32()`, `HashCode.toString()`): the int's bytes
+    // little-endian, so not the conventional `{:08x}`.
+    let crc: String = crc32(&image)
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let offer = json!({
         "fw_title": "valve-fw", "fw_version": "1.1", "fw_checksum": crc,
         "fw_checksum_algorithm": "CRC32", "fw_size": image.len(),
@@ -301,4 +308,77 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// `MqttTransportHandler.sendOtaPackageError`: a package the server cannot
+/// serve (withdrawn, unknown: `NOT_FOUND`; a chunk too large) is answered
+/// with the reason on `v2/fw/error`, and the server closes the session.
+/// outpost ends FAILED with that reason and does not ask again when the
+/// next session's connect-time request brings the same offer back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_the_server_refuses_ends_failed_with_its_reason_and_no_request_loop() {
+    let mut w = World::new("");
+    let tb = w.collect("v1/devices/me/telemetry").await;
+    let image = vec![7u8; 3 * CHUNK];
+    let offer = json!({
+        "fw_title": "gone-fw", "fw_version": "9", "fw_checksum": "00",
+        "fw_checksum_algorithm": "SHA256", "fw_size": image.len(),
+    });
+    // No chunk is answered: the server refuses instead.
+    let hold = Arc::new(Mutex::new(Some(0)));
+    let (asked, _task) = fixture(w.up.port, offer, image, hold);
+    let extra = "access_token = \"DEV-TOKEN\"\n[sink.tb.firmware]\nchunk_size = \"1 KiB\"\nchunk_timeout = \"2s\"";
+    let op = w.start(&tb_config(&w.site(), extra));
+    assert!(
+        wait_until(Duration::from_secs(15), || !asked
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "{}",
+        op.log_text()
+    );
+    let refusal = vec![("v2/fw/error".to_string(), b"NOT_FOUND".to_vec())];
+    assert_eq!(publish_all(w.up.port, "tb-fw-error", refusal).await, 1);
+    let failed = || {
+        fw_states(&tb).iter().any(|v| {
+            v["fw_state"] == "FAILED"
+                && v["fw_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("NOT_FOUND"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), failed),
+        "{:?}\n{}",
+        fw_states(&tb),
+        op.log_text()
+    );
+    // The server closes the session; the next one asks for the `fw_*`
+    // attributes again and gets the same offer.
+    let connects = || {
+        op.status_json()["sinks"]["tb"]["connects"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = connects();
+    let chunks = asked.lock().unwrap().len();
+    w.up.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || connects() > before),
+        "{}",
+        op.log_text()
+    );
+    // Bounded: a retry would ask at once (and every chunk_timeout after).
+    assert!(
+        !wait_until(Duration::from_secs(4), || asked.lock().unwrap().len()
+            > chunks),
+        "the refused package was asked for again: {:?}",
+        asked.lock().unwrap()
+    );
+    assert_eq!(
+        states(&tb).iter().filter(|s| *s == "DOWNLOADING").count(),
+        1,
+        "{:?}",
+        states(&tb)
+    );
 }

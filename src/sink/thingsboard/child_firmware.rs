@@ -83,6 +83,7 @@ impl Platform for ChildFirmware {
         SessionStart {
             subscribe: vec![
                 "v2/fw/response/+/chunk/+".into(),
+                "v2/fw/error".into(),
                 "v1/devices/me/attributes".into(),
                 "v1/devices/me/attributes/response/+".into(),
             ],
@@ -99,6 +100,10 @@ impl Platform for ChildFirmware {
             }
             return Vec::new();
         }
+        if topic == "v2/fw/error" {
+            return firmware::actions(self.firmware.server_error(payload));
+        }
+        let pushed = topic == "v1/devices/me/attributes";
         let attrs = match topic.strip_prefix("v1/devices/me/attributes/response/") {
             Some(id) if id == self.request.to_string() => serde_json::from_slice::<Value>(payload)
                 .ok()
@@ -110,7 +115,7 @@ impl Platform for ChildFirmware {
             None => None,
         };
         match attrs {
-            Some(a) => firmware::actions(self.firmware.offered(&a)),
+            Some(a) => firmware::actions(self.firmware.offered(&a, pushed)),
             None => Vec::new(),
         }
     }

@@ -257,16 +257,23 @@ impl Thingsboard {
             })
             .filter(|(_, k)| !k.is_empty())
             .collect();
-        known
-            .into_iter()
-            .map(|(device, keys)| {
-                let id = self.children.id(Pending::Refresh {
-                    device: device.clone(),
-                    keys: keys.clone(),
-                });
-                gateway_request(id, &device, false, &keys)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (device, keys) in known {
+            // Connected first: ThingsBoard serves a child's request only
+            // on a session it knows the child on (after a reconnect, none).
+            if self.connected.insert(device.clone()) {
+                let mut m = Map::new();
+                m.insert("device".into(), Value::from(device.clone()));
+                m.insert("type".into(), Value::from(self.device_type.clone()));
+                out.push(Publish::control("v1/gateway/connect", &Value::Object(m)));
+            }
+            let id = self.children.id(Pending::Refresh {
+                device: device.clone(),
+                keys: keys.clone(),
+            });
+            out.push(gateway_request(id, &device, false, &keys));
+        }
+        out
     }
 
     /// An answer on `v1/gateway/attributes/response` (`{"id","device",

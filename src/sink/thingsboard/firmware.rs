@@ -9,7 +9,8 @@
 //!    each answer (`v2/fw/response/{id}/chunk/{n}`) to a file in the state
 //!    directory; a download cut by a reconnect or a restart resumes at the
 //!    next chunk;
-//! 3. DOWNLOADED, then the checksum (SHA-256/384/512, MD5 or CRC32):
+//! 3. DOWNLOADED, then the checksum, as ThingsBoard prints it (see
+//!    `checksum`; an algorithm outpost cannot check fails before step 2):
 //!    VERIFIED, or FAILED with `fw_error`;
 //! 4. UPDATING: the verified image is announced on the local broker
 //!    (`notice_topic`, retained), and the agent that installs it answers on
@@ -79,8 +80,14 @@ struct Kept {
     current: Option<(String, String)>,
     /// The update under way.
     job: Option<(Offer, Stage)>,
-    /// The last image that failed: not tried again until another is offered.
+    /// The last image that failed (title, version): not tried again when
+    /// the connect-time request brings it back, only when ThingsBoard
+    /// pushes an offer again (the operator assigned it again) or offers it
+    /// with anything changed (a corrected checksum, say).
     failed: Option<(String, String)>,
+    /// That offer whole.
+    #[serde(default)]
+    failed_offer: Option<Offer>,
 }
 
 pub(super) struct Firmware {
@@ -173,6 +180,7 @@ impl Firmware {
         tracing::warn!(error = %why, "firmware update failed");
         if let Some((offer, _)) = self.kept.job.take() {
             self.kept.failed = Some((offer.title.clone(), offer.version.clone()));
+            self.kept.failed_offer = Some(offer.clone());
             if let Some(dir) = &self.dir {
                 let _ = std::fs::remove_file(dir.join(offer.file("part")));
             }
@@ -232,8 +240,10 @@ impl Firmware {
         }
     }
 
-    /// Shared attributes of outpost's own device.
-    pub(super) fn offered(&mut self, attrs: &Map<String, Value>) -> Steps {
+    /// Shared attributes of outpost's own device: `pushed` when ThingsBoard
+    /// sent them of its own accord (an assignment), not as the answer to
+    /// the request made at every connect.
+    pub(super) fn offered(&mut self, attrs: &Map<String, Value>, pushed: bool) -> Steps {
         let Some(offer) = Offer::of(attrs) else {
             return Steps::default();
         };
@@ -241,7 +251,15 @@ impl Firmware {
             return Steps::default();
         }
         let is = |x: &Option<(String, String)>| x.as_ref().is_some_and(|(t, v)| offer.same(t, v));
-        if is(&self.kept.current) || is(&self.kept.failed) {
+        if is(&self.kept.current) {
+            return Steps::default();
+        }
+        // A version that failed: again only when offered anew.
+        let same_failure = match &self.kept.failed_offer {
+            Some(f) => *f == offer,
+            None => is(&self.kept.failed),
+        };
+        if same_failure && !pushed {
             return Steps::default();
         }
         if self.kept.job.as_ref().is_some_and(|(o, _)| *o == offer) {
@@ -266,6 +284,13 @@ impl Firmware {
                     free, offer.size
                 ));
             }
+        }
+        if !super::checksum::supported(&offer.algorithm) {
+            return self.fail(format!(
+                "checksum algorithm {} is not supported ({}); nothing was downloaded",
+                offer.algorithm,
+                super::checksum::SUPPORTED
+            ));
         }
         if let Err(e) = self.part_file(&offer, true) {
             return self.fail(e);
@@ -292,6 +317,18 @@ impl Firmware {
             .truncate(truncate)
             .open(&path)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// ThingsBoard's `v2/fw/error` (`MqttTransportHandler.sendOtaPackageError`:
+    /// the package is unknown or withdrawn, a chunk too large, ...). The
+    /// server closes the session right after it, so the download is over:
+    /// FAILED with the server's text, and no chunk is asked for again.
+    pub(super) fn server_error(&mut self, text: &[u8]) -> Steps {
+        if !matches!(self.kept.job, Some((_, Stage::Downloading))) {
+            return Steps::default();
+        }
+        let text = String::from_utf8_lossy(text);
+        self.fail(format!("ThingsBoard refused the download: {}", text.trim()))
     }
 
     /// An answer on `v2/fw/response/{id}/chunk/{n}`.
@@ -344,7 +381,7 @@ impl Firmware {
             Err(e) => return self.fail(format!("cannot read the image back: {e}")),
         };
         let mut up = vec![Self::report(json!({"fw_state": "DOWNLOADED"}))];
-        let got = match digest(&offer.algorithm, &image) {
+        let got = match super::checksum::digest(&offer.algorithm, &image) {
             Ok(d) => d,
             Err(e) => {
                 let mut s = self.fail(e);
@@ -466,60 +503,10 @@ pub(super) fn safe_name(s: &str) -> String {
         .collect()
 }
 
-/// The checksum of `data` as ThingsBoard writes it (lower-case hex).
-pub(super) fn digest(algorithm: &str, data: &[u8]) -> Result<String, String> {
-    use std::fmt::Write as _;
-    let hex = |bytes: &[u8]| {
-        bytes.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-    };
-    let ring =
-        |alg: &'static ring::digest::Algorithm| hex(ring::digest::digest(alg, data).as_ref());
-    match algorithm
-        .to_ascii_uppercase()
-        .replace(['-', '_'], "")
-        .as_str()
-    {
-        "SHA256" => Ok(ring(&ring::digest::SHA256)),
-        "SHA384" => Ok(ring(&ring::digest::SHA384)),
-        "SHA512" => Ok(ring(&ring::digest::SHA512)),
-        "MD5" => {
-            use md5::Digest;
-            Ok(hex(&md5::Md5::digest(data)))
-        }
-        "CRC32" => Ok(format!("{:08x}", crc32fast::hash(data))),
-        other => Err(format!(
-            "checksum algorithm {other} is not supported (SHA256, SHA384, SHA512, MD5, CRC32)"
-        )),
-    }
-}
-
 fn free_bytes(dir: &Path) -> Option<u64> {
     let probe = if dir.exists() { dir } else { dir.parent()? };
     let v = nix::sys::statvfs::statvfs(probe).ok()?;
     (v.blocks_available() as u64).checked_mul(v.fragment_size() as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksums_are_the_ones_thingsboard_computes() {
-        let data = b"The quick brown fox jumps over the lazy dog";
-        assert_eq!(
-            digest("SHA256", data).expect("sha"),
-            "d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf37c9e592"
-        );
-        assert_eq!(
-            digest("MD5", data).expect("md5"),
-            "9e107d9d372bb6826bd81d3542a419d6"
-        );
-        assert_eq!(digest("CRC32", data).expect("crc"), "414fa339");
-        assert!(digest("MURMUR3_32", data).is_err());
-    }
 }
 
 #[cfg(test)]
@@ -539,7 +526,7 @@ mod bounds {
             ..FirmwareConfig::default()
         };
         let mut fw = Firmware::new(&cfg).in_dir(dir.path().join("firmware"));
-        let steps = fw.offered(&offer(1001));
+        let steps = fw.offered(&offer(1001), true);
         assert_eq!(steps.upstream.len(), 1, "FAILED only, no chunk asked");
         let v: Value = serde_json::from_slice(&steps.upstream[0].payload).expect("json");
         assert_eq!(v["values"]["fw_state"], "FAILED");
@@ -547,15 +534,63 @@ mod bounds {
             .as_str()
             .unwrap_or_default()
             .contains("max_size"));
-        // The same image is not tried again; a smaller one is.
-        assert!(fw.offered(&offer(1001)).upstream.is_empty());
+        // The same image is not tried again when the connect-time request
+        // brings it back; a smaller one is.
+        assert!(fw.offered(&offer(1001), false).upstream.is_empty());
         let mut next = offer(500);
         next.insert("fw_version".into(), json!("2"));
-        let steps = fw.offered(&next);
+        let steps = fw.offered(&next, false);
         assert!(steps
             .upstream
             .iter()
             .any(|p| p.topic.starts_with("v2/fw/request/")));
+    }
+
+    fn chunk_asked(steps: &Steps) -> bool {
+        steps
+            .upstream
+            .iter()
+            .any(|p| p.topic.starts_with("v2/fw/request/"))
+    }
+
+    fn state(steps: &Steps) -> Vec<String> {
+        steps
+            .upstream
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<Value>(&p.payload).ok())
+            .filter_map(|v| v["values"]["fw_state"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn an_algorithm_outpost_cannot_check_fails_before_any_chunk() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut fw = Firmware::new(&FirmwareConfig::default()).in_dir(dir.path().join("fw"));
+        let mut o = offer(100);
+        o.insert("fw_checksum_algorithm".into(), json!("SHA1"));
+        let steps = fw.offered(&o, true);
+        assert!(!chunk_asked(&steps));
+        assert_eq!(state(&steps), ["FAILED"]);
+    }
+
+    #[test]
+    fn a_failed_version_offered_again_is_tried_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut fw = Firmware::new(&FirmwareConfig::default()).in_dir(dir.path().join("fw"));
+        let steps = fw.offered(&offer(100), true);
+        assert!(chunk_asked(&steps));
+        // The server withdraws it: FAILED with its text, nothing asked.
+        let steps = fw.server_error(b"NOT_FOUND");
+        assert_eq!(state(&steps), ["FAILED"]);
+        assert!(!chunk_asked(&steps));
+        // The connect-time request brings the same offer back: left alone.
+        assert!(fw.offered(&offer(100), false).upstream.is_empty());
+        // Corrected (another checksum), or assigned again: tried again.
+        let mut fixed = offer(100);
+        fixed.insert("fw_checksum".into(), json!("y"));
+        assert!(chunk_asked(&fw.offered(&fixed, false)));
+        fw.server_error(b"NOT_FOUND");
+        assert!(chunk_asked(&fw.offered(&fixed, true)));
     }
 
     #[test]
@@ -566,7 +601,7 @@ mod bounds {
             ..FirmwareConfig::default()
         };
         let mut fw = Firmware::new(&cfg).in_dir(dir.path().join("firmware"));
-        let steps = fw.offered(&offer(u64::MAX / 2));
+        let steps = fw.offered(&offer(u64::MAX / 2), true);
         let v: Value = serde_json::from_slice(&steps.upstream[0].payload).expect("json");
         assert_eq!(v["values"]["fw_state"], "FAILED");
         assert!(

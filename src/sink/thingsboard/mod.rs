@@ -9,6 +9,7 @@
 //! (self-provisioning of credentials).
 
 mod admit;
+mod checksum;
 pub mod child_firmware;
 mod children;
 mod encode;
@@ -233,7 +234,7 @@ impl Thingsboard {
         let Ok(Value::Object(mut values)) = serde_json::from_slice::<Value>(payload) else {
             return Err("shared attributes must be a JSON object".to_string());
         };
-        let steps = self.firmware.offered(&values);
+        let steps = self.firmware.offered(&values, true);
         let mut out = self.fw_actions(steps);
         out.extend(self.take_remote(&mut values));
         if self.mode == TbMode::Device && !values.is_empty() {
@@ -271,6 +272,7 @@ impl Platform for Thingsboard {
         publish.extend(self.identity_report());
         if self.firmware.enabled() {
             subscribe.push("v2/fw/response/+/chunk/+".into());
+            subscribe.push("v2/fw/error".into());
             self.fw_request = limits::next_request_id(self.fw_request.max(self.limits_request));
             let mut ask = Map::new();
             ask.insert("sharedKeys".into(), Value::from(firmware::KEYS));
@@ -294,13 +296,17 @@ impl Platform for Thingsboard {
             }
             return Vec::new();
         }
+        if topic == "v2/fw/error" {
+            let steps = self.firmware.server_error(payload);
+            return self.fw_actions(steps);
+        }
         if let Some(id) = topic.strip_prefix("v1/devices/me/attributes/response/") {
             if id == self.fw_request.to_string() && self.firmware.enabled() {
                 let shared = serde_json::from_slice::<Value>(payload)
                     .ok()
                     .and_then(|v| v.get("shared").and_then(Value::as_object).cloned())
                     .unwrap_or_default();
-                let steps = self.firmware.offered(&shared);
+                let steps = self.firmware.offered(&shared, false);
                 return self.fw_actions(steps);
             }
             if let Some(a) = self.attribute_answer(id.parse().ok(), payload) {

@@ -22,6 +22,20 @@ impl Thingsboard {
                 ours.insert(name.to_string(), v);
             }
         }
+        // Deleted shared attributes (`{"deleted":[..]}`): ours go to the
+        // remote configuration, the others stay for the local device.
+        if let Some(Value::Array(deleted)) = values.remove("deleted") {
+            let names = overlay::attribute_names();
+            let (mine, theirs): (Vec<Value>, Vec<Value>) = deleted
+                .into_iter()
+                .partition(|d| d.as_str().is_some_and(|d| names.contains(&d)));
+            if !mine.is_empty() {
+                ours.insert("deleted".into(), Value::Array(mine));
+            }
+            if !theirs.is_empty() {
+                values.insert("deleted".into(), Value::Array(theirs));
+            }
+        }
         (!ours.is_empty()).then_some(Action::Control(ControlEvent::Shared(ours)))
     }
 
