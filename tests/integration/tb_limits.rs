@@ -1,9 +1,10 @@
 //! ThingsBoard's session limits, every one of them: the fixture (a real
 //! mosquitto, the test playing ThingsBoard) answers `getSessionLimits` with
-//! small limits, hourly windows included, and then counts what outpost
-//! sent in every sliding window, per scope (the gateway's session and each
-//! child) and per kind (messages, telemetry messages, data points). Any
-//! window over its limit fails the test; every reading must still arrive.
+//! small limits, hourly ones included, and then replays what outpost sent
+//! through the server's own token buckets (`TbRateLimits`), per scope (the
+//! gateway's session and each child) and per kind (messages, telemetry
+//! messages, data points). A message a bucket would refuse fails the test;
+//! every reading must still arrive.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -68,25 +69,13 @@ fn counted(s: &Seen) -> Option<Counted> {
     })
 }
 
-/// The most any window of `len` (less `slack` for delivery jitter) holds.
-fn busiest(events: &[(Instant, u64)], len: Duration, slack: Duration) -> u64 {
-    let len = len.saturating_sub(slack);
-    events
-        .iter()
-        .map(|(t0, _)| {
-            events
-                .iter()
-                .filter(|(t, _)| *t >= *t0 && t.duration_since(*t0) < len)
-                .map(|(_, n)| n)
-                .sum()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// Checks `N:seconds` windows of one kind in one scope; returns a line per
-/// window with its busiest count.
-fn check(
+/// Replays what outpost sent through ThingsBoard's own bucket for each
+/// `N:seconds` limit of one kind in one scope (`TbRateLimits`: bucket4j,
+/// capacity N, `refillGreedy(N, seconds)`, full at the start) and fails the
+/// test where the server would have refused a message. 60 ms of refill are
+/// forgiven for delivery jitter between the server and this collector.
+/// Returns a line per limit with the fewest tokens the bucket had left.
+pub(crate) fn check(
     scope: &str,
     kind: &str,
     spec: &str,
@@ -96,12 +85,25 @@ fn check(
     let mut lines = Vec::new();
     for part in spec.split(',') {
         let (n, secs) = part.split_once(':').expect("N:seconds");
-        let (n, secs): (u64, u64) = (n.parse().expect("n"), secs.parse().expect("s"));
-        let most = busiest(events, Duration::from_secs(secs), Duration::from_millis(60));
-        lines.push(format!("{scope} {kind} {part}: busiest window {most}"));
-        if most > n {
+        let (n, secs): (f64, f64) = (n.parse().expect("n"), secs.parse().expect("s"));
+        let rate = n / secs;
+        let mut tokens = n;
+        let mut lowest = n;
+        let mut at = events.first().map(|(t, _)| *t);
+        for (t, cost) in events {
+            if let Some(last) = at {
+                tokens = (tokens + t.duration_since(last).as_secs_f64() * rate).min(n);
+            }
+            at = Some(*t);
+            tokens -= *cost as f64;
+            lowest = lowest.min(tokens);
+        }
+        lines.push(format!(
+            "{scope} {kind} {part}: fewest tokens left {lowest:.2}"
+        ));
+        if lowest < -(rate * 0.06) {
             failures.push(format!(
-                "{scope}: {most} {kind} in a {secs}s window, over {n}"
+                "{scope}: ThingsBoard's {kind} bucket {part} would have refused a message (tokens down to {lowest:.2})"
             ));
         }
     }

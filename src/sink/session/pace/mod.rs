@@ -2,26 +2,22 @@
 //! device disconnected, so the session asks before every publish and
 //! waits when a window is full; the records stay in the outbox meanwhile.
 //!
-//! A [`Budget`] is a set of meters, each a list of `N:seconds` windows over
-//! weighted events: messages (every publish counts 1), telemetry messages
+//! A [`Budget`] is a set of meters, each a list of `N:seconds` limits over
+//! weighted events, each limit a token bucket as ThingsBoard's own
+//! (`TbRateLimits`) so that outpost sends what the server admits, no more
+//! and, after a burst, not much less: messages (every publish counts 1), telemetry messages
 //! (telemetry publishes count 1) and telemetry data points (a telemetry
 //! publish counts its key-values), for the session and, on a gateway
 //! connection, for each child device a publish speaks for (ThingsBoard's
 //! `rateLimits` apply per device, `gatewayRateLimits` to the gateway's own
 //! session). A publish goes when every meter it touches has room for it.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::recent::Recent;
 use crate::units::RateSpec;
-
-/// Events remembered per meter at most; beyond, the two oldest are merged
-/// into one (at the later time: counted longer, never shorter, so a merge
-/// can only make outpost slower than the limit, not faster).
-const MAX_REMEMBERED: usize = 20_000;
 
 /// Children with a meter of their own at most (the least recent go).
 const MAX_CHILD_METERS: usize = 2_000;
@@ -93,11 +89,18 @@ impl BudgetSpec {
     }
 }
 
-/// One `N:seconds` window over a meter's events: where it starts in the
-/// meter's event list and what it holds, kept as events come and go, so
-/// asking costs O(1) however many events a long window holds.
+/// Of ThingsBoard's refill rate, what outpost counts on: a little less,
+/// so messages that reach the server bunched (network jitter) still find
+/// tokens there.
+const REFILL_SHARE: f64 = 0.95;
+
+/// One `N:seconds` limit as ThingsBoard enforces it (`TbRateLimits`: a
+/// bucket4j bandwidth of capacity N with `refillGreedy(N, seconds)`): a
+/// bucket that starts full and refills continuously, N every `seconds`.
+/// A burst may use the whole bucket; after it, messages go at the refill
+/// rate, never held back for a whole window.
 #[derive(Debug, Clone)]
-struct Window {
+struct Bucket {
     /// The platform's capacity, and the one in force (halved by
     /// [`Budget::tighten`]).
     full: u64,
@@ -105,155 +108,128 @@ struct Window {
     len: Duration,
     /// For status: `telemetryDataPoints 200:1`.
     name: String,
-    /// Absolute index of the oldest event inside the window.
-    first: u64,
-    /// Cost of the events inside the window.
-    sum: u64,
+    /// Tokens now (below zero after a forced oversize message).
+    tokens: f64,
+    /// When `tokens` was last brought up to date (`None`: never used, full).
+    at: Option<Instant>,
 }
 
-/// Weighted events in `N:seconds` windows.
+impl Bucket {
+    /// Tokens per second outpost counts on.
+    fn rate(&self) -> f64 {
+        self.capacity as f64 / self.len.as_secs_f64().max(1e-3) * REFILL_SHARE
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let cap = self.capacity as f64;
+        match self.at {
+            None => self.tokens = cap,
+            Some(at) => {
+                let secs = now.saturating_duration_since(at).as_secs_f64();
+                self.tokens = (self.tokens + secs * self.rate()).min(cap);
+            }
+        }
+        self.at = Some(now);
+    }
+
+    /// When `cost` tokens are there (`None`: now). A cost above the
+    /// capacity waits for a full bucket (the platform's admission refuses
+    /// such readings before they are stored, so this is a last resort).
+    fn next_allowed(&mut self, now: Instant, cost: u64) -> Option<Instant> {
+        self.refill(now);
+        let cost = cost.min(self.capacity) as f64;
+        if self.tokens >= cost {
+            return None;
+        }
+        // At least a millisecond: rounding never makes a wait of nothing.
+        let wait = ((cost - self.tokens) / self.rate().max(1e-9)).clamp(1e-3, 1e9);
+        Some(
+            now.checked_add(Duration::from_secs_f64(wait))
+                .unwrap_or(now),
+        )
+    }
+
+    fn record(&mut self, now: Instant, cost: u64) {
+        self.refill(now);
+        self.tokens -= cost as f64;
+    }
+
+    /// Tokens used and not refilled yet.
+    fn spent(&self) -> f64 {
+        if self.at.is_none() {
+            0.0
+        } else {
+            (self.capacity as f64 - self.tokens).max(0.0)
+        }
+    }
+}
+
+/// The buckets of one kind of event (messages, telemetry messages, data
+/// points), all of which a publish must find room in.
 #[derive(Debug, Clone, Default)]
 struct Meter {
-    windows: Vec<Window>,
-    /// (when, cost), oldest first, within the longest window.
-    events: VecDeque<(Instant, u64)>,
-    /// Events removed from the front so far (absolute index of `events[0]`).
-    popped: u64,
+    buckets: Vec<Bucket>,
 }
 
 impl Meter {
     fn new(spec: &RateSpec, kind: &str) -> Meter {
         Meter {
-            windows: spec
+            buckets: spec
                 .windows
                 .iter()
-                .map(|(n, d)| Window {
+                .map(|(n, d)| Bucket {
                     full: *n as u64,
                     capacity: *n as u64,
                     len: *d,
                     name: format!("{kind} {n}:{}", d.as_secs()),
-                    first: 0,
-                    sum: 0,
+                    tokens: *n as f64,
+                    at: None,
                 })
                 .collect(),
-            events: VecDeque::new(),
-            popped: 0,
         }
     }
 
     fn set_shift(&mut self, shift: u32) {
-        for w in &mut self.windows {
-            w.capacity = w.full.checked_shr(shift).unwrap_or(0).max(1);
+        for b in &mut self.buckets {
+            b.capacity = b.full.checked_shr(shift).unwrap_or(0).max(1);
+            b.tokens = b.tokens.min(b.capacity as f64);
         }
     }
 
-    fn event(&self, absolute: u64) -> Option<(Instant, u64)> {
-        let i = usize::try_from(absolute.checked_sub(self.popped)?).ok()?;
-        self.events.get(i).copied()
-    }
-
-    /// Moves each window's start past the events that left it, and drops
-    /// events no window holds.
-    fn advance(&mut self, now: Instant) {
-        for w in 0..self.windows.len() {
-            while let Some((first, len)) = self.windows.get(w).map(|win| (win.first, win.len)) {
-                let Some((t, c)) = self.event(first) else {
-                    break;
-                };
-                if now.duration_since(t) < len {
-                    break;
-                }
-                if let Some(win) = self.windows.get_mut(w) {
-                    win.sum = win.sum.saturating_sub(c);
-                    win.first = win.first.saturating_add(1);
-                }
-            }
-        }
-        let keep_from = self
-            .windows
-            .iter()
-            .map(|w| w.first)
-            .min()
-            .unwrap_or(u64::MAX);
-        while self.popped < keep_from && self.events.pop_front().is_some() {
-            self.popped = self.popped.saturating_add(1);
-        }
-    }
-
-    /// When `cost` more fits in every window (`None`: now), and the window
-    /// that holds it back. A cost above a window's capacity waits for that
-    /// window to empty (the platform's admission refuses such readings
-    /// before they are stored, so this is a last resort).
+    /// When `cost` more fits in every bucket (`None`: now), and the bucket
+    /// that holds it back.
     fn next_allowed(&mut self, now: Instant, cost: u64) -> Option<(Instant, &str)> {
-        self.advance(now);
-        let mut worst: Option<(Instant, &str)> = None;
-        for w in &self.windows {
-            let cost = cost.min(w.capacity);
-            let mut used = w.sum;
-            if used.saturating_add(cost) <= w.capacity {
-                continue;
-            }
-            // Frees up as the oldest events leave the window.
-            let mut free = now;
-            let mut i = w.first;
-            while let Some((t, c)) = self.event(i) {
-                used = used.saturating_sub(c);
-                free = t.checked_add(w.len).unwrap_or(now);
-                if used.saturating_add(cost) <= w.capacity {
-                    break;
+        let mut worst: Option<(Instant, usize)> = None;
+        for (i, b) in self.buckets.iter_mut().enumerate() {
+            if let Some(at) = b.next_allowed(now, cost) {
+                if worst.map_or(true, |(w, _)| at > w) {
+                    worst = Some((at, i));
                 }
-                i = i.saturating_add(1);
-            }
-            if worst.map_or(true, |(at, _)| free > at) {
-                worst = Some((free, w.name.as_str()));
             }
         }
-        worst
+        let (at, i) = worst?;
+        self.buckets.get(i).map(|b| (at, b.name.as_str()))
     }
 
-    /// `old`'s events under this meter's windows (each starts with all of
-    /// them; the next [`Meter::advance`] moves it on).
+    /// New limits (a platform's answer, early in a session) count what
+    /// was sent so far: the server's buckets were the new limits all along.
     fn take_events(&mut self, old: Meter) {
-        let total: u64 = old.events.iter().map(|(_, c)| c).sum();
-        self.events = old.events;
-        self.popped = old.popped;
-        for w in &mut self.windows {
-            w.first = self.popped;
-            w.sum = total;
+        let spent = old.buckets.iter().map(Bucket::spent).fold(0.0f64, f64::max);
+        let now = old.buckets.iter().filter_map(|b| b.at).max();
+        for b in &mut self.buckets {
+            if let Some(now) = now {
+                b.tokens = b.capacity as f64 - spent;
+                b.at = Some(now);
+            }
         }
     }
 
     fn record(&mut self, now: Instant, cost: u64) {
-        if self.windows.is_empty() || cost == 0 {
+        if cost == 0 {
             return;
         }
-        self.events.push_back((now, cost));
-        for w in &mut self.windows {
-            w.sum = w.sum.saturating_add(cost);
-        }
-        if self.events.len() > MAX_REMEMBERED {
-            self.merge_oldest();
-        }
-    }
-
-    /// Merges the two oldest events into one at the later time (counted
-    /// longer, never shorter).
-    fn merge_oldest(&mut self) {
-        let (Some((_, a)), Some((t, b))) = (self.events.pop_front(), self.events.pop_front())
-        else {
-            return;
-        };
-        let old = self.popped;
-        self.events.push_front((t, a.saturating_add(b)));
-        self.popped = old.saturating_add(1);
-        for w in &mut self.windows {
-            if w.first <= old {
-                // Both were inside: the same sum, now one event.
-                w.first = self.popped;
-            } else if w.first == self.popped {
-                // Only the later was inside: the merged event brings `a` in.
-                w.sum = w.sum.saturating_add(a);
-            }
+        for b in &mut self.buckets {
+            b.record(now, cost);
         }
     }
 }
