@@ -569,21 +569,25 @@ pub(super) fn saved_clock(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 
 /// Saves the next record id.
 pub fn save_next_id(tx: &Transaction<'_>, next: i64) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO counters (sink, name, value) VALUES (?1, ?2, ?3)
-         ON CONFLICT (sink, name) DO UPDATE SET value = MAX(value, excluded.value)",
-    )?;
-    stmt.execute(params![NEXT_ID.0, NEXT_ID.1, next])?;
-    Ok(())
+    raise_counter(tx, NEXT_ID, next)
 }
 
 /// Saves outpost's clock, to go on from after a restart.
 pub fn save_clock(tx: &Transaction<'_>, mono: i64) -> rusqlite::Result<()> {
+    raise_counter(tx, CLOCK, mono)
+}
+
+/// Sets a `counters` row to `value` unless it holds more already.
+fn raise_counter(
+    tx: &Transaction<'_>,
+    (sink, name): (&str, &str),
+    value: i64,
+) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO counters (sink, name, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (sink, name) DO UPDATE SET value = MAX(value, excluded.value)",
     )?;
-    stmt.execute(params![CLOCK.0, CLOCK.1, mono])?;
+    stmt.execute(params![sink, name, value])?;
     Ok(())
 }
 

@@ -340,7 +340,11 @@ impl Writer {
         group: &[Command],
     ) -> (Result<(), StoreError>, Option<StoreError>, Outputs) {
         let bytes = append_bytes(group);
-        let mut admit = bytes == 0 || self.disk.admits(bytes, self.room());
+        // The room is read (statvfs, page counts) only when the disk is not
+        // fine: a healthy disk admits every reading without asking.
+        let mut admit = bytes == 0
+            || self.disk.condition() == Condition::Ok
+            || self.disk.admits(bytes, self.room());
         let mut refusal = (!admit).then(|| self.refusal());
         loop {
             self.db.set_sync(self.state.limits.synchronous);

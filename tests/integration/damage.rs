@@ -121,15 +121,7 @@ async fn damaged(damage: Damage) -> Outcome {
                 .to_string_lossy()
                 .starts_with("outbox.db.damaged-")
         });
-    let text = String::from_utf8(
-        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["status", "--config"])
-            .arg(&op.config)
-            .output()
-            .expect("status")
-            .stdout,
-    )
-    .expect("utf-8");
+    let text = op.status_text();
     assert!(
         text.contains("OUTBOX ALARM"),
         "status does not show the alarm:\n{text}"

@@ -107,6 +107,18 @@ async fn one(port: u16, id: &str, device: &str, n: u64) -> u8 {
     code
 }
 
+/// Offers readings of `device` (seq 0, 1, ...) every 200 ms, at most
+/// `tries` of them, until one is stored; its seq.
+async fn until_taken(port: u16, device: &str, tries: u64) -> Option<u64> {
+    for n in 0..tries {
+        if one(port, &format!("{device}-{n}"), device, n).await == 0 {
+            return Some(n);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
 /// How many times each seq of `device` arrived upstream.
 fn arrived(col: &Collector, device: &str) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
@@ -164,15 +176,7 @@ async fn a_disk_that_fills_while_the_cloud_is_away_drains_and_takes_readings_aga
         "the reserve was given up for the drain"
     );
 
-    let text = String::from_utf8(
-        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["status", "--config"])
-            .arg(&op.config)
-            .output()
-            .expect("status")
-            .stdout,
-    )
-    .expect("utf-8");
+    let text = op.status_text();
     assert!(text.contains("outbox: DISK FULL"), "{text}");
 
     // A restart on the full disk: the broker comes up and answers. (A
@@ -203,14 +207,7 @@ async fn a_disk_that_fills_while_the_cloud_is_away_drains_and_takes_readings_aga
     let drained = back.elapsed();
 
     // New readings are taken again: no restart, no space freed by hand.
-    let mut taken = None;
-    for n in 0..300 {
-        if one(w.port, &format!("canary-{n}"), "canary", n).await == 0 {
-            taken = Some(n);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let taken = until_taken(w.port, "canary", 300).await;
     let accepted_after = back.elapsed();
     let n = taken.unwrap_or_else(|| {
         panic!(
@@ -284,14 +281,7 @@ async fn a_drain_on_a_full_card_gives_the_space_back_without_a_restart() {
 
     let back = Instant::now();
     w.up.restart();
-    let mut taken = None;
-    for n in 0..300 {
-        if one(w.port, &format!("canary-{n}"), "canary", n).await == 0 {
-            taken = Some(n);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let taken = until_taken(w.port, "canary", 300).await;
     let n = taken.unwrap_or_else(|| panic!("never taken again:\n{}", op.log_text()));
     let took = back.elapsed();
     assert!(
@@ -370,14 +360,7 @@ async fn a_card_that_fails_read_only_refuses_keeps_serving_and_recovers_once_rep
     // The technician unmounts, checks and mounts the card again; outpost
     // opens the outbox again by itself.
     img.repair();
-    let mut taken = None;
-    for n in 0..100 {
-        if one(w.port, &format!("after-{n}"), "after", n).await == 0 {
-            taken = Some(n);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let taken = until_taken(w.port, "after", 100).await;
     let recovered = failed.elapsed();
     let n = taken.unwrap_or_else(|| panic!("still refused after the repair:\n{}", op.log_text()));
     assert_eq!(outbox_condition(&op), "ok");

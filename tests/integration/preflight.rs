@@ -139,15 +139,7 @@ async fn what_check_config_refuses_a_reload_refuses_and_the_site_keeps_collectin
             "{what}: the canary did not arrive"
         );
     }
-    let text = String::from_utf8(
-        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["status", "--config"])
-            .arg(&op.config)
-            .output()
-            .expect("status")
-            .stdout,
-    )
-    .expect("utf-8");
+    let text = op.status_text();
     assert!(text.contains("RELOAD REFUSED"), "{text}");
 
     // The good file again: the refusal is gone.

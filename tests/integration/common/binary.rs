@@ -184,6 +184,16 @@ impl Drop for Outpost {
 }
 
 impl Outpost {
+    /// `outpost status` as a person reads it.
+    pub fn status_text(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("outpost status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The daemon's status snapshot (`outpost status --json`).
     pub fn status_json(&self) -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
