@@ -62,15 +62,25 @@ impl FirstStart {
         })
     }
 
-    /// The line to show, until some sink has connected once.
-    pub fn hint(&self) -> Option<&str> {
-        (!self.reached.load(Ordering::Relaxed)).then_some(self.hint.as_str())
+    /// The line to show, until some sink has connected once. The sinks'
+    /// counters are read here too, not only by [`FirstStart::watch`]: a
+    /// `status` RPC that arrives over a platform's first session must not
+    /// be told that no platform was reached.
+    pub fn hint(&self, stats: &Stats) -> Option<&str> {
+        if self.reached.load(Ordering::Relaxed) {
+            return None;
+        }
+        if any_connected(stats) {
+            self.reached.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.hint.as_str())
     }
 
     /// Says the line now and every few minutes until a sink connects; then
     /// remembers that in the state directory.
     pub async fn watch(self: Arc<Self>, stats: Arc<Stats>, shutdown: CancellationToken) {
-        if self.hint().is_none() {
+        if self.reached.load(Ordering::Relaxed) {
             return;
         }
         tracing::warn!("{}", self.hint);
@@ -80,8 +90,7 @@ impl FirstStart {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}
             }
-            let connected = stats.sinks.values().any(|s| stats::get(&s.connects) > 0);
-            if connected {
+            if any_connected(&stats) {
                 self.reached.store(true, Ordering::Relaxed);
                 if let Err(e) = std::fs::write(&self.marker, b"") {
                     tracing::warn!(path = %self.marker.display(), error = %e, "cannot remember the first cloud connection");
@@ -97,6 +106,10 @@ impl FirstStart {
     }
 }
 
+fn any_connected(stats: &Stats) -> bool {
+    stats.sinks.values().any(|s| stats::get(&s.connects) > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,14 +118,26 @@ mod tests {
     fn the_line_names_the_file_and_the_examples_until_a_sink_connected_once() {
         let dir = tempfile::tempdir().expect("dir");
         let cfg = Path::new("/etc/outpost/outpost.toml");
+        let stats = Stats::new(&["cloud".to_string()]);
         let f = FirstStart::new(dir.path(), Some(cfg), &["cloud".into()]);
-        let hint = f.hint().expect("a hint on a first start");
+        let hint = f.hint(&stats).expect("a hint on a first start");
         assert!(hint.contains("edit /etc/outpost/outpost.toml"), "{hint}");
         assert!(hint.contains(EXAMPLES), "{hint}");
         assert!(hint.contains("sinks: cloud"), "{hint}");
         assert!(!hint.contains('\n'));
         std::fs::write(dir.path().join(MARKER), b"").expect("marker");
         let again = FirstStart::new(dir.path(), Some(cfg), &["cloud".into()]);
-        assert_eq!(again.hint(), None, "remembered across restarts");
+        assert_eq!(again.hint(&stats), None, "remembered across restarts");
+    }
+
+    #[test]
+    fn the_line_is_gone_the_moment_a_sink_connects_not_a_poll_later() {
+        let dir = tempfile::tempdir().expect("dir");
+        let stats = Stats::new(&["tb".to_string()]);
+        let f = FirstStart::new(dir.path(), None, &["tb".into()]);
+        assert!(f.hint(&stats).is_some());
+        let tb = stats.sinks.get("tb").expect("the sink's counters");
+        stats::add(&tb.connects, 1);
+        assert_eq!(f.hint(&stats), None, "a status asked over that session");
     }
 }

@@ -215,7 +215,7 @@ impl StatusSource {
                 .collect::<Vec<_>>(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.stats.started.elapsed().as_secs(),
-            "hint": self.first_start.as_ref().and_then(|f| f.hint()),
+            "hint": self.first_start.as_ref().and_then(|f| f.hint(&self.stats)),
             "state_dir": self.state_dir.as_ref().map(|d| d.display().to_string()),
             "disk_free_bytes": self.state_dir.as_deref().and_then(disk_free),
             "http": {

@@ -210,6 +210,13 @@ pub trait Platform: Send + 'static {
     /// deleted and is sent again after the next reconnect).
     fn encode(&mut self, records: &[Record]) -> Vec<Publish>;
 
+    /// A reply made outside the platform (an RPC's answer from a local
+    /// device or from outpost itself), just before it is sent: the
+    /// platform may put in front of it what its server needs first.
+    fn reply(&mut self, publish: Publish) -> Vec<Publish> {
+        vec![publish]
+    }
+
     /// A message on a subscribed topic: what to send upstream, and what to
     /// hand to the local side.
     fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Vec<Action> {

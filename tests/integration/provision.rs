@@ -104,7 +104,7 @@ fn token_answer(_: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_token_is_provisioned_once_stored_and_used_after_restart() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Provisioner::start(w.up.port, token_answer).await;
     let col = w.collect("v1/devices/me/telemetry").await;
     let mut op = w.start(&tb_config(&w.site(), "access_token", ""));
@@ -160,7 +160,7 @@ fn basic_answer(req: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_basic_credentials_made_by_outpost_are_used() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Provisioner::start(w.up.port, basic_answer).await;
     let col = w.collect("v1/devices/me/telemetry").await;
     let op = w.start(&tb_config(&w.site(), "mqtt_basic", ""));
@@ -196,7 +196,7 @@ fn refusal(_: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_provisioning_is_reported_with_thingsboards_message_and_readings_wait() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Provisioner::start(w.up.port, refusal).await;
     let col = w.collect("v1/devices/me/telemetry").await;
     let op = w.start(&tb_config(&w.site(), "access_token", ""));

@@ -139,7 +139,7 @@ impl Platform {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_added_remotely_forwards_without_restart_and_a_bad_change_is_rejected() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let mut op = w.start(&tb_config(&w.site(), ""));
     let pid = op.pid();
@@ -226,7 +226,7 @@ async fn a_route_added_remotely_forwards_without_restart_and_a_bad_change_is_rej
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_overlay_holds_after_a_restart_with_the_upstream_down() {
-    let mut w = World::new("");
+    let mut w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let mut op = w.start(&tb_config(&w.site(), ""));
     tb.wait_connected(&op);
@@ -274,7 +274,7 @@ async fn the_overlay_holds_after_a_restart_with_the_upstream_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let op = w.start(&tb_config(&w.site(), ""));
     tb.wait_connected(&op);
@@ -319,7 +319,7 @@ async fn a_change_that_breaks_the_uplink_is_rolled_back_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_telemetry_shows_a_queue_rising_while_an_upstream_is_down_then_falling_to_zero() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let mut second = Upstream::start("");
     second.stop();
     let tb = Platform::start(&w.up).await;
@@ -390,7 +390,7 @@ async fn health_telemetry_shows_a_queue_rising_while_an_upstream_is_down_then_fa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_ports_and_store_bounds_change_live() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let pty = Pty::new(w.path(), "uart");
     let serial = format!(

@@ -21,7 +21,7 @@ fn reports(tb: &Platform, version: i64, status: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_change_offered_again_is_not_applied_again_and_is_reported_each_time() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let op = w.start(&tb_config(&w.site(), ""));
     tb.wait_connected(&op);
@@ -67,7 +67,7 @@ async fn a_rolled_back_change_offered_again_is_not_applied_again_and_is_reported
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_added_while_another_is_down_is_kept_and_the_broker_never_restarts() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let col = w.collect("archive/#").await;
     // A second sink that is down from the start.
@@ -90,7 +90,10 @@ async fn a_sink_added_while_another_is_down_is_kept_and_the_broker_never_restart
             {"topic": "meters/+/telemetry", "sink": "down"},
             {"topic": "archive/+/telemetry", "sink": "archive"}
         ],
+        // Its own client id: the ThingsBoard sink reaches the same
+        // mosquitto (through the fixture) as `outpost`.
         "sinks": {"archive": {"type": "mqtt", "url": w.up.url(), "topic": "archive/{device}",
+                               "client_id": "outpost-archive",
                                "reconnect_min": "200ms", "reconnect_max": "500ms"}}
     }))
     .await;
@@ -130,7 +133,7 @@ async fn a_sink_added_while_another_is_down_is_kept_and_the_broker_never_restart
 /// setting goes back to the file's value, reported like any change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_shared_attribute_takes_the_setting_back_to_the_file() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let op = w.start(&tb_config(&w.site(), ""));
     tb.wait_connected(&op);

@@ -31,7 +31,7 @@ async fn canary(w: &World, tb: &Platform, op: &Outpost, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_changes_cannot_move_files_weaken_tls_or_overflow_a_clock() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let dead = free_port();
     // A second sink over TLS (it never connects here; its settings count).
@@ -91,7 +91,7 @@ async fn remote_changes_cannot_move_files_weaken_tls_or_overflow_a_clock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_cannot_run_is_refused_or_set_aside_and_the_last_good_one_runs() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let file = tb_config(&w.site(), "").replace("[remote]\n", "[remote]\nallow_paths = true\n");
     let mut op = w.start(&file);
@@ -189,7 +189,7 @@ async fn a_change_that_cannot_run_is_refused_or_set_aside_and_the_last_good_one_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_needs_a_restart_is_kept_only_once_its_sinks_connected() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = Platform::start(&w.up).await;
     let op = w.start(&tb_config(&w.site(), ""));
     let pid = op.pid();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::tb_rules;
+
 use crate::thingsboard::{gateway_with_downlink, platform_sends};
 
 const EXTRA: &str = r#"child_idle = "2s"
@@ -61,7 +61,7 @@ async fn a_child_asks_for_attributes_and_gets_them_again_after_a_reconnect() {
         "the request reaches the platform"
     );
     let r = requests().remove(0);
-    tb_rules::gateway_attributes_request(&r).expect("a request ThingsBoard accepts");
+    gateway_attributes_request(&r).expect("a request ThingsBoard accepts");
     assert_eq!(r["device"], "dev-5");
     assert_eq!(r["keys"], json!(["interval"]));
     assert_eq!(r["client"], json!(false));
@@ -129,7 +129,7 @@ async fn a_child_asks_for_attributes_and_gets_them_again_after_a_reconnect() {
     }
     let again = refresh("dev-5").unwrap_or_default();
     for r in requests() {
-        tb_rules::gateway_attributes_request(&r).expect("a request ThingsBoard accepts");
+        gateway_attributes_request(&r).expect("a request ThingsBoard accepts");
     }
     assert_eq!(again["keys"], json!(["interval", "mode"]));
     assert_eq!(again["client"], json!(false));
@@ -169,7 +169,7 @@ async fn a_request_for_both_scopes_is_one_request_per_scope_and_one_answer() {
     );
     let rs = requests();
     for r in &rs {
-        tb_rules::gateway_attributes_request(r).expect("a request ThingsBoard accepts");
+        gateway_attributes_request(r).expect("a request ThingsBoard accepts");
     }
     let client = rs
         .iter()
@@ -265,7 +265,7 @@ async fn an_idle_child_is_disconnected_and_connected_again_when_it_returns() {
 /// answer, or a timeout error, goes back on the device API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_mode_relays_rpc_to_the_local_device_with_a_timeout_reply() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     let sink = "access_token = \"DEV\"\ndevice_name = \"pump-1\"\nrpc_timeout = \"1s\"";
     let _op = w.start(&crate::thingsboard::tb_config(&w.site(), sink));

@@ -128,7 +128,7 @@ async fn report_updated(local: &AsyncClient, topic: &str, tb: &Collector) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_is_downloaded_resumed_verified_handed_over_and_a_bad_one_fails() {
-    let mut w = World::new("");
+    let mut w = World::thingsboard("").await;
     let tb = w.collect("v1/devices/me/telemetry").await;
     let image: Vec<u8> = (0..10 * CHUNK + 300)
         .map(|i| (i * 31 % 251) as u8)
@@ -250,7 +250,7 @@ fn outpost_sha256(data: &[u8]) -> String {
 /// image reaches the child's own local topic and its answer goes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_with_its_own_token_is_updated_over_its_own_device_session() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = w.collect("v1/devices/me/telemetry").await;
     let image: Vec<u8> = (0..3 * CHUNK + 10).map(|i| (i * 7 % 253) as u8).collect();
     // As ThingsBoard prints it (`BaseOtaPackageService.generateChecksum`:
@@ -317,7 +317,7 @@ fn crc32(data: &[u8]) -> u32 {
 /// next session's connect-time request brings the same offer back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_the_server_refuses_ends_failed_with_its_reason_and_no_request_loop() {
-    let mut w = World::new("");
+    let mut w = World::thingsboard("").await;
     let tb = w.collect("v1/devices/me/telemetry").await;
     let image = vec![7u8; 3 * CHUNK];
     let offer = json!({

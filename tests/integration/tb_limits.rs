@@ -112,7 +112,7 @@ pub(crate) fn check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_session_limit_is_obeyed_per_window_and_per_child_and_every_reading_arrives() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     // Health telemetry every 2 s: it counts against the gateway's windows
     // too, and says when the sink is held back.
@@ -301,7 +301,7 @@ async fn every_session_limit_is_obeyed_per_window_and_per_child_and_every_readin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_while_the_limit_holds_outpost_back_halves_the_budget_before_a_record_is_blamed()
 {
-    let w = World::new("max_packet_size 700");
+    let w = World::thingsboard("max_packet_size 700").await;
     let extra = "access_token = \"DEV\"\nrate_limits = \"2:1\"";
     let op = w.start(&tb_config(&w.site(), extra));
     let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(900));
@@ -341,4 +341,246 @@ async fn a_hang_up_while_the_limit_holds_outpost_back_halves_the_budget_before_a
         "six sessions: three halvings, three strikes: {}",
         op.status_json()
     );
+}
+
+/// ThingsBoard's limits for a device in the tenant profile its API shows
+/// (`TenantProfileController`: `transportDeviceMsgRateLimit`,
+/// `transportDeviceTelemetryMsgRateLimit` and
+/// `transportDeviceTelemetryDataPointsRateLimit`, each "20:1,600:60").
+const TB_DEVICE_LIMIT: &str = "20:1,600:60";
+
+/// The slowest refill of [`TB_DEVICE_LIMIT`]: 600 per 60 s.
+const REFILL_PER_S: f64 = 10.0;
+
+/// After an outage, the backlog drains at the pace the server's token
+/// buckets refill (`TbRateLimits`: bucket4j `refillGreedy`): the buckets
+/// refuse nothing, readings keep arriving throughout, at no less than 90 %
+/// of the refill rate once the burst capacity is spent, and live readings
+/// are not held back behind the backlog. With windows taken as sliding
+/// ones (before), a spent window held everything back until it slid: a
+/// pause of about half the window here, about 57 minutes with an hourly
+/// limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_backlog_drains_at_the_servers_refill_rate_without_a_pause() {
+    let w = World::thingsboard("").await;
+    let tb = w.collect("v1/#").await;
+    let op = w.start(&tb_config(&w.site(), "access_token = \"DEV\""));
+    let limits = json!({
+        "maxPayloadSize": 65536,
+        "maxInflightMessages": 20,
+        "rateLimits": {"messages": TB_DEVICE_LIMIT, "telemetryMessages": TB_DEVICE_LIMIT,
+                       "telemetryDataPoints": TB_DEVICE_LIMIT},
+    });
+    answer_session_limits(&tb, w.up.port, limits.clone()).await;
+    assert!(wait_until(Duration::from_secs(5), || op
+        .log_text()
+        .contains("ThingsBoard session limits received")));
+
+    // The cloud goes away; 1,400 readings of one data point queue up.
+    let fixture = w.tb.as_ref().expect("the ThingsBoard fixture");
+    fixture.set_down(true);
+    assert!(wait_until(Duration::from_secs(10), || op.status_json()
+        ["sinks"]["tb"]["connected"]
+        == false));
+    let backlog = 1400usize;
+    let msgs: Vec<(String, Vec<u8>)> = (0..backlog)
+        .map(|i| {
+            (
+                "sensors/dev/telemetry".to_string(),
+                format!("{{\"seq\":{i}}}").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(publish_all(w.port, "backlog", msgs).await, backlog);
+
+    // The cloud is back, a live sensor goes on at one reading a second, and
+    // the new session is answered with the same limits.
+    let requests_before = limit_requests(&tb);
+    fixture.set_down(false);
+    let back = Instant::now();
+    let live_port = w.port;
+    let live = tokio::spawn(async move {
+        let msgs: Vec<(String, Vec<u8>)> = (0..100)
+            .map(|i| {
+                (
+                    "sensors/live/telemetry".to_string(),
+                    format!("{{\"live\":{i}}}").into_bytes(),
+                )
+            })
+            .collect();
+        publish_paced(live_port, "live", msgs, Some(Duration::from_secs(1))).await
+    });
+    assert!(
+        wait_until(Duration::from_secs(15), || limit_requests(&tb)
+            > requests_before),
+        "outpost asks for its limits on the new session"
+    );
+    answer_latest_limits(&tb, w.up.port, limits).await;
+
+    let seqs = || -> Vec<(Instant, i64)> {
+        tb.all()
+            .iter()
+            .filter(|s| s.topic == "v1/devices/me/telemetry")
+            .flat_map(|s| {
+                let at = s.at;
+                s.json()
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(move |e| e["values"]["seq"].as_i64().map(|n| (at, n)))
+            })
+            .collect()
+    };
+    let mut held = None;
+    let drained = wait_until(Duration::from_secs(240), || {
+        if held.is_none() {
+            let s = op.status_json()["sinks"]["tb"].clone();
+            if s["held_back"].is_object() && s["drain_estimate_s"].is_u64() {
+                held = Some(s);
+            }
+        }
+        seqs().len() >= backlog
+    });
+    live.abort();
+    assert!(drained, "the backlog drains; status {}", op.status_json());
+
+    // Nothing a bucket of the server's would refuse, over the whole run.
+    let sent: Vec<Counted> = tb.all().iter().filter_map(counted).collect();
+    let kinds = |pick: &dyn Fn(&Counted) -> Option<u64>| -> Vec<(Instant, u64)> {
+        sent.iter()
+            .filter_map(|c| pick(c).map(|n| (c.at, n)))
+            .collect()
+    };
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    report.extend(check(
+        "device",
+        "messages",
+        TB_DEVICE_LIMIT,
+        &kinds(&|_| Some(1)),
+        &mut failures,
+    ));
+    report.extend(check(
+        "device",
+        "telemetry messages",
+        TB_DEVICE_LIMIT,
+        &kinds(&|c| c.telemetry.then_some(1)),
+        &mut failures,
+    ));
+    report.extend(check(
+        "device",
+        "data points",
+        TB_DEVICE_LIMIT,
+        &kinds(&|c| c.telemetry.then_some(c.points)),
+        &mut failures,
+    ));
+
+    // The drain: from the first telemetry after the cloud came back to the
+    // last backlog reading.
+    let drain: Vec<(Instant, u64)> = kinds(&|c| c.telemetry.then_some(c.points))
+        .into_iter()
+        .filter(|(at, _)| *at >= back)
+        .collect();
+    let first = drain
+        .first()
+        .map(|(t, _)| *t)
+        .expect("telemetry after the outage");
+    let last = seqs()
+        .iter()
+        .map(|(t, _)| *t)
+        .max()
+        .expect("backlog readings");
+    let in_drain: Vec<(Instant, u64)> = drain.into_iter().filter(|(t, _)| *t <= last).collect();
+    let longest_gap = in_drain
+        .windows(2)
+        .map(|p| p[1].0.duration_since(p[0].0))
+        .max()
+        .unwrap_or_default();
+    // Once the 60-s bucket's 600 tokens could be spent, the refill alone
+    // sets the pace.
+    let steady_from = first + Duration::from_secs(70);
+    let steady_points: u64 = in_drain
+        .iter()
+        .filter(|(t, _)| *t >= steady_from)
+        .map(|(_, p)| p)
+        .sum();
+    let steady_s = last.saturating_duration_since(steady_from).as_secs_f64();
+    let total_points: u64 = in_drain.iter().map(|(_, p)| p).sum();
+    let drain_s = last.duration_since(first).as_secs_f64();
+    eprintln!(
+        "{}\ndrain: {total_points} points in {drain_s:.1} s ({:.2}/s); steady part: {steady_points} points in {steady_s:.1} s ({:.2}/s, refill {REFILL_PER_S}/s); longest gap {longest_gap:?}",
+        report.join("\n"),
+        total_points as f64 / drain_s,
+        steady_points as f64 / steady_s.max(f64::EPSILON),
+    );
+    assert!(
+        failures.is_empty(),
+        "the server would have refused:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        longest_gap <= Duration::from_secs(5),
+        "readings stopped for {longest_gap:?} during the drain"
+    );
+    assert!(
+        steady_s >= 15.0,
+        "a steady part long enough to measure: {steady_s:.1} s"
+    );
+    assert!(
+        steady_points as f64 >= 0.9 * REFILL_PER_S * steady_s,
+        "{steady_points} points in {steady_s:.1} s: below 90 % of the refill rate"
+    );
+
+    // Live readings went on arriving during the drain.
+    let live_during: usize = tb
+        .all()
+        .iter()
+        .filter(|s| s.topic == "v1/devices/me/telemetry" && s.at >= first && s.at <= last)
+        .map(|s| {
+            s.json().as_array().map_or(0, |a| {
+                a.iter()
+                    .filter(|e| e["values"].get("live").is_some())
+                    .count()
+            })
+        })
+        .sum();
+    assert!(
+        live_during as f64 >= 0.5 * drain_s,
+        "{live_during} live readings arrived in a {drain_s:.0}-s drain"
+    );
+    let held = held.expect("status showed the sink held back, with a drain estimate");
+    assert!(
+        held["held_back"]["by"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty()),
+        "{held}"
+    );
+    assert_eq!(op.status_json()["sinks"]["tb"]["undeliverable"], 0);
+}
+
+fn limit_requests(tb: &Collector) -> usize {
+    tb.all()
+        .iter()
+        .filter(|s| {
+            s.topic.starts_with("v1/devices/me/rpc/request/")
+                && s.json()["method"] == "getSessionLimits"
+        })
+        .count()
+}
+
+/// Answers the newest `getSessionLimits` request.
+async fn answer_latest_limits(tb: &Collector, port: u16, limits: Value) {
+    let id = tb
+        .all()
+        .iter()
+        .rev()
+        .find(|s| {
+            s.topic.starts_with("v1/devices/me/rpc/request/")
+                && s.json()["method"] == "getSessionLimits"
+        })
+        .map(|s| s.topic.rsplit('/').next().unwrap_or_default().to_string())
+        .expect("a request");
+    crate::thingsboard::platform_sends(port, &format!("v1/devices/me/rpc/response/{id}"), limits)
+        .await;
 }

@@ -1,49 +1,93 @@
-//! ThingsBoard's rules for what a device or gateway sends, read from its
-//! MQTT transport source (thingsboard/thingsboard,
-//! `common/transport/mqtt/.../session/AbstractGatewaySessionHandler.java`
-//! and `MqttTransportHandler.java`). Where a message breaks one, the
-//! server throws, and `MqttTransportHandler.handleGatewayPublishMsg`
-//! answers a `RuntimeException` by closing the whole gateway session
-//! (`closeCtx(ctx, IMPLEMENTATION_SPECIFIC_ERROR)`): every child goes
-//! offline with it.
+//! The ThingsBoard fixture's rules (`common/tb_server.rs`) refuse what the
+//! server's transport code throws on, and take what it takes. Each case
+//! names the method of thingsboard/thingsboard it stands for.
 
-use serde_json::Value;
+use crate::common::{gateway_attributes_request, judge, Verdict};
+use serde_json::json;
 
-/// `AbstractGatewaySessionHandler.onDeviceAttributesRequestJson`: reads
-/// `id` with `getAsInt()`, `device` with `getAsString()`, `client` with
-/// `getAsBoolean()` (one scope per request), then the names from `key` (a
-/// string) or else `keys` (an array of strings). A `client` that is a list
-/// throws (or, with one element, is read as `false`); a request without
-/// `key` and `keys` throws a NullPointerException.
-pub fn gateway_attributes_request(v: &Value) -> Result<(), String> {
-    let o = v.as_object().ok_or("not a JSON object")?;
-    o.get("id")
-        .and_then(Value::as_i64)
-        .filter(|id| i32::try_from(*id).is_ok())
-        .ok_or("`id` is not an int")?;
-    o.get("device")
-        .and_then(Value::as_str)
-        .ok_or("`device` is not a string")?;
-    o.get("client")
-        .and_then(Value::as_bool)
-        .ok_or("`client` is not a boolean (one scope per request)")?;
-    match (o.get("key"), o.get("keys")) {
-        (Some(Value::String(_)), _) => Ok(()),
-        (Some(_), _) => Err("`key` is not a string".into()),
-        (None, Some(Value::Array(keys))) if keys.iter().all(Value::is_string) => Ok(()),
-        (None, Some(_)) => Err("`keys` is not an array of strings".into()),
-        (None, None) => Err("neither `key` nor `keys`".into()),
-    }
+fn closes(topic: &str, payload: &str) -> bool {
+    matches!(judge(topic, payload.as_bytes()), Verdict::Close(_))
 }
 
 #[test]
-fn the_rules_refuse_what_the_server_throws_on() {
-    use serde_json::json;
+fn the_gateway_attribute_request_is_one_scope_per_request() {
+    // AbstractGatewaySessionHandler.onDeviceAttributesRequestJson
     let old = json!({"id":1,"device":"A","client":["fwv"],"shared":["setpoint","mode"]});
     assert!(gateway_attributes_request(&old).is_err());
+    assert!(closes("v1/gateway/attributes/request", &old.to_string()));
     let ok = json!({"id":1,"device":"A","client":false,"keys":["setpoint"]});
     assert!(gateway_attributes_request(&ok).is_ok());
     assert!(
         gateway_attributes_request(&json!({"id":1,"device":"A","client":true,"key":"fwv"})).is_ok()
     );
+}
+
+#[test]
+fn gateway_messages_the_server_cannot_convert_close_the_session() {
+    // MqttTransportHandler.handleGatewayPublishMsg → closeCtx, and
+    // AbstractGatewaySessionHandler.ackOrClose below MQTT 5.
+    assert!(closes("v1/gateway/telemetry", "[1]"), "not an object");
+    assert!(
+        closes("v1/gateway/telemetry", r#"{"A":{"t":1}}"#),
+        "no array left"
+    );
+    assert!(
+        closes("v1/gateway/telemetry", r#"{"A":[1]}"#),
+        "entry not an object"
+    );
+    assert!(closes(
+        "v1/gateway/telemetry",
+        r#"{"A":[{"ts":"soon","values":{"t":1}}]}"#
+    ));
+    assert!(closes("v1/gateway/attributes", r#"{"A":[1]}"#));
+    assert!(closes("v1/gateway/connect", r#"{"device":""}"#));
+    assert!(closes("v1/gateway/connect", r#"{"name":"A"}"#));
+    assert!(
+        closes("v1/gateway/rpc", r#"{"device":"A","id":1}"#),
+        "no data"
+    );
+    assert!(closes("v1/gateway/telemetry", ""), "empty payload");
+    assert_eq!(
+        judge(
+            "v1/gateway/telemetry",
+            br#"{"A":[{"ts":1,"values":{"t":1,"h":null}}],"B":{"x":1}}"#
+        ),
+        Verdict::Take,
+        "a null is skipped, a child of the wrong shape is skipped"
+    );
+    assert_eq!(
+        judge("v1/gateway/connect", br#"{"device":"A","type":"default"}"#),
+        Verdict::Take
+    );
+    assert!(matches!(
+        judge("v1/gateway/whatever", b"{}"),
+        Verdict::Ignore(_)
+    ));
+}
+
+#[test]
+fn device_messages_the_server_cannot_convert_close_the_session() {
+    // MqttTransportHandler.processDevicePublish →
+    // sendResponseForAdaptorErrorOrCloseContext.
+    assert!(closes("v1/devices/me/telemetry", "21.5"));
+    assert!(closes("v1/devices/me/telemetry", "[1,2]"));
+    assert!(closes("v1/devices/me/telemetry", "{not json"));
+    assert!(closes("v1/devices/me/attributes", "[]"));
+    assert!(closes("v1/devices/me/rpc/request/1", r#"{"params":{}}"#));
+    assert!(closes("v1/devices/me/attributes/request/x", r#"{}"#));
+    assert!(closes("v2/fw/request/1/chunk/0", "lots"));
+    assert!(closes("v1/devices/me/claim", r#"{"durationMs":"long"}"#));
+    assert_eq!(
+        judge(
+            "v1/devices/me/telemetry",
+            br#"[{"ts":1,"values":{"t":1}},{"h":2}]"#
+        ),
+        Verdict::Take
+    );
+    assert_eq!(judge("v2/fw/request/7/chunk/3", b"16384"), Verdict::Take);
+    assert_eq!(judge("v1/devices/me/claim", b""), Verdict::Take);
+    assert!(matches!(
+        judge("v1/devices/me/telemetryx", b"{}"),
+        Verdict::Ignore(_)
+    ));
 }

@@ -67,7 +67,7 @@ fn gateway_telemetry(seen: &[Seen]) -> BTreeMap<String, Vec<(i64, Value)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_mode_carries_fifty_children_over_one_connection() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     let extra = "mode = \"gateway\"\naccess_token = \"GW-TOKEN-1\"\ndevice_type = \"greenhouse-sensor\"\nmax_payload_size = \"4 KiB\"";
     let _op = w.start(&tb_config(&w.site(), extra));
@@ -161,7 +161,7 @@ async fn gateway_mode_carries_fifty_children_over_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_mode_keeps_measurement_ts_through_an_outage() {
-    let mut w = World::new("");
+    let mut w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     w.up.stop();
     let _op = w.start(&tb_config(&w.site(), "access_token = \"DEV-TOKEN\""));
@@ -214,10 +214,11 @@ async fn device_mode_keeps_measurement_ts_through_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
     let (_pwdir, pwfile) = password_file("some-other-device", "x");
-    let w = World::new(&format!(
+    let w = World::thingsboard(&format!(
         "allow_anonymous false\npassword_file {}",
         pwfile.display()
-    ));
+    ))
+    .await;
 
     let token = "NOT-A-VALID-TOKEN";
     let text = tb_config(&w.site(), &format!("access_token = \"{token}\""))
@@ -245,7 +246,7 @@ async fn a_bad_token_is_one_clear_error_and_no_reconnect_storm() {
 /// Starts a gateway-mode outpost against a fixture broker and waits until
 /// its downlink subscriptions are in place.
 pub(crate) async fn gateway_with_downlink(extra: &str) -> (World, Collector, Outpost, u16) {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     let sink = format!("mode = \"gateway\"\naccess_token = \"GW\"\n{extra}");
     let op = w.start(&tb_config(&w.site(), &sink));
@@ -415,6 +416,10 @@ async fn outpost_answers_its_own_rpc() {
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["sinks"]["tb"]["connected"], true);
     assert!(status["sinks"]["tb"]["queued"].is_u64());
+    assert!(
+        status["hint"].is_null(),
+        "asked over ThingsBoard, yet told no platform was reached: {status}"
+    );
     assert_eq!(
         reply(3),
         Some(serde_json::json!({"ok":true,"level":"debug"}))
@@ -430,7 +435,7 @@ async fn outpost_answers_its_own_rpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_limits_from_get_session_limits_are_obeyed() {
-    let w = World::new("");
+    let w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     let extra = "mode = \"gateway\"\naccess_token = \"GW\"";
     let _op = w.start(&tb_config(&w.site(), extra));
@@ -491,42 +496,59 @@ fn dead_letter_listing(config: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What ThingsBoard stores of a reading is what its `JsonConverter` makes
+/// of it (`parseProtoValues`, `buildNumericKeyValueProto`): a null value is
+/// skipped and the other keys kept, an integer beyond 64 bits is kept as
+/// its digits in a string. A reading of nulls alone would store nothing:
+/// it is refused at ingest, with the reason, and the queue moves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_thingsboard_cannot_take_is_moved_aside_not_retried() {
-    let w = World::new("");
+async fn values_are_sent_as_thingsboards_json_converter_reads_them() {
+    let w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     let _op = w.start(&tb_config(&w.site(), "access_token = \"T\""));
 
+    let big = "123456789012345678901234567890";
     let msgs = vec![
         ("sensors/a/telemetry".to_string(), br#"{"seq":0}"#.to_vec()),
         (
             "sensors/a/telemetry".to_string(),
-            br#"{"seq":1,"broken":null}"#.to_vec(),
+            br#"{"broken":null}"#.to_vec(),
         ),
-        ("sensors/a/telemetry".to_string(), br#"{"seq":2}"#.to_vec()),
+        (
+            "sensors/a/telemetry".to_string(),
+            br#"{"seq":2,"h":null}"#.to_vec(),
+        ),
+        (
+            "sensors/a/telemetry".to_string(),
+            format!(r#"{{"seq":3,"count":{big}}}"#).into_bytes(),
+        ),
     ];
-    assert_eq!(publish_all(w.port, "a", msgs).await, 3);
-    let seqs = || -> Vec<u64> {
+    assert_eq!(publish_all(w.port, "a", msgs).await, 4);
+    let values = || -> Vec<Value> {
         tb.all()
             .iter()
             .filter(|s| s.topic == "v1/devices/me/telemetry")
             .flat_map(|s| s.json().as_array().cloned().unwrap_or_default())
-            .filter_map(|e| e["values"]["seq"].as_u64())
+            .map(|e| e["values"].clone())
             .collect()
     };
     assert!(
-        wait_until(Duration::from_secs(20), || seqs().len() >= 2),
+        wait_until(Duration::from_secs(20), || values().len() >= 3),
         "{:?}",
-        seqs()
+        values()
     );
     assert_eq!(
-        first_arrivals(&seqs()),
-        [0, 2],
-        "the queue behind it moved on"
+        values()[..3],
+        [
+            serde_json::json!({"seq": 0}),
+            serde_json::json!({"seq": 2}),
+            serde_json::json!({"seq": 3, "count": big}),
+        ],
+        "the null left out, the digits kept"
     );
     let listing = dead_letter_listing(&w.path().join("outpost.toml"));
     assert!(listing.contains("1 dead letter(s)"), "{listing}");
-    assert!(listing.contains("`broken` has a null value"), "{listing}");
+    assert!(listing.contains("every value is null"), "{listing}");
 }
 
 /// The platform's real packet limit is smaller than the one configured: it
@@ -534,7 +556,7 @@ async fn a_record_thingsboard_cannot_take_is_moved_aside_not_retried() {
 /// `backlog`, everything is queued first, so the big record travels inside
 /// a batch that must be split to find it.
 async fn poison(backlog: bool) {
-    let mut w = World::new("max_packet_size 1500");
+    let mut w = World::thingsboard("max_packet_size 1500").await;
     let tb = w.collect("v1/#").await;
     if backlog {
         w.up.stop();
@@ -662,7 +684,7 @@ async fn claim_and_client_side_rpc_from_a_local_device_are_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_readings_are_not_starved_by_a_draining_backlog() {
-    let mut w = World::new("");
+    let mut w = World::thingsboard("").await;
     let tb = w.collect("v1/#").await;
     w.up.stop();
     // A slow platform: two messages a second, about 15 readings each.

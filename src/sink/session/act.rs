@@ -16,7 +16,11 @@ impl<E: Platform> Uplink<E> {
         action: Action,
     ) -> Result<(), End> {
         match action {
-            Action::Upstream(publish) => self.send(client, flight, publish).await?,
+            Action::Upstream(publish) => {
+                for p in self.encoder.reply(publish) {
+                    self.send(client, flight, p).await?;
+                }
+            }
             Action::Limits { max_inflight, rate } => self.apply_limits(flight, max_inflight, rate),
             Action::Ingest { topic, payload } => match &self.io.ingest {
                 Some(ingest) => {
@@ -42,7 +46,9 @@ impl<E: Platform> Uplink<E> {
                     Some(agent) => agent.call(&method, &params),
                     None => serde_json::json!({"error": "outpost answers no RPC on this sink"}),
                 };
-                self.send(client, flight, reply(answer)).await?;
+                for p in self.encoder.reply(reply(answer)) {
+                    self.send(client, flight, p).await?;
+                }
             }
             Action::Control(event) => match &self.io.control {
                 Some(control) => {

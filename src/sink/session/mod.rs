@@ -450,7 +450,7 @@ impl<E: Platform> Uplink<E> {
                 },
                 Some(up) = next_upstream(&mut self.upstream) => {
                     let publishes = match up {
-                        Upstream::Publish(p) => vec![p],
+                        Upstream::Publish(p) => self.encoder.reply(p),
                         Upstream::Report(r) => self.encoder.report(r),
                         Upstream::Presence(n) => {
                             self.encoder.presence(n);

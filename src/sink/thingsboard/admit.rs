@@ -1,5 +1,5 @@
 //! What ThingsBoard takes, checked at ingest: string keys that are not
-//! empty, values that are not null, a child device name it can store, and
+//! empty, at least one value that is not null, a child device name it can store, and
 //! a message no larger than the server's payload limit as last known, and
 //! no more data points than its shortest `telemetryDataPoints` window.
 //!
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::encode::{self, key_values};
+use super::values;
 use crate::config::TbMode;
 use crate::record::{Record, RecordKind};
 use crate::route::{Admit, Refusal};
@@ -127,18 +128,18 @@ impl TbAdmit {
 
 impl Admit for TbAdmit {
     fn admit(&self, r: &Record) -> Result<(), Refusal> {
-        for (k, v) in key_values(&r.payload) {
+        for k in key_values(&r.payload).keys() {
             if k.is_empty() {
                 return Err(Refusal::format(
                     "an empty key (ThingsBoard needs a non-empty string key)",
                 ));
             }
-            if v.is_null() {
-                let k: String = k.chars().take(64).collect();
-                return Err(Refusal::format(format!(
-                    "key `{k}` has a null value (ThingsBoard takes strings, booleans, numbers or JSON)"
-                )));
-            }
+        }
+        let data = matches!(r.kind, RecordKind::Telemetry | RecordKind::Attributes);
+        if data && values::all_null(&r.payload) {
+            return Err(Refusal::format(
+                "every value is null: ThingsBoard skips null values, so it would store nothing of this reading",
+            ));
         }
         if self.gateway && r.device.chars().count() > MAX_DEVICE_NAME {
             return Err(Refusal::topic(format!(
@@ -148,7 +149,7 @@ impl Admit for TbAdmit {
         }
         let points = self.limit.max_points();
         if r.kind == RecordKind::Telemetry {
-            let n = key_values(&r.payload).len() as u64;
+            let n = values::data_points(&r.payload).len() as u64;
             if n > points {
                 return Err(Refusal::too_large(format!(
                     "{n} data points in one reading: ThingsBoard's telemetryDataPoints limit lets at most {points} through in its shortest window"
@@ -195,6 +196,8 @@ mod tests {
             a.admit(&rec("d", br#"{"t":null}"#)).map_err(|e| e.code),
             Err(0x99)
         );
+        // ThingsBoard skips a null value and keeps the others.
+        assert!(a.admit(&rec("d", br#"{"t":null,"h":40}"#)).is_ok());
         assert_eq!(
             a.admit(&rec(&"n".repeat(256), b"1")).map_err(|e| e.code),
             Err(0x90)

@@ -228,11 +228,14 @@ impl Thingsboard {
                 }
             }
         }
-        scopes
-            .iter()
-            .zip(ids)
-            .map(|((client, keys), id)| gateway_request(id, device, *client, keys))
-            .collect()
+        let mut out: Vec<Publish> = self.announce(device).into_iter().collect();
+        out.extend(
+            scopes
+                .iter()
+                .zip(ids)
+                .map(|((client, keys), id)| gateway_request(id, device, *client, keys)),
+        );
+        out
     }
     /// Shared keys a child received (pushed by ThingsBoard) are asked for
     /// again after the next reconnect.
@@ -261,12 +264,7 @@ impl Thingsboard {
         for (device, keys) in known {
             // Connected first: ThingsBoard serves a child's request only
             // on a session it knows the child on (after a reconnect, none).
-            if self.connected.insert(device.clone()) {
-                let mut m = Map::new();
-                m.insert("device".into(), Value::from(device.clone()));
-                m.insert("type".into(), Value::from(self.device_type.clone()));
-                out.push(Publish::control("v1/gateway/connect", &Value::Object(m)));
-            }
+            out.extend(self.announce(&device));
             let id = self.children.id(Pending::Refresh {
                 device: device.clone(),
                 keys: keys.clone(),

@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value};
 
+use super::values::data_points;
 use crate::record::{Reading, Record, RecordKind};
 use crate::sink::session::Cost;
 use crate::sink::Publish;
@@ -182,7 +183,7 @@ pub(super) fn telemetry_within(
     let mut batch = Batcher::new(topic, gateway, max_payload, caps);
     let mut clashes = Vec::new();
     for r in records.iter().filter(|r| r.kind == RecordKind::Telemetry) {
-        let values = key_values(&r.payload);
+        let values = data_points(&r.payload);
         let dev_key = if gateway {
             r.device.clone()
         } else {
@@ -256,7 +257,7 @@ pub(super) fn attributes(
     let mut attrs: Vec<(String, Map<String, Value>, Vec<i64>)> = Vec::new();
     let mut size: usize = 2;
     for r in records.iter().filter(|r| r.kind == RecordKind::Attributes) {
-        let values = key_values(&r.payload);
+        let values = data_points(&r.payload);
         let cost = serde_json::to_vec(&values)
             .map(|v| v.len())
             .unwrap_or(0)

@@ -18,6 +18,7 @@ mod limits;
 pub mod provision;
 mod remote;
 mod rpc;
+mod values;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -223,6 +224,21 @@ impl Thingsboard {
     }
 
     /// What the firmware module asks for, as actions.
+    /// `v1/gateway/connect` for a child not yet connected on this session
+    /// (`None`: it is). Everything sent for a child goes after it.
+    fn announce(&mut self, device: &str) -> Option<Publish> {
+        if self.connected.len() >= MAX_CONNECTED {
+            self.connected.clear();
+        }
+        if !self.connected.insert(device.to_string()) {
+            return None;
+        }
+        let mut m = Map::new();
+        m.insert("device".into(), Value::from(device));
+        m.insert("type".into(), Value::from(self.device_type.clone()));
+        Some(Publish::control("v1/gateway/connect", &Value::Object(m)))
+    }
+
     fn fw_actions(&self, steps: firmware::Steps) -> Vec<Action> {
         firmware::actions(steps)
     }
@@ -355,6 +371,21 @@ impl Platform for Thingsboard {
         Arc::new(TbAdmit::new(self.mode, self.limit.clone()))
     }
 
+    /// An answer to a child's server-side RPC may go out on a later
+    /// session than its request came on: the child is connected on this
+    /// one first.
+    fn reply(&mut self, publish: Publish) -> Vec<Publish> {
+        if self.mode != TbMode::Gateway || publish.topic != "v1/gateway/rpc" {
+            return vec![publish];
+        }
+        let device = serde_json::from_slice::<Value>(&publish.payload)
+            .ok()
+            .and_then(|v| v.get("device").and_then(Value::as_str).map(str::to_string));
+        let mut out: Vec<Publish> = device.and_then(|d| self.announce(&d)).into_iter().collect();
+        out.push(publish);
+        out
+    }
+
     fn encode(&mut self, records: &[Record]) -> Vec<Publish> {
         let gateway = self.mode == TbMode::Gateway;
         let mut out = Vec::new();
@@ -362,15 +393,7 @@ impl Platform for Thingsboard {
             let now = Instant::now();
             for r in records {
                 self.children.seen(&r.device, now);
-                if self.connected.len() >= MAX_CONNECTED {
-                    self.connected.clear();
-                }
-                if self.connected.insert(r.device.clone()) {
-                    let mut m = Map::new();
-                    m.insert("device".into(), Value::from(r.device.clone()));
-                    m.insert("type".into(), Value::from(self.device_type.clone()));
-                    out.push(Publish::control("v1/gateway/connect", &Value::Object(m)));
-                }
+                out.extend(self.announce(&r.device));
             }
         }
         let (telemetry, clashes) = encode::telemetry_within(
@@ -510,6 +533,32 @@ mod tests {
         assert_eq!(tb.encode(&[rec(4, "A", 12, "1")]).len(), 1);
         tb.session_start();
         assert_eq!(tb.encode(&[rec(5, "A", 13, "1")]).len(), 2);
+    }
+
+    #[test]
+    fn an_rpc_answer_on_a_new_session_connects_its_child_first() {
+        let mut tb = Thingsboard::new("tb", &cfg("mode = \"gateway\""), Arc::default());
+        let answer = || {
+            Publish::control(
+                "v1/gateway/rpc",
+                &serde_json::json!({"device":"A","id":42,"data":{"on":true}}),
+            )
+        };
+        let topics =
+            |out: Vec<Publish>| -> Vec<String> { out.into_iter().map(|p| p.topic).collect() };
+        assert_eq!(
+            topics(tb.reply(answer())),
+            ["v1/gateway/connect", "v1/gateway/rpc"]
+        );
+        assert_eq!(topics(tb.reply(answer())), ["v1/gateway/rpc"]);
+        tb.session_start();
+        assert_eq!(
+            topics(tb.reply(answer())),
+            ["v1/gateway/connect", "v1/gateway/rpc"]
+        );
+        // Outpost's own answers (device API) are left as they are.
+        let own = Publish::control("v1/devices/me/rpc/response/1", &serde_json::json!({}));
+        assert_eq!(topics(tb.reply(own)), ["v1/devices/me/rpc/response/1"]);
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   config header, start), folded into one builder;
 //! - [`image`]: a small ext4 filesystem on a loop device, to fill or fail;
 //! - [`proxy`]: a proxy before the upstream that can withhold its PUBACKs;
+//! - [`tb_server`]: ThingsBoard's MQTT transport as its source behaves, in
+//!   front of the upstream: it parses every uplink with the server's rules
+//!   and closes the session where the server would;
 //! - [`watched`]: an outpost watched by an upstream collector, with the
 //!   canary that proves it still serves everyone after a hostile case.
 //!
@@ -31,6 +34,7 @@ mod proxy;
 mod pty;
 mod raw;
 mod sqlite;
+mod tb_server;
 mod upstream;
 mod watched;
 mod world;
@@ -48,6 +52,7 @@ pub use proxy::*;
 pub use pty::*;
 pub use raw::*;
 pub use sqlite::*;
+pub use tb_server::{gateway_attributes_request, judge, TbServer, Verdict};
 pub use upstream::*;
 pub use watched::*;
 pub use world::*;

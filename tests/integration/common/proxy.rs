@@ -98,13 +98,19 @@ async fn pipe(
 
 /// The length of the first whole packet in `buf`, if it holds one.
 fn packet_len(buf: &[u8]) -> Option<usize> {
+    packet_len_header(buf).map(|(_, total)| total)
+}
+
+/// The fixed header's length and the whole length of the first packet in
+/// `buf`, if it holds a whole one.
+pub(super) fn packet_len_header(buf: &[u8]) -> Option<(usize, usize)> {
     let mut remaining: usize = 0;
     for i in 0..4 {
         let b = *buf.get(1 + i)?;
         remaining |= usize::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             let total = 2 + i + remaining;
-            return (buf.len() >= total).then_some(total);
+            return (buf.len() >= total).then_some((2 + i, total));
         }
     }
     None

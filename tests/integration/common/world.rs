@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{free_port, Collector, Outpost, Upstream};
+use super::{free_port, Collector, Outpost, TbServer, Upstream};
 
 /// One test's world.
 pub struct World {
@@ -18,6 +18,9 @@ pub struct World {
     pub dir: tempfile::TempDir,
     /// outpost's local broker port.
     pub port: u16,
+    /// ThingsBoard's transport rules in front of the upstream, when the
+    /// test plays ThingsBoard (see [`World::thingsboard`]).
+    pub tb: Option<TbServer>,
 }
 
 impl World {
@@ -27,7 +30,18 @@ impl World {
             up: Upstream::start(upstream_extra),
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
+            tb: None,
         }
+    }
+
+    /// [`World::new`] playing ThingsBoard: outpost reaches the upstream
+    /// through [`TbServer`], which parses every uplink as ThingsBoard's
+    /// transport does and fails the test, when the world drops, if it would
+    /// have closed a session or dropped a message.
+    pub async fn thingsboard(upstream_extra: &str) -> World {
+        let mut w = World::new(upstream_extra);
+        w.tb = Some(TbServer::start(w.up.port).await);
+        w
     }
 
     pub fn path(&self) -> &Path {
@@ -39,7 +53,10 @@ impl World {
         Site {
             dir: self.dir.path().to_path_buf(),
             port: self.port,
-            url: self.up.url(),
+            url: self
+                .tb
+                .as_ref()
+                .map_or_else(|| self.up.url(), TbServer::url),
         }
     }
 
