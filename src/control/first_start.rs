@@ -71,10 +71,22 @@ impl FirstStart {
             return None;
         }
         if any_connected(stats) {
-            self.reached.store(true, Ordering::Relaxed);
+            self.remember();
             return None;
         }
         Some(self.hint.as_str())
+    }
+
+    /// Notes, once, that a sink reached its platform, in memory and in the
+    /// state directory.
+    fn remember(&self) {
+        if self.reached.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = std::fs::write(&self.marker, b"") {
+            tracing::warn!(path = %self.marker.display(), error = %e, "cannot remember the first cloud connection");
+        }
+        tracing::info!("a sink reached its platform for the first time");
     }
 
     /// Says the line now and every few minutes until a sink connects; then
@@ -90,12 +102,11 @@ impl FirstStart {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}
             }
+            if self.reached.load(Ordering::Relaxed) {
+                return;
+            }
             if any_connected(&stats) {
-                self.reached.store(true, Ordering::Relaxed);
-                if let Err(e) = std::fs::write(&self.marker, b"") {
-                    tracing::warn!(path = %self.marker.display(), error = %e, "cannot remember the first cloud connection");
-                }
-                tracing::info!("a sink reached its platform for the first time");
+                self.remember();
                 return;
             }
             if said.elapsed() >= REPEAT {
@@ -139,5 +150,11 @@ mod tests {
         let tb = stats.sinks.get("tb").expect("the sink's counters");
         stats::add(&tb.connects, 1);
         assert_eq!(f.hint(&stats), None, "a status asked over that session");
+        let again = FirstStart::new(dir.path(), None, &["tb".into()]);
+        assert_eq!(
+            again.hint(&Stats::new(&["tb".to_string()])),
+            None,
+            "and remembered for the next start"
+        );
     }
 }
