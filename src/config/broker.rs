@@ -34,6 +34,13 @@ pub struct BrokerConfig {
     /// Time a new connection has to send its CONNECT.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Seconds,
+    /// Connections that have not sent CONNECT yet, at most (more are
+    /// closed at once): they hold descriptors but no connection slot.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// The same, per remote address.
+    #[serde(default = "default_max_pending_per_address")]
+    pub max_pending_per_address: usize,
     /// Users and their password hashes, as `mosquitto_passwd` (or
     /// `outpost passwd`) writes them. When set, every client logs in.
     #[serde(default)]
@@ -117,6 +124,12 @@ fn default_max_connections() -> usize {
 fn default_max_payload() -> ByteSize {
     ByteSize(64 * 1024)
 }
+fn default_max_pending() -> usize {
+    64
+}
+fn default_max_pending_per_address() -> usize {
+    16
+}
 fn default_connect_timeout() -> Seconds {
     Seconds(Duration::from_secs(10))
 }
@@ -158,6 +171,8 @@ impl Default for BrokerConfig {
             max_connections: default_max_connections(),
             max_payload: default_max_payload(),
             connect_timeout: default_connect_timeout(),
+            max_pending: default_max_pending(),
+            max_pending_per_address: default_max_pending_per_address(),
             password_file: None,
             acl_file: None,
             allow_anonymous: None,
@@ -238,6 +253,15 @@ pub(super) fn check(b: &BrokerConfig, problems: &mut Vec<Problem>) {
     check_access(b, problems);
     if b.max_connections == 0 {
         problems.add("broker.max_connections", "must be at least 1");
+    }
+    if b.max_pending == 0 {
+        problems.add("broker.max_pending", "must be at least 1");
+    }
+    if b.max_pending_per_address == 0 || b.max_pending_per_address > b.max_pending {
+        problems.add(
+            "broker.max_pending_per_address",
+            "must be at least 1 and at most broker.max_pending",
+        );
     }
     if b.max_payload.0 == 0 || b.max_payload.0 > 256 << 20 {
         problems.add(

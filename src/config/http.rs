@@ -80,6 +80,27 @@ impl HttpConfig {
     }
 }
 
+/// HTTP ingest logs in as an MQTT client does: off loopback, a broker that
+/// lets anyone in without a login would let anyone on the LAN post
+/// readings (a page password does not guard `/ingest`).
+pub(super) fn check_ingest_exposure(
+    h: &HttpConfig,
+    broker: &super::BrokerConfig,
+    problems: &mut Vec<Problem>,
+) {
+    let Ok(addr) = h.listen.parse::<SocketAddr>() else {
+        return;
+    };
+    if h.ingest && !addr.ip().is_loopback() && broker.anonymous_allowed() {
+        problems.add(
+            "http.ingest",
+            format!(
+                "HTTP ingest on {addr} takes readings from anyone on the network: the local broker lets clients in without a login, and /ingest logs in as they do. Set broker.password_file (devices then post with HTTP Basic), set http.ingest = false, or listen on 127.0.0.1"
+            ),
+        );
+    }
+}
+
 pub(super) fn check(h: &HttpConfig, problems: &mut Vec<Problem>) {
     if !h.listen.is_empty() {
         match h.listen.parse::<SocketAddr>() {

@@ -442,6 +442,7 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
     serial::check(&serial, &mut problems);
 
     broker::check(&broker, &mut problems);
+    http::check_ingest_exposure(&http, &broker, &mut problems);
     store::check(&store, &mut problems);
     ops::check(&health, &remote, &mut problems);
     for (i, r) in &routes {

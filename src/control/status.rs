@@ -174,6 +174,8 @@ impl StatusSource {
             json!({
                 "healthy": b.health().healthy.load(std::sync::atomic::Ordering::Relaxed),
                 "restarts": stats::get(&c.restarts),
+                "full": b.health().full.lock().ok().and_then(|f| f.clone()),
+                "shed": stats::get(&c.shed),
                 "refused": stats::get(&c.refused),
                 "violations": stats::get(&c.violations),
                 "denied": stats::get(&c.denied),
@@ -380,6 +382,13 @@ pub fn render(v: &Value) -> String {
             "  local broker: {state}, {} clients, {} subscriptions, {} retained, {} restarts, {} refused, {} protocol violations, {} denied by the ACL",
             b["connected"], b["subscriptions"], b["retained"], b["restarts"], b["refused"], b["violations"], b["denied"]
         );
+        if let Some(full) = b["full"].as_str() {
+            let _ = writeln!(
+                out,
+                "    FULL, new connections are refused ({} closed unread so far): {full}",
+                b["shed"]
+            );
+        }
     }
     for (name, s) in v["sinks"].as_object().into_iter().flatten() {
         let state = match (s["connected"] == true, s["stalled"] == true) {

@@ -71,7 +71,7 @@ fn post_until_killed(http_port: u16, dev: usize, first_seq: u64, acked: Acked, l
             http_port,
             "POST",
             &format!("/ingest/dev-{dev}"),
-            &[],
+            &[("Content-Type", "application/json")],
             body.as_bytes(),
         );
         match answered.map(|a| a.status) {

@@ -244,3 +244,247 @@ async fn a_reading_no_route_takes_is_refused_with_422_not_silently_dropped() {
     assert_eq!(op.status_json()["accepted"], 0);
     op.terminate();
 }
+
+/// Serves `html` to every request on a free loopback port (a page of
+/// another site, another origin, for the browser to load) until the
+/// returned task is aborted.
+async fn foreign_site(html: String) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let html = std::sync::Arc::new(html);
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// A page served from another origin, opened in headless chromium, tries
+/// every way a browser lets it post without outpost's consent: `fetch`
+/// with a text body (no CORS preflight), `fetch` with a JSON type (a
+/// preflight outpost never grants), and a plain-text form. None gets a
+/// reading accepted; a device's own reading after them arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_site_cannot_get_a_reading_accepted() {
+    let w = World::new("");
+    let hp = free_port();
+    let col = w.collect("site1/#").await;
+    let op = w.start(&with_http(&w.site().mqtt("", ""), hp, ""));
+    assert!(wait_port(hp, Duration::from_secs(5)));
+    let target = format!("http://127.0.0.1:{hp}/ingest");
+    // Two pages (headless chromium stalls on a form submitted from a
+    // fetch's callback): the fetches, then a form that submits itself.
+    let fetches = format!(
+        r#"<html><body><p id="p">start</p><script>
+Promise.allSettled([
+  fetch("{target}/evil-text", {{method: "POST", mode: "no-cors", body: '{{"temp":666}}'}}),
+  fetch("{target}/evil-json", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: '{{"temp":666}}'}}),
+]).then(() => {{ document.getElementById("p").textContent = "tried"; }});
+</script></body></html>"#
+    );
+    let form = format!(
+        r#"<html><body><form id="f" method="POST" action="{target}/evil-form" enctype="text/plain"><input name='{{"temp":666,"x":"' value='"}}'></form>
+<script>document.getElementById("f").submit();</script></body></html>"#
+    );
+    require("chromium", "chromium");
+    for (page, what) in [(fetches, "fetch"), (form, "form")] {
+        let (site, served) = foreign_site(page).await;
+        let profile = tempfile::tempdir().expect("profile");
+        let out = tokio::process::Command::new("timeout")
+            .arg("90")
+            .arg("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("http://127.0.0.1:{site}/"))
+            .output()
+            .await
+            .expect("chromium");
+        served.abort();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if what == "fetch" {
+            let dom = String::from_utf8_lossy(&out.stdout);
+            assert!(dom.contains(">tried<"), "the page ran its requests: {dom}");
+        }
+    }
+    // A device's own reading, after the page's attempts.
+    let a = post(hp, "canary", &[], b"{\"ok\":1}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(col.wait_for(1, Duration::from_secs(15)).await >= 1);
+    col.settle(Duration::from_millis(300), Duration::from_secs(3))
+        .await;
+    let devices: Vec<String> = col.all().iter().map(|s| s.topic.clone()).collect();
+    assert_eq!(
+        devices,
+        ["site1/canary/telemetry"],
+        "only the device's reading went upstream"
+    );
+    let log = op.log_text();
+    assert!(
+        !log.contains("evil"),
+        "no reading of the page was routed:\n{log}"
+    );
+}
+
+/// The answers a non-browser client gets, and `check-config` on ingest
+/// opened to the LAN without logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_takes_json_from_its_own_host_and_is_never_open_to_the_lan_without_logins() {
+    let w = World::new("");
+    let hp = free_port();
+    let col = w.collect("site1/#").await;
+    let op = w.start(&with_http(&w.site().mqtt("", ""), hp, ""));
+    assert!(wait_port(hp, Duration::from_secs(5)));
+    let form = request(
+        hp,
+        "POST",
+        "/ingest/d1",
+        &[("Content-Type", "text/plain")],
+        b"{\"t\":1}",
+    );
+    assert_eq!(form.status, 415, "{}", form.body);
+    assert!(form.body.contains("application/json"), "{}", form.body);
+    let foreign = post(hp, "d1", &[("Origin", "http://evil.example")], b"{\"t\":1}");
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    let rebound = post(hp, "d1", &[("Host", "evil.example:8088")], b"{\"t\":1}");
+    assert_eq!(rebound.status, 403, "DNS rebinding: {}", rebound.body);
+    let same = post(
+        hp,
+        "d1",
+        &[("Origin", &format!("http://127.0.0.1:{hp}"))],
+        b"{\"t\":2}",
+    );
+    assert_eq!(same.status, 200, "its own page may post: {}", same.body);
+    assert_eq!(col.wait_for(1, Duration::from_secs(15)).await, 1);
+    drop(op);
+
+    // check-config: ingest on a LAN address while the broker takes
+    // anonymous clients.
+    let cfg = w.path().join("lan.toml");
+    let (_pw_dir, pw) = password_file("admin", "secret");
+    let text = format!(
+        "state_dir = \"{}\"\n[http]\nlisten = \"0.0.0.0:{hp}\"\npassword_file = \"{}\"\n",
+        w.path().display(),
+        pw.display()
+    );
+    std::fs::write(&cfg, &text).expect("cfg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("outpost");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {err}");
+    assert!(
+        err.contains("http.ingest") && err.contains("broker.password_file"),
+        "{err}"
+    );
+    std::fs::write(&cfg, format!("{text}ingest = false\n")).expect("cfg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("outpost");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Password guesses through `/ingest` are counted with the broker's
+/// refused logins, an address that keeps guessing gets 429 for the rest of
+/// the minute, and the log has one line for them, not one per guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guesses_on_ingest_are_counted_throttled_and_logged_once() {
+    let w = World::new("");
+    let hp = free_port();
+    let (_dir, passwd) = password_file("sensor1", "pw1");
+    let text = with_http(&w.site().mqtt("", ""), hp, "").replace(
+        "[broker]\n",
+        &format!("[broker]\npassword_file = \"{}\"\n", passwd.display()),
+    );
+    let col = w.collect("site1/#").await;
+    let op = w.start(&text);
+    assert!(wait_port(hp, Duration::from_secs(5)));
+    let mut codes = Vec::new();
+    for i in 0..30 {
+        let guess = basic("sensor1", &format!("guess-{i}"));
+        codes.push(post(hp, "sensor1", &[("Authorization", &guess)], b"{\"t\":1}").status);
+    }
+    assert!(codes[..10].iter().all(|c| *c == 401), "{codes:?}");
+    assert!(codes[10..].iter().all(|c| *c == 429), "{codes:?}");
+    let broker = &op.status_json()["broker"];
+    assert!(broker["refused"].as_u64() >= Some(10), "{broker}");
+    let lines = op.log_text().matches("HTTP login refused from").count();
+    assert_eq!(lines, 1, "{}", op.log_text());
+    // The right password from another address is not held back.
+    let own = basic("sensor1", "pw1");
+    let h = [
+        ("Authorization", own.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let a = post_from("127.0.0.2", hp, "/ingest/sensor1", &h, b"{\"t\":2}").await;
+    assert_eq!(a, 200);
+    assert_eq!(col.wait_for(1, Duration::from_secs(15)).await, 1);
+}
+
+/// A POST from a given loopback address; the status code.
+async fn post_from(
+    from: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind to the source address");
+    let mut s = socket
+        .connect(format!("127.0.0.1:{port}").parse().expect("addr"))
+        .await
+        .expect("connect");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("send");
+    s.write_all(body).await.expect("send");
+    let mut raw = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut raw)).await;
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

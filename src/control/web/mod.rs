@@ -13,6 +13,8 @@
 //!   `[http] host_names` (a page on another site cannot press them, nor
 //!   reach them by DNS rebinding).
 
+mod guard;
+mod listen;
 mod metrics;
 mod page;
 
@@ -22,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -52,6 +55,8 @@ pub struct Web {
     pub max_body: usize,
     /// The dead-letter forms' token, new at every start.
     pub csrf: String,
+    /// Failed logins per address.
+    guard: std::sync::Mutex<guard::LoginGuard>,
 }
 
 impl Web {
@@ -77,6 +82,7 @@ impl Web {
             host_names: cfg.host_names.clone(),
             max_body: usize::try_from(cfg.max_body.0).unwrap_or(usize::MAX),
             csrf: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            guard: std::sync::Mutex::default(),
         })
     }
 }
@@ -107,11 +113,62 @@ pub async fn serve(web: Web, listener: TcpListener, shutdown: CancellationToken)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(web);
     let stop = shutdown.clone();
-    if let Err(e) = axum::serve(listener, app)
+    let app = app.into_make_service_with_connect_info::<Peer>();
+    if let Err(e) = axum::serve(listen::Bounded::new(listener), app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
     {
         tracing::warn!(error = %e, "the status page stopped serving");
+    }
+}
+
+/// The address a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<axum::serve::IncomingStream<'_, listen::Bounded>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, listen::Bounded>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Web {
+    /// `Some(429)` for an address that failed to log in too often lately.
+    fn held_back(&self, peer: SocketAddr) -> Option<Response> {
+        let now = std::time::Instant::now();
+        let check = self
+            .guard
+            .lock()
+            .map(|g| g.check(peer.ip(), now))
+            .unwrap_or(Ok(()));
+        check.err().map(|wait| {
+            let mut resp = (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins from this address; try again later\n",
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        })
+    }
+
+    /// A failed HTTP login: counted with the broker's refused logins, and
+    /// logged once a minute per address with the count.
+    fn login_failed(&self, peer: SocketAddr, door: &str, why: &str) {
+        if let Some(b) = &self.status.broker {
+            crate::stats::add(&b.counters().refused, 1);
+        }
+        let due = self
+            .guard
+            .lock()
+            .ok()
+            .and_then(|mut g| g.failed(peer.ip(), std::time::Instant::now()));
+        if let Some(n) = due {
+            let ip = peer.ip();
+            tracing::warn!(%ip, door, reason = %why, count = n, "HTTP login refused from {ip} on {door}: {why} ({n} since the last line)");
+        }
     }
 }
 
@@ -145,17 +202,20 @@ fn unauthorized() -> Response {
 }
 
 /// Lets the request through, or answers 401 (only with a password file).
-async fn login(web: &Web, headers: &HeaderMap) -> Result<(), Response> {
+async fn login(web: &Web, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
     let Some(file) = &web.logins else {
         return Ok(());
     };
     let Some((user, pass)) = basic(headers) else {
         return Err(unauthorized());
     };
+    if let Some(r) = web.held_back(peer) {
+        return Err(r);
+    }
     if file.verify(&user, &pass) {
         Ok(())
     } else {
-        tracing::warn!(user = %user.chars().take(64).collect::<String>(), "status page login refused: bad username or password");
+        web.login_failed(peer, "the status page", "bad username or password");
         Err(unauthorized())
     }
 }
@@ -175,8 +235,12 @@ fn host_ok(web: &Web, headers: &HeaderMap) -> bool {
         || web.host_names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if let Err(r) = login(&web, &headers).await {
+async fn index(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = login(&web, peer, &headers).await {
         return r;
     }
     render_page(&web, None).await
@@ -217,8 +281,12 @@ async fn render_page(web: &Web, notice: Option<&str>) -> Response {
         .into_response()
 }
 
-async fn prometheus(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if let Err(r) = login(&web, &headers).await {
+async fn prometheus(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = login(&web, peer, &headers).await {
         return r;
     }
     (
@@ -231,15 +299,23 @@ async fn prometheus(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response
         .into_response()
 }
 
-async fn api_status(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if let Err(r) = login(&web, &headers).await {
+async fn api_status(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = login(&web, peer, &headers).await {
         return r;
     }
     axum::Json(web.status.snapshot()).into_response()
 }
 
-async fn api_history(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if let Err(r) = login(&web, &headers).await {
+async fn api_history(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = login(&web, peer, &headers).await {
         return r;
     }
     let (accepted, delivered, queued) = web.history.series(crate::clock::mono_ms());
@@ -261,6 +337,7 @@ struct DeadForm {
 
 async fn dead_letters(
     State(web): State<Arc<Web>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     Path(action): Path<String>,
     headers: HeaderMap,
     form: Result<Form<DeadForm>, axum::extract::rejection::FormRejection>,
@@ -272,7 +349,7 @@ async fn dead_letters(
         )
             .into_response();
     }
-    if let Err(r) = login(&web, &headers).await {
+    if let Err(r) = login(&web, peer, &headers).await {
         return r;
     }
     if !host_ok(&web, &headers) {
@@ -321,6 +398,7 @@ async fn dead_letters(
 
 async fn ingest(
     State(web): State<Arc<Web>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     Path(device): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -348,6 +426,14 @@ async fn ingest(
     };
     let login = basic(&headers);
     let token = headers.get("x-device-token").and_then(|v| v.to_str().ok());
+    if let Some(refused) = from_this_site(&web, &headers, login.is_some() || token.is_some()) {
+        return refused;
+    }
+    if login.is_some() {
+        if let Some(r) = web.held_back(peer) {
+            return r;
+        }
+    }
     match http
         .post(
             &device,
@@ -360,7 +446,12 @@ async fn ingest(
         Ok(n) => (StatusCode::OK, axum::Json(serde_json::json!({"stored": n}))).into_response(),
         Err(r) => {
             let code = match &r {
-                Refused::Login(_) => return unauthorized_ingest(&r),
+                Refused::Login(why) => {
+                    if login.is_some() {
+                        web.login_failed(peer, "/ingest", why);
+                    }
+                    return unauthorized_ingest(&r);
+                }
                 Refused::Denied(_) => StatusCode::FORBIDDEN,
                 Refused::Bad(_) => StatusCode::BAD_REQUEST,
                 Refused::Undeliverable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -375,6 +466,55 @@ async fn ingest(
             (code, format!("{r}\n")).into_response()
         }
     }
+}
+
+/// Could a page on another site have sent this request? A browser sends
+/// `Origin` with a cross-site POST, and without a CORS preflight (which
+/// outpost never grants) it can send only form and plain-text bodies with
+/// no `Authorization` or custom header. So a reading must come with the
+/// `Host` outpost is reached by, no foreign `Origin` or `Sec-Fetch-Site`,
+/// and a JSON content type unless it carries a login or a device token.
+/// `Some(answer)` when the request is refused.
+fn from_this_site(web: &Web, headers: &HeaderMap, credentials: bool) -> Option<Response> {
+    let refuse = |code: StatusCode, why: String| Some((code, format!("{why}\n")).into_response());
+    if !host_ok(web, headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "this Host is not one outpost is reached by: add it to http.host_names".into(),
+        );
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("sec-fetch-site").is_some_and(|s| s == "cross-site" || s == "same-site") {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "a reading posted by a page of another site is refused".into(),
+        );
+    }
+    if let Some(origin) = header("origin") {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if Some(origin_host) != header("host") {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("a reading posted by a page of another site (Origin: {origin}) is refused"),
+            );
+        }
+    }
+    let json = header("content-type").is_some_and(|t| {
+        let t = t
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+    });
+    if !json && !credentials {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the reading with Content-Type: application/json (e.g. curl -H 'Content-Type: application/json'): any web page can post other types".into(),
+        );
+    }
+    None
 }
 
 fn unauthorized_ingest(r: &Refused) -> Response {

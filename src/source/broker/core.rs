@@ -541,30 +541,6 @@ impl Core {
         }
     }
 
-    /// A fresh state after a failure: every session and retained message
-    /// goes (their connections are told to end); outpost's own clients
-    /// keep their subscriptions.
-    pub fn reset(&mut self) {
-        for s in self.sessions.values() {
-            if let Some(l) = &s.live {
-                l.kick.notify_one();
-            }
-        }
-        self.sessions.clear();
-        self.retained.clear();
-        self.trie = Trie::default();
-        let opts = SubOpts {
-            qos: 1,
-            ..SubOpts::default()
-        };
-        for (id, i) in &self.internal {
-            for f in &i.subs {
-                self.trie
-                    .insert(f, Subscriber::Internal(*id), Sub { opts, id: None });
-            }
-        }
-    }
-
     /// Is `client`'s session kept after its connection ends?
     pub fn persistent(&self, client: &Arc<str>) -> bool {
         self.sessions.get(client).is_some_and(|s| s.persistent)

@@ -24,6 +24,7 @@ mod core;
 mod gate;
 mod io;
 pub mod local;
+pub mod pending;
 mod probe;
 mod retain;
 mod session;
@@ -74,6 +75,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub ack_after_commit: bool,
+    pub max_pending: usize,
+    pub max_pending_per_address: usize,
 }
 
 impl Settings {
@@ -83,6 +86,8 @@ impl Settings {
             connect_timeout: cfg.connect_timeout.0,
             max_connections: cfg.max_connections,
             ack_after_commit: cfg.ack_after_commit,
+            max_pending: cfg.max_pending,
+            max_pending_per_address: cfg.max_pending_per_address,
         }
     }
 }
@@ -96,6 +101,9 @@ pub struct BrokerStats {
     pub refused: AtomicU64,
     /// Connections ended for breaking the protocol.
     pub violations: AtomicU64,
+    /// Connections closed as they came, unread: too many waiting for
+    /// their CONNECT, or no descriptor left to serve them.
+    pub shed: AtomicU64,
     /// Publishes and wills the ACL did not allow (dropped).
     pub denied: AtomicU64,
 }
@@ -118,6 +126,8 @@ pub(crate) struct Inner {
     /// outpost's own login (health probes), made per process.
     internal_login: (String, String),
     live: AtomicUsize,
+    /// Connections that have not sent CONNECT yet.
+    pending: pending::Pending,
     pub(crate) stats: BrokerStats,
     /// Connections of the current broker generation stop with this.
     generation: Mutex<CancellationToken>,
@@ -163,6 +173,7 @@ impl Broker {
                 ingest,
                 internal_login,
                 live: AtomicUsize::new(0),
+                pending: pending::Pending::new(cfg.max_pending, cfg.max_pending_per_address),
                 stats: BrokerStats::default(),
                 generation: Mutex::new(CancellationToken::new()),
                 logs: Mutex::new(Throttle::default()),
@@ -179,8 +190,13 @@ impl Broker {
         self.clone().serve(Arc::new(listener), shutdown).await;
     }
 
-    /// Accepts on `listener` until `shutdown`.
+    /// Accepts on `listener` until `shutdown`. A connection over the
+    /// pending bounds is closed unread; when the process is out of
+    /// descriptors, a spare one is given up to take the waiting connection
+    /// off the queue and close it, so that clients are refused rather than
+    /// left hanging, and the clients already connected go on being served.
     async fn serve(self, listener: Arc<Listener>, shutdown: CancellationToken) {
+        let mut spare = spare_descriptor();
         loop {
             #[cfg(debug_assertions)]
             faults::accept_loop(&self.inner);
@@ -190,6 +206,17 @@ impl Broker {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    if spare.is_none() {
+                        spare = spare_descriptor();
+                    }
+                    let ticket = match self.inner.pending.take(peer.ip()) {
+                        Ok(t) => t,
+                        Err(full) => {
+                            self.inner.note_shed(listener.name, &full.reason());
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let inner = self.inner.clone();
                     // A clone, not a child token: no allocation per client.
@@ -197,7 +224,7 @@ impl Broker {
                     // Spawned apart: a plain client's task must not be
                     // sized for TLS state.
                     match listener.tls.clone() {
-                        None => tokio::spawn(conn::run(stream, peer, None, inner, stop)),
+                        None => tokio::spawn(conn::run(stream, peer, None, inner, stop, ticket)),
                         Some(acceptor) => tokio::spawn(tls::run(
                             stream,
                             peer,
@@ -205,12 +232,31 @@ impl Broker {
                             listener.use_identity,
                             inner,
                             stop,
+                            ticket,
                         )),
                     };
                 }
+                Err(e) if out_of_descriptors(&e) => {
+                    // Give the spare back to the system, take the waiting
+                    // connection and close it, keep a spare again.
+                    drop(spare.take());
+                    if let Ok((stream, _)) = listener.socket.accept().await {
+                        drop(stream);
+                    }
+                    spare = spare_descriptor();
+                    self.inner.note_shed(
+                        listener.name,
+                        &format!("the process is out of file descriptors ({e}); new connections are closed"),
+                    );
+                    if spare.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: do not spin.
-                    tracing::warn!(listener = listener.name, error = %e, "cannot accept a connection");
+                    // Do not spin on an error that repeats.
+                    self.inner.log_limited(format!("accept {}", listener.name), |n| {
+                        tracing::warn!(listener = listener.name, error = %e, count = n, "cannot accept a connection on the {} listener: {e}", listener.name)
+                    });
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -241,23 +287,31 @@ impl Broker {
         self.inner.internal_login.clone()
     }
 
-    /// Ends every connection and starts a fresh broker state (sessions,
-    /// subscriptions and retained messages are in memory and go; readings
-    /// are in the outbox). LAN clients reconnect.
-    pub fn restart(&self, why: &str) {
+    /// Restarts the broker in place after a failed health check: counted
+    /// and logged; a poisoned state is cleared, and with `cut` every
+    /// connection ends (LAN clients reconnect). Sessions, subscriptions and
+    /// retained messages are kept: a persistent session is there for its
+    /// client when it comes back.
+    pub fn restart(&self, why: &str, cut: bool) {
         stats::add(&self.inner.stats.restarts, 1);
-        tracing::error!(reason = %why, restarts = stats::get(&self.inner.stats.restarts),
-            "the local broker failed its health check; restarting it in place (clients reconnect; no reading is lost)");
-        let old = {
-            let mut g = self
-                .inner
-                .generation
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *g, CancellationToken::new())
+        let what = if cut {
+            "connections end and clients reconnect"
+        } else {
+            "connected clients stay"
         };
-        old.cancel();
-        self.inner.core().reset();
+        tracing::error!(reason = %why, restarts = stats::get(&self.inner.stats.restarts),
+            "the local broker failed its health check ({why}); restarting it in place: {what}; sessions, subscriptions and retained messages are kept, no reading is lost");
+        if cut {
+            let old = {
+                let mut g = self
+                    .inner
+                    .generation
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                std::mem::replace(&mut *g, CancellationToken::new())
+            };
+            old.cancel();
+        }
         self.inner.core.clear_poison();
     }
 
@@ -282,6 +336,20 @@ impl Broker {
     pub fn health(&self) -> &Health {
         &self.inner.health
     }
+}
+
+/// Out of descriptors: the process's (EMFILE) or the system's (ENFILE).
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == libc::EMFILE || code == libc::ENFILE
+    )
+}
+
+/// A descriptor kept in reserve (`/dev/null`), given up when the process
+/// runs out so that a waiting connection can be accepted and closed.
+fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 impl Inner {
@@ -399,6 +467,24 @@ impl Inner {
             format!("violation {peer}"),
             |n| tracing::warn!(%peer, client_id = %client, reason = %why, count = n, "client disconnected: it broke the MQTT protocol"),
         );
+    }
+
+    /// A connection closed as it came (see [`Broker::serve`]): counted, and
+    /// logged once a minute per listener and reason with the count.
+    fn note_shed(&self, listener: &'static str, why: &str) {
+        stats::add(&self.stats.shed, 1);
+        let waiting = self.pending.waiting();
+        let live = self.live.load(Ordering::Relaxed);
+        self.log_limited(format!("shed {listener} {why}"), |n| {
+            tracing::warn!(
+                listener,
+                reason = %why,
+                count = n,
+                waiting_for_connect = waiting,
+                connected = live,
+                "new connections closed on the {listener} listener: {why} ({n} in the last minute; {live} clients connected and served, {waiting} waiting for CONNECT)"
+            )
+        });
     }
 
     fn note_refused(&self, peer: SocketAddr, client: &str, why: &str) {

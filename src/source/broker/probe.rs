@@ -1,10 +1,20 @@
 //! Is the local broker serving? Checked every few seconds from the outside
 //! in: every plain listener answers a CONNECT with CONNACK, a message
 //! published through the broker comes back, and the broker's state is
-//! neither wedged nor poisoned. A failed check restarts the broker in place
-//! (a new state, the accept loops started again; readings are in the
-//! outbox, LAN clients reconnect), counted and logged, and the systemd
-//! watchdog and `outpost status` report the broker's real state.
+//! neither wedged nor poisoned.
+//!
+//! A broker that is *full* is not broken: when the probe cannot connect
+//! because the process is out of descriptors, or its connection was closed
+//! unread because too many wait for their CONNECT, the clients already
+//! connected are still served. That is reported (`outpost status`, the log
+//! once a minute) and nothing is restarted.
+//!
+//! A broken one is restarted in place, counted and logged: an ended accept
+//! loop is started again; a poisoned state is cleared; a state that stays
+//! locked, or a publish that does not come back, ends the connections (LAN
+//! clients reconnect). Sessions, subscriptions and retained messages are
+//! kept through all of it, and readings are in the outbox anyway. The
+//! systemd watchdog and `outpost status` report the broker's real state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,6 +153,30 @@ impl Broker {
 pub struct Health {
     pub healthy: AtomicBool,
     pub last_problem: std::sync::Mutex<Option<String>>,
+    /// Set while new connections are refused for want of descriptors or
+    /// pending places (the broker is full, not broken): why.
+    pub full: std::sync::Mutex<Option<String>>,
+}
+
+impl Health {
+    fn set_full(&self, why: Option<String>) {
+        if let Ok(mut f) = self.full.lock() {
+            *f = why;
+        }
+    }
+}
+
+/// Whether a failed listener check means "full": the probe itself found no
+/// descriptor, or connections were shed while it ran.
+fn full(e: &Unhealthy, shed_during: bool) -> bool {
+    match e {
+        Unhealthy::Listener { detail, .. } => {
+            shed_during
+                || detail.contains("Too many open files")
+                || detail.contains("(os error 23)")
+        }
+        _ => false,
+    }
 }
 
 /// Runs the broker: the accept loops, the session sweep and the health
@@ -169,9 +203,13 @@ pub async fn run(broker: Broker, listeners: Vec<Listener>, shutdown: Cancellatio
             _ = shutdown.cancelled() => break,
         }
         broker.inner.core().sweep(Instant::now());
+        let shed_before = crate::stats::get(&broker.inner.stats.shed);
         let mut result = broker.check(&probed, Duration::from_secs(2)).await;
+        let shed_during = crate::stats::get(&broker.inner.stats.shed) > shed_before;
+        let mut dead_loop = None;
         if result.is_ok() {
             if let Some(i) = loops.iter().position(JoinHandle::is_finished) {
+                dead_loop = Some(i);
                 result = Err(Unhealthy::Listener {
                     name: listeners.get(i).map_or("?", |l| l.name),
                     addr: listeners
@@ -185,13 +223,30 @@ pub async fn run(broker: Broker, listeners: Vec<Listener>, shutdown: Cancellatio
         match result {
             Ok(()) => {
                 health.healthy.store(true, Ordering::Relaxed);
+                health.set_full(None);
+            }
+            Err(e) if dead_loop.is_none() && full(&e, shed_during) => {
+                // Full, not broken: the clients in are served; new ones
+                // are refused until descriptors or places free up.
+                health.healthy.store(true, Ordering::Relaxed);
+                health.set_full(Some(e.to_string()));
             }
             Err(e) => {
                 health.healthy.store(false, Ordering::Relaxed);
                 if let Ok(mut p) = health.last_problem.lock() {
                     *p = Some(e.to_string());
                 }
-                broker.restart(&e.to_string());
+                // Only what is broken is started again: a dead accept loop
+                // alone, a poisoned state cleared, connections ended only
+                // when the state stays locked or messages do not flow.
+                let cut = match &e {
+                    Unhealthy::Poisoned => false,
+                    Unhealthy::Listener { .. } => {
+                        dead_loop.is_none() && !loops.iter().any(JoinHandle::is_finished)
+                    }
+                    Unhealthy::Wedged(_) | Unhealthy::NoLoop(_) => true,
+                };
+                broker.restart(&e.to_string(), cut);
                 for (i, l) in listeners.iter().enumerate() {
                     if loops.get(i).is_some_and(JoinHandle::is_finished) {
                         if let Some(slot) = loops.get_mut(i) {
@@ -203,7 +258,7 @@ pub async fn run(broker: Broker, listeners: Vec<Listener>, shutdown: Cancellatio
                 let again = broker.check(&probed, Duration::from_secs(2)).await;
                 health.healthy.store(again.is_ok(), Ordering::Relaxed);
                 if let Err(e) = again {
-                    tracing::error!(error = %e, "the local broker is still unhealthy after its restart");
+                    tracing::error!(error = %e, "the local broker is still unhealthy after its restart: {e}");
                 }
             }
         }

@@ -80,11 +80,6 @@ impl Retained {
         out.sort_by(|a, b| a.topic.cmp(&b.topic));
         out
     }
-
-    pub fn clear(&mut self) {
-        self.by_topic.clear();
-        self.bytes = 0;
-    }
 }
 
 #[cfg(test)]

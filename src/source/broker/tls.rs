@@ -58,6 +58,7 @@ pub(super) async fn run(
     use_identity: bool,
     inner: Arc<Inner>,
     stop: CancellationToken,
+    waiting: super::pending::Ticket,
 ) {
     let timeout = inner.settings.connect_timeout;
     let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -93,5 +94,5 @@ pub(super) async fn run(
             return;
         }
     };
-    conn::run(tls, peer, identity, inner, stop).await;
+    conn::run(tls, peer, identity, inner, stop, waiting).await;
 }

@@ -29,6 +29,7 @@ use super::codec::{self, CodecError, ConnAck, Connect, Packet, Props, V311, V5};
 use super::core::Join;
 use super::gate::AckGate;
 use super::io::{Conn, Stream};
+use super::pending::Ticket;
 use super::session::PendingWill;
 use super::Inner;
 
@@ -44,18 +45,23 @@ pub const TOPIC_ALIAS_MAX: u16 = 10;
 pub const RECEIVE_MAX: u16 = 100;
 
 /// Serves one accepted connection until it ends. `identity`: the client
-/// certificate's CN, on a TLS listener that takes it as the username.
+/// certificate's CN, on a TLS listener that takes it as the username;
+/// `waiting`: its place among the connections waiting for a CONNECT.
 pub async fn run<S>(
     stream: S,
     peer: SocketAddr,
     identity: Option<String>,
     inner: Arc<Inner>,
     stop: CancellationToken,
+    waiting: Ticket,
 ) where
     S: Stream,
 {
     let mut conn = Conn::new(stream, inner.settings.max_body);
-    let first = match tokio::time::timeout(inner.settings.connect_timeout, conn.next()).await {
+    let first = tokio::time::timeout(inner.settings.connect_timeout, conn.next()).await;
+    // The CONNECT is in (or never came): no longer waiting for it.
+    drop(waiting);
+    let first = match first {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within the connect timeout");
             return;
