@@ -24,6 +24,7 @@ mod layout;
 mod local_pubsub;
 mod mtls;
 mod preflight;
+mod pressure;
 mod provision;
 mod reload;
 mod remote;

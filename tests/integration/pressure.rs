@@ -1,0 +1,223 @@
+//! The local broker and the HTTP server when the LAN uses up what the
+//! process has: its file descriptors (lowered with `prlimit`, as a Pi's
+//! service limit would be reached). The clients already connected must
+//! keep being served, nothing is restarted, and new clients are served
+//! again once the pressure ends.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost::source::broker::codec::{Packet, Props, V311};
+
+use crate::common::*;
+
+/// Opens connections to `port` from `127.0.0.2..` until `stop`, holding up
+/// to `hold` of them and sending `first` on each (nothing: a socket that
+/// never sends CONNECT; a request head that never ends, for HTTP).
+fn attacker(
+    port: u16,
+    first: &'static [u8],
+    hold: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut held = std::collections::VecDeque::new();
+        let mut opened = 0usize;
+        // Bounded: the test stops it well before.
+        for round in 0..2_000u32 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            for a in 2..=21u8 {
+                let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                    continue;
+                };
+                if socket
+                    .bind(std::net::SocketAddr::from(([127, 0, 0, a], 0)))
+                    .is_err()
+                {
+                    continue;
+                }
+                let connect = socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+                if let Ok(Ok(mut s)) =
+                    tokio::time::timeout(Duration::from_millis(200), connect).await
+                {
+                    let _ = s.write_all(first).await;
+                    opened += 1;
+                    held.push_back(s);
+                    if held.len() > hold {
+                        held.pop_front();
+                    }
+                }
+            }
+            // Pace the waves (this is the attack's own rhythm, not a wait
+            // for the system under test).
+            let _ = round;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        opened
+    })
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_new_work_is_refused_and_connected_clients_keep_publishing() {
+    require("prlimit", "util-linux");
+    let w = World::new("");
+    let hp = free_port();
+    let text = format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:{hp}\"\n",
+        w.site().mqtt("", "")
+    );
+    let mut s = Watched::start(w, &text, &[]).await;
+    assert!(wait_port(hp, Duration::from_secs(5)));
+    // Twenty sensors connected before the pressure.
+    let mut sensors = Vec::new();
+    for i in 0..20 {
+        let (c, _) = Raw::connected(s.w.port, &Hello::new(V311, &format!("steady-{i}"))).await;
+        sensors.push(c);
+    }
+    let pid = s.op.pid().expect("outpost runs");
+    let limit = open_descriptors(pid) + 40;
+    let set = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output()
+        .expect("prlimit");
+    assert!(set.status.success(), "{set:?}");
+
+    // Sockets that never send CONNECT and HTTP requests that never end,
+    // from twenty addresses, far more than the descriptors left.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mqtt = attacker(s.w.port, b"", 400, stop.clone());
+    let http = attacker(
+        hp,
+        b"POST /ingest/x HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        400,
+        stop.clone(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || s
+            .op
+            .log_text()
+            .contains("out of file descriptors")),
+        "the descriptors ran out:\n{}",
+        s.op.log_text()
+    );
+
+    // Meanwhile every connected sensor goes on publishing and is
+    // acknowledged, through several health checks (one every 3 s).
+    for round in 0..8u32 {
+        for (i, c) in sensors.iter_mut().enumerate() {
+            let code = c
+                .publish(
+                    &format!("sensors/steady-{i}/telemetry"),
+                    format!("{{\"round\":{round}}}").as_bytes(),
+                    1,
+                    false,
+                    Props::default(),
+                )
+                .await;
+            assert_eq!(code, Ok(0), "steady-{i} round {round}: PUBACK");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let opened = mqtt.await.unwrap_or(0) + http.await.unwrap_or(0);
+    assert!(opened > 100, "the attack opened {opened} connections");
+
+    // Every reading of the steady sensors arrived, none was lost.
+    assert!(
+        wait_until(Duration::from_secs(30), || s
+            .col
+            .all()
+            .iter()
+            .filter(|m| m.topic.contains("steady-"))
+            .count()
+            >= 160),
+        "{} of 160 steady readings arrived:\n{}",
+        s.col
+            .all()
+            .iter()
+            .filter(|m| m.topic.contains("steady-"))
+            .count(),
+        s.op.log_text()
+    );
+    // Nothing restarted, the sensors are still connected, and new clients
+    // are served again (the canary also checks for restarts).
+    let b = s.broker_status();
+    assert_eq!(b["restarts"], 0, "{b}");
+    assert!(b["shed"].as_u64() > Some(0), "{b}");
+    assert!(b["connected"].as_u64() >= Some(20), "{b}");
+    for (i, c) in sensors.iter_mut().enumerate() {
+        let code = c
+            .publish(
+                &format!("sensors/steady-{i}/telemetry"),
+                b"{\"after\":1}",
+                1,
+                false,
+                Props::default(),
+            )
+            .await;
+        assert_eq!(code, Ok(0), "steady-{i} after the pressure");
+    }
+    // The connections the attack left queued are taken and closed; then a
+    // new client is served (a sensor retries; so does this, bounded).
+    let mut served = false;
+    for _ in 0..80 {
+        let (mut c, got) = Raw::hello(s.w.port, &Hello::new(V311, "newcomer")).await;
+        if matches!(got, Got::Packet(Packet::ConnAck(ref a)) if a.code == 0) {
+            c.disconnect().await;
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        served,
+        "no new client served after the pressure:\n{}",
+        s.op.log_text()
+    );
+    s.canary_within(Duration::from_secs(20)).await;
+    let page = get(hp, "/api/status");
+    assert_eq!(page.status, 200, "the page serves again");
+}
+
+/// An HTTP request whose head never ends does not hold its connection for
+/// ever: outpost closes it once the client has sent nothing for a while
+/// (15 s), and answers other requests meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_http_request_is_closed_not_held_for_ever() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new("");
+    let hp = free_port();
+    let text = format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:{hp}\"\n",
+        w.site().mqtt("", "")
+    );
+    let _op = w.start(&text);
+    assert!(wait_port(hp, Duration::from_secs(5)));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", hp))
+        .await
+        .expect("connect");
+    s.write_all(b"POST /ingest/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("a head that never ends");
+    assert_eq!(
+        get(hp, "/api/status").status,
+        200,
+        "others are served meanwhile"
+    );
+    let mut buf = [0u8; 256];
+    let end = tokio::time::timeout(Duration::from_secs(40), s.read(&mut buf)).await;
+    assert!(
+        matches!(end, Ok(Ok(_)) | Ok(Err(_))),
+        "the connection was still held after 40 s"
+    );
+}
