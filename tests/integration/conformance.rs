@@ -15,6 +15,10 @@ use crate::common::*;
 /// must match.
 const KNOWN: &[(&str, &str)] = &[
     (
+        "session_expiry_on_return/5",
+        "a session whose Session Expiry Interval (1 s) has passed is over (MQTT 5 section 3.1.2.11.2): outpost answers present=false; mosquitto 2.0.11 expires sessions by a periodic check and still resumes it 1.3 s later",
+    ),
+    (
         "takeover/5",
         "outpost tells the connection it closes DISCONNECT 0x8E (session taken over), as MQTT 5 section 3.1.4 says; mosquitto 2.0.11 closes it without a word",
     ),
@@ -342,6 +346,115 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
                 ));
             }
         }
+        // MQTT 5 §3.14.2.2.2: a DISCONNECT's Session Expiry Interval
+        // replaces the CONNECT's (longer, or zero: ended now).
+        "disconnect_session_expiry" if level == V5 => {
+            let mut a = h("a");
+            a.clean = false;
+            a.props.set(props::SESSION_EXPIRY, Value::U32(1));
+            let mut c = hello(port, &a, "a", &mut seen).await;
+            let ack = c.subscribe(&t("cmd"), 1).await;
+            seen.push(format!("a: {}", show(&ack)));
+            let mut longer = Props::default();
+            longer.set(props::SESSION_EXPIRY, Value::U32(60));
+            c.send(&Packet::Disconnect(
+                outpost::source::broker::codec::Disconnect {
+                    code: 0,
+                    props: longer,
+                },
+            ))
+            .await;
+            drop(c);
+            // Past the CONNECT's 1 s: the session was lengthened to 60 s.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let mut p = hello(port, &h("p"), "p", &mut seen).await;
+            let r = p
+                .publish(&t("cmd"), b"open", 1, false, Props::default())
+                .await;
+            seen.push(format!("p: {r:?}"));
+            a.props.set(props::SESSION_EXPIRY, Value::U32(60));
+            let mut c = hello(port, &a, "a again", &mut seen).await;
+            observe("a again", &mut c, &mut seen).await;
+            let mut ended = Props::default();
+            ended.set(props::SESSION_EXPIRY, Value::U32(0));
+            c.send(&Packet::Disconnect(
+                outpost::source::broker::codec::Disconnect {
+                    code: 0,
+                    props: ended,
+                },
+            ))
+            .await;
+            drop(c);
+            // Accepted: 0x00, or mosquitto's optional 0x10 (no matching
+            // subscribers, MQTT 5 §3.4.2.1), as nobody subscribes now.
+            let r = p
+                .publish(&t("cmd"), b"stale", 1, false, Props::default())
+                .await;
+            seen.push(format!("p: accepted {}", matches!(r, Ok(c) if c < 0x80)));
+            let mut c = hello(port, &a, "a after an ended session", &mut seen).await;
+            observe("a after an ended session", &mut c, &mut seen).await;
+        }
+        // MQTT 5 §3.1.2.11.2: a session whose expiry has passed is gone
+        // when its client returns (not up to a sweep later).
+        "session_expiry_on_return" if level == V5 => {
+            let mut a = h("a");
+            a.clean = false;
+            a.props.set(props::SESSION_EXPIRY, Value::U32(1));
+            let mut c = hello(port, &a, "a", &mut seen).await;
+            let ack = c.subscribe(&t("cmd"), 1).await;
+            seen.push(format!("a: {}", show(&ack)));
+            c.disconnect().await;
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            hello(port, &a, "a after its expiry", &mut seen).await;
+        }
+        // MQTT 5 §3.1.3.2.2: the will goes when its delay passes or the
+        // session ends, whichever comes first.
+        "will_delay_past_session_end" if level == V5 => {
+            let mut s = hello(port, &h("s"), "s", &mut seen).await;
+            let ack = s.subscribe(&t("will"), 1).await;
+            seen.push(format!("s: {}", show(&ack)));
+            let mut a = h("a");
+            a.props.set(props::SESSION_EXPIRY, Value::U32(1));
+            let mut will_props = Props::default();
+            will_props.set(props::WILL_DELAY, Value::U32(30));
+            a.will = Some(Will {
+                topic: t("will"),
+                payload: Bytes::from_static(b"gone"),
+                qos: 1,
+                retain: false,
+                props: will_props,
+            });
+            let dropped = hello(port, &a, "a", &mut seen).await;
+            drop(dropped);
+            let will = s.next_publish(Duration::from_secs(8)).await;
+            seen.push(format!(
+                "s: will within 8 s: {:?}",
+                will.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            ));
+        }
+        // MQTT 5 §3.1.4-3 with §3.1.2.5: a connection taken over by a
+        // clean start leaves its will (its session ended); 3.1.1 likewise
+        // (the network connection was closed without a DISCONNECT).
+        "takeover_will" => {
+            let mut s = hello(port, &h("s"), "s", &mut seen).await;
+            let ack = s.subscribe(&t("will"), 1).await;
+            seen.push(format!("s: {}", show(&ack)));
+            let mut a = h("a");
+            a.will = Some(Will {
+                topic: t("will"),
+                payload: Bytes::from_static(b"power-cycled"),
+                qos: 1,
+                retain: false,
+                props: Props::default(),
+            });
+            let _first = hello(port, &a, "a", &mut seen).await;
+            let _second = hello(port, &h("a"), "a again", &mut seen).await;
+            let will = s.next_publish(Duration::from_secs(5)).await;
+            seen.push(format!(
+                "s: will: {:?}",
+                will.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            ));
+        }
         _ => {}
     }
     seen
@@ -363,6 +476,10 @@ const SCENARIOS: &[&str] = &[
     "qos2_resend",
     "message_properties",
     "wildcard_publish",
+    "disconnect_session_expiry",
+    "will_delay_past_session_end",
+    "takeover_will",
+    "session_expiry_on_return",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,4 +512,53 @@ async fn clients_observe_the_same_from_outpost_as_from_mosquitto() {
         differences.len(),
         differences.join("\n")
     );
+}
+
+/// MQTT 5 §3.3.4: a client that has more QoS 1 and 2 PUBLISHes without a
+/// PUBACK or PUBCOMP than the Receive Maximum outpost announced (100) is
+/// disconnected with 0x93. (mosquitto 2.0.11 does not check it: the client
+/// is simply not read, so this is outpost's alone.) QoS 2 PUBLISHes whose
+/// PUBREL never comes stay in flight; the 101st is one too many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_the_receive_maximum_is_disconnected_with_0x93() {
+    let mut s = Watched::broker("").await;
+    let (mut c, ack) = Raw::connected(s.w.port, &Hello::new(V5, "rm-greedy")).await;
+    assert_eq!(ack.props.u16(props::RECEIVE_MAX), Some(100));
+    let publish = |pkid: u16| {
+        Packet::Publish(outpost::source::broker::codec::Publish {
+            dup: false,
+            qos: 2,
+            retain: false,
+            topic: "sensors/rm-greedy/telemetry".into(),
+            pkid,
+            payload: Bytes::from(format!("{{\"n\":{pkid}}}")),
+            props: Props::default(),
+        })
+    };
+    for pkid in 1..=100u16 {
+        c.send(&publish(pkid)).await;
+    }
+    let mut recs = 0;
+    while recs < 100 {
+        match c.recv(Duration::from_secs(10)).await {
+            Got::Packet(Packet::PubRec(a)) => {
+                assert_eq!(a.code, 0, "PUBREC {}", a.pkid);
+                recs += 1;
+            }
+            other => panic!("expected PUBREC {recs}: {other:?}"),
+        }
+    }
+    // A resend of an open id is not a new one.
+    c.send(&publish(7)).await;
+    match c.recv(Duration::from_secs(10)).await {
+        Got::Packet(Packet::PubRec(a)) => assert_eq!(a.pkid, 7),
+        other => panic!("a resend: {other:?}"),
+    }
+    c.send(&publish(101)).await;
+    match c.recv(Duration::from_secs(10)).await {
+        Got::Packet(Packet::Disconnect(d)) => assert_eq!(d.code, 0x93),
+        other => panic!("expected DISCONNECT 0x93: {other:?}"),
+    }
+    assert!(matches!(c.recv(Duration::from_secs(5)).await, Got::Closed));
+    s.canary().await;
 }

@@ -171,7 +171,7 @@ async fn out_of_descriptors_new_work_is_refused_and_connected_clients_keep_publi
     // new client is served (a sensor retries; so does this, bounded).
     let mut served = false;
     for _ in 0..80 {
-        let (mut c, got) = Raw::hello(s.w.port, &Hello::new(V311, "newcomer")).await;
+        let (c, got) = Raw::hello(s.w.port, &Hello::new(V311, "newcomer")).await;
         if matches!(got, Got::Packet(Packet::ConnAck(ref a)) if a.code == 0) {
             c.disconnect().await;
             served = true;

@@ -107,6 +107,18 @@ pub struct Joined {
     pub session_present: bool,
     /// What was in flight to the client before, sent again first.
     pub resend: Vec<Out>,
+    /// The will of the connection this one took over, to publish now: its
+    /// session ended (a clean start), or it had no will delay (MQTT 5
+    /// §3.1.3.2.2, §3.1.4-3).
+    pub taken_will: Option<TakenWill>,
+}
+
+/// A will left by a connection that was taken over.
+#[derive(Debug)]
+pub struct TakenWill {
+    pub will: PendingWill,
+    pub username: Option<Arc<str>>,
+    pub conn_id: u64,
 }
 
 /// Counters and sizes, for status and the benchmark.
@@ -197,10 +209,32 @@ impl Core {
         let conn_id = self.id();
         let wake = Arc::new(Notify::new());
         let kick = Arc::new(Notify::new());
-        if j.clean {
+        // An offline session past its expiry is over when its client comes
+        // back, whenever the sweep would have come.
+        let keep = self.limits.persistent_expiry;
+        if self
+            .sessions
+            .get(&j.client_id)
+            .is_some_and(|s| s.expired(Instant::now(), keep))
+        {
             if let Some(old) = self.sessions.remove(&j.client_id) {
+                self.drop_subs(&Subscriber::Client(j.client_id.clone()), &old);
+            }
+        }
+        let mut taken_will = None;
+        if j.clean {
+            if let Some(mut old) = self.sessions.remove(&j.client_id) {
                 if let Some(live) = &old.live {
                     live.kick.notify_one();
+                    // The old session ends here: its will goes now.
+                    taken_will = old.will.take().map(|mut will| {
+                        will.delay = Duration::ZERO;
+                        TakenWill {
+                            will,
+                            username: old.username.clone(),
+                            conn_id: live.id,
+                        }
+                    });
                 }
                 self.drop_subs(&Subscriber::Client(j.client_id.clone()), &old);
             }
@@ -215,6 +249,15 @@ impl Core {
             .or_insert_with(|| Session::new(j.level));
         if let Some(old) = session.live.take() {
             old.kick.notify_one();
+            // The session goes on: a will without a delay goes now, one
+            // with a delay is dropped (reconnected before it passed).
+            if let Some(will) = session.will.take().filter(|w| w.delay.is_zero()) {
+                taken_will = Some(TakenWill {
+                    will,
+                    username: session.username.clone(),
+                    conn_id: old.id,
+                });
+            }
         }
         session.level = j.level;
         session.persistent = j.expiry.is_some_and(|d| !d.is_zero());
@@ -258,25 +301,42 @@ impl Core {
             kick,
             session_present,
             resend,
+            taken_will,
         }
     }
 
     /// The connection `conn_id` of `client` ended. Returns its will when it
-    /// is to be published (`with_will`), with the will delay. A session that
-    /// is not persistent goes.
+    /// is to be published (`with_will`), with the will delay, cut to when
+    /// the session ends if that comes first (MQTT 5 §3.1.3.2.2). `expiry`:
+    /// the session expiry a DISCONNECT set (MQTT 5 §3.14.2.2.2; zero ends
+    /// the session now). A session that is not persistent goes.
     pub fn leave(
         &mut self,
         client: &Arc<str>,
         conn_id: u64,
         with_will: bool,
+        expiry: Option<Duration>,
     ) -> Option<PendingWill> {
+        let keep = self.limits.persistent_expiry;
         let session = self.sessions.get_mut(client)?;
         if session.live.as_ref().map(|l| l.id) != Some(conn_id) {
             // Taken over: the session belongs to the newer connection.
             return None;
         }
         session.live = None;
-        let will = session.will.take().filter(|_| with_will);
+        if let Some(e) = expiry {
+            session.persistent = !e.is_zero();
+            session.expiry = Some(e.min(keep));
+        }
+        let ends_in = if session.persistent {
+            session.expiry.unwrap_or(keep)
+        } else {
+            Duration::ZERO
+        };
+        let will = session.will.take().filter(|_| with_will).map(|mut w| {
+            w.delay = w.delay.min(ends_in);
+            w
+        });
         if session.persistent {
             session.disconnected_at = Some(Instant::now());
             self.bound_offline();
@@ -331,12 +391,7 @@ impl Core {
         let expired: Vec<Arc<str>> = self
             .sessions
             .iter()
-            .filter(|(_, s)| {
-                s.disconnected_at.is_some_and(|t| {
-                    let keep = s.expiry.unwrap_or(persistent_expiry);
-                    now.saturating_duration_since(t) >= keep
-                })
-            })
+            .filter(|(_, s)| s.expired(now, persistent_expiry))
             .map(|(k, _)| k.clone())
             .collect();
         for k in expired {
@@ -504,6 +559,14 @@ impl Core {
         self.sessions
             .get_mut(client)
             .is_some_and(|s| s.qos2_in.insert(pkid))
+    }
+
+    /// Incoming QoS 2 packet ids of `client` not released yet, and whether
+    /// `pkid` is one of them.
+    pub fn qos2_open(&self, client: &Arc<str>, pkid: u16) -> (usize, bool) {
+        self.sessions
+            .get(client)
+            .map_or((0, false), |s| (s.qos2_in.len(), s.qos2_in.contains(&pkid)))
     }
 
     /// The client released an incoming QoS 2 packet id (PUBREL).

@@ -83,6 +83,14 @@ impl AckGate {
         out
     }
 
+    /// PUBACKs of QoS 1 PUBLISHes still held.
+    pub fn held_qos1(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|h| h.of.is_some_and(|(_, qos)| qos == 1))
+            .count()
+    }
+
     /// Acknowledgements still held.
     pub fn held(&self) -> usize {
         self.queue.len()

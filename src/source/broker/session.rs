@@ -131,6 +131,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// Offline past its expiry (`persistent_expiry` for an MQTT 3.1.1
+    /// persistent session) at `now`.
+    pub fn expired(&self, now: Instant, persistent_expiry: Duration) -> bool {
+        self.disconnected_at.is_some_and(|t| {
+            let keep = self.expiry.unwrap_or(persistent_expiry);
+            now.saturating_duration_since(t) >= keep
+        })
+    }
+
     pub fn new(level: u8) -> Session {
         Session {
             level,

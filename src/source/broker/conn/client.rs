@@ -29,8 +29,9 @@ use crate::store::Tagged;
 /// Why a connection ended.
 #[derive(Debug)]
 pub(super) enum End {
-    /// DISCONNECT from the client (normal: no will; MQTT 5 0x04: with will).
-    Disconnect { will: bool },
+    /// DISCONNECT from the client (normal: no will; MQTT 5 0x04: with
+    /// will), with the session expiry it set (MQTT 5).
+    Disconnect { will: bool, expiry: Option<u32> },
     /// The network connection broke, or the keep-alive ran out.
     Lost(String),
     /// The client broke the protocol.
@@ -116,15 +117,17 @@ impl Client {
                     Ok(None) => break,
                     Err(e) => return self.violation(conn, e.reason(), &e.to_string()),
                 }
-                // A client far ahead of its acknowledgements waits.
-                if self.gate.held() >= usize::from(RECEIVE_MAX) {
+                // A 3.1.1 client far ahead of its acknowledgements waits;
+                // an MQTT 5 one that goes past the receive maximum it was
+                // told is disconnected with 0x93 (MQTT 5 §3.3.4).
+                if !self.v5() && self.gate.held() >= usize::from(RECEIVE_MAX) {
                     break;
                 }
             }
             if let Err(e) = conn.flush().await {
                 return End::Lost(e.to_string());
             }
-            let reading = self.gate.held() < usize::from(RECEIVE_MAX);
+            let reading = self.v5() || self.gate.held() < usize::from(RECEIVE_MAX);
             tokio::select! {
                 _ = stop.cancelled() => {
                     if self.v5() {
@@ -333,6 +336,7 @@ impl Client {
                 }
                 Err(End::Disconnect {
                     will: self.v5() && d.code == 0x04,
+                    expiry: d.props.u32(props::SESSION_EXPIRY).filter(|_| self.v5()),
                 })
             }
             Packet::Connect(_) => Err(self.violation(conn, 0x82, "a second CONNECT")),
@@ -391,9 +395,13 @@ impl Client {
     /// committed readings go out.
     pub(super) async fn finish<S: Stream>(&mut self, conn: &mut Conn<S>, end: End) {
         let with_will = match &end {
-            End::Disconnect { will } => *will,
+            End::Disconnect { will, .. } => *will,
             End::Lost(_) | End::Violation(_) => true,
             End::TakenOver | End::Server => false,
+        };
+        let expiry = match &end {
+            End::Disconnect { expiry, .. } => expiry.map(|n| Duration::from_secs(u64::from(n))),
+            _ => None,
         };
         match &end {
             End::Violation(why) => self.inner.note_violation(self.peer, &self.id, why),
@@ -421,7 +429,10 @@ impl Client {
             self.release(conn);
         }
         let _ = conn.flush().await;
-        let will = self.inner.core().leave(&self.id, self.conn_id, with_will);
+        let will = self
+            .inner
+            .core()
+            .leave(&self.id, self.conn_id, with_will, expiry);
         let willed = will.is_some();
         if let Some(w) = will {
             self.inner

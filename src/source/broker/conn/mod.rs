@@ -239,6 +239,9 @@ async fn accept<S: Stream>(
         will,
         username: username.clone(),
     });
+    if let Some(t) = joined.taken_will {
+        inner.publish_will(client_id.clone(), t.username, t.conn_id, t.will);
+    }
     // QoS 2 ids this client left unreleased before (also across a crash).
     let outbox = inner.ingest.outbox();
     let mut stored_qos2 = HashSet::new();

@@ -120,12 +120,19 @@ impl Client {
             // not accepted), as mosquitto answers too.
             return Err(self.violation(conn, 0x82, "a topic name with a wildcard"));
         }
-        if p.qos > 0 && self.gate.held() >= usize::from(RECEIVE_MAX) && self.v5() {
-            return Err(self.violation(
-                conn,
-                0x93,
-                "more unacknowledged publishes than the receive maximum",
-            ));
+        if p.qos > 0 && self.v5() {
+            // In flight from the client (MQTT 5 §3.3.4): QoS 1 until our
+            // PUBACK, QoS 2 until our PUBCOMP. A QoS 2 resend of an open
+            // id is not a new one.
+            let (open_qos2, resent) = self.inner.core().qos2_open(&self.id, p.pkid);
+            let in_flight = self.gate.held_qos1().saturating_add(open_qos2);
+            if !(p.qos == 2 && resent) && in_flight >= usize::from(RECEIVE_MAX) {
+                return Err(self.violation(
+                    conn,
+                    0x93,
+                    "more unacknowledged publishes than the receive maximum",
+                ));
+            }
         }
         let may = self.inner.auth().may(
             self.username.as_deref(),

@@ -43,7 +43,7 @@ fn a_persistent_session_keeps_subscriptions_and_queues_while_away() {
         core.subscribe(&client("s1"), &[("a/#".into(), opts(1))], None),
         [1]
     );
-    core.leave(&Arc::from("s1"), j.conn_id, false);
+    core.leave(&Arc::from("s1"), j.conn_id, false, None);
     assert_eq!(core.publish(msg("a/b", 1, false)), 1, "queued while away");
     assert_eq!(core.publish(msg("a/c", 0, false)), 0, "QoS 0 is not kept");
     let j2 = join(&mut core, "s1", V311, false);
@@ -63,7 +63,9 @@ fn a_takeover_kicks_the_old_connection_and_its_leave_is_ignored() {
     let b = join(&mut core, "dup", V5, true);
     assert_ne!(a.conn_id, b.conn_id);
     // The old connection ends after the takeover: the new one is unharmed.
-    assert!(core.leave(&Arc::from("dup"), a.conn_id, true).is_none());
+    assert!(core
+        .leave(&Arc::from("dup"), a.conn_id, true, None)
+        .is_none());
     assert_eq!(core.stats().connected, 1);
     assert!(core.reconnected(&Arc::from("dup"), a.conn_id));
 }
@@ -133,7 +135,7 @@ fn a_shared_group_member_alone_with_an_unacked_message_can_leave_and_return() {
     core.subscribe(&client("g1"), &[("$share/g/s/+".into(), opts(1))], None);
     core.publish(msg("s/1", 1, false));
     assert_eq!(core.outgoing(&Arc::from("g1"), j.conn_id).len(), 1);
-    core.leave(&Arc::from("g1"), j.conn_id, false);
+    core.leave(&Arc::from("g1"), j.conn_id, false, None);
     core.publish(msg("s/2", 1, false));
     let j2 = join(&mut core, "g1", V5, false);
     assert_eq!(j2.resend.len(), 1, "the unacked one again");
@@ -152,7 +154,7 @@ fn offline_sessions_are_bounded_and_expire() {
     for i in 0..5 {
         let id = format!("c{i}");
         let j = join(&mut core, &id, V311, false);
-        core.leave(&Arc::from(id.as_str()), j.conn_id, false);
+        core.leave(&Arc::from(id.as_str()), j.conn_id, false, None);
     }
     assert_eq!(core.stats().sessions, 2);
     core.sweep(Instant::now() + Duration::from_secs(7200));
@@ -227,9 +229,121 @@ fn the_acl_decides_what_each_subscriber_gets_retained_shared_and_after_a_takeove
     assert_eq!(queued_topics(&mut core, "cb", b.conn_id).len(), 4);
 
     // Away, then back under another name: what that name may not read goes.
-    core.leave(&Arc::from("ca"), a.conn_id, false);
+    core.leave(&Arc::from("ca"), a.conn_id, false, None);
     core.publish(msg("devices/a/rpc/request/3", 1, false));
     let back = join_as(&mut core, "ca", Some("b"), V5, false);
     assert!(back.session_present);
     assert!(queued_topics(&mut core, "ca", back.conn_id).is_empty());
+}
+
+fn with_will(id: &str, clean: bool, expiry: Option<u64>, delay: u64) -> Join {
+    Join {
+        client_id: Arc::from(id),
+        level: V5,
+        clean,
+        expiry: expiry.map(Duration::from_secs),
+        receive_max: 10,
+        max_packet: None,
+        will: Some(PendingWill {
+            will: crate::source::broker::codec::Will {
+                topic: format!("{id}/gone"),
+                payload: bytes::Bytes::from_static(b"gone"),
+                qos: 1,
+                retain: false,
+                props: Default::default(),
+            },
+            delay: Duration::from_secs(delay),
+        }),
+        username: None,
+    }
+}
+
+/// MQTT 5 §3.14.2.2.2: the Session Expiry Interval of a DISCONNECT
+/// replaces the CONNECT's; zero ends the session with the connection.
+#[test]
+fn a_disconnect_lengthens_or_ends_the_session() {
+    let mut core = Core::new(Limits::default(), None);
+    let id: Arc<str> = Arc::from("sleepy");
+    let j = core.join(with_will("sleepy", false, Some(10), 0));
+    core.subscribe(&client("sleepy"), &[("cmd/#".into(), opts(1))], None);
+    core.leave(&id, j.conn_id, false, Some(Duration::from_secs(7200)));
+    core.sweep(Instant::now() + Duration::from_secs(60));
+    assert_eq!(
+        core.publish(msg("cmd/open", 1, false)),
+        1,
+        "kept past the CONNECT's 10 s"
+    );
+    let j = join(&mut core, "sleepy", V5, false);
+    assert!(j.session_present);
+    core.leave(&id, j.conn_id, false, Some(Duration::ZERO));
+    assert_eq!(core.stats().sessions, 0, "ended with the connection");
+    assert_eq!(
+        core.publish(msg("cmd/open", 1, false)),
+        0,
+        "nothing queued for it"
+    );
+}
+
+/// MQTT 5 §3.1.3.2.2: the will goes when its delay has passed or the
+/// session ends, whichever is first.
+#[test]
+fn a_will_delay_longer_than_the_session_is_cut_to_the_session() {
+    let mut core = Core::new(Limits::default(), None);
+    let j = core.join(with_will("w1", true, Some(2), 10));
+    let will = core
+        .leave(&Arc::from("w1"), j.conn_id, true, None)
+        .expect("a will");
+    assert_eq!(will.delay, Duration::from_secs(2));
+    let j = core.join(with_will("w2", true, None, 10));
+    let will = core
+        .leave(&Arc::from("w2"), j.conn_id, true, None)
+        .expect("a will");
+    assert_eq!(will.delay, Duration::ZERO, "no session to outlive");
+    let j = core.join(with_will("w3", true, Some(3600), 10));
+    let will = core
+        .leave(&Arc::from("w3"), j.conn_id, true, None)
+        .expect("a will");
+    assert_eq!(will.delay, Duration::from_secs(10));
+}
+
+/// MQTT 5 §3.1.4-3 with §3.1.2.5: a connection taken over leaves its will
+/// when its session ends (clean start) or it had no delay; with a delay
+/// and the session going on, the client is back in time and it is not
+/// sent.
+#[test]
+fn a_takeover_publishes_the_old_wills_that_are_due() {
+    let mut core = Core::new(Limits::default(), None);
+    core.join(with_will("t1", false, Some(3600), 30));
+    let j = core.join(with_will("t1", true, Some(3600), 30));
+    let t = j.taken_will.expect("clean start: the old session ended");
+    assert_eq!(t.will.delay, Duration::ZERO);
+    assert_eq!(t.will.will.topic, "t1/gone");
+    core.join(with_will("t2", false, Some(3600), 0));
+    assert!(
+        core.join(with_will("t2", false, Some(3600), 0))
+            .taken_will
+            .is_some(),
+        "no delay"
+    );
+    core.join(with_will("t3", false, Some(3600), 30));
+    assert!(
+        core.join(with_will("t3", false, Some(3600), 30))
+            .taken_will
+            .is_none(),
+        "back within the delay"
+    );
+}
+
+/// An offline session past its expiry is not resumed, even before the
+/// sweep has run.
+#[test]
+fn an_expired_session_is_not_resumed_between_sweeps() {
+    let mut core = Core::new(Limits::default(), None);
+    let j = core.join(with_will("e1", false, Some(1), 0));
+    core.leave(&Arc::from("e1"), j.conn_id, false, None);
+    if let Some(s) = core.sessions.get_mut("e1") {
+        s.disconnected_at = Instant::now().checked_sub(Duration::from_secs(2));
+    }
+    let again = join(&mut core, "e1", V5, false);
+    assert!(!again.session_present, "expired a second ago");
 }
