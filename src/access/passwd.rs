@@ -72,6 +72,16 @@ impl PasswordFile {
         Ok(PasswordFile { users })
     }
 
+    /// Users of `self` that `next` no longer has, or has with another
+    /// password (a reload that revokes them).
+    pub fn revoked_in(&self, next: &PasswordFile) -> Vec<String> {
+        self.users
+            .iter()
+            .filter(|(user, hash)| next.users.get(*user) != Some(*hash))
+            .map(|(user, _)| user.clone())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }

@@ -485,3 +485,99 @@ fn a_listener_others_can_reach_refuses_to_start_without_logins() {
         "{err}"
     );
 }
+
+/// What a reload that takes a login and a read right away does, seen by
+/// the clients: the same scenario on any broker; `reload` edits nothing,
+/// only signals (the files are changed before it is called).
+async fn revocation(port: u16, files: &Path, reload: impl FnOnce()) -> Vec<String> {
+    let mut seen = Vec::new();
+    let tag = format!("rv{port}");
+    let cmd = format!("devices/{tag}/cmd");
+    // Bob's persistent session, with a command queued while he is away.
+    let mut bob = login(V5, &format!("{tag}-bob"), "watcher", "pw3").persistent();
+    bob.props
+        .set(codec::props::SESSION_EXPIRY, codec::props::Value::U32(3600));
+    let (mut b, _) = Raw::connected(port, &bob).await;
+    let ack = b.subscribe(&cmd, 1).await;
+    seen.push(format!(
+        "bob subscribed: {}",
+        matches!(ack, Packet::SubAck(ref a) if a.codes == [1])
+    ));
+    b.disconnect().await;
+    let (mut admin, _) =
+        Raw::connected(port, &login(V5, &format!("{tag}-admin"), "admin", "pw4")).await;
+    let r = admin
+        .publish(&cmd, b"open", 1, false, Props::default())
+        .await;
+    seen.push(format!(
+        "admin published: {}",
+        matches!(r, Ok(c) if c < 0x80)
+    ));
+    // Sensor2 is connected when its user is deleted.
+    let (mut s2, _) =
+        Raw::connected(port, &login(V5, &format!("{tag}-s2"), "sensor2", "pw2")).await;
+    let out = Command::new("mosquitto_passwd")
+        .arg("-D")
+        .arg(files.join("passwd"))
+        .arg("sensor2")
+        .output()
+        .expect("mosquitto_passwd");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(
+        files.join("acl"),
+        ACL.replace(
+            "user watcher\ntopic read #\n",
+            "user watcher\ntopic read sensors/#\n",
+        ),
+    )
+    .expect("acl");
+    reload();
+    let ended = loop {
+        match s2.recv(Duration::from_secs(5)).await {
+            Got::Closed => break "closed",
+            Got::Packet(Packet::Disconnect(_)) => continue,
+            Got::Packet(_) => continue,
+            Got::Nothing => break "still connected after 5 s",
+        }
+    };
+    seen.push(format!("deleted user: {ended}"));
+    let (mut b, _) = Raw::connected(port, &bob).await;
+    seen.push(format!(
+        "bob after the reload received: {:?}",
+        received(&mut b).await
+    ));
+    seen
+}
+
+/// A user deleted from the password file is disconnected on SIGHUP, and a
+/// message queued for a session before the ACL took the right to read it
+/// away is not delivered: as in mosquitto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_disconnects_deleted_users_and_withholds_what_may_no_longer_be_read() {
+    let (dir_m, passwd_m, acl_m) = files();
+    let mut reference = Upstream::start(&format!(
+        "password_file {}\nacl_file {}\nallow_anonymous false\nmax_queued_messages 1000",
+        passwd_m.display(),
+        acl_m.display()
+    ));
+    let theirs = revocation(reference.port, dir_m.path(), || reference.reload()).await;
+
+    let (dir_o, passwd_o, acl_o) = files();
+    let w = World::new("");
+    let mut op = w.start(&outpost_config(&w, &passwd_o, &acl_o));
+    let ours = revocation(w.port, dir_o.path(), || op.signal("HUP")).await;
+    assert_eq!(theirs, ours, "mosquitto and outpost differ");
+    assert!(
+        ours.contains(&"deleted user: closed".to_string()),
+        "{ours:?}"
+    );
+    assert!(
+        ours.contains(&"bob after the reload received: []".to_string()),
+        "{ours:?}"
+    );
+    assert!(
+        op.log_text().contains("no longer lets sensor2 in"),
+        "{}",
+        op.log_text()
+    );
+}

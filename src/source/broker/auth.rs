@@ -91,6 +91,16 @@ impl Auth {
         )
     }
 
+    /// Logins `next` takes away: users removed from the password file or
+    /// whose password changed (every password user, when the file goes).
+    pub fn revoked_in(&self, next: &Auth) -> Vec<String> {
+        match (&self.passwords, &next.passwords) {
+            (Some(old), Some(new)) => old.revoked_in(new),
+            (Some(old), None) => old.revoked_in(&PasswordFile::default()),
+            (None, _) => Vec::new(),
+        }
+    }
+
     pub fn acl(&self) -> Option<Arc<Acl>> {
         self.acl.clone()
     }

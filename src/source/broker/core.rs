@@ -12,12 +12,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::auth;
 use super::codec::SubOpts;
 use super::retain::Retained;
 use super::session::{Inflight, Live, Out, PendingWill, Session};
 use super::trie::{Sub, Subscriber, Trie};
-use crate::access::{Access, Acl};
+use crate::access::Acl;
 
 /// The bounds that keep state per client and in total small.
 #[derive(Debug, Clone)]
@@ -175,6 +174,47 @@ impl Core {
     /// checked against it.
     pub fn set_acl(&mut self, acl: Option<Arc<Acl>>) {
         self.acl = acl;
+        // Queued before the change: kept only what the new rules allow.
+        let acl = self.acl.clone();
+        for (id, session) in self.sessions.iter_mut() {
+            session.keep_readable(acl.as_deref(), id);
+        }
+    }
+
+    /// The logins of `users` are taken away (SIGHUP with a changed password
+    /// file): their connections are ended and their sessions do not stay.
+    /// Returns how many connections are ended.
+    pub fn revoke(&mut self, users: &[String]) -> usize {
+        let mut ended: usize = 0;
+        let mut gone = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            let Some(user) = s.username.as_deref() else {
+                continue;
+            };
+            if !users.iter().any(|u| u == user) {
+                continue;
+            }
+            s.persistent = false;
+            match &s.live {
+                Some(live) => {
+                    s.revoked = true;
+                    live.kick.notify_one();
+                    ended = ended.saturating_add(1);
+                }
+                None => gone.push(id.clone()),
+            }
+        }
+        for id in gone {
+            if let Some(old) = self.sessions.remove(&id) {
+                self.drop_subs(&Subscriber::Client(id.clone()), &old);
+            }
+        }
+        ended
+    }
+
+    /// Was `client`'s connection ended by [`Core::revoke`]?
+    pub fn revoked(&self, client: &Arc<str>) -> bool {
+        self.sessions.get(client).is_some_and(|s| s.revoked)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -270,18 +310,9 @@ impl Core {
             // A session taken over under another name keeps only what the
             // new name may read.
             session.username = j.username;
-            let acl = self.acl.clone();
-            let (user, id) = (session.username.clone(), j.client_id.clone());
-            session.queue.retain(|d| {
-                auth::may(
-                    acl.as_deref(),
-                    user.as_deref(),
-                    &id,
-                    &d.msg.topic,
-                    Access::Read,
-                )
-            });
+            session.keep_readable(self.acl.as_deref(), &j.client_id);
         }
+        session.revoked = false;
         session.live = Some(Live {
             id: conn_id,
             wake: wake.clone(),

@@ -316,13 +316,24 @@ impl Broker {
     }
 
     /// Reads the password and ACL files again (SIGHUP): new logins and
-    /// every message from now on follow them; connected clients stay. A
-    /// file with a problem leaves the running rules in place.
+    /// every message from now on follow them, messages already queued
+    /// included; a client whose user was removed or whose password changed
+    /// is disconnected (MQTT 5: 0x87) and its session ends. A file with a
+    /// problem leaves the running rules in place.
     pub fn reload_access(&self) -> Result<String, crate::access::FileError> {
         let next = self.inner.auth().reload()?;
+        let revoked = self.inner.auth().revoked_in(&next);
         let what = next.describe();
         self.inner.core().set_acl(next.acl());
         *self.inner.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        // Logins taken away end their connections and sessions.
+        let ended = self.inner.core().revoke(&revoked);
+        if ended > 0 {
+            tracing::info!(
+                clients = ended,
+                "{ended} client(s) disconnected: their user was removed from the password file or their password changed"
+            );
+        }
         Ok(what)
     }
 

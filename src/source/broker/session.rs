@@ -110,6 +110,8 @@ pub struct Session {
     /// How long a persistent session is kept after its connection ends.
     pub expiry: Option<Duration>,
     pub disconnected_at: Option<Instant>,
+    /// Its login was taken away by a reload; its connection is ending.
+    pub revoked: bool,
     pub live: Option<Live>,
     /// Filter → subscription, to clean up after the session.
     pub subs: HashMap<String, Sub>,
@@ -131,6 +133,26 @@ pub struct Session {
 }
 
 impl Session {
+    /// Keeps only the queued messages the session's user may read under
+    /// `acl` (an ACL reloaded, or the session taken over under another
+    /// name).
+    pub fn keep_readable(&mut self, acl: Option<&crate::access::Acl>, id: &str) {
+        let user = self.username.clone();
+        let before = self.queue.len();
+        self.queue.retain(|d| {
+            super::auth::may(
+                acl,
+                user.as_deref(),
+                id,
+                &d.msg.topic,
+                crate::access::Access::Read,
+            )
+        });
+        if self.queue.len() != before {
+            self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
+        }
+    }
+
     /// Offline past its expiry (`persistent_expiry` for an MQTT 3.1.1
     /// persistent session) at `now`.
     pub fn expired(&self, now: Instant, persistent_expiry: Duration) -> bool {
@@ -146,6 +168,7 @@ impl Session {
             persistent: false,
             expiry: None,
             disconnected_at: None,
+            revoked: false,
             live: None,
             subs: HashMap::new(),
             queue: VecDeque::new(),

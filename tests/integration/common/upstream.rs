@@ -131,6 +131,13 @@ impl Upstream {
         self.spawn();
     }
 
+    /// SIGHUP: mosquitto reads its password and ACL files again.
+    pub fn reload(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            kill(c, "HUP");
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }

@@ -32,6 +32,8 @@ pub(super) enum End {
     /// DISCONNECT from the client (normal: no will; MQTT 5 0x04: with
     /// will), with the session expiry it set (MQTT 5).
     Disconnect { will: bool, expiry: Option<u32> },
+    /// A reload took the client's login away.
+    Revoked,
     /// The network connection broke, or the keep-alive ran out.
     Lost(String),
     /// The client broke the protocol.
@@ -136,10 +138,14 @@ impl Client {
                     return End::Server;
                 }
                 _ = self.kick.notified() => {
+                    let revoked = self.inner.core().revoked(&self.id);
                     if self.v5() {
-                        conn.queue(&Packet::Disconnect(Disconnect { code: 0x8E, props: Props::default() }), V5);
+                        // 0x87: not authorized (its login was taken away);
+                        // 0x8E: session taken over.
+                        let code = if revoked { 0x87 } else { 0x8E };
+                        conn.queue(&Packet::Disconnect(Disconnect { code, props: Props::default() }), V5);
                     }
-                    return End::TakenOver;
+                    return if revoked { End::Revoked } else { End::TakenOver };
                 }
                 r = conn.fill(), if reading => match r {
                     Ok(true) => {}
@@ -397,7 +403,7 @@ impl Client {
         let with_will = match &end {
             End::Disconnect { will, .. } => *will,
             End::Lost(_) | End::Violation(_) => true,
-            End::TakenOver | End::Server => false,
+            End::TakenOver | End::Server | End::Revoked => false,
         };
         let expiry = match &end {
             End::Disconnect { expiry, .. } => expiry.map(|n| Duration::from_secs(u64::from(n))),
@@ -407,6 +413,10 @@ impl Client {
             End::Violation(why) => self.inner.note_violation(self.peer, &self.id, why),
             End::Lost(why) => {
                 tracing::debug!(peer = %self.peer, client_id = %self.id, reason = %why, "client connection lost")
+            }
+            End::Revoked => {
+                let user = self.username.as_deref().unwrap_or_default();
+                tracing::info!(peer = %self.peer, client_id = %self.id, user, "client {} disconnected: the reloaded password file no longer lets {user} in", self.id)
             }
             _ => {
                 tracing::debug!(peer = %self.peer, client_id = %self.id, end = ?end, "client disconnected")

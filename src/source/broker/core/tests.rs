@@ -347,3 +347,37 @@ fn an_expired_session_is_not_resumed_between_sweeps() {
     let again = join(&mut core, "e1", V5, false);
     assert!(!again.session_present, "expired a second ago");
 }
+
+/// A reload that takes a user's login away ends its connection and its
+/// session; one that changes the ACL drops what was queued and may no
+/// longer be read.
+#[test]
+fn revoked_logins_end_and_queued_messages_follow_the_new_acl() {
+    let mut core = Core::new(Limits::default(), None);
+    let a = join_as(&mut core, "a", Some("alice"), V5, false);
+    join_as(&mut core, "b", Some("bob"), V5, false);
+    core.subscribe(&client("b"), &[("cmd/#".into(), opts(1))], None);
+    let b = Arc::<str>::from("b");
+    let joined_b = core
+        .sessions
+        .get(&b)
+        .and_then(|s| s.live.as_ref())
+        .map(|l| l.id);
+    core.leave(&b, joined_b.unwrap_or_default(), false, None);
+    assert_eq!(core.publish(msg("cmd/open", 1, false)), 1, "queued for bob");
+    let acl = crate::access::Acl::parse(
+        "user bob\ntopic read other/#\n",
+        std::path::Path::new("acl"),
+    )
+    .expect("acl");
+    core.set_acl(Some(Arc::new(acl)));
+    assert_eq!(
+        core.stats().queued,
+        0,
+        "no longer readable: not delivered later"
+    );
+    assert_eq!(core.revoke(&["alice".to_string()]), 1);
+    assert!(core.revoked(&Arc::from("a")));
+    core.leave(&Arc::from("a"), a.conn_id, false, None);
+    assert!(!core.sessions.contains_key("a"), "its session ends too");
+}
