@@ -125,10 +125,12 @@ fn default_max_payload() -> ByteSize {
     ByteSize(64 * 1024)
 }
 fn default_max_pending() -> usize {
-    64
+    256
 }
+/// A host that opens a hundred connections at once (a gateway, a reconnect
+/// storm after a power cut) is not shed.
 fn default_max_pending_per_address() -> usize {
-    16
+    128
 }
 fn default_connect_timeout() -> Seconds {
     Seconds(Duration::from_secs(10))
