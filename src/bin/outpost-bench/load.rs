@@ -233,6 +233,16 @@ pub async fn idle_clients(
     port: u16,
     n: usize,
 ) -> anyhow::Result<(Vec<tokio::net::TcpStream>, Duration)> {
+    idle_clients_after(port, n, 0).await
+}
+
+/// [`idle_clients`], each of which first publishes one QoS 0 message of
+/// `big` payload bytes (none when 0) on a topic no route takes.
+pub async fn idle_clients_after(
+    port: u16,
+    n: usize,
+    big: usize,
+) -> anyhow::Result<(Vec<tokio::net::TcpStream>, Duration)> {
     let start = Instant::now();
     // A hundred handshakes at a time: a thousand at once overflow the
     // kernel's listen backlog, and the retransmitted SYNs would measure
@@ -255,6 +265,31 @@ pub async fn idle_clients(
             s.read_exact(&mut ack).await?;
             if ack[3] != 0 {
                 bail!("client {i} refused with {:#04x}", ack[3]);
+            }
+            if big > 0 {
+                let topic = format!("sensors/big-{i}/telemetry");
+                let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+                body.extend_from_slice(topic.as_bytes());
+                body.resize(body.len() + big, b'x');
+                let mut packet = vec![0x30];
+                let mut len = body.len();
+                loop {
+                    let mut b = (len % 128) as u8;
+                    len /= 128;
+                    if len > 0 {
+                        b |= 0x80;
+                    }
+                    packet.push(b);
+                    if len == 0 {
+                        break;
+                    }
+                }
+                packet.extend_from_slice(&body);
+                s.write_all(&packet).await?;
+                // A PINGREQ answered: the big packet was read.
+                s.write_all(&[0xC0, 0x00]).await?;
+                let mut pong = [0u8; 2];
+                s.read_exact(&mut pong).await?;
             }
             Ok::<_, anyhow::Error>(s)
         }));

@@ -12,7 +12,8 @@
 //! - delivered readings/s, CPU-seconds per reading and bytes per reading
 //!   flat out;
 //! - the drain rate of a backlog queued during an outage;
-//! - RSS per idle connected client and the time to connect them all.
+//! - RSS per idle connected client and the time to connect them all, and
+//!   per idle client after each sent one 60 KB packet (`bigpacket`).
 //!
 //! Paced phases run before the flat-out ones, so the write-back of an
 //! earlier phase does not pollute their latency tails. Every phase starts
@@ -211,7 +212,7 @@ fn main() -> anyhow::Result<()> {
                 phase_rows[i].values.push((target.clone(), value));
             }
         }
-        if ["idle", "subs", "corpus"].contains(&phase.as_str()) {
+        if ["idle", "bigpacket", "subs", "corpus"].contains(&phase.as_str()) {
             for c in &args.candidate {
                 let (name, path) = c.split_once('=').context("--candidate takes NAME=PATH")?;
                 let got = rt.block_on(on_candidate(&args, phase, PathBuf::from(path)))?;
@@ -476,11 +477,11 @@ async fn run_phase(
                 rate,
             )])
         }
-        "idle" | "subs" | "corpus" => {
+        "idle" | "bigpacket" | "subs" | "corpus" => {
             drop(col);
             broker_only(args, phase, r.port, r.pid()).await
         }
-        other => bail!("unknown phase `{other}` (low, paced, flat, drain, idle, subs, corpus)"),
+        other => bail!("unknown phase `{other}` (low, paced, flat, drain, idle, bigpacket, subs, corpus)"),
     }
 }
 
@@ -520,6 +521,19 @@ async fn broker_only(args: &Args, phase: &str, port: u16, pid: u32) -> anyhow::R
                     Some(took.as_secs_f64()),
                 ),
             ])
+        }
+        "bigpacket" => {
+            let before = procs::rss_kib(pid);
+            let (clients, _) = load::idle_clients_after(port, args.idle, 60 * 1024).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = procs::rss_kib(pid);
+            drop(clients);
+            Ok(vec![(
+                format!("RSS per idle client after one 60 KB packet ({} clients)", args.idle),
+                "KB",
+                false,
+                Some(after.saturating_sub(before) as f64 * 1.024 / args.idle as f64),
+            )])
         }
         "subs" => {
             let (per_sub, kept) = load::subscriptions(port, pid, 100, 100).await?;
