@@ -73,6 +73,10 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     #[serde(default = "default_max_queued_bytes")]
     pub max_queued_bytes: ByteSize,
+    /// Messages queued for all clients together. At the bound, the client
+    /// with the most queued gives up its oldest for a client with less.
+    #[serde(default = "default_max_queued_bytes_total")]
+    pub max_queued_bytes_total: ByteSize,
     /// QoS 1 and 2 messages in flight to one client.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
@@ -148,6 +152,10 @@ fn default_max_queued_messages() -> usize {
 fn default_max_queued_bytes() -> ByteSize {
     ByteSize(1 << 20)
 }
+/// Sized for a Pi with 512 MB, not for 1 MiB times 1,000 sessions.
+fn default_max_queued_bytes_total() -> ByteSize {
+    ByteSize(32 << 20)
+}
 fn default_max_inflight() -> u16 {
     20
 }
@@ -184,6 +192,7 @@ impl Default for BrokerConfig {
             max_subscriptions: default_max_subscriptions(),
             max_queued_messages: default_max_queued_messages(),
             max_queued_bytes: default_max_queued_bytes(),
+            max_queued_bytes_total: default_max_queued_bytes_total(),
             max_inflight: default_max_inflight(),
             max_offline_sessions: default_max_offline_sessions(),
             persistent_session_expiry: default_persistent_session_expiry(),
@@ -307,6 +316,7 @@ pub(super) fn check(b: &BrokerConfig, problems: &mut Vec<Problem>) {
     }
     for (key, size) in [
         ("max_queued_bytes", b.max_queued_bytes),
+        ("max_queued_bytes_total", b.max_queued_bytes_total),
         ("max_retained_bytes", b.max_retained_bytes),
     ] {
         if size.0 < 1024 || size.0 > 1 << 30 {

@@ -221,3 +221,53 @@ async fn an_unfinished_http_request_is_closed_not_held_for_ever() {
         "the connection was still held after 40 s"
     );
 }
+
+/// A client that lets its offline queue fill cannot take the queue space
+/// the others share (`max_queued_bytes_total`): a valve's command queued
+/// while it is away is still there when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_offline_queue_does_not_cost_another_client_its_command() {
+    let mut s = Watched::broker("max_queued_bytes_total = \"16 KiB\"").await;
+    let port = s.w.port;
+    let (mut greedy, _) = Raw::connected(port, &Hello::new(V311, "greedy").persistent()).await;
+    greedy.subscribe("flood/#", 1).await;
+    greedy.disconnect().await;
+    let (mut valve, _) = Raw::connected(port, &Hello::new(V311, "valve-1").persistent()).await;
+    valve.subscribe("devices/valve-1/cmd", 1).await;
+    valve.disconnect().await;
+
+    let (mut p, _) = Raw::connected(port, &Hello::new(V311, "flooder")).await;
+    let junk = vec![b'j'; 500];
+    for _ in 0..200 {
+        assert_eq!(
+            p.publish("flood/x", &junk, 1, false, Props::default())
+                .await,
+            Ok(0)
+        );
+    }
+    assert_eq!(
+        p.publish(
+            "devices/valve-1/cmd",
+            b"{\"open\":true}",
+            1,
+            false,
+            Props::default()
+        )
+        .await,
+        Ok(0)
+    );
+    let (mut valve, ack) = Raw::connected(port, &Hello::new(V311, "valve-1").persistent()).await;
+    assert!(ack.session_present);
+    let cmd = valve.next_publish(Duration::from_secs(5)).await;
+    assert_eq!(
+        cmd.map(|m| m.payload.to_vec()),
+        Some(b"{\"open\":true}".to_vec()),
+        "the valve's command survived the flood"
+    );
+    let b = s.broker_status();
+    assert!(
+        b["dropped"].as_u64() > Some(100),
+        "the flood was cut and counted: {b}"
+    );
+    s.canary().await;
+}

@@ -481,7 +481,9 @@ async fn run_phase(
             drop(col);
             broker_only(args, phase, r.port, r.pid()).await
         }
-        other => bail!("unknown phase `{other}` (low, paced, flat, drain, idle, bigpacket, subs, corpus)"),
+        other => bail!(
+            "unknown phase `{other}` (low, paced, flat, drain, idle, bigpacket, subs, corpus)"
+        ),
     }
 }
 
@@ -529,7 +531,10 @@ async fn broker_only(args: &Args, phase: &str, port: u16, pid: u32) -> anyhow::R
             let after = procs::rss_kib(pid);
             drop(clients);
             Ok(vec![(
-                format!("RSS per idle client after one 60 KB packet ({} clients)", args.idle),
+                format!(
+                    "RSS per idle client after one 60 KB packet ({} clients)",
+                    args.idle
+                ),
                 "KB",
                 false,
                 Some(after.saturating_sub(before) as f64 * 1.024 / args.idle as f64),

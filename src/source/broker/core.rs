@@ -25,6 +25,8 @@ pub struct Limits {
     pub max_subscriptions: usize,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    /// Queued bytes of all sessions together.
+    pub max_queued_bytes_total: usize,
     /// Messages in flight to one client.
     pub max_inflight: u16,
     /// Offline persistent sessions kept at most (the oldest go first).
@@ -44,6 +46,7 @@ impl Limits {
             max_subscriptions: cfg.max_subscriptions,
             max_queued_messages: cfg.max_queued_messages,
             max_queued_bytes: bytes(cfg.max_queued_bytes),
+            max_queued_bytes_total: bytes(cfg.max_queued_bytes_total),
             max_inflight: cfg.max_inflight,
             max_offline_sessions: cfg.max_offline_sessions,
             persistent_expiry: cfg.persistent_session_expiry.0,
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_subscriptions: 10_000,
             max_queued_messages: 1000,
             max_queued_bytes: 1 << 20,
+            max_queued_bytes_total: 32 << 20,
             max_inflight: 20,
             max_offline_sessions: 1000,
             persistent_expiry: Duration::from_secs(86_400),
@@ -146,6 +150,8 @@ pub struct Core {
     retained_refused: u64,
     /// Who may read what; `None`: everyone everything.
     acl: Option<Arc<Acl>>,
+    /// Queued bytes of all sessions (each session keeps it in step).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// SUBACK codes.
@@ -167,6 +173,7 @@ impl Core {
             dropped: 0,
             retained_refused: 0,
             acl,
+            queued: Arc::default(),
         }
     }
 
@@ -283,10 +290,11 @@ impl Core {
         // connection) is present for a client that did not ask for a
         // clean one.
         let session_present = !j.clean && self.sessions.contains_key(&j.client_id);
+        let pool = self.queued.clone();
         let session = self
             .sessions
             .entry(j.client_id.clone())
-            .or_insert_with(|| Session::new(j.level));
+            .or_insert_with(|| Session::new(j.level, pool));
         if let Some(old) = session.live.take() {
             old.kick.notify_one();
             // The session goes on: a will without a delay goes now, one
@@ -434,7 +442,7 @@ impl Core {
             let before = s.queue.len();
             s.queue.retain(|d| !d.msg.expired(now));
             if s.queue.len() != before {
-                s.queued_bytes = s.queue.iter().map(|d| d.msg.size()).sum();
+                s.recount();
             }
         }
     }

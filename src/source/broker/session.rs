@@ -4,6 +4,7 @@
 //! ids it has not released yet, and its will. Every part is bounded.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,7 +117,11 @@ pub struct Session {
     /// Filter → subscription, to clean up after the session.
     pub subs: HashMap<String, Sub>,
     pub queue: VecDeque<Delivery>,
+    /// Bytes of `queue`; changed only through [`Session::recount`] and
+    /// the queue operations, which keep `pool` in step.
     pub queued_bytes: usize,
+    /// Queued bytes of every session together (`broker.max_queued_bytes_total`).
+    pool: Arc<AtomicUsize>,
     pub inflight: BTreeMap<u16, Inflight>,
     next_pkid: u16,
     /// QoS 2 packet ids received and not yet released (PUBREL).
@@ -130,6 +135,12 @@ pub struct Session {
     pub dropped: u64,
     /// Who the client logged in as (for the ACL).
     pub username: Option<Arc<str>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.queued_bytes, Ordering::Relaxed);
+    }
 }
 
 impl Session {
@@ -149,8 +160,42 @@ impl Session {
             )
         });
         if self.queue.len() != before {
-            self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
+            self.recount();
         }
+    }
+
+    /// `queued_bytes` counted again after the queue was filtered.
+    pub fn recount(&mut self) {
+        let now: usize = self.queue.iter().map(|d| d.msg.size()).sum();
+        self.set_queued(now);
+    }
+
+    fn set_queued(&mut self, n: usize) {
+        let old = self.queued_bytes;
+        if n > old {
+            self.pool
+                .fetch_add(n.saturating_sub(old), Ordering::Relaxed);
+        } else {
+            self.pool
+                .fetch_sub(old.saturating_sub(n), Ordering::Relaxed);
+        }
+        self.queued_bytes = n;
+    }
+
+    /// Drops the oldest queued messages until at least `bytes` are freed
+    /// (or the queue is empty); returns the bytes freed.
+    pub fn shed_oldest(&mut self, bytes: usize) -> usize {
+        let mut freed: usize = 0;
+        while freed < bytes {
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            freed = freed.saturating_add(d.msg.size());
+            self.dropped = self.dropped.saturating_add(1);
+        }
+        let left = self.queued_bytes.saturating_sub(freed);
+        self.set_queued(left);
+        freed
     }
 
     /// Offline past its expiry (`persistent_expiry` for an MQTT 3.1.1
@@ -162,7 +207,7 @@ impl Session {
         })
     }
 
-    pub fn new(level: u8) -> Session {
+    pub fn new(level: u8, pool: Arc<AtomicUsize>) -> Session {
         Session {
             level,
             persistent: false,
@@ -173,6 +218,7 @@ impl Session {
             subs: HashMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            pool,
             inflight: BTreeMap::new(),
             next_pkid: 0,
             qos2_in: HashSet::new(),
@@ -202,7 +248,7 @@ impl Session {
             self.dropped = self.dropped.saturating_add(1);
             return false;
         }
-        self.queued_bytes = self.queued_bytes.saturating_add(size);
+        self.set_queued(self.queued_bytes.saturating_add(size));
         self.queue.push_back(d);
         if let Some(live) = &self.live {
             live.wake.notify_one();
@@ -221,7 +267,7 @@ impl Session {
             let Some(d) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.size());
+            self.set_queued(self.queued_bytes.saturating_sub(d.msg.size()));
             if d.msg.expired(now) {
                 continue;
             }
@@ -288,7 +334,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_and_the_window_holds_back_qos1() {
-        let mut s = Session::new(4);
+        let mut s = Session::new(4, Arc::default());
         for i in 0..5 {
             assert!(s.enqueue(d(1, &i.to_string()), 3, 1000) || i >= 3);
         }
@@ -306,7 +352,7 @@ mod tests {
 
     #[test]
     fn resend_marks_dup_and_keeps_pubrel() {
-        let mut s = Session::new(5);
+        let mut s = Session::new(5, Arc::default());
         s.enqueue(d(2, "a"), 10, 1000);
         s.enqueue(d(1, "b"), 10, 1000);
         let out = s.take(10, Instant::now());

@@ -14,6 +14,44 @@ use super::{Core, LocalMessage};
 use crate::access::Access;
 
 impl Core {
+    /// Room for `size` more queued bytes for `client` within the total
+    /// (`max_queued_bytes_total`): when the total is reached, the session
+    /// with the most queued (over its share of the total) gives up its
+    /// oldest messages; a client that is itself the greediest gets nothing
+    /// (its message is dropped and counted). No session within its share
+    /// loses a message to another's flood. False: no room.
+    fn make_room(&mut self, client: &Arc<str>, size: usize) -> bool {
+        let max = self.limits.max_queued_bytes_total;
+        let total = self.queued.load(std::sync::atomic::Ordering::Relaxed);
+        let need = total.saturating_add(size).saturating_sub(max);
+        if need == 0 {
+            return true;
+        }
+        let mine = self.sessions.get(client).map_or(0, |s| s.queued_bytes);
+        let greediest = self
+            .sessions
+            .iter()
+            .filter(|(id, _)| *id != client)
+            .max_by_key(|(_, s)| s.queued_bytes)
+            .filter(|(_, s)| s.queued_bytes > mine.saturating_add(size))
+            .map(|(id, _)| id.clone());
+        if let Some(s) = greediest.and_then(|id| self.sessions.get_mut(&id)) {
+            s.shed_oldest(need);
+        }
+        let room = self.queued_total().saturating_add(size) <= max;
+        if !room {
+            if let Some(s) = self.sessions.get_mut(client) {
+                s.dropped = s.dropped.saturating_add(1);
+            }
+        }
+        room
+    }
+
+    /// Queued bytes of every session together.
+    pub fn queued_total(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// May `who` receive `topic`? outpost's own clients always may.
     fn may_read(&self, who: &Subscriber, topic: &str) -> bool {
         match who {
@@ -121,7 +159,7 @@ impl Core {
                     self.limits.max_queued_messages,
                     self.limits.max_queued_bytes,
                 );
-                let Some(s) = self.sessions.get_mut(c) else {
+                let Some(s) = self.sessions.get(c) else {
                     return false;
                 };
                 let deliveries: Vec<Delivery> = if s.level == super::super::codec::V5 {
@@ -139,10 +177,16 @@ impl Core {
                 let mut any = false;
                 for d in deliveries {
                     // QoS 0 is not kept for a client that is away.
-                    if d.qos == 0 && !s.connected() {
+                    let away = self.sessions.get(c).is_some_and(|s| !s.connected());
+                    if d.qos == 0 && away {
                         continue;
                     }
-                    any |= s.enqueue(d, max_q, max_b);
+                    if !self.make_room(c, d.msg.size()) {
+                        continue;
+                    }
+                    if let Some(s) = self.sessions.get_mut(c) {
+                        any |= s.enqueue(d, max_q, max_b);
+                    }
                 }
                 any
             }
@@ -166,8 +210,10 @@ impl Core {
         );
         match who {
             Subscriber::Client(c) => {
-                if let Some(s) = self.sessions.get_mut(c) {
-                    s.enqueue(d, max_q, max_b);
+                if self.make_room(c, d.msg.size()) {
+                    if let Some(s) = self.sessions.get_mut(c) {
+                        s.enqueue(d, max_q, max_b);
+                    }
                 }
             }
             Subscriber::Internal(i) => {

@@ -381,3 +381,50 @@ fn revoked_logins_end_and_queued_messages_follow_the_new_acl() {
     core.leave(&Arc::from("a"), a.conn_id, false, None);
     assert!(!core.sessions.contains_key("a"), "its session ends too");
 }
+
+/// The queued bytes of all sessions are bounded together; at the bound the
+/// session with the most queued gives up its oldest, and a session with
+/// little queued still gets its command.
+#[test]
+fn a_flooded_session_cannot_take_the_queue_space_of_the_others() {
+    let size = msg("flood/x", 1, false).size();
+    let limits = Limits {
+        max_queued_bytes_total: size * 10,
+        ..Limits::default()
+    };
+    let mut core = Core::new(limits, None);
+    for id in ["greedy", "valve"] {
+        let j = join(&mut core, id, V311, false);
+        let filter = if id == "greedy" {
+            "flood/#"
+        } else {
+            "cmd/valve"
+        };
+        core.subscribe(&client(id), &[(filter.into(), opts(1))], None);
+        core.leave(&Arc::from(id), j.conn_id, false, None);
+    }
+    for _ in 0..50 {
+        core.publish(msg("flood/x", 1, false));
+    }
+    assert_eq!(
+        core.queued_total(),
+        size * 10,
+        "the flood fills the total, no more"
+    );
+    assert_eq!(
+        core.publish(msg("cmd/valve", 1, false)),
+        1,
+        "the valve's command is kept"
+    );
+    assert!(core.queued_total() <= size * 10);
+    let valve = core.sessions.get("valve").map(|s| s.queue.len());
+    assert_eq!(valve, Some(1));
+    assert!(
+        core.stats().dropped >= 41,
+        "the flood's excess and its oldest are dropped, counted"
+    );
+    // A clean start of both: nothing is left counted.
+    join(&mut core, "greedy", V311, true);
+    join(&mut core, "valve", V311, true);
+    assert_eq!(core.queued_total(), 0);
+}
