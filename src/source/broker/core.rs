@@ -100,6 +100,19 @@ pub struct Join {
     pub will: Option<PendingWill>,
     /// Who the client logged in as (for the ACL).
     pub username: Option<Arc<str>>,
+    /// Whose share it counts against (see [`owner`]).
+    pub owner: Arc<str>,
+}
+
+/// The owner of a client's share of what all clients share (connections,
+/// persistent sessions): its user when it logged in, its address when it
+/// is anonymous. At a shared bound, the owner with the most gives way to
+/// one with less.
+pub fn owner(username: Option<&str>, peer: std::net::IpAddr) -> Arc<str> {
+    match username {
+        Some(u) => Arc::from(format!("user {u}").as_str()),
+        None => Arc::from(format!("address {peer}").as_str()),
+    }
 }
 
 /// The session a connection got.
@@ -219,6 +232,51 @@ impl Core {
         ended
     }
 
+    /// `max_connections` is reached and a client of `owner` asks to join:
+    /// the newest connection of the owner with the most connections is
+    /// ended (MQTT 5: 0x97, quota exceeded) if that owner has more than
+    /// `owner` would with this one. True: one was ended, the newcomer may
+    /// take its place.
+    pub fn evict_connection_for(&mut self, owner: &str) -> bool {
+        let mut per: HashMap<&str, (usize, u64, &Arc<str>)> = HashMap::new();
+        for (id, s) in &self.sessions {
+            if let Some(live) = &s.live {
+                let e = per.entry(&s.owner).or_insert((0, 0, id));
+                e.0 = e.0.saturating_add(1);
+                if live.id >= e.1 {
+                    e.1 = live.id;
+                    e.2 = id;
+                }
+            }
+        }
+        let mine = per.get(owner).map_or(0, |e| e.0);
+        let victim = per
+            .iter()
+            .filter(|(o, _)| **o != owner)
+            .max_by_key(|(_, e)| e.0)
+            .filter(|(_, e)| e.0 > mine.saturating_add(1))
+            .map(|(_, e)| e.2.clone());
+        let Some(victim) = victim else {
+            return false;
+        };
+        match self.sessions.get_mut(&victim) {
+            Some(s) => {
+                s.over_quota = true;
+                if let Some(live) = &s.live {
+                    live.kick.notify_one();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Was `client`'s connection ended for a newcomer with a smaller share
+    /// ([`Core::evict_connection_for`])?
+    pub fn over_quota(&self, client: &Arc<str>) -> bool {
+        self.sessions.get(client).is_some_and(|s| s.over_quota)
+    }
+
     /// Was `client`'s connection ended by [`Core::revoke`]?
     pub fn revoked(&self, client: &Arc<str>) -> bool {
         self.sessions.get(client).is_some_and(|s| s.revoked)
@@ -308,6 +366,7 @@ impl Core {
             }
         }
         session.level = j.level;
+        session.owner = j.owner.clone();
         session.persistent = j.expiry.is_some_and(|d| !d.is_zero());
         session.expiry = j.expiry;
         session.disconnected_at = None;
@@ -321,6 +380,7 @@ impl Core {
             session.keep_readable(self.acl.as_deref(), &j.client_id);
         }
         session.revoked = false;
+        session.over_quota = false;
         session.live = Some(Live {
             id: conn_id,
             wake: wake.clone(),
@@ -400,25 +460,38 @@ impl Core {
         }
     }
 
-    /// At most `max_offline_sessions` offline sessions: the longest
-    /// offline go first.
+    /// At most `max_offline_sessions` offline sessions. Over the bound, the
+    /// owner with the most offline sessions loses its longest offline one:
+    /// a thousand junk sessions of one owner push out their own, not a
+    /// sensor's.
     fn bound_offline(&mut self) {
-        let offline: Vec<(Instant, Arc<str>)> = self
-            .sessions
-            .iter()
-            .filter_map(|(k, s)| s.disconnected_at.map(|t| (t, k.clone())))
-            .collect();
-        if offline.len() <= self.limits.max_offline_sessions {
-            return;
-        }
-        let mut offline = offline;
-        offline.sort();
-        let excess = offline
-            .len()
-            .saturating_sub(self.limits.max_offline_sessions);
-        for (_, k) in offline.into_iter().take(excess) {
-            if let Some(s) = self.sessions.remove(&k) {
-                self.drop_subs(&Subscriber::Client(k.clone()), &s);
+        loop {
+            let mut per: HashMap<Arc<str>, (usize, Instant, Arc<str>)> = HashMap::new();
+            let mut offline: usize = 0;
+            for (k, s) in &self.sessions {
+                let Some(t) = s.disconnected_at else {
+                    continue;
+                };
+                offline = offline.saturating_add(1);
+                let e = per.entry(s.owner.clone()).or_insert((0, t, k.clone()));
+                e.0 = e.0.saturating_add(1);
+                if t <= e.1 {
+                    e.1 = t;
+                    e.2 = k.clone();
+                }
+            }
+            if offline <= self.limits.max_offline_sessions {
+                return;
+            }
+            let Some(victim) = per
+                .into_values()
+                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+                .map(|e| e.2)
+            else {
+                return;
+            };
+            if let Some(s) = self.sessions.remove(&victim) {
+                self.drop_subs(&Subscriber::Client(victim.clone()), &s);
             }
         }
     }

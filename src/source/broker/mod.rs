@@ -400,17 +400,25 @@ impl Inner {
     }
 
     /// One of `max_connections`, if any is free.
-    fn take_slot(self: &Arc<Self>) -> Option<Slot> {
+    /// A connection slot for a client of `owner`. At `max_connections`, the
+    /// newest connection of an owner with more connections than `owner`
+    /// would have is ended to make room (see `Core::evict_connection_for`);
+    /// it gives its slot back as it goes.
+    fn take_slot(self: &Arc<Self>, owner: &str) -> Option<Slot> {
         let max = self.settings.max_connections;
         let taken = self
             .live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then(|| n.saturating_add(1))
             });
-        taken.ok().map(|_| {
-            stats::add(&self.ingest.stats().ingest.clients, 1);
-            Slot(self.clone())
-        })
+        if taken.is_err() {
+            if !self.core().evict_connection_for(owner) {
+                return None;
+            }
+            self.live.fetch_add(1, Ordering::SeqCst);
+        }
+        stats::add(&self.ingest.stats().ingest.clients, 1);
+        Some(Slot(self.clone()))
     }
 
     /// A PUBLISH delivered to the local subscribers.

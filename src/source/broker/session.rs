@@ -113,6 +113,11 @@ pub struct Session {
     pub disconnected_at: Option<Instant>,
     /// Its login was taken away by a reload; its connection is ending.
     pub revoked: bool,
+    /// Its connection is ending to make room for a client of an owner
+    /// with a smaller share.
+    pub over_quota: bool,
+    /// Whose share it counts against (`core::owner`).
+    pub owner: Arc<str>,
     pub live: Option<Live>,
     /// Filter → subscription, to clean up after the session.
     pub subs: HashMap<String, Sub>,
@@ -214,6 +219,8 @@ impl Session {
             expiry: None,
             disconnected_at: None,
             revoked: false,
+            over_quota: false,
+            owner: Arc::from(""),
             live: None,
             subs: HashMap::new(),
             queue: VecDeque::new(),

@@ -101,6 +101,36 @@ impl Raw {
         }
     }
 
+    /// [`Raw::open`] from another loopback address (`127.0.0.X`), so the
+    /// broker sees another host.
+    pub async fn open_from(from: [u8; 4], port: u16, level: u8) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from((from, 0)))
+            .expect("bind to the source address");
+        let stream = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .expect("connect to the broker");
+        let _ = stream.set_nodelay(true);
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            level,
+            next_pkid: 0,
+        }
+    }
+
+    /// [`Raw::connected`] from another loopback address.
+    pub async fn connected_from(from: [u8; 4], port: u16, h: &Hello) -> (Raw, ConnAck) {
+        let mut r = Raw::open_from(from, port, h.level).await;
+        r.send(&h.packet()).await;
+        match r.recv(Duration::from_secs(5)).await {
+            Got::Packet(Packet::ConnAck(a)) if a.code == 0 => (r, a),
+            other => panic!("{} was not accepted: {other:?}", h.client_id),
+        }
+    }
+
     /// Connects; returns the CONNACK (or what came instead).
     pub async fn hello(port: u16, h: &Hello) -> (Raw, Got) {
         let mut r = Raw::open(port, h.level).await;

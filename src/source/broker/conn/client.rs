@@ -34,6 +34,8 @@ pub(super) enum End {
     Disconnect { will: bool, expiry: Option<u32> },
     /// A reload took the client's login away.
     Revoked,
+    /// Ended to make room for a client of an owner with fewer connections.
+    Quota,
     /// The network connection broke, or the keep-alive ran out.
     Lost(String),
     /// The client broke the protocol.
@@ -138,14 +140,24 @@ impl Client {
                     return End::Server;
                 }
                 _ = self.kick.notified() => {
-                    let revoked = self.inner.core().revoked(&self.id);
+                    let (revoked, quota) = {
+                        let core = self.inner.core();
+                        (core.revoked(&self.id), core.over_quota(&self.id))
+                    };
+                    // 0x87: not authorized (its login was taken away);
+                    // 0x97: quota exceeded (room made for a smaller share);
+                    // 0x8E: session taken over.
+                    let (code, end) = if revoked {
+                        (0x87, End::Revoked)
+                    } else if quota {
+                        (0x97, End::Quota)
+                    } else {
+                        (0x8E, End::TakenOver)
+                    };
                     if self.v5() {
-                        // 0x87: not authorized (its login was taken away);
-                        // 0x8E: session taken over.
-                        let code = if revoked { 0x87 } else { 0x8E };
                         conn.queue(&Packet::Disconnect(Disconnect { code, props: Props::default() }), V5);
                     }
-                    return if revoked { End::Revoked } else { End::TakenOver };
+                    return end;
                 }
                 r = conn.fill(), if reading => match r {
                     Ok(true) => {}
@@ -402,7 +414,7 @@ impl Client {
     pub(super) async fn finish<S: Stream>(&mut self, conn: &mut Conn<S>, end: End) {
         let with_will = match &end {
             End::Disconnect { will, .. } => *will,
-            End::Lost(_) | End::Violation(_) => true,
+            End::Lost(_) | End::Violation(_) | End::Quota => true,
             End::TakenOver | End::Server | End::Revoked => false,
         };
         let expiry = match &end {
@@ -413,6 +425,11 @@ impl Client {
             End::Violation(why) => self.inner.note_violation(self.peer, &self.id, why),
             End::Lost(why) => {
                 tracing::debug!(peer = %self.peer, client_id = %self.id, reason = %why, "client connection lost")
+            }
+            End::Quota => {
+                self.inner.log_limited(format!("quota {}", self.peer.ip()), |n| {
+                    tracing::warn!(peer = %self.peer, client_id = %self.id, count = n, "client {} disconnected: max_connections is reached and its owner has more connections than a client that asked to connect", self.id)
+                });
             }
             End::Revoked => {
                 let user = self.username.as_deref().unwrap_or_default();

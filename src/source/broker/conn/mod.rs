@@ -196,7 +196,7 @@ async fn accept<S: Stream>(
     let slot = if internal {
         None
     } else {
-        match inner.take_slot() {
+        match inner.take_slot(&super::core::owner(username.as_deref(), peer.ip())) {
             Some(s) => Some(s),
             None => {
                 inner.note_refused(peer, &client_id, "max_connections reached");
@@ -238,6 +238,7 @@ async fn accept<S: Stream>(
         },
         will,
         username: username.clone(),
+        owner: super::core::owner(username.as_deref(), peer.ip()),
     });
     if let Some(t) = joined.taken_will {
         inner.publish_will(client_id.clone(), t.username, t.conn_id, t.will);

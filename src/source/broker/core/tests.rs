@@ -16,6 +16,7 @@ fn join_as(core: &mut Core, id: &str, user: Option<&str>, level: u8, clean: bool
         max_packet: None,
         will: None,
         username: user.map(Arc::from),
+        owner: Arc::from(user.unwrap_or("anonymous")),
     })
 }
 
@@ -255,6 +256,7 @@ fn with_will(id: &str, clean: bool, expiry: Option<u64>, delay: u64) -> Join {
             delay: Duration::from_secs(delay),
         }),
         username: None,
+        owner: Arc::from("anonymous"),
     }
 }
 
@@ -427,4 +429,73 @@ fn a_flooded_session_cannot_take_the_queue_space_of_the_others() {
     join(&mut core, "greedy", V311, true);
     join(&mut core, "valve", V311, true);
     assert_eq!(core.queued_total(), 0);
+}
+
+fn join_owned(core: &mut Core, id: &str, owner: &str, clean: bool) -> Joined {
+    core.join(Join {
+        client_id: Arc::from(id),
+        level: V5,
+        clean,
+        expiry: (!clean).then_some(Duration::from_secs(3600)),
+        receive_max: 10,
+        max_packet: None,
+        will: None,
+        username: None,
+        owner: Arc::from(owner),
+    })
+}
+
+/// At `max_connections`, a newcomer whose owner has fewer connections
+/// than the greediest owner gets the place of that owner's newest
+/// connection; owners with equal shares keep theirs.
+#[test]
+fn a_full_house_makes_room_from_the_owner_with_the_most_connections() {
+    let mut core = Core::new(Limits::default(), None);
+    for i in 0..5 {
+        join_owned(&mut core, &format!("junk-{i}"), "address 10.0.0.9", true);
+    }
+    join_owned(&mut core, "sensor-a", "address 10.0.0.2", true);
+    assert!(core.evict_connection_for("address 10.0.0.3"));
+    assert!(
+        core.over_quota(&Arc::from("junk-4")),
+        "the greediest owner's newest"
+    );
+    assert!(!core.over_quota(&Arc::from("sensor-a")));
+    let mut even = Core::new(Limits::default(), None);
+    join_owned(&mut even, "a", "address 10.0.0.1", true);
+    join_owned(&mut even, "b", "address 10.0.0.2", true);
+    assert!(
+        !even.evict_connection_for("address 10.0.0.3"),
+        "no owner over its share"
+    );
+    assert!(
+        !even.evict_connection_for("address 10.0.0.1"),
+        "nor for an owner at the most"
+    );
+}
+
+/// Over `max_offline_sessions`, the owner with the most offline sessions
+/// loses its oldest: a sensor's session with its queued command stays.
+#[test]
+fn junk_sessions_push_out_their_own_not_a_sensors() {
+    let limits = Limits {
+        max_offline_sessions: 3,
+        ..Limits::default()
+    };
+    let mut core = Core::new(limits, None);
+    let j = join_owned(&mut core, "sensor", "user sensor", false);
+    core.subscribe(&client("sensor"), &[("cmd/sensor".into(), opts(1))], None);
+    core.leave(&Arc::from("sensor"), j.conn_id, false, None);
+    assert_eq!(core.publish(msg("cmd/sensor", 1, false)), 1);
+    for i in 0..10 {
+        let id = format!("junk-{i}");
+        let j = join_owned(&mut core, &id, "address 10.0.0.9", false);
+        core.leave(&Arc::from(id.as_str()), j.conn_id, false, None);
+    }
+    assert_eq!(core.stats().sessions, 3);
+    assert!(
+        core.sessions.contains_key("sensor"),
+        "the sensor's session stays"
+    );
+    assert_eq!(core.sessions.get("sensor").map(|s| s.queue.len()), Some(1));
 }
