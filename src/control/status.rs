@@ -182,6 +182,7 @@ impl StatusSource {
                 "sessions": st.sessions,
                 "connected": st.connected,
                 "subscriptions": st.subscriptions,
+                "subscriptions_evicted": st.subscriptions_evicted,
                 "retained": st.retained,
                 "retained_bytes": st.retained_bytes,
                 "queued": st.queued,

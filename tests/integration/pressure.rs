@@ -345,3 +345,76 @@ async fn a_greedy_address_cannot_lock_out_a_sensor_or_push_out_its_session() {
     drop(held);
     s.canary().await;
 }
+
+/// One greedy address fills the subscriptions and the retained store
+/// everyone shares: a dashboard on another host still subscribes, and a
+/// device's new retained message is kept (the greediest owner gives one of
+/// its own up each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_subscriptions_and_retained_topics_leave_room_for_real_clients() {
+    let mut s = Watched::broker("max_subscriptions = 200\nmax_retained = 50").await;
+    let port = s.w.port;
+    let greedy = [127, 0, 0, 9];
+    let mut hogs = Vec::new();
+    for c in 0..3 {
+        let (mut h, _) =
+            Raw::connected_from(greedy, port, &Hello::new(V5, &format!("subhog-{c}"))).await;
+        for f in 0..100 {
+            h.subscribe(&format!("junk/{c}/{f}"), 0).await;
+        }
+        hogs.push(h);
+    }
+    assert_eq!(
+        s.broker_status()["subscriptions"],
+        200,
+        "the total is reached"
+    );
+    let (mut dash, _) =
+        Raw::connected_from([127, 0, 0, 2], port, &Hello::new(V5, "dashboard")).await;
+    let ack = dash.subscribe("devices/#", 1).await;
+    assert!(
+        matches!(&ack, Packet::SubAck(a) if a.codes == [1]),
+        "the dashboard subscribes: {ack:?}"
+    );
+    let (mut junk, _) = Raw::connected_from(greedy, port, &Hello::new(V5, "rethog")).await;
+    for i in 0..60 {
+        assert_eq!(
+            junk.publish(
+                &format!("junk/retained/{i}"),
+                b"j",
+                1,
+                true,
+                Props::default()
+            )
+            .await,
+            Ok(0)
+        );
+    }
+    assert_eq!(s.broker_status()["retained"], 50);
+    let (mut valve, _) =
+        Raw::connected_from([127, 0, 0, 3], port, &Hello::new(V5, "valve-1")).await;
+    assert_eq!(
+        valve
+            .publish(
+                "devices/valve-1/attributes",
+                b"{\"fw\":\"2.1\"}",
+                1,
+                true,
+                Props::default()
+            )
+            .await,
+        Ok(0)
+    );
+    // The dashboard got it live; a new subscriber gets it retained.
+    assert!(dash.next_publish(Duration::from_secs(5)).await.is_some());
+    let (mut late, _) = Raw::connected_from([127, 0, 0, 4], port, &Hello::new(V5, "late")).await;
+    late.subscribe("devices/valve-1/attributes", 1).await;
+    let kept = late.next_publish(Duration::from_secs(5)).await;
+    assert_eq!(
+        kept.map(|m| (m.retain, m.payload.to_vec())),
+        Some((true, b"{\"fw\":\"2.1\"}".to_vec())),
+        "the device's retained message was kept"
+    );
+    drop(hogs);
+    s.canary().await;
+}

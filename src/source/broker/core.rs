@@ -148,6 +148,8 @@ pub struct CoreStats {
     pub queued: usize,
     pub dropped: u64,
     pub retained_refused: u64,
+    /// Subscriptions taken from the greediest owner at `max_subscriptions`.
+    pub subscriptions_evicted: u64,
 }
 
 pub struct Core {
@@ -163,6 +165,8 @@ pub struct Core {
     retained_refused: u64,
     /// Who may read what; `None`: everyone everything.
     acl: Option<Arc<Acl>>,
+    /// Subscriptions taken from the greediest owner to make room.
+    subs_evicted: u64,
     /// Queued bytes of all sessions (each session keeps it in step).
     queued: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -187,6 +191,7 @@ impl Core {
             retained_refused: 0,
             acl,
             queued: Arc::default(),
+            subs_evicted: 0,
         }
     }
 
@@ -271,6 +276,51 @@ impl Core {
         }
     }
 
+    /// `max_subscriptions` is reached and `who` asks for one more: the
+    /// owner with the most subscriptions (more than `who`'s owner would
+    /// have with this one) loses one of its clients' subscriptions, from
+    /// the client with the most. True: there is room now.
+    fn evict_subscription_for(&mut self, who: &Subscriber) -> bool {
+        let Subscriber::Client(me) = who else {
+            return false;
+        };
+        let Some(my_owner) = self.sessions.get(me).map(|s| s.owner.clone()) else {
+            return false;
+        };
+        let mut per: HashMap<&Arc<str>, (usize, usize, &Arc<str>)> = HashMap::new();
+        for (id, s) in &self.sessions {
+            let e = per.entry(&s.owner).or_insert((0, 0, id));
+            e.0 = e.0.saturating_add(s.subs.len());
+            if s.subs.len() > e.1 {
+                e.1 = s.subs.len();
+                e.2 = id;
+            }
+        }
+        let mine = per.get(&my_owner).map_or(0, |e| e.0);
+        let victim = per
+            .iter()
+            .filter(|(o, _)| ***o != my_owner)
+            .max_by_key(|(_, e)| e.0)
+            .filter(|(_, e)| e.0 > mine.saturating_add(1))
+            .map(|(_, e)| e.2.clone());
+        let Some(victim) = victim else {
+            return false;
+        };
+        let filter = self
+            .sessions
+            .get(&victim)
+            .and_then(|s| s.subs.keys().max().cloned());
+        let Some(filter) = filter else {
+            return false;
+        };
+        if let Some(s) = self.sessions.get_mut(&victim) {
+            s.subs.remove(&filter);
+        }
+        self.trie.remove(&filter, &Subscriber::Client(victim));
+        self.subs_evicted = self.subs_evicted.saturating_add(1);
+        true
+    }
+
     /// Was `client`'s connection ended for a newcomer with a smaller share
     /// ([`Core::evict_connection_for`])?
     pub fn over_quota(&self, client: &Arc<str>) -> bool {
@@ -305,6 +355,7 @@ impl Core {
                 .map(|s| s.dropped)
                 .fold(self.dropped, u64::saturating_add),
             retained_refused: self.retained_refused,
+            subscriptions_evicted: self.subs_evicted,
         }
     }
 
@@ -555,13 +606,14 @@ impl Core {
                 SUB_FAILURE_311
             };
             let internal = matches!(who, Subscriber::Internal(_));
-            if !had
-                && !internal
-                && (count >= self.limits.max_subscriptions_per_client
-                    || self.trie.len() >= self.limits.max_subscriptions)
-            {
-                codes.push(quota);
-                continue;
+            if !had && !internal {
+                let full = self.trie.len() >= self.limits.max_subscriptions;
+                if count >= self.limits.max_subscriptions_per_client
+                    || (full && !self.evict_subscription_for(who))
+                {
+                    codes.push(quota);
+                    continue;
+                }
             }
             self.trie.insert(filter, who.clone(), sub);
             match who {

@@ -1,7 +1,10 @@
-//! Retained messages, bounded in count and bytes: when full, a message for
-//! a new topic is delivered but not retained (counted and logged), so a
-//! client publishing retained messages on endless topics cannot exhaust
-//! memory.
+//! Retained messages, bounded in count and bytes. Each is kept with the
+//! owner of the client that published it (`core::owner`). At a bound, the
+//! owner with the most retained topics gives up one of its own for an
+//! owner with fewer; an owner already at the most gets its new topic
+//! delivered but not retained (counted and logged). A client publishing
+//! retained messages on endless topics exhausts neither memory nor the
+//! place of a device's own retained message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use crate::topic::TopicFilter;
 
 #[derive(Debug, Default)]
 pub struct Retained {
-    by_topic: HashMap<Arc<str>, Arc<Message>>,
+    by_topic: HashMap<Arc<str>, (Arc<Message>, Arc<str>)>,
     bytes: usize,
     max_count: usize,
     max_bytes: usize,
@@ -47,23 +50,61 @@ impl Retained {
         self.bytes
     }
 
-    /// A retained publish: an empty payload clears the topic.
-    pub fn store(&mut self, m: &Arc<Message>) -> Stored {
+    /// A retained publish by a client of `owner`: an empty payload clears
+    /// the topic.
+    pub fn store(&mut self, m: &Arc<Message>, owner: &Arc<str>) -> Stored {
         if m.payload.is_empty() {
-            if let Some(old) = self.by_topic.remove(&m.topic) {
+            if let Some((old, _)) = self.by_topic.remove(&m.topic) {
                 self.bytes = self.bytes.saturating_sub(size(&old));
             }
             return Stored::Cleared;
         }
-        let old = self.by_topic.get(&m.topic).map(|o| size(o)).unwrap_or(0);
-        let grows_count = old == 0 && !self.by_topic.contains_key(&m.topic);
-        let bytes = self.bytes.saturating_sub(old).saturating_add(size(m));
-        if (grows_count && self.by_topic.len() >= self.max_count) || bytes > self.max_bytes {
-            return Stored::Full;
+        loop {
+            let old = self.by_topic.get(&m.topic).map(|(o, _)| size(o));
+            let grows_count = old.is_none();
+            let bytes = self
+                .bytes
+                .saturating_sub(old.unwrap_or(0))
+                .saturating_add(size(m));
+            let full =
+                (grows_count && self.by_topic.len() >= self.max_count) || bytes > self.max_bytes;
+            if !full {
+                self.by_topic
+                    .insert(m.topic.clone(), (m.clone(), owner.clone()));
+                self.bytes = bytes;
+                return Stored::Kept;
+            }
+            if !self.give_way_for(owner, &m.topic) {
+                return Stored::Full;
+            }
         }
-        self.by_topic.insert(m.topic.clone(), m.clone());
-        self.bytes = bytes;
-        Stored::Kept
+    }
+
+    /// Removes one retained topic of the owner with the most (more than
+    /// `owner` would have with one more), never `keep`. False: none.
+    fn give_way_for(&mut self, owner: &Arc<str>, keep: &str) -> bool {
+        let mut per: HashMap<&Arc<str>, (usize, &Arc<str>)> = HashMap::new();
+        for (topic, (_, o)) in &self.by_topic {
+            let e = per.entry(o).or_insert((0, topic));
+            e.0 = e.0.saturating_add(1);
+            if topic.as_ref() != keep && topic > e.1 {
+                e.1 = topic;
+            }
+        }
+        let mine = per.get(owner).map_or(0, |e| e.0);
+        let victim = per
+            .iter()
+            .filter(|(o, _)| **o != owner)
+            .max_by_key(|(_, e)| e.0)
+            .filter(|(_, e)| e.0 > mine.saturating_add(1))
+            .map(|(_, e)| e.1.clone());
+        let Some(victim) = victim else {
+            return false;
+        };
+        if let Some((old, _)) = self.by_topic.remove(&victim) {
+            self.bytes = self.bytes.saturating_sub(size(&old));
+        }
+        true
     }
 
     /// Retained messages matching `filter` (never for a shared one).
@@ -74,8 +115,8 @@ impl Retained {
         let mut out: Vec<Arc<Message>> = self
             .by_topic
             .values()
-            .filter(|m| f.matches(&m.topic))
-            .cloned()
+            .filter(|(m, _)| f.matches(&m.topic))
+            .map(|(m, _)| m.clone())
             .collect();
         out.sort_by(|a, b| a.topic.cmp(&b.topic));
         out
@@ -98,19 +139,46 @@ mod tests {
     #[test]
     fn bounded_by_count_and_bytes_and_cleared_by_an_empty_payload() {
         let mut r = Retained::new(2, 100);
-        assert_eq!(r.store(&msg("a", "1")), Stored::Kept);
-        assert_eq!(r.store(&msg("b", "2")), Stored::Kept);
-        assert_eq!(r.store(&msg("c", "3")), Stored::Full, "count bound");
-        assert_eq!(r.store(&msg("a", "11")), Stored::Kept, "replacing is fine");
+        let o: Arc<str> = Arc::from("one");
+        assert_eq!(r.store(&msg("a", "1"), &o), Stored::Kept);
+        assert_eq!(r.store(&msg("b", "2"), &o), Stored::Kept);
+        assert_eq!(r.store(&msg("c", "3"), &o), Stored::Full, "count bound");
         assert_eq!(
-            r.store(&msg("b", &"x".repeat(200))),
+            r.store(&msg("a", "11"), &o),
+            Stored::Kept,
+            "replacing is fine"
+        );
+        assert_eq!(
+            r.store(&msg("b", &"x".repeat(200)), &o),
             Stored::Full,
             "byte bound"
         );
-        assert_eq!(r.store(&msg("a", "")), Stored::Cleared);
+        assert_eq!(r.store(&msg("a", ""), &o), Stored::Cleared);
         assert_eq!(r.len(), 1);
         assert_eq!(r.bytes(), 2);
         assert_eq!(r.matching("#").len(), 1);
         assert!(r.matching("a/#/b").is_empty());
+    }
+
+    #[test]
+    fn a_device_keeps_its_retained_message_when_junk_fills_the_store() {
+        let mut r = Retained::new(10, 1 << 20);
+        let (junk, valve): (Arc<str>, Arc<str>) =
+            (Arc::from("address 10.0.0.9"), Arc::from("user valve"));
+        for i in 0..20 {
+            r.store(&msg(&format!("junk/{i}"), "j"), &junk);
+        }
+        assert_eq!(r.len(), 10);
+        assert_eq!(
+            r.store(&msg("devices/valve-1/attributes", "{}"), &valve),
+            Stored::Kept
+        );
+        assert_eq!(r.len(), 10);
+        assert_eq!(r.matching("devices/#").len(), 1);
+        assert_eq!(
+            r.store(&msg("junk/new", "j"), &junk),
+            Stored::Full,
+            "the greediest gets no more"
+        );
     }
 }

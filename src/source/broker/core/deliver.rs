@@ -47,6 +47,18 @@ impl Core {
         room
     }
 
+    /// Whose share a message counts against: its publisher's owner
+    /// (outpost's own messages: `outpost`).
+    fn owner_of(&self, from: Option<&Subscriber>) -> Arc<str> {
+        match from {
+            Some(Subscriber::Client(c)) => self
+                .sessions
+                .get(c)
+                .map_or_else(|| Arc::from("outpost"), |s| s.owner.clone()),
+            _ => Arc::from("outpost"),
+        }
+    }
+
     /// Queued bytes of every session together.
     pub fn queued_total(&self) -> usize {
         self.queued.load(std::sync::atomic::Ordering::Relaxed)
@@ -71,8 +83,11 @@ impl Core {
     /// Delivers a message to every matching subscription, and keeps it if
     /// it is retained. Returns how many subscribers got it.
     pub fn publish(&mut self, msg: Arc<Message>) -> usize {
-        if msg.retain && self.retained.store(&msg) == Stored::Full {
-            self.retained_refused = self.retained_refused.saturating_add(1);
+        if msg.retain {
+            let owner = self.owner_of(msg.from.as_ref());
+            if self.retained.store(&msg, &owner) == Stored::Full {
+                self.retained_refused = self.retained_refused.saturating_add(1);
+            }
         }
         let mut plain: BTreeMap<Subscriber, Vec<Sub>> = BTreeMap::new();
         let mut delivered: usize = 0;

@@ -499,3 +499,35 @@ fn junk_sessions_push_out_their_own_not_a_sensors() {
     );
     assert_eq!(core.sessions.get("sensor").map(|s| s.queue.len()), Some(1));
 }
+
+/// At `max_subscriptions`, a client whose owner has few subscriptions
+/// still subscribes: the owner with the most gives one up.
+#[test]
+fn a_dashboard_subscribes_when_junk_subscriptions_fill_the_total() {
+    let limits = Limits {
+        max_subscriptions: 20,
+        ..Limits::default()
+    };
+    let mut core = Core::new(limits, None);
+    for i in 0..4 {
+        let id = format!("junk-{i}");
+        join_owned(&mut core, &id, "address 10.0.0.9", true);
+        let filters: Vec<(String, SubOpts)> =
+            (0..5).map(|f| (format!("junk/{i}/{f}"), opts(0))).collect();
+        core.subscribe(&client(&id), &filters, None);
+    }
+    assert_eq!(core.stats().subscriptions, 20);
+    join_owned(&mut core, "junk-more", "address 10.0.0.9", true);
+    assert_eq!(
+        core.subscribe(&client("junk-more"), &[("junk/x".into(), opts(0))], None),
+        [SUB_QUOTA_EXCEEDED],
+        "the greediest owner itself gets no more"
+    );
+    join_owned(&mut core, "dashboard", "address 10.0.0.2", true);
+    assert_eq!(
+        core.subscribe(&client("dashboard"), &[("sensors/#".into(), opts(1))], None),
+        [1]
+    );
+    assert_eq!(core.stats().subscriptions, 20);
+    assert_eq!(core.stats().subscriptions_evicted, 1);
+}
