@@ -4,6 +4,9 @@
 //! effect in or to take what to send out, never across an await.
 
 mod deliver;
+mod shares;
+
+pub use shares::owner;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,17 +107,6 @@ pub struct Join {
     pub owner: Arc<str>,
 }
 
-/// The owner of a client's share of what all clients share (connections,
-/// persistent sessions): its user when it logged in, its address when it
-/// is anonymous. At a shared bound, the owner with the most gives way to
-/// one with less.
-pub fn owner(username: Option<&str>, peer: std::net::IpAddr) -> Arc<str> {
-    match username {
-        Some(u) => Arc::from(format!("user {u}").as_str()),
-        None => Arc::from(format!("address {peer}").as_str()),
-    }
-}
-
 /// The session a connection got.
 pub struct Joined {
     pub conn_id: u64,
@@ -204,132 +196,6 @@ impl Core {
         for (id, session) in self.sessions.iter_mut() {
             session.keep_readable(acl.as_deref(), id);
         }
-    }
-
-    /// The logins of `users` are taken away (SIGHUP with a changed password
-    /// file): their connections are ended and their sessions do not stay.
-    /// Returns how many connections are ended.
-    pub fn revoke(&mut self, users: &[String]) -> usize {
-        let mut ended: usize = 0;
-        let mut gone = Vec::new();
-        for (id, s) in self.sessions.iter_mut() {
-            let Some(user) = s.username.as_deref() else {
-                continue;
-            };
-            if !users.iter().any(|u| u == user) {
-                continue;
-            }
-            s.persistent = false;
-            match &s.live {
-                Some(live) => {
-                    s.revoked = true;
-                    live.kick.notify_one();
-                    ended = ended.saturating_add(1);
-                }
-                None => gone.push(id.clone()),
-            }
-        }
-        for id in gone {
-            if let Some(old) = self.sessions.remove(&id) {
-                self.drop_subs(&Subscriber::Client(id.clone()), &old);
-            }
-        }
-        ended
-    }
-
-    /// `max_connections` is reached and a client of `owner` asks to join:
-    /// the newest connection of the owner with the most connections is
-    /// ended (MQTT 5: 0x97, quota exceeded) if that owner has more than
-    /// `owner` would with this one. True: one was ended, the newcomer may
-    /// take its place.
-    pub fn evict_connection_for(&mut self, owner: &str) -> bool {
-        let mut per: HashMap<&str, (usize, u64, &Arc<str>)> = HashMap::new();
-        for (id, s) in &self.sessions {
-            if let Some(live) = &s.live {
-                let e = per.entry(&s.owner).or_insert((0, 0, id));
-                e.0 = e.0.saturating_add(1);
-                if live.id >= e.1 {
-                    e.1 = live.id;
-                    e.2 = id;
-                }
-            }
-        }
-        let mine = per.get(owner).map_or(0, |e| e.0);
-        let victim = per
-            .iter()
-            .filter(|(o, _)| **o != owner)
-            .max_by_key(|(_, e)| e.0)
-            .filter(|(_, e)| e.0 > mine.saturating_add(1))
-            .map(|(_, e)| e.2.clone());
-        let Some(victim) = victim else {
-            return false;
-        };
-        match self.sessions.get_mut(&victim) {
-            Some(s) => {
-                s.over_quota = true;
-                if let Some(live) = &s.live {
-                    live.kick.notify_one();
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// `max_subscriptions` is reached and `who` asks for one more: the
-    /// owner with the most subscriptions (more than `who`'s owner would
-    /// have with this one) loses one of its clients' subscriptions, from
-    /// the client with the most. True: there is room now.
-    fn evict_subscription_for(&mut self, who: &Subscriber) -> bool {
-        let Subscriber::Client(me) = who else {
-            return false;
-        };
-        let Some(my_owner) = self.sessions.get(me).map(|s| s.owner.clone()) else {
-            return false;
-        };
-        let mut per: HashMap<&Arc<str>, (usize, usize, &Arc<str>)> = HashMap::new();
-        for (id, s) in &self.sessions {
-            let e = per.entry(&s.owner).or_insert((0, 0, id));
-            e.0 = e.0.saturating_add(s.subs.len());
-            if s.subs.len() > e.1 {
-                e.1 = s.subs.len();
-                e.2 = id;
-            }
-        }
-        let mine = per.get(&my_owner).map_or(0, |e| e.0);
-        let victim = per
-            .iter()
-            .filter(|(o, _)| ***o != my_owner)
-            .max_by_key(|(_, e)| e.0)
-            .filter(|(_, e)| e.0 > mine.saturating_add(1))
-            .map(|(_, e)| e.2.clone());
-        let Some(victim) = victim else {
-            return false;
-        };
-        let filter = self
-            .sessions
-            .get(&victim)
-            .and_then(|s| s.subs.keys().max().cloned());
-        let Some(filter) = filter else {
-            return false;
-        };
-        if let Some(s) = self.sessions.get_mut(&victim) {
-            s.subs.remove(&filter);
-        }
-        self.trie.remove(&filter, &Subscriber::Client(victim));
-        self.subs_evicted = self.subs_evicted.saturating_add(1);
-        true
-    }
-
-    /// Was `client`'s connection ended for a newcomer with a smaller share
-    /// ([`Core::evict_connection_for`])?
-    pub fn over_quota(&self, client: &Arc<str>) -> bool {
-        self.sessions.get(client).is_some_and(|s| s.over_quota)
-    }
-
-    /// Was `client`'s connection ended by [`Core::revoke`]?
-    pub fn revoked(&self, client: &Arc<str>) -> bool {
-        self.sessions.get(client).is_some_and(|s| s.revoked)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -508,42 +374,6 @@ impl Core {
     fn drop_subs(&mut self, who: &Subscriber, s: &Session) {
         for filter in s.subs.keys() {
             self.trie.remove(filter, who);
-        }
-    }
-
-    /// At most `max_offline_sessions` offline sessions. Over the bound, the
-    /// owner with the most offline sessions loses its longest offline one:
-    /// a thousand junk sessions of one owner push out their own, not a
-    /// sensor's.
-    fn bound_offline(&mut self) {
-        loop {
-            let mut per: HashMap<Arc<str>, (usize, Instant, Arc<str>)> = HashMap::new();
-            let mut offline: usize = 0;
-            for (k, s) in &self.sessions {
-                let Some(t) = s.disconnected_at else {
-                    continue;
-                };
-                offline = offline.saturating_add(1);
-                let e = per.entry(s.owner.clone()).or_insert((0, t, k.clone()));
-                e.0 = e.0.saturating_add(1);
-                if t <= e.1 {
-                    e.1 = t;
-                    e.2 = k.clone();
-                }
-            }
-            if offline <= self.limits.max_offline_sessions {
-                return;
-            }
-            let Some(victim) = per
-                .into_values()
-                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-                .map(|e| e.2)
-            else {
-                return;
-            };
-            if let Some(s) = self.sessions.remove(&victim) {
-                self.drop_subs(&Subscriber::Client(victim.clone()), &s);
-            }
         }
     }
 
