@@ -380,4 +380,7 @@ async fn an_x509_identity_is_made_provisioned_stored_and_presented() {
     );
     assert!(up.log().contains("u'greenhouse-7'"), "{}", up.log());
     assert!(tb.requests().is_empty(), "no second provisioning");
+    // Over TLS the fixture cannot sit between them: what arrived is
+    // judged by its rules instead.
+    assert_taken(&col.all());
 }

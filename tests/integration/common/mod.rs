@@ -52,7 +52,7 @@ pub use proxy::*;
 pub use pty::*;
 pub use raw::*;
 pub use sqlite::*;
-pub use tb_server::{gateway_attributes_request, judge, TbServer, Verdict};
+pub use tb_server::{assert_taken, gateway_attributes_request, judge, TbServer, Verdict};
 pub use upstream::*;
 pub use watched::*;
 pub use world::*;

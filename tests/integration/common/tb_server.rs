@@ -529,3 +529,19 @@ pub fn gateway_attributes_request(v: &Value) -> Result<(), String> {
 pub fn judge(topic: &str, payload: &[u8]) -> Verdict {
     Session::default().judge(topic, payload)
 }
+
+/// For a test whose uplink is TLS to mosquitto (the fixture judges plain
+/// MQTT only): every message `seen` by a collector on uplink-only topics
+/// must be one the server takes. Panics naming the first it would not.
+pub fn assert_taken(seen: &[super::Seen]) {
+    for s in seen {
+        let verdict = judge(&s.topic, &s.payload);
+        assert_eq!(
+            verdict,
+            Verdict::Take,
+            "ThingsBoard's transport would not take {}: {}",
+            s.topic,
+            String::from_utf8_lossy(&s.payload)
+        );
+    }
+}
