@@ -451,6 +451,7 @@ pub fn parse_table(table: &toml::Table, origin: &str) -> Result<Config, ConfigEr
     for (name, s) in &sinks {
         sink::check(name, s, &mut problems);
     }
+    sink::check_client_ids(&sinks, &mut problems);
 
     if !problems.is_empty() {
         return Err(ConfigError::Invalid {

@@ -188,6 +188,42 @@ impl SinkConfig {
     }
 }
 
+/// Two sinks that reach the same broker with the same client id take each
+/// other's session over and over (MQTT 3.1.1 §3.1.4, step 2): the second
+/// to connect is refused here. ThingsBoard keys its sessions by device
+/// credentials, and The Things Stack and thethings.iO sinks use a random
+/// id, so only `mqtt` and `thingspeak` sinks are compared.
+pub(super) fn check_client_ids(
+    sinks: &std::collections::BTreeMap<String, SinkConfig>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut seen: std::collections::BTreeMap<(String, u16, String), &str> =
+        std::collections::BTreeMap::new();
+    for (name, s) in sinks {
+        let (url, id) = match s {
+            SinkConfig::Mqtt(m) => (&m.url, &m.client_id),
+            SinkConfig::Thingspeak(t) => (&t.url, &t.client_id),
+            _ => continue,
+        };
+        let Ok(u) = crate::net::BrokerUrl::parse(url) else {
+            continue;
+        };
+        let key = (u.host.to_ascii_lowercase(), u.port, id.clone());
+        match seen.get(&key) {
+            Some(first) => problems.add(
+                format!("sink.{name}.client_id"),
+                format!(
+                    "sinks `{first}` and `{name}` both connect to {}:{} as client id `{id}`: the broker would disconnect each when the other connects; give one its own client_id",
+                    key.0, key.1
+                ),
+            ),
+            None => {
+                seen.insert(key, name);
+            }
+        }
+    }
+}
+
 pub const SINK_TYPES: &[&str] = &["mqtt", "thingsboard", "thingspeak", "thethingsio", "ttn"];
 
 /// Sinks are tagged by `type`; each type's table is then read as its own
@@ -321,4 +357,37 @@ pub fn check_template(t: &str) -> Result<(), String> {
         return Err("must be a non-empty topic name without wildcards".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    fn problems(sinks: &str) -> Vec<String> {
+        let text = format!("state_dir = \"/tmp/x\"\n{sinks}");
+        match super::super::parse(&text, "test") {
+            Ok(_) => Vec::new(),
+            Err(super::super::ConfigError::Invalid { problems, .. }) => problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn two_sinks_may_not_share_a_client_id_on_one_broker() {
+        let same = "[sink.a]\ntype = \"mqtt\"\nurl = \"mqtt://Broker.lan\"\n\
+                    [sink.b]\ntype = \"mqtt\"\nurl = \"mqtt://broker.lan:1883\"\n";
+        let p = problems(same);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("sink.b.client_id: sinks `a` and `b` both connect"),
+            "{p:?}"
+        );
+        let own = "[sink.a]\ntype = \"mqtt\"\nurl = \"mqtt://broker.lan\"\n\
+                   [sink.b]\ntype = \"mqtt\"\nurl = \"mqtt://broker.lan\"\nclient_id = \"archive\"\n";
+        assert!(problems(own).is_empty());
+        let apart = "[sink.a]\ntype = \"mqtt\"\nurl = \"mqtt://one.lan\"\n\
+                     [sink.b]\ntype = \"mqtt\"\nurl = \"mqtt://two.lan\"\n";
+        assert!(problems(apart).is_empty());
+    }
 }
