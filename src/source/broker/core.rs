@@ -6,6 +6,7 @@
 mod deliver;
 mod shares;
 
+pub(super) use shares::giver;
 pub use shares::owner;
 
 use std::collections::HashMap;

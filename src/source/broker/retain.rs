@@ -91,14 +91,7 @@ impl Retained {
                 e.1 = topic;
             }
         }
-        let mine = per.get(owner).map_or(0, |e| e.0);
-        let victim = per
-            .iter()
-            .filter(|(o, _)| **o != owner)
-            .max_by_key(|(_, e)| e.0)
-            .filter(|(_, e)| e.0 > mine.saturating_add(1))
-            .map(|(_, e)| e.1.clone());
-        let Some(victim) = victim else {
+        let Some(victim) = super::core::giver(&per, &owner).cloned() else {
             return false;
         };
         if let Some((old, _)) = self.by_topic.remove(&victim) {

@@ -92,6 +92,10 @@ impl Raw {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to the broker");
+        Raw::on(stream, level)
+    }
+
+    fn on(stream: TcpStream, level: u8) -> Raw {
         let _ = stream.set_nodelay(true);
         Raw {
             stream,
@@ -112,13 +116,7 @@ impl Raw {
             .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
             .await
             .expect("connect to the broker");
-        let _ = stream.set_nodelay(true);
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-            level,
-            next_pkid: 0,
-        }
+        Raw::on(stream, level)
     }
 
     /// [`Raw::connected`] from another loopback address.

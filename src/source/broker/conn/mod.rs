@@ -193,10 +193,11 @@ async fn accept<S: Stream>(
             return None;
         }
     }
+    let owner = super::core::owner(username.as_deref(), peer.ip());
     let slot = if internal {
         None
     } else {
-        match inner.take_slot(&super::core::owner(username.as_deref(), peer.ip())) {
+        match inner.take_slot(&owner) {
             Some(s) => Some(s),
             None => {
                 inner.note_refused(peer, &client_id, "max_connections reached");
@@ -238,7 +239,7 @@ async fn accept<S: Stream>(
         },
         will,
         username: username.clone(),
-        owner: super::core::owner(username.as_deref(), peer.ip()),
+        owner,
     });
     if let Some(t) = joined.taken_will {
         inner.publish_will(client_id.clone(), t.username, t.conn_id, t.will);

@@ -24,6 +24,25 @@ pub fn owner(username: Option<&str>, peer: std::net::IpAddr) -> Arc<str> {
     }
 }
 
+/// Per owner: its use of a shared bound, and what it would give up.
+type Uses<K, T> = HashMap<K, (usize, T)>;
+
+/// The rule every shared bound follows. `per` holds each owner's use and
+/// what that owner would give up; the owner with the most gives it up if
+/// it has more than `me` would with one more. `None`: `me` is refused.
+pub(in crate::source::broker) fn giver<K, T>(per: &HashMap<K, (usize, T)>, me: &K) -> Option<T>
+where
+    K: Eq + std::hash::Hash,
+    T: Clone,
+{
+    let mine = per.get(me).map_or(0, |e| e.0);
+    per.iter()
+        .filter(|(o, _)| *o != me)
+        .max_by_key(|(_, e)| e.0)
+        .filter(|(_, e)| e.0 > mine.saturating_add(1))
+        .map(|(_, e)| e.1.clone())
+}
+
 impl Core {
     /// The logins of `users` are taken away (SIGHUP with a changed password
     /// file): their connections are ended and their sessions do not stay.
@@ -72,23 +91,16 @@ impl Core {
         let Some(my_owner) = self.sessions.get(me).map(|s| s.owner.clone()) else {
             return false;
         };
-        let mut per: HashMap<&Arc<str>, (usize, usize, &Arc<str>)> = HashMap::new();
+        // Per owner: its subscriptions, and its client with the most.
+        let mut per: Uses<&Arc<str>, (usize, &Arc<str>)> = HashMap::new();
         for (id, s) in &self.sessions {
-            let e = per.entry(&s.owner).or_insert((0, 0, id));
+            let e = per.entry(&s.owner).or_insert((0, (0, id)));
             e.0 = e.0.saturating_add(s.subs.len());
-            if s.subs.len() > e.1 {
-                e.1 = s.subs.len();
-                e.2 = id;
+            if s.subs.len() > e.1 .0 {
+                e.1 = (s.subs.len(), id);
             }
         }
-        let mine = per.get(&my_owner).map_or(0, |e| e.0);
-        let victim = per
-            .iter()
-            .filter(|(o, _)| ***o != my_owner)
-            .max_by_key(|(_, e)| e.0)
-            .filter(|(_, e)| e.0 > mine.saturating_add(1))
-            .map(|(_, e)| e.2.clone());
-        let Some(victim) = victim else {
+        let Some(victim) = giver(&per, &&my_owner).map(|(_, id)| id.clone()) else {
             return false;
         };
         let filter = self
@@ -112,25 +124,18 @@ impl Core {
     /// `owner` would with this one. True: one was ended, the newcomer may
     /// take its place.
     pub fn evict_connection_for(&mut self, owner: &str) -> bool {
-        let mut per: HashMap<&str, (usize, u64, &Arc<str>)> = HashMap::new();
+        // Per owner: its connections, and its newest.
+        let mut per: Uses<&str, (u64, &Arc<str>)> = HashMap::new();
         for (id, s) in &self.sessions {
             if let Some(live) = &s.live {
-                let e = per.entry(&s.owner).or_insert((0, 0, id));
+                let e = per.entry(&s.owner).or_insert((0, (0, id)));
                 e.0 = e.0.saturating_add(1);
-                if live.id >= e.1 {
-                    e.1 = live.id;
-                    e.2 = id;
+                if live.id >= e.1 .0 {
+                    e.1 = (live.id, id);
                 }
             }
         }
-        let mine = per.get(owner).map_or(0, |e| e.0);
-        let victim = per
-            .iter()
-            .filter(|(o, _)| **o != owner)
-            .max_by_key(|(_, e)| e.0)
-            .filter(|(_, e)| e.0 > mine.saturating_add(1))
-            .map(|(_, e)| e.2.clone());
-        let Some(victim) = victim else {
+        let Some(victim) = giver(&per, &owner).map(|(_, id)| id.clone()) else {
             return false;
         };
         match self.sessions.get_mut(&victim) {
