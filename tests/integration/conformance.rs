@@ -432,6 +432,39 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
                 will.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
             ));
         }
+        // MQTT-3.1.2-24: a client silent for 1.5 times its keep-alive is
+        // disconnected, and its will goes (§3.1.2.5). Keep-alive 2 s.
+        "keep_alive_timeout" => {
+            let mut s = hello(port, &h("s"), "s", &mut seen).await;
+            let ack = s.subscribe(&t("will"), 1).await;
+            seen.push(format!("s: {}", show(&ack)));
+            let mut a = h("a");
+            a.keep_alive = 2;
+            a.will = Some(Will {
+                topic: t("will"),
+                payload: Bytes::from_static(b"silent"),
+                qos: 1,
+                retain: false,
+                props: Props::default(),
+            });
+            let started = std::time::Instant::now();
+            let mut silent = hello(port, &a, "a", &mut seen).await;
+            let got = silent.recv(Duration::from_secs(6)).await;
+            let after = started.elapsed();
+            // Not before 1.5 keep-alives; how late is the broker's own
+            // (outpost: within its one-second sweep, about 3.6 s here;
+            // mosquitto 2.0.11: about 5.4 s).
+            seen.push(format!(
+                "a: {:?}, not before 3 s: {}",
+                got,
+                after >= Duration::from_millis(2950)
+            ));
+            let will = s.next_publish(Duration::from_secs(3)).await;
+            seen.push(format!(
+                "s: will: {:?}",
+                will.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            ));
+        }
         // MQTT 5 §3.1.4-3 with §3.1.2.5: a connection taken over by a
         // clean start leaves its will (its session ended); 3.1.1 likewise
         // (the network connection was closed without a DISCONNECT).
@@ -462,6 +495,7 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
 
 const SCENARIOS: &[&str] = &[
     "keep_alive_zero",
+    "keep_alive_timeout",
     "zero_length_client_id",
     "takeover",
     "will",

@@ -233,15 +233,18 @@ pub async fn idle_clients(
     port: u16,
     n: usize,
 ) -> anyhow::Result<(Vec<tokio::net::TcpStream>, Duration)> {
-    idle_clients_after(port, n, 0).await
+    idle_clients_after(port, n, 0, 0).await
 }
 
-/// [`idle_clients`], each of which first publishes one QoS 0 message of
-/// `big` payload bytes (none when 0) on a topic no route takes.
+/// [`idle_clients`], each of which connects with a will of `will`
+/// payload bytes on a 26-byte topic (none when 0), and first publishes one
+/// QoS 0 message of `big` payload bytes (none when 0) on a topic no route
+/// takes.
 pub async fn idle_clients_after(
     port: u16,
     n: usize,
     big: usize,
+    will: usize,
 ) -> anyhow::Result<(Vec<tokio::net::TcpStream>, Duration)> {
     let start = Instant::now();
     // A hundred handshakes at a time: a thousand at once overflow the
@@ -255,10 +258,31 @@ pub async fn idle_clients_after(
             let _turn = gate.acquire_owned().await?;
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
             let id = format!("idle-{i:06}");
-            let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58];
+            // Clean session, and a QoS 1 will when asked for.
+            let flags = if will > 0 { 0x02 | 0x04 | 0x08 } else { 0x02 };
+            let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0x02, 0x58];
             body.extend_from_slice(&(id.len() as u16).to_be_bytes());
             body.extend_from_slice(id.as_bytes());
-            let mut packet = vec![0x10, body.len() as u8];
+            if will > 0 {
+                let topic = format!("devices/{id}/status");
+                body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+                body.extend_from_slice(topic.as_bytes());
+                body.extend_from_slice(&(will as u16).to_be_bytes());
+                body.resize(body.len() + will, b'w');
+            }
+            let mut packet = vec![0x10];
+            let mut len = body.len();
+            loop {
+                let mut b = (len % 128) as u8;
+                len /= 128;
+                if len > 0 {
+                    b |= 0x80;
+                }
+                packet.push(b);
+                if len == 0 {
+                    break;
+                }
+            }
             packet.extend_from_slice(&body);
             s.write_all(&packet).await?;
             let mut ack = [0u8; 4];

@@ -12,8 +12,10 @@
 //! - delivered readings/s, CPU-seconds per reading and bytes per reading
 //!   flat out;
 //! - the drain rate of a backlog queued during an outage;
-//! - RSS per idle connected client and the time to connect them all, and
-//!   per idle client after each sent one 60 KB packet (`bigpacket`).
+//! - RSS idle before any client, RSS per idle connected client and the
+//!   time to connect them all, per idle client with a 100-byte will
+//!   (`wills`), and per idle client after each sent one 60 KB packet
+//!   (`bigpacket`).
 //!
 //! Paced phases run before the flat-out ones, so the write-back of an
 //! earlier phase does not pollute their latency tails. Every phase starts
@@ -212,7 +214,7 @@ fn main() -> anyhow::Result<()> {
                 phase_rows[i].values.push((target.clone(), value));
             }
         }
-        if ["idle", "bigpacket", "subs", "corpus"].contains(&phase.as_str()) {
+        if ["idle", "wills", "bigpacket", "subs", "corpus"].contains(&phase.as_str()) {
             for c in &args.candidate {
                 let (name, path) = c.split_once('=').context("--candidate takes NAME=PATH")?;
                 let got = rt.block_on(on_candidate(&args, phase, PathBuf::from(path)))?;
@@ -477,12 +479,12 @@ async fn run_phase(
                 rate,
             )])
         }
-        "idle" | "bigpacket" | "subs" | "corpus" => {
+        "idle" | "wills" | "bigpacket" | "subs" | "corpus" => {
             drop(col);
             broker_only(args, phase, r.port, r.pid()).await
         }
         other => bail!(
-            "unknown phase `{other}` (low, paced, flat, drain, idle, bigpacket, subs, corpus)"
+            "unknown phase `{other}` (low, paced, flat, drain, idle, wills, bigpacket, subs, corpus)"
         ),
     }
 }
@@ -499,6 +501,11 @@ async fn on_candidate(args: &Args, phase: &str, cmd: PathBuf) -> anyhow::Result<
         .collect())
 }
 
+/// How long the broker is left idle before its RSS is read: outpost gives
+/// the heap that connecting left free back to the system every 5 s (glibc
+/// `malloc_trim`); mosquitto's is read after the same wait.
+const SETTLE: Duration = Duration::from_secs(6);
+
 /// Phases that need only a broker (no upstream): idle clients, memory
 /// per subscription, the hostile corpus.
 async fn broker_only(args: &Args, phase: &str, port: u16, pid: u32) -> anyhow::Result<Measured> {
@@ -506,10 +513,16 @@ async fn broker_only(args: &Args, phase: &str, port: u16, pid: u32) -> anyhow::R
         "idle" => {
             let before = procs::rss_kib(pid);
             let (clients, took) = load::idle_clients(port, args.idle).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(SETTLE).await;
             let after = procs::rss_kib(pid);
             drop(clients);
             Ok(vec![
+                (
+                    "RSS idle, before any client (code pages included)".into(),
+                    "MB",
+                    false,
+                    Some(before as f64 * 1.024 / 1000.0),
+                ),
                 (
                     format!("RSS per idle client ({} clients)", args.idle),
                     "KB",
@@ -524,10 +537,26 @@ async fn broker_only(args: &Args, phase: &str, port: u16, pid: u32) -> anyhow::R
                 ),
             ])
         }
+        "wills" => {
+            let before = procs::rss_kib(pid);
+            let (clients, _) = load::idle_clients_after(port, args.idle, 0, 100).await?;
+            tokio::time::sleep(SETTLE).await;
+            let after = procs::rss_kib(pid);
+            drop(clients);
+            Ok(vec![(
+                format!(
+                    "RSS per idle client with a 100-byte will ({} clients)",
+                    args.idle
+                ),
+                "KB",
+                false,
+                Some(after.saturating_sub(before) as f64 * 1.024 / args.idle as f64),
+            )])
+        }
         "bigpacket" => {
             let before = procs::rss_kib(pid);
-            let (clients, _) = load::idle_clients_after(port, args.idle, 60 * 1024).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (clients, _) = load::idle_clients_after(port, args.idle, 60 * 1024, 0).await?;
+            tokio::time::sleep(SETTLE).await;
             let after = procs::rss_kib(pid);
             drop(clients);
             Ok(vec![(

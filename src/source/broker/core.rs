@@ -7,18 +7,18 @@ mod deliver;
 mod shares;
 
 pub(super) use shares::giver;
-pub use shares::owner;
+pub use shares::Owner;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::codec::SubOpts;
 use super::retain::Retained;
-use super::session::{Inflight, Live, Out, PendingWill, Session};
+use super::session::{Inflight, Link, Live, Out, PendingWill, Session};
 use super::trie::{Sub, Subscriber, Trie};
 use crate::access::Acl;
 
@@ -104,15 +104,16 @@ pub struct Join {
     pub will: Option<PendingWill>,
     /// Who the client logged in as (for the ACL).
     pub username: Option<Arc<str>>,
-    /// Whose share it counts against (see [`owner`]).
-    pub owner: Arc<str>,
+    /// Whose share it counts against.
+    pub owner: Owner,
+    /// The keep-alive from its CONNECT (zero: none).
+    pub keep_alive: Duration,
 }
 
 /// The session a connection got.
 pub struct Joined {
     pub conn_id: u64,
-    pub wake: Arc<Notify>,
-    pub kick: Arc<Notify>,
+    pub link: Arc<Link>,
     pub session_present: bool,
     /// What was in flight to the client before, sent again first.
     pub resend: Vec<Out>,
@@ -128,6 +129,20 @@ pub struct TakenWill {
     pub will: PendingWill,
     pub username: Option<Arc<str>>,
     pub conn_id: u64,
+}
+
+/// Why the broker ends a live connection ([`Core::must_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Another connection took the client id.
+    TakenOver,
+    /// A reload took its login away ([`Core::revoke`]).
+    Revoked,
+    /// Its owner is over its share of `max_connections`
+    /// ([`Core::evict_connection_for`]).
+    Quota,
+    /// The client was silent for 1.5 times its keep-alive.
+    KeepAlive,
 }
 
 /// Counters and sizes, for status and the benchmark.
@@ -147,7 +162,9 @@ pub struct CoreStats {
 
 pub struct Core {
     limits: Limits,
-    sessions: HashMap<Arc<str>, Session>,
+    /// Boxed: the map's table is sized by powers of two, and a slot that
+    /// holds a whole session would cost its size again for every free slot.
+    sessions: HashMap<Arc<str>, Box<Session>>,
     internal: HashMap<u64, Internal>,
     trie: Trie,
     retained: Retained,
@@ -230,8 +247,7 @@ impl Core {
     /// any) is kicked; the session is resumed or started fresh.
     pub fn join(&mut self, j: Join) -> Joined {
         let conn_id = self.id();
-        let wake = Arc::new(Notify::new());
-        let kick = Arc::new(Notify::new());
+        let link = Arc::new(Link::new(j.keep_alive, Instant::now()));
         // An offline session past its expiry is over when its client comes
         // back, whenever the sweep would have come.
         let keep = self.limits.persistent_expiry;
@@ -248,12 +264,12 @@ impl Core {
         if j.clean {
             if let Some(mut old) = self.sessions.remove(&j.client_id) {
                 if let Some(live) = &old.live {
-                    live.kick.notify_one();
+                    live.link.wake();
                     // The old session ends here: its will goes now.
                     taken_will = old.will.take().map(|mut will| {
                         will.delay = Duration::ZERO;
                         TakenWill {
-                            will,
+                            will: *will,
                             username: old.username.clone(),
                             conn_id: live.id,
                         }
@@ -270,14 +286,14 @@ impl Core {
         let session = self
             .sessions
             .entry(j.client_id.clone())
-            .or_insert_with(|| Session::new(j.level, pool));
+            .or_insert_with(|| Box::new(Session::new(j.level, pool)));
         if let Some(old) = session.live.take() {
-            old.kick.notify_one();
+            old.link.wake();
             // The session goes on: a will without a delay goes now, one
             // with a delay is dropped (reconnected before it passed).
             if let Some(will) = session.will.take().filter(|w| w.delay.is_zero()) {
                 taken_will = Some(TakenWill {
-                    will,
+                    will: *will,
                     username: session.username.clone(),
                     conn_id: old.id,
                 });
@@ -290,7 +306,7 @@ impl Core {
         session.disconnected_at = None;
         session.receive_max = j.receive_max.clamp(1, self.limits.max_inflight.max(1));
         session.max_packet = j.max_packet;
-        session.will = j.will;
+        session.will = j.will.map(Box::new);
         if session.username != j.username {
             // A session taken over under another name keeps only what the
             // new name may read.
@@ -301,8 +317,7 @@ impl Core {
         session.over_quota = false;
         session.live = Some(Live {
             id: conn_id,
-            wake: wake.clone(),
-            kick: kick.clone(),
+            link: link.clone(),
         });
         let resend = if session_present {
             session.resend()
@@ -310,12 +325,11 @@ impl Core {
             Vec::new()
         };
         if !session.queue.is_empty() {
-            wake.notify_one();
+            link.wake();
         }
         Joined {
             conn_id,
-            wake,
-            kick,
+            link,
             session_present,
             resend,
             taken_will,
@@ -352,7 +366,7 @@ impl Core {
         };
         let will = session.will.take().filter(|_| with_will).map(|mut w| {
             w.delay = w.delay.min(ends_in);
-            w
+            *w
         });
         if session.persistent {
             session.disconnected_at = Some(Instant::now());
@@ -361,6 +375,48 @@ impl Core {
             self.drop_subs(&Subscriber::Client(client.clone()), &old);
         }
         will
+    }
+
+    /// Wakes every live connection (the broker restarts in place).
+    pub fn wake_all(&self) {
+        for live in self.sessions.values().filter_map(|s| s.live.as_ref()) {
+            live.link.wake();
+        }
+    }
+
+    /// Wakes the connections whose client has been silent past 1.5 times
+    /// its keep-alive at `now`; woken, each learns from
+    /// [`Core::must_end`] that it ends. Called about once a second, so a
+    /// silent client is disconnected at most a second late (Mosquitto
+    /// checks keep-alives about as often).
+    pub fn wake_overdue(&self, now: Instant) {
+        for live in self.sessions.values().filter_map(|s| s.live.as_ref()) {
+            if live.link.overdue(now) {
+                live.link.wake();
+            }
+        }
+    }
+
+    /// Must the connection `conn_id` of `client` end, and why? Asked when
+    /// the connection is woken: one wake-up serves both "something to
+    /// send" and "end now".
+    pub fn must_end(&self, client: &Arc<str>, conn_id: u64, now: Instant) -> Option<Ending> {
+        let session = self.sessions.get(client);
+        let Some(live) = session
+            .and_then(|s| s.live.as_ref())
+            .filter(|l| l.id == conn_id)
+        else {
+            return Some(Ending::TakenOver);
+        };
+        if session.is_some_and(|s| s.revoked) {
+            Some(Ending::Revoked)
+        } else if session.is_some_and(|s| s.over_quota) {
+            Some(Ending::Quota)
+        } else if live.link.overdue(now) {
+            Some(Ending::KeepAlive)
+        } else {
+            None
+        }
     }
 
     /// Is `client` connected again (or still) since `conn_id` left? A
@@ -527,7 +583,7 @@ impl Core {
             s.inflight.remove(&pkid);
             if let Some(live) = &s.live {
                 if !s.queue.is_empty() {
-                    live.wake.notify_one();
+                    live.link.wake();
                 }
             }
         }

@@ -311,6 +311,9 @@ impl Broker {
                 std::mem::replace(&mut *g, CancellationToken::new())
             };
             old.cancel();
+            // Every connection of the old generation wakes, sees its
+            // token cancelled and ends.
+            self.inner.core().wake_all();
         }
         self.inner.core.clear_poison();
     }
@@ -404,7 +407,7 @@ impl Inner {
     /// newest connection of an owner with more connections than `owner`
     /// would have is ended to make room (see `Core::evict_connection_for`);
     /// it gives its slot back as it goes.
-    fn take_slot(self: &Arc<Self>, owner: &str) -> Option<Slot> {
+    fn take_slot(self: &Arc<Self>, owner: &core::Owner) -> Option<Slot> {
         let max = self.settings.max_connections;
         let taken = self
             .live

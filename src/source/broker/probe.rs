@@ -194,6 +194,7 @@ pub async fn run(broker: Broker, listeners: Vec<Listener>, shutdown: Cancellatio
         tokio::spawn(async move { b.serve(l, s).await })
     };
     let mut loops: Vec<JoinHandle<()>> = listeners.iter().map(spawn).collect();
+    let keep_alive = tokio::spawn(keep_alive_sweep(broker.clone()));
     health.healthy.store(true, Ordering::Relaxed);
     let mut tick = tokio::time::interval(EVERY);
     tick.tick().await;
@@ -265,5 +266,27 @@ pub async fn run(broker: Broker, listeners: Vec<Listener>, shutdown: Cancellatio
     }
     for l in loops {
         l.abort();
+    }
+    keep_alive.abort();
+}
+
+/// How often silent clients are looked for.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Once a second, wakes the connections whose client has been silent past
+/// 1.5 keep-alives, which then end. One sweep for every client instead of
+/// a timer in each client's task, rearmed at every packet. A state held
+/// locked (the health check's business) skips a sweep, never blocks.
+async fn keep_alive_sweep(broker: Broker) {
+    let mut tick = tokio::time::interval(KEEP_ALIVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let core = match broker.inner.core.try_lock() {
+            Ok(core) => core,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => continue,
+        };
+        core.wake_overdue(Instant::now());
     }
 }

@@ -9,12 +9,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::core::Owner;
 use super::session::Message;
 use crate::topic::TopicFilter;
 
 #[derive(Debug, Default)]
 pub struct Retained {
-    by_topic: HashMap<Arc<str>, (Arc<Message>, Arc<str>)>,
+    by_topic: HashMap<Arc<str>, (Arc<Message>, Owner)>,
     bytes: usize,
     max_count: usize,
     max_bytes: usize,
@@ -52,7 +53,7 @@ impl Retained {
 
     /// A retained publish by a client of `owner`: an empty payload clears
     /// the topic.
-    pub fn store(&mut self, m: &Arc<Message>, owner: &Arc<str>) -> Stored {
+    pub fn store(&mut self, m: &Arc<Message>, owner: &Owner) -> Stored {
         if m.payload.is_empty() {
             if let Some((old, _)) = self.by_topic.remove(&m.topic) {
                 self.bytes = self.bytes.saturating_sub(size(&old));
@@ -82,8 +83,8 @@ impl Retained {
 
     /// Removes one retained topic of the owner with the most (more than
     /// `owner` would have with one more), never `keep`. False: none.
-    fn give_way_for(&mut self, owner: &Arc<str>, keep: &str) -> bool {
-        let mut per: HashMap<&Arc<str>, (usize, &Arc<str>)> = HashMap::new();
+    fn give_way_for(&mut self, owner: &Owner, keep: &str) -> bool {
+        let mut per: HashMap<&Owner, (usize, &Arc<str>)> = HashMap::new();
         for (topic, (_, o)) in &self.by_topic {
             let e = per.entry(o).or_insert((0, topic));
             e.0 = e.0.saturating_add(1);
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn bounded_by_count_and_bytes_and_cleared_by_an_empty_payload() {
         let mut r = Retained::new(2, 100);
-        let o: Arc<str> = Arc::from("one");
+        let o = Owner::User(Arc::from("one"));
         assert_eq!(r.store(&msg("a", "1"), &o), Stored::Kept);
         assert_eq!(r.store(&msg("b", "2"), &o), Stored::Kept);
         assert_eq!(r.store(&msg("c", "3"), &o), Stored::Full, "count bound");
@@ -156,8 +157,10 @@ mod tests {
     #[test]
     fn a_device_keeps_its_retained_message_when_junk_fills_the_store() {
         let mut r = Retained::new(10, 1 << 20);
-        let (junk, valve): (Arc<str>, Arc<str>) =
-            (Arc::from("address 10.0.0.9"), Arc::from("user valve"));
+        let (junk, valve) = (
+            Owner::Address([10, 0, 0, 9].into()),
+            Owner::User(Arc::from("valve")),
+        );
         for i in 0..20 {
             r.store(&msg(&format!("junk/{i}"), "j"), &junk);
         }

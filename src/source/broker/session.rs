@@ -3,8 +3,8 @@
 //! messages queued for it, the messages in flight to it, the QoS 2 packet
 //! ids it has not released yet, and its will. Every part is bounded.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,10 +90,67 @@ pub enum Out {
 #[derive(Debug, Clone)]
 pub struct Live {
     pub id: u64,
-    /// Woken when there is something to send.
-    pub wake: Arc<Notify>,
-    /// Woken when the connection must end (taken over, broker restarted).
-    pub kick: Arc<Notify>,
+    pub link: Arc<Link>,
+}
+
+/// How the broker reaches a live connection's task, and how it knows
+/// that the client is still heard from. One small allocation per
+/// connection: the task needs no timer of its own for the keep-alive.
+#[derive(Debug)]
+pub struct Link {
+    /// Woken when there is something to send, or when the connection must
+    /// end (taken over, revoked, over its share, silent past its
+    /// keep-alive: `Core::must_end`).
+    wake: Notify,
+    /// When the client last sent a packet, in milliseconds after
+    /// [`epoch`].
+    heard: AtomicU64,
+    /// 1.5 times the client's keep-alive, in milliseconds (MQTT 3.1.1
+    /// §3.1.2.10, MQTT 5 §3.1.2.10); 0: no keep-alive.
+    keep_ms: u32,
+}
+
+/// The instant [`Link`] times count from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn ms_after_epoch(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Link {
+    /// A link for a client with `keep_alive` (zero: none), heard `now`.
+    pub fn new(keep_alive: Duration, now: Instant) -> Link {
+        let keep = keep_alive.saturating_add(keep_alive.checked_div(2).unwrap_or_default());
+        Link {
+            wake: Notify::new(),
+            heard: AtomicU64::new(ms_after_epoch(now)),
+            keep_ms: u32::try_from(keep.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// The client sent a packet at `now`.
+    pub fn heard(&self, now: Instant) {
+        self.heard.store(ms_after_epoch(now), Ordering::Relaxed);
+    }
+
+    /// Silent for 1.5 keep-alives at `now`: the server must disconnect it
+    /// (MQTT-3.1.2-24).
+    pub fn overdue(&self, now: Instant) -> bool {
+        self.keep_ms > 0
+            && ms_after_epoch(now).saturating_sub(self.heard.load(Ordering::Relaxed))
+                >= u64::from(self.keep_ms)
+    }
 }
 
 /// A will waiting for the connection to end.
@@ -116,11 +173,11 @@ pub struct Session {
     /// Its connection is ending to make room for a client of an owner
     /// with a smaller share.
     pub over_quota: bool,
-    /// Whose share it counts against (`core::owner`).
-    pub owner: Arc<str>,
+    /// Whose share it counts against.
+    pub owner: super::core::Owner,
     pub live: Option<Live>,
     /// Filter → subscription, to clean up after the session.
-    pub subs: HashMap<String, Sub>,
+    pub subs: BTreeMap<String, Sub>,
     pub queue: VecDeque<Delivery>,
     /// Bytes of `queue`; changed only through [`Session::recount`] and
     /// the queue operations, which keep `pool` in step.
@@ -130,8 +187,10 @@ pub struct Session {
     pub inflight: BTreeMap<u16, Inflight>,
     next_pkid: u16,
     /// QoS 2 packet ids received and not yet released (PUBREL).
-    pub qos2_in: HashSet<u16>,
-    pub will: Option<PendingWill>,
+    pub qos2_in: BTreeSet<u16>,
+    /// Boxed: most sessions have none, and every session would otherwise
+    /// carry its size.
+    pub will: Option<Box<PendingWill>>,
     /// The client's receive maximum (MQTT 5; 3.1.1: the broker's window).
     pub receive_max: u16,
     /// The largest packet the client takes (MQTT 5).
@@ -220,15 +279,15 @@ impl Session {
             disconnected_at: None,
             revoked: false,
             over_quota: false,
-            owner: Arc::from(""),
+            owner: super::core::Owner::Outpost,
             live: None,
-            subs: HashMap::new(),
+            subs: BTreeMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             pool,
             inflight: BTreeMap::new(),
             next_pkid: 0,
-            qos2_in: HashSet::new(),
+            qos2_in: BTreeSet::new(),
             will: None,
             receive_max: 20,
             max_packet: None,
@@ -258,7 +317,7 @@ impl Session {
         self.set_queued(self.queued_bytes.saturating_add(size));
         self.queue.push_back(d);
         if let Some(live) = &self.live {
-            live.wake.notify_one();
+            live.link.wake();
         }
         true
     }

@@ -1,13 +1,13 @@
 //! A connected client: the loop that reads its packets, writes what the
 //! broker has for it, and ends the connection the way the protocol says.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::units::deadline;
@@ -18,9 +18,10 @@ use crate::source::broker::codec::props::{self, Value};
 use crate::source::broker::codec::{
     self, Ack, Disconnect, Packet, Props, Publish, SubAck, Subscribe, UnsubAck, V5,
 };
+use crate::source::broker::core::Ending;
 use crate::source::broker::gate::AckGate;
 use crate::source::broker::io::{Conn, IoError, Stream};
-use crate::source::broker::session::Out;
+use crate::source::broker::session::{Link, Out};
 use crate::source::broker::trie::Subscriber;
 use crate::source::broker::{Inner, Slot};
 use crate::stats;
@@ -55,11 +56,8 @@ pub(super) struct Client {
     /// Who it logged in as (for the ACL).
     pub(super) username: Option<Arc<str>>,
     pub(super) conn_id: u64,
-    pub(super) wake: Arc<Notify>,
-    pub(super) kick: Arc<Notify>,
-    pub(super) keep_alive: Duration,
-    /// MQTT 5 topic aliases the client set.
-    pub(super) aliases: HashMap<u16, String>,
+    /// Woken when the broker has something for it, or ends it.
+    pub(super) link: Arc<Link>,
     pub(super) gate: AckGate,
     /// Commit outcomes of held acknowledgements; made at the first one, so
     /// a client that never publishes a routed reading costs nothing here.
@@ -68,10 +66,23 @@ pub(super) struct Client {
         mpsc::UnboundedReceiver<Tagged>,
     )>,
     pub(super) next_commit: u64,
-    /// QoS 2 ids whose marker is in the outbox.
-    pub(super) stored_qos2: HashSet<u16>,
     /// Holds one of `max_connections` (none for outpost's own probes).
     pub(super) _slot: Option<Slot>,
+    /// Cancelled when the broker restarts in place (which then wakes
+    /// every connection).
+    pub(super) stop: CancellationToken,
+    /// What only some clients need; made at first use.
+    pub(super) seen: Option<Box<Seen>>,
+}
+
+/// A client's state that many clients never have: kept apart from
+/// [`Client`] so that an idle client's task stays small.
+#[derive(Default)]
+pub(super) struct Seen {
+    /// MQTT 5 topic aliases the client set.
+    pub(super) aliases: BTreeMap<u16, String>,
+    /// QoS 2 ids whose marker is in the outbox.
+    pub(super) stored_qos2: BTreeSet<u16>,
     /// Devices this connection published readings for: gone when it ends.
     pub(super) spoken: Vec<String>,
 }
@@ -82,6 +93,17 @@ pub(super) type Handled = Result<(), End>;
 impl Client {
     pub(super) fn v5(&self) -> bool {
         self.level == V5
+    }
+
+    pub(super) fn seen(&mut self) -> &mut Seen {
+        self.seen.get_or_insert_with(Box::default)
+    }
+
+    /// Forgets a stored QoS 2 id; true if it was stored.
+    pub(super) fn unstore_qos2(&mut self, pkid: u16) -> bool {
+        self.seen
+            .as_mut()
+            .is_some_and(|s| s.stored_qos2.remove(&pkid))
     }
 
     pub(super) fn who(&self) -> Subscriber {
@@ -102,18 +124,13 @@ impl Client {
         End::Violation(why.to_string())
     }
 
-    pub(super) async fn serve<S: Stream>(
-        &mut self,
-        conn: &mut Conn<S>,
-        stop: &CancellationToken,
-    ) -> End {
-        let mut deadline = self.next_deadline();
+    pub(super) async fn serve<S: Stream>(&mut self, conn: &mut Conn<S>) -> End {
         loop {
             // Everything already buffered, then what that produced.
             loop {
                 match conn.buffered() {
                     Ok(Some(frame)) => {
-                        deadline = self.next_deadline();
+                        self.link.heard(Instant::now());
                         if let Err(end) = self.handle(conn, &frame).await {
                             return end;
                         }
@@ -132,33 +149,10 @@ impl Client {
                 return End::Lost(e.to_string());
             }
             let reading = self.v5() || self.gate.held() < usize::from(RECEIVE_MAX);
+            if let Some(end) = self.stopped(conn) {
+                return end;
+            }
             tokio::select! {
-                _ = stop.cancelled() => {
-                    if self.v5() {
-                        conn.queue(&Packet::Disconnect(Disconnect { code: 0x8B, props: Props::default() }), V5);
-                    }
-                    return End::Server;
-                }
-                _ = self.kick.notified() => {
-                    let (revoked, quota) = {
-                        let core = self.inner.core();
-                        (core.revoked(&self.id), core.over_quota(&self.id))
-                    };
-                    // 0x87: not authorized (its login was taken away);
-                    // 0x97: quota exceeded (room made for a smaller share);
-                    // 0x8E: session taken over.
-                    let (code, end) = if revoked {
-                        (0x87, End::Revoked)
-                    } else if quota {
-                        (0x97, End::Quota)
-                    } else {
-                        (0x8E, End::TakenOver)
-                    };
-                    if self.v5() {
-                        conn.queue(&Packet::Disconnect(Disconnect { code, props: Props::default() }), V5);
-                    }
-                    return end;
-                }
                 r = conn.fill(), if reading => match r {
                     Ok(true) => {}
                     Ok(false) => return End::Lost("closed by the client".into()),
@@ -179,9 +173,12 @@ impl Client {
                         next = self.commits.as_mut().and_then(|(_, rx)| rx.try_recv().ok());
                     }
                 }
-                _ = self.wake.notified() => self.write_pending(conn),
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    return End::Lost("keep-alive timeout".into());
+                // Also how a silent client's keep-alive runs out: the
+                // broker's once-a-second sweep wakes it.
+                _ = self.link.woken() => {
+                    if let Some(end) = self.write_pending(conn) {
+                        return end;
+                    }
                 }
             }
         }
@@ -210,16 +207,6 @@ impl Client {
         }
     }
 
-    /// 1.5 keep-alives after the last packet; none for keep-alive 0.
-    fn next_deadline(&self) -> Option<Instant> {
-        (!self.keep_alive.is_zero()).then(|| {
-            deadline(
-                self.keep_alive
-                    .saturating_add(self.keep_alive.checked_div(2).unwrap_or_default()),
-            )
-        })
-    }
-
     pub(super) fn release<S: Stream>(&mut self, conn: &mut Conn<S>) {
         for ack in self.gate.release() {
             conn.queue_raw(&ack);
@@ -232,12 +219,63 @@ impl Client {
         b.freeze()
     }
 
-    /// Whatever the broker has for this client now.
-    fn write_pending<S: Stream>(&mut self, conn: &mut Conn<S>) {
-        let outs = self.inner.core().outgoing(&self.id, self.conn_id);
+    /// The broker restarted in place: the connection ends (MQTT 5: 0x8B
+    /// server shutting down). Checked before every wait and on every
+    /// wake-up, so the restart needs no wait of its own in every task.
+    fn stopped<S: Stream>(&self, conn: &mut Conn<S>) -> Option<End> {
+        if !self.stop.is_cancelled() {
+            return None;
+        }
+        if self.v5() {
+            conn.queue(
+                &Packet::Disconnect(Disconnect {
+                    code: 0x8B,
+                    props: Props::default(),
+                }),
+                V5,
+            );
+        }
+        Some(End::Server)
+    }
+
+    /// Woken: whatever the broker has for this client now, or the end of
+    /// the connection when the broker ends it (MQTT 5 clients are told
+    /// why: 0x8E session taken over, 0x87 not authorized when its login
+    /// was taken away, 0x97 quota exceeded when room was made for a
+    /// smaller share).
+    fn write_pending<S: Stream>(&mut self, conn: &mut Conn<S>) -> Option<End> {
+        if let Some(end) = self.stopped(conn) {
+            return Some(end);
+        }
+        let outs = {
+            let mut core = self.inner.core();
+            if let Some(ending) = core.must_end(&self.id, self.conn_id, Instant::now()) {
+                let (code, end) = match ending {
+                    Ending::Revoked => (Some(0x87), End::Revoked),
+                    Ending::Quota => (Some(0x97), End::Quota),
+                    Ending::TakenOver => (Some(0x8E), End::TakenOver),
+                    // As before and as Mosquitto: the connection is
+                    // closed without a DISCONNECT.
+                    Ending::KeepAlive => (None, End::Lost("keep-alive timeout".into())),
+                };
+                drop(core);
+                if let Some(code) = code.filter(|_| self.v5()) {
+                    conn.queue(
+                        &Packet::Disconnect(Disconnect {
+                            code,
+                            props: Props::default(),
+                        }),
+                        V5,
+                    );
+                }
+                return Some(end);
+            }
+            core.outgoing(&self.id, self.conn_id)
+        };
         for out in outs {
             self.write_out(conn, out);
         }
+        None
     }
 
     pub(super) fn write_out<S: Stream>(&mut self, conn: &mut Conn<S>, out: Out) {
@@ -302,7 +340,9 @@ impl Client {
             Err(e) => return Err(self.violation(conn, e.reason(), &e.to_string())),
         };
         match packet {
-            Packet::Publish(p) => self.publish(conn, p).await,
+            // Boxed: a publish waits on the outbox, and its future would
+            // otherwise make every idle client's task that much larger.
+            Packet::Publish(p) => Box::pin(self.publish(conn, p)).await,
             Packet::PubAck(a) | Packet::PubComp(a) => {
                 self.inner.core().acked(&self.id, a.pkid);
                 Ok(())
@@ -321,7 +361,7 @@ impl Client {
                 Ok(())
             }
             Packet::PubRel(a) => {
-                self.pubrel(a.pkid).await;
+                Box::pin(self.pubrel(a.pkid)).await;
                 self.release(conn);
                 Ok(())
             }
@@ -473,7 +513,8 @@ impl Client {
             } else {
                 "its MQTT connection ended"
             };
-            for device in self.spoken.drain(..) {
+            let spoken = self.seen.take().map(|s| s.spoken).unwrap_or_default();
+            for device in spoken {
                 self.inner.ingest.presence().gone(&device, why);
             }
         }
@@ -499,12 +540,5 @@ impl Client {
             .get_or_insert_with(mpsc::unbounded_channel)
             .0
             .clone()
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

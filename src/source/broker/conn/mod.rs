@@ -14,7 +14,7 @@
 //! so a resend of an unreleased id is never stored twice, even after a
 //! crash.
 
-use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ use super::pending::Ticket;
 use super::session::PendingWill;
 use super::Inner;
 
-use client::Client;
+use client::{Client, Seen};
 pub use publish::message;
 
 /// Topic aliases a client may use (announced in CONNACK).
@@ -47,16 +47,47 @@ pub const RECEIVE_MAX: u16 = 100;
 /// Serves one accepted connection until it ends. `identity`: the client
 /// certificate's CN, on a TLS listener that takes it as the username;
 /// `waiting`: its place among the connections waiting for a CONNECT.
-pub async fn run<S>(
+///
+/// The CONNECT and its checks run once, and so does the end: their futures
+/// live on the heap only while they run. What an idle client's task keeps
+/// is the connection, the client and the loop that serves it (about 1 KB;
+/// an `async fn` holding all three phases was twice that, its arguments
+/// kept for the connection's whole life).
+pub fn run<S>(
     stream: S,
     peer: SocketAddr,
     identity: Option<String>,
     inner: Arc<Inner>,
     stop: CancellationToken,
     waiting: Ticket,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: Stream,
 {
+    let opening = Box::pin(open(stream, peer, identity, inner, stop, waiting));
+    async move {
+        let Some((mut conn, mut client)) = opening.await else {
+            return;
+        };
+        let end = client.serve(&mut conn).await;
+        Box::pin(async move {
+            client.finish(&mut conn, end).await;
+            conn.close().await;
+        })
+        .await;
+    }
+}
+
+/// Reads, checks and answers the CONNECT; `None`: the connection ended
+/// (refused, broken or silent), already closed.
+async fn open<S: Stream>(
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+    waiting: Ticket,
+) -> Option<(Conn<S>, Client)> {
     let mut conn = Conn::new(stream, inner.settings.max_body);
     let first = tokio::time::timeout(inner.settings.connect_timeout, conn.next()).await;
     // The CONNECT is in (or never came): no longer waiting for it.
@@ -64,13 +95,13 @@ pub async fn run<S>(
     let first = match first {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within the connect timeout");
-            return;
+            return None;
         }
         Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             inner.note_violation(peer, "?", &e.to_string());
-            return;
+            return None;
         }
     };
     let connect = match codec::decode_connect(&first) {
@@ -85,7 +116,7 @@ pub async fn run<S>(
             let _ = conn.send(&refuse, V311).await;
             inner.note_violation(peer, "?", &format!("unsupported protocol level {level}"));
             conn.close().await;
-            return;
+            return None;
         }
         Err(e) => {
             if claimed_level(&first) == V5 {
@@ -93,16 +124,16 @@ pub async fn run<S>(
             }
             inner.note_violation(peer, "?", &e.to_string());
             conn.close().await;
-            return;
+            return None;
         }
     };
-    let Some(mut client) = accept(&mut conn, connect, peer, identity, &inner).await else {
-        conn.close().await;
-        return;
-    };
-    let end = client.serve(&mut conn, &stop).await;
-    client.finish(&mut conn, end).await;
-    conn.close().await;
+    match accept(&mut conn, connect, peer, identity, &inner, stop).await {
+        Some(client) => Some((conn, client)),
+        None => {
+            conn.close().await;
+            None
+        }
+    }
 }
 
 /// The protocol level a CONNECT says it is, even when it is broken.
@@ -145,6 +176,7 @@ async fn accept<S: Stream>(
     peer: SocketAddr,
     identity: Option<String>,
     inner: &Arc<Inner>,
+    stop: CancellationToken,
 ) -> Option<Client> {
     let level = c.level;
     let v5 = level == V5;
@@ -193,7 +225,7 @@ async fn accept<S: Stream>(
             return None;
         }
     }
-    let owner = super::core::owner(username.as_deref(), peer.ip());
+    let owner = super::core::Owner::of(username.as_ref(), peer.ip());
     let slot = if internal {
         None
     } else {
@@ -240,18 +272,24 @@ async fn accept<S: Stream>(
         will,
         username: username.clone(),
         owner,
+        keep_alive: Duration::from_secs(u64::from(c.keep_alive)),
     });
     if let Some(t) = joined.taken_will {
         inner.publish_will(client_id.clone(), t.username, t.conn_id, t.will);
     }
     // QoS 2 ids this client left unreleased before (also across a crash).
     let outbox = inner.ingest.outbox();
-    let mut stored_qos2 = HashSet::new();
+    let mut seen = None;
     if c.clean {
         let _ = outbox.qos2_forget(&client_id).await;
     } else if let Ok(ids) = outbox.qos2_pending(&client_id).await {
         inner.core().qos2_restore(&client_id, &ids);
-        stored_qos2.extend(ids);
+        if !ids.is_empty() {
+            seen = Some(Box::new(Seen {
+                stored_qos2: ids.into_iter().collect(),
+                ..Seen::default()
+            }));
+        }
     }
     let mut ack_props = Props::default();
     if v5 {
@@ -282,16 +320,13 @@ async fn accept<S: Stream>(
         id: client_id,
         username,
         conn_id: joined.conn_id,
-        wake: joined.wake,
-        kick: joined.kick,
-        keep_alive: Duration::from_secs(u64::from(c.keep_alive)),
-        aliases: HashMap::new(),
+        link: joined.link,
         gate: AckGate::default(),
         commits: None,
         next_commit: 0,
-        stored_qos2,
         _slot: slot,
-        spoken: Vec::new(),
+        stop,
+        seen,
     };
     for out in joined.resend {
         client.write_out(conn, out);

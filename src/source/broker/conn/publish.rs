@@ -24,7 +24,7 @@ impl Client {
     pub(super) async fn pubrel(&mut self, pkid: u16) {
         self.inner.core().qos2_end(&self.id, pkid);
         let comp = self.encoded(&Packet::PubComp(Ack::ok(pkid)));
-        if !self.stored_qos2.remove(&pkid) {
+        if !self.unstore_qos2(pkid) {
             self.gate.push(comp, None);
             return;
         }
@@ -58,12 +58,12 @@ impl Client {
             Some(a) if a == 0 || a > TOPIC_ALIAS_MAX => {
                 Err(self.violation(conn, 0x94, "a topic alias beyond the maximum"))
             }
-            Some(a) if p.topic.is_empty() => match self.aliases.get(&a) {
+            Some(a) if p.topic.is_empty() => match self.seen().aliases.get(&a) {
                 Some(t) => Ok(t.clone()),
                 None => Err(self.violation(conn, 0x82, "an unknown topic alias")),
             },
             Some(a) => {
-                self.aliases.insert(a, p.topic.clone());
+                self.seen().aliases.insert(a, p.topic.clone());
                 Ok(p.topic.clone())
             }
         }
@@ -101,7 +101,7 @@ impl Client {
         };
         if qos == 2 {
             self.inner.core().qos2_end(&self.id, pkid);
-            self.stored_qos2.remove(&pkid);
+            self.unstore_qos2(pkid);
         }
         if !self.v5() {
             return Err(End::Lost(format!(
@@ -189,11 +189,11 @@ impl Client {
             }
         }
         self.inner.deliver(&topic, &p, Some(self.who()));
-        for r in &routed.records {
-            self.inner
-                .ingest
-                .presence()
-                .note(&mut self.spoken, &r.device);
+        if !routed.records.is_empty() {
+            let spoken = &mut self.seen.get_or_insert_with(Box::default).spoken;
+            for r in &routed.records {
+                self.inner.ingest.presence().note(spoken, &r.device);
+            }
         }
         let storing = !routed.records.is_empty() || !routed.refused.is_empty();
         let hold = storing && self.inner.settings.ack_after_commit && p.qos > 0;
@@ -209,7 +209,7 @@ impl Client {
             let tag = self.next_commit;
             let tx = self.commit_sender();
             let mark = (p.qos == 2 && !routed.records.is_empty()).then(|| {
-                self.stored_qos2.insert(p.pkid);
+                self.seen().stored_qos2.insert(p.pkid);
                 (self.id.to_string(), p.pkid)
             });
             if self

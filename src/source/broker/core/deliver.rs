@@ -8,8 +8,9 @@ use std::sync::Arc;
 use super::super::auth;
 use super::super::codec::SubOpts;
 use super::super::retain::Stored;
-use super::super::session::{Delivery, Message, Session};
+use super::super::session::{Delivery, Message};
 use super::super::trie::{Match, Sub, Subscriber};
+use super::Owner;
 use super::{Core, LocalMessage};
 use crate::access::Access;
 
@@ -49,13 +50,13 @@ impl Core {
 
     /// Whose share a message counts against: its publisher's owner
     /// (outpost's own messages: `outpost`).
-    fn owner_of(&self, from: Option<&Subscriber>) -> Arc<str> {
+    fn owner_of(&self, from: Option<&Subscriber>) -> Owner {
         match from {
             Some(Subscriber::Client(c)) => self
                 .sessions
                 .get(c)
-                .map_or_else(|| Arc::from("outpost"), |s| s.owner.clone()),
-            _ => Arc::from("outpost"),
+                .map_or(Owner::Outpost, |s| s.owner.clone()),
+            _ => Owner::Outpost,
         }
     }
 
@@ -121,7 +122,7 @@ impl Core {
         self.rr = self.rr.wrapping_add(1);
         let n = members.len();
         let online = |w: &Subscriber| match w {
-            Subscriber::Client(c) => self.sessions.get(c).is_some_and(Session::connected),
+            Subscriber::Client(c) => self.sessions.get(c).is_some_and(|s| s.connected()),
             Subscriber::Internal(_) => true,
         };
         // Round robin from `rr`, skipping members that are offline.

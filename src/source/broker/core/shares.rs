@@ -14,13 +14,34 @@ use super::super::trie::Subscriber;
 use super::Core;
 
 /// The owner of a client's share of what all clients share (connections,
-/// persistent sessions): its user when it logged in, its address when it
-/// is anonymous. At a shared bound, the owner with the most gives way to
-/// one with less.
-pub fn owner(username: Option<&str>, peer: std::net::IpAddr) -> Arc<str> {
-    match username {
-        Some(u) => Arc::from(format!("user {u}").as_str()),
-        None => Arc::from(format!("address {peer}").as_str()),
+/// subscriptions, retained topics, persistent sessions, queued bytes): its
+/// user when it logged in, its address when it is anonymous. At a shared
+/// bound, the owner with the most gives way to one with less. Made without
+/// an allocation: a user shares the login's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    User(Arc<str>),
+    Address(std::net::IpAddr),
+    /// outpost's own messages and clients.
+    Outpost,
+}
+
+impl Owner {
+    pub fn of(username: Option<&Arc<str>>, peer: std::net::IpAddr) -> Owner {
+        match username {
+            Some(u) => Owner::User(u.clone()),
+            None => Owner::Address(peer),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::User(u) => write!(f, "user {u}"),
+            Owner::Address(a) => write!(f, "address {a}"),
+            Owner::Outpost => f.write_str("outpost"),
+        }
     }
 }
 
@@ -61,7 +82,7 @@ impl Core {
             match &s.live {
                 Some(live) => {
                     s.revoked = true;
-                    live.kick.notify_one();
+                    live.link.wake();
                     ended = ended.saturating_add(1);
                 }
                 None => gone.push(id.clone()),
@@ -73,11 +94,6 @@ impl Core {
             }
         }
         ended
-    }
-
-    /// Was `client`'s connection ended by [`Core::revoke`]?
-    pub fn revoked(&self, client: &Arc<str>) -> bool {
-        self.sessions.get(client).is_some_and(|s| s.revoked)
     }
 
     /// `max_subscriptions` is reached and `who` asks for one more: the
@@ -92,7 +108,7 @@ impl Core {
             return false;
         };
         // Per owner: its subscriptions, and its client with the most.
-        let mut per: Uses<&Arc<str>, (usize, &Arc<str>)> = HashMap::new();
+        let mut per: Uses<&Owner, (usize, &Arc<str>)> = HashMap::new();
         for (id, s) in &self.sessions {
             let e = per.entry(&s.owner).or_insert((0, (0, id)));
             e.0 = e.0.saturating_add(s.subs.len());
@@ -123,9 +139,9 @@ impl Core {
     /// ended (MQTT 5: 0x97, quota exceeded) if that owner has more than
     /// `owner` would with this one. True: one was ended, the newcomer may
     /// take its place.
-    pub fn evict_connection_for(&mut self, owner: &str) -> bool {
+    pub fn evict_connection_for(&mut self, owner: &Owner) -> bool {
         // Per owner: its connections, and its newest.
-        let mut per: Uses<&str, (u64, &Arc<str>)> = HashMap::new();
+        let mut per: Uses<&Owner, (u64, &Arc<str>)> = HashMap::new();
         for (id, s) in &self.sessions {
             if let Some(live) = &s.live {
                 let e = per.entry(&s.owner).or_insert((0, (0, id)));
@@ -142,18 +158,12 @@ impl Core {
             Some(s) => {
                 s.over_quota = true;
                 if let Some(live) = &s.live {
-                    live.kick.notify_one();
+                    live.link.wake();
                 }
                 true
             }
             None => false,
         }
-    }
-
-    /// Was `client`'s connection ended for a newcomer with a smaller share
-    /// ([`Core::evict_connection_for`])?
-    pub fn over_quota(&self, client: &Arc<str>) -> bool {
-        self.sessions.get(client).is_some_and(|s| s.over_quota)
     }
 
     /// At most `max_offline_sessions` offline sessions. Over the bound, the
@@ -162,14 +172,14 @@ impl Core {
     /// sensor's.
     pub(super) fn bound_offline(&mut self) {
         loop {
-            let mut per: HashMap<Arc<str>, (usize, Instant, Arc<str>)> = HashMap::new();
+            let mut per: HashMap<&Owner, (usize, Instant, Arc<str>)> = HashMap::new();
             let mut offline: usize = 0;
             for (k, s) in &self.sessions {
                 let Some(t) = s.disconnected_at else {
                     continue;
                 };
                 offline = offline.saturating_add(1);
-                let e = per.entry(s.owner.clone()).or_insert((0, t, k.clone()));
+                let e = per.entry(&s.owner).or_insert((0, t, k.clone()));
                 e.0 = e.0.saturating_add(1);
                 if t <= e.1 {
                     e.1 = t;

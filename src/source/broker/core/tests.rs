@@ -16,7 +16,10 @@ fn join_as(core: &mut Core, id: &str, user: Option<&str>, level: u8, clean: bool
         max_packet: None,
         will: None,
         username: user.map(Arc::from),
-        owner: Arc::from(user.unwrap_or("anonymous")),
+        owner: user.map_or(Owner::Address([127, 0, 0, 1].into()), |u| {
+            Owner::User(Arc::from(u))
+        }),
+        keep_alive: Duration::ZERO,
     })
 }
 
@@ -69,6 +72,59 @@ fn a_takeover_kicks_the_old_connection_and_its_leave_is_ignored() {
         .is_none());
     assert_eq!(core.stats().connected, 1);
     assert!(core.reconnected(&Arc::from("dup"), a.conn_id));
+    assert_eq!(
+        core.must_end(&Arc::from("dup"), a.conn_id, Instant::now()),
+        Some(Ending::TakenOver),
+        "the old connection, woken, learns it was taken over"
+    );
+    assert_eq!(
+        core.must_end(&Arc::from("dup"), b.conn_id, Instant::now()),
+        None
+    );
+}
+
+/// MQTT-3.1.2-24: silent for 1.5 keep-alives, the connection ends; any
+/// packet starts the count again; keep-alive 0 never runs out. The sweep
+/// wakes only the silent connection.
+#[test]
+fn a_client_silent_for_one_and_a_half_keep_alives_is_ended_by_the_sweep() {
+    use futures_util::FutureExt;
+    let mut core = Core::new(Limits::default(), None);
+    let mut j = join(&mut core, "quiet", V311, true);
+    let keep = Duration::from_secs(10);
+    let t0 = Instant::now();
+    let link = Arc::new(Link::new(keep, t0));
+    let mut busy = join(&mut core, "busy", V311, true);
+    let busy_link = Arc::new(Link::new(keep, t0));
+    for (id, joined, l) in [("quiet", &mut j, &link), ("busy", &mut busy, &busy_link)] {
+        if let Some(live) = core.sessions.get_mut(id).and_then(|s| s.live.as_mut()) {
+            live.link = l.clone();
+        }
+        joined.link = l.clone();
+    }
+    let quiet = Arc::<str>::from("quiet");
+    let t = |ms: u64| t0 + Duration::from_millis(ms);
+    assert_eq!(core.must_end(&quiet, j.conn_id, t(14_999)), None);
+    assert_eq!(
+        core.must_end(&quiet, j.conn_id, t(15_000)),
+        Some(Ending::KeepAlive)
+    );
+    busy_link.heard(t(10_000));
+    core.wake_overdue(t(15_000));
+    assert!(
+        link.woken().now_or_never().is_some(),
+        "the silent one woken"
+    );
+    assert!(
+        busy_link.woken().now_or_never().is_none(),
+        "the one heard from is left alone"
+    );
+    assert_eq!(
+        core.must_end(&Arc::from("busy"), busy.conn_id, t(24_999)),
+        None
+    );
+    let never = Link::new(Duration::ZERO, t0);
+    assert!(!never.overdue(t(86_400_000)), "keep-alive 0: no limit");
 }
 
 #[test]
@@ -256,7 +312,8 @@ fn with_will(id: &str, clean: bool, expiry: Option<u64>, delay: u64) -> Join {
             delay: Duration::from_secs(delay),
         }),
         username: None,
-        owner: Arc::from("anonymous"),
+        owner: Owner::Address([127, 0, 0, 1].into()),
+        keep_alive: Duration::ZERO,
     }
 }
 
@@ -379,7 +436,10 @@ fn revoked_logins_end_and_queued_messages_follow_the_new_acl() {
         "no longer readable: not delivered later"
     );
     assert_eq!(core.revoke(&["alice".to_string()]), 1);
-    assert!(core.revoked(&Arc::from("a")));
+    assert_eq!(
+        core.must_end(&Arc::from("a"), a.conn_id, Instant::now()),
+        Some(Ending::Revoked)
+    );
     core.leave(&Arc::from("a"), a.conn_id, false, None);
     assert!(!core.sessions.contains_key("a"), "its session ends too");
 }
@@ -431,6 +491,14 @@ fn a_flooded_session_cannot_take_the_queue_space_of_the_others() {
     assert_eq!(core.queued_total(), 0);
 }
 
+/// An owner written as in the logs: `address 10.0.0.9` or `user alice`.
+fn owned(s: &str) -> Owner {
+    match s.strip_prefix("address ") {
+        Some(ip) => Owner::Address(ip.parse().expect("an address")),
+        None => Owner::User(Arc::from(s.trim_start_matches("user "))),
+    }
+}
+
 fn join_owned(core: &mut Core, id: &str, owner: &str, clean: bool) -> Joined {
     core.join(Join {
         client_id: Arc::from(id),
@@ -441,7 +509,8 @@ fn join_owned(core: &mut Core, id: &str, owner: &str, clean: bool) -> Joined {
         max_packet: None,
         will: None,
         username: None,
-        owner: Arc::from(owner),
+        owner: owned(owner),
+        keep_alive: Duration::ZERO,
     })
 }
 
@@ -451,25 +520,33 @@ fn join_owned(core: &mut Core, id: &str, owner: &str, clean: bool) -> Joined {
 #[test]
 fn a_full_house_makes_room_from_the_owner_with_the_most_connections() {
     let mut core = Core::new(Limits::default(), None);
-    for i in 0..5 {
-        join_owned(&mut core, &format!("junk-{i}"), "address 10.0.0.9", true);
-    }
-    join_owned(&mut core, "sensor-a", "address 10.0.0.2", true);
-    assert!(core.evict_connection_for("address 10.0.0.3"));
-    assert!(
-        core.over_quota(&Arc::from("junk-4")),
+    let junk: Vec<Joined> = (0..5)
+        .map(|i| join_owned(&mut core, &format!("junk-{i}"), "address 10.0.0.9", true))
+        .collect();
+    let sensor = join_owned(&mut core, "sensor-a", "address 10.0.0.2", true);
+    assert!(core.evict_connection_for(&owned("address 10.0.0.3")));
+    assert_eq!(
+        core.must_end(&Arc::from("junk-4"), junk[4].conn_id, Instant::now()),
+        Some(Ending::Quota),
         "the greediest owner's newest"
     );
-    assert!(!core.over_quota(&Arc::from("sensor-a")));
+    assert_eq!(
+        core.must_end(&Arc::from("junk-3"), junk[3].conn_id, Instant::now()),
+        None
+    );
+    assert_eq!(
+        core.must_end(&Arc::from("sensor-a"), sensor.conn_id, Instant::now()),
+        None
+    );
     let mut even = Core::new(Limits::default(), None);
     join_owned(&mut even, "a", "address 10.0.0.1", true);
     join_owned(&mut even, "b", "address 10.0.0.2", true);
     assert!(
-        !even.evict_connection_for("address 10.0.0.3"),
+        !even.evict_connection_for(&owned("address 10.0.0.3")),
         "no owner over its share"
     );
     assert!(
-        !even.evict_connection_for("address 10.0.0.1"),
+        !even.evict_connection_for(&owned("address 10.0.0.1")),
         "nor for an owner at the most"
     );
 }
