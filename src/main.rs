@@ -400,7 +400,9 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let exit = runtime.block_on(outpost::daemon::run(loaded, path.clone()))?;
+    // Boxed: the daemon's future is large, and on the main thread's stack
+    // every page it once touched would stay resident for the process's life.
+    let exit = runtime.block_on(Box::pin(outpost::daemon::run(loaded, path.clone())))?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     if exit == outpost::daemon::Exit::Reload {
         restart_in_place()?;
