@@ -2,7 +2,7 @@
 //! member of each shared group), retained messages to a new subscription,
 //! each checked against the ACL's `read` for the client that would get it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::super::auth;
@@ -16,11 +16,13 @@ use crate::access::Access;
 
 impl Core {
     /// Room for `size` more queued bytes for `client` within the total
-    /// (`max_queued_bytes_total`): when the total is reached, the session
-    /// with the most queued (over its share of the total) gives up its
-    /// oldest messages; a client that is itself the greediest gets nothing
-    /// (its message is dropped and counted). No session within its share
-    /// loses a message to another's flood. False: no room.
+    /// (`max_queued_bytes_total`): when the total is reached, the owner
+    /// with the most queued (more than `client`'s owner would have with
+    /// this message) gives up the oldest messages of its session with the
+    /// most; a client whose owner is itself the greediest gets nothing (its
+    /// message is dropped and counted). No owner within its share loses a
+    /// message to another's flood, however the flood is spread over
+    /// sessions. False: no room.
     fn make_room(&mut self, client: &Arc<str>, size: usize) -> bool {
         let max = self.limits.max_queued_bytes_total;
         let total = self.queued.load(std::sync::atomic::Ordering::Relaxed);
@@ -28,14 +30,26 @@ impl Core {
         if need == 0 {
             return true;
         }
-        let mine = self.sessions.get(client).map_or(0, |s| s.queued_bytes);
-        let greediest = self
+        let me = self
             .sessions
+            .get(client)
+            .map_or(Owner::Outpost, |s| s.owner.clone());
+        // Per owner: its queued bytes, and its session with the most.
+        let mut per: HashMap<&Owner, (usize, (usize, &Arc<str>))> = HashMap::new();
+        for (id, s) in &self.sessions {
+            let e = per.entry(&s.owner).or_insert((0, (0, id)));
+            e.0 = e.0.saturating_add(s.queued_bytes);
+            if s.queued_bytes > e.1 .0 {
+                e.1 = (s.queued_bytes, id);
+            }
+        }
+        let mine = per.get(&me).map_or(0, |e| e.0);
+        let greediest = per
             .iter()
-            .filter(|(id, _)| *id != client)
-            .max_by_key(|(_, s)| s.queued_bytes)
-            .filter(|(_, s)| s.queued_bytes > mine.saturating_add(size))
-            .map(|(id, _)| id.clone());
+            .filter(|(o, _)| **o != &me)
+            .max_by_key(|(_, e)| e.0)
+            .filter(|(_, e)| e.0 > mine.saturating_add(size))
+            .map(|(_, e)| e.1 .1.clone());
         if let Some(s) = greediest.and_then(|id| self.sessions.get_mut(&id)) {
             s.shed_oldest(need);
         }

@@ -444,9 +444,58 @@ fn revoked_logins_end_and_queued_messages_follow_the_new_acl() {
     assert!(!core.sessions.contains_key("a"), "its session ends too");
 }
 
+/// The queued-bytes bound is shared per owner: a flood spread over many
+/// small sessions of one address gives way to a sensor whose one session
+/// holds more than any of them but less than their owner altogether.
+#[test]
+fn queue_space_is_taken_from_the_owner_with_the_most_not_the_biggest_session() {
+    let size = msg("cmd/sensor", 1, false).size();
+    let limits = Limits {
+        max_queued_bytes_total: size * 12,
+        ..Limits::default()
+    };
+    let mut core = Core::new(limits, None);
+    let away = |core: &mut Core, id: &str, owner: &str, filter: &str| {
+        let j = join_owned(core, id, owner, false);
+        core.subscribe(&client(id), &[(filter.into(), opts(1))], None);
+        core.leave(&Arc::from(id), j.conn_id, false, None);
+    };
+    for i in 0..4 {
+        away(
+            &mut core,
+            &format!("junk-{i}"),
+            "address 10.0.0.9",
+            &format!("junk/{i}/abc"),
+        );
+    }
+    away(&mut core, "sensor", "address 10.0.0.2", "cmd/sensor");
+    for i in 0..4 {
+        for _ in 0..2 {
+            core.publish(msg(&format!("junk/{i}/abc"), 1, false));
+        }
+    }
+    for _ in 0..4 {
+        core.publish(msg("cmd/sensor", 1, false));
+    }
+    assert_eq!(core.queued_total(), size * 12, "full: junk 8, sensor 4");
+    assert_eq!(
+        core.publish(msg("cmd/sensor", 1, false)),
+        1,
+        "the sensor's fifth command is kept"
+    );
+    let sensor = core.sessions.get("sensor").map(|s| s.queue.len());
+    assert_eq!(sensor, Some(5), "its biggest session is not what gives way");
+    let junk: usize = (0..4)
+        .filter_map(|i| core.sessions.get(format!("junk-{i}").as_str()))
+        .map(|s| s.queue.len())
+        .sum();
+    assert_eq!(junk, 7, "the junk owner gave up its oldest message");
+    assert!(core.queued_total() <= size * 12);
+}
+
 /// The queued bytes of all sessions are bounded together; at the bound the
-/// session with the most queued gives up its oldest, and a session with
-/// little queued still gets its command.
+/// owner with the most queued gives up its oldest, and a client of another
+/// owner with little queued still gets its command.
 #[test]
 fn a_flooded_session_cannot_take_the_queue_space_of_the_others() {
     let size = msg("flood/x", 1, false).size();
@@ -455,8 +504,8 @@ fn a_flooded_session_cannot_take_the_queue_space_of_the_others() {
         ..Limits::default()
     };
     let mut core = Core::new(limits, None);
-    for id in ["greedy", "valve"] {
-        let j = join(&mut core, id, V311, false);
+    for (id, owner) in [("greedy", "address 10.0.0.9"), ("valve", "user valve")] {
+        let j = join_owned(&mut core, id, owner, false);
         let filter = if id == "greedy" {
             "flood/#"
         } else {
