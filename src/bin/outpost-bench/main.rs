@@ -4,6 +4,7 @@
 //!
 //! One command prints every row with its ratio to the baseline:
 //! - the disk's own fsync latency (p50/p99), in the state directory;
+//! - CPU per reading at a sensor's pace (`cpu`: 20, 200 and 1,000/s);
 //! - bytes written to storage per reading at a paced low rate (the broker
 //!   process's `/proc/PID/io` `write_bytes`);
 //! - PUBACK and end-to-end latency p99 at a paced rate, once with the
@@ -57,6 +58,12 @@ struct Args {
     /// takes its port as its first argument.
     #[arg(long)]
     candidate: Vec<String>,
+    /// CPU phase (`cpu`): the paced rates, readings per second, each run
+    /// for `--cpu-secs`.
+    #[arg(long, value_delimiter = ',', default_value = "20,200,1000")]
+    cpu_rates: Vec<u64>,
+    #[arg(long, default_value_t = 10)]
+    cpu_secs: u64,
     /// Low-rate phase: readings per second and seconds.
     #[arg(long, default_value_t = 20)]
     low_rate: u64,
@@ -294,6 +301,25 @@ async fn run_phase(
     // Let a bridge connect upstream before measuring.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     match phase {
+        "cpu" => {
+            // CPU per reading at a sensor's pace: the measured process is
+            // the whole gateway (outpost: broker, outbox and uplink; the
+            // bridge: mosquitto), not the upstream.
+            let mut rows = Vec::new();
+            for &rate in &args.cpu_rates {
+                let c0 = procs::cpu_secs(r.pid());
+                let run = paced(args, &r, &col, target, Pace::Spread(rate), args.cpu_secs).await?;
+                let cpu = procs::cpu_secs(r.pid()) - c0;
+                rows.push((
+                    format!("CPU-ms per 1000 readings, {rate}/s"),
+                    "ms",
+                    false,
+                    Some(cpu * 1000.0 / run.total.max(1) as f64 * 1000.0),
+                ));
+                col.clear();
+            }
+            Ok(rows)
+        }
         "low" => {
             let mut rows = Vec::new();
             for (rate, secs) in [
@@ -484,7 +510,7 @@ async fn run_phase(
             broker_only(args, phase, r.port, r.pid()).await
         }
         other => bail!(
-            "unknown phase `{other}` (low, paced, flat, drain, idle, wills, bigpacket, subs, corpus)"
+            "unknown phase `{other}` (cpu, low, paced, flat, drain, idle, wills, bigpacket, subs, corpus)"
         ),
     }
 }
