@@ -244,7 +244,7 @@ impl Core {
     }
 
     /// A connection takes the client id: the connection that held it (if
-    /// any) is kicked; the session is resumed or started fresh.
+    /// any) is woken to end; the session is resumed or started fresh.
     pub fn join(&mut self, j: Join) -> Joined {
         let conn_id = self.id();
         let link = Arc::new(Link::new(j.keep_alive, Instant::now()));
