@@ -95,6 +95,17 @@ async fn hello(port: u16, h: &Hello, who: &str, seen: &mut Seen) -> Raw {
     r
 }
 
+/// A QoS 1 will, not retained.
+fn will(topic: String, payload: &'static [u8], props: Props) -> Will {
+    Will {
+        topic,
+        payload: Bytes::from_static(payload),
+        qos: 1,
+        retain: false,
+        props,
+    }
+}
+
 fn opts(qos: u8) -> SubOpts {
     SubOpts {
         qos,
@@ -136,13 +147,7 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
             s.subscribe_with(vec![(t("will"), Ok(opts(1)))], Props::default())
                 .await;
             let mut a = h("a");
-            a.will = Some(Will {
-                topic: t("will"),
-                payload: Bytes::from_static(b"gone"),
-                qos: 1,
-                retain: false,
-                props: Props::default(),
-            });
+            a.will = Some(will(t("will"), b"gone", Props::default()));
             let normal = hello(port, &a, "a", &mut seen).await;
             normal.disconnect().await;
             observe("s after a normal disconnect", &mut s, &mut seen).await;
@@ -417,13 +422,7 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
             a.props.set(props::SESSION_EXPIRY, Value::U32(1));
             let mut will_props = Props::default();
             will_props.set(props::WILL_DELAY, Value::U32(30));
-            a.will = Some(Will {
-                topic: t("will"),
-                payload: Bytes::from_static(b"gone"),
-                qos: 1,
-                retain: false,
-                props: will_props,
-            });
+            a.will = Some(will(t("will"), b"gone", will_props));
             let dropped = hello(port, &a, "a", &mut seen).await;
             drop(dropped);
             let will = s.next_publish(Duration::from_secs(8)).await;
@@ -440,13 +439,7 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
             seen.push(format!("s: {}", show(&ack)));
             let mut a = h("a");
             a.keep_alive = 2;
-            a.will = Some(Will {
-                topic: t("will"),
-                payload: Bytes::from_static(b"silent"),
-                qos: 1,
-                retain: false,
-                props: Props::default(),
-            });
+            a.will = Some(will(t("will"), b"silent", Props::default()));
             let started = std::time::Instant::now();
             let mut silent = hello(port, &a, "a", &mut seen).await;
             let got = silent.recv(Duration::from_secs(6)).await;
@@ -473,13 +466,7 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
             let ack = s.subscribe(&t("will"), 1).await;
             seen.push(format!("s: {}", show(&ack)));
             let mut a = h("a");
-            a.will = Some(Will {
-                topic: t("will"),
-                payload: Bytes::from_static(b"power-cycled"),
-                qos: 1,
-                retain: false,
-                props: Props::default(),
-            });
+            a.will = Some(will(t("will"), b"power-cycled", Props::default()));
             let _first = hello(port, &a, "a", &mut seen).await;
             let _second = hello(port, &h("a"), "a again", &mut seen).await;
             let will = s.next_publish(Duration::from_secs(5)).await;

@@ -270,21 +270,7 @@ pub async fn idle_clients_after(
                 body.extend_from_slice(&(will as u16).to_be_bytes());
                 body.resize(body.len() + will, b'w');
             }
-            let mut packet = vec![0x10];
-            let mut len = body.len();
-            loop {
-                let mut b = (len % 128) as u8;
-                len /= 128;
-                if len > 0 {
-                    b |= 0x80;
-                }
-                packet.push(b);
-                if len == 0 {
-                    break;
-                }
-            }
-            packet.extend_from_slice(&body);
-            s.write_all(&packet).await?;
+            s.write_all(&packet(0x10, &body)).await?;
             let mut ack = [0u8; 4];
             s.read_exact(&mut ack).await?;
             if ack[3] != 0 {
@@ -295,21 +281,7 @@ pub async fn idle_clients_after(
                 let mut body = (topic.len() as u16).to_be_bytes().to_vec();
                 body.extend_from_slice(topic.as_bytes());
                 body.resize(body.len() + big, b'x');
-                let mut packet = vec![0x30];
-                let mut len = body.len();
-                loop {
-                    let mut b = (len % 128) as u8;
-                    len /= 128;
-                    if len > 0 {
-                        b |= 0x80;
-                    }
-                    packet.push(b);
-                    if len == 0 {
-                        break;
-                    }
-                }
-                packet.extend_from_slice(&body);
-                s.write_all(&packet).await?;
+                s.write_all(&packet(0x30, &body)).await?;
                 // A PINGREQ answered: the big packet was read.
                 s.write_all(&[0xC0, 0x00]).await?;
                 let mut pong = [0u8; 2];
@@ -323,6 +295,25 @@ pub async fn idle_clients_after(
         out.push(t.await??);
     }
     Ok((out, start.elapsed()))
+}
+
+/// A packet: its first byte, the remaining length, the body.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
 }
 
 /// A 3.1.1 client connected with a clean session.
