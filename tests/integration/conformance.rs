@@ -95,6 +95,21 @@ async fn hello(port: u16, h: &Hello, who: &str, seen: &mut Seen) -> Raw {
     r
 }
 
+/// A client `s` that watches `topic` (QoS 1); what it saw is noted.
+async fn watcher(port: u16, h: &Hello, topic: &str, seen: &mut Seen) -> Raw {
+    let mut s = hello(port, h, "s", seen).await;
+    let ack = s.subscribe(topic, 1).await;
+    seen.push(format!("s: {}", show(&ack)));
+    s
+}
+
+/// The payload of the next message `s` gets within `wait`, as text.
+async fn next_payload(s: &mut Raw, wait: Duration) -> Option<String> {
+    s.next_publish(wait)
+        .await
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+}
+
 /// A QoS 1 will, not retained.
 fn will(topic: String, payload: &'static [u8], props: Props) -> Will {
     Will {
@@ -415,9 +430,7 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
         // MQTT 5 §3.1.3.2.2: the will goes when its delay passes or the
         // session ends, whichever comes first.
         "will_delay_past_session_end" if level == V5 => {
-            let mut s = hello(port, &h("s"), "s", &mut seen).await;
-            let ack = s.subscribe(&t("will"), 1).await;
-            seen.push(format!("s: {}", show(&ack)));
+            let mut s = watcher(port, &h("s"), &t("will"), &mut seen).await;
             let mut a = h("a");
             a.props.set(props::SESSION_EXPIRY, Value::U32(1));
             let mut will_props = Props::default();
@@ -425,18 +438,13 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
             a.will = Some(will(t("will"), b"gone", will_props));
             let dropped = hello(port, &a, "a", &mut seen).await;
             drop(dropped);
-            let will = s.next_publish(Duration::from_secs(8)).await;
-            seen.push(format!(
-                "s: will within 8 s: {:?}",
-                will.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            ));
+            let got = next_payload(&mut s, Duration::from_secs(8)).await;
+            seen.push(format!("s: will within 8 s: {got:?}"));
         }
         // MQTT-3.1.2-24: a client silent for 1.5 times its keep-alive is
         // disconnected, and its will goes (§3.1.2.5). Keep-alive 2 s.
         "keep_alive_timeout" => {
-            let mut s = hello(port, &h("s"), "s", &mut seen).await;
-            let ack = s.subscribe(&t("will"), 1).await;
-            seen.push(format!("s: {}", show(&ack)));
+            let mut s = watcher(port, &h("s"), &t("will"), &mut seen).await;
             let mut a = h("a");
             a.keep_alive = 2;
             a.will = Some(will(t("will"), b"silent", Props::default()));
@@ -452,28 +460,20 @@ async fn scenario(name: &str, port: u16, level: u8, tag: &str) -> Seen {
                 got,
                 after >= Duration::from_millis(2950)
             ));
-            let will = s.next_publish(Duration::from_secs(3)).await;
-            seen.push(format!(
-                "s: will: {:?}",
-                will.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            ));
+            let got = next_payload(&mut s, Duration::from_secs(3)).await;
+            seen.push(format!("s: will: {got:?}"));
         }
         // MQTT 5 §3.1.4-3 with §3.1.2.5: a connection taken over by a
         // clean start leaves its will (its session ended); 3.1.1 likewise
         // (the network connection was closed without a DISCONNECT).
         "takeover_will" => {
-            let mut s = hello(port, &h("s"), "s", &mut seen).await;
-            let ack = s.subscribe(&t("will"), 1).await;
-            seen.push(format!("s: {}", show(&ack)));
+            let mut s = watcher(port, &h("s"), &t("will"), &mut seen).await;
             let mut a = h("a");
             a.will = Some(will(t("will"), b"power-cycled", Props::default()));
             let _first = hello(port, &a, "a", &mut seen).await;
             let _second = hello(port, &h("a"), "a again", &mut seen).await;
-            let will = s.next_publish(Duration::from_secs(5)).await;
-            seen.push(format!(
-                "s: will: {:?}",
-                will.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            ));
+            let got = next_payload(&mut s, Duration::from_secs(5)).await;
+            seen.push(format!("s: will: {got:?}"));
         }
         _ => {}
     }
